@@ -1,0 +1,57 @@
+"""The Python API: quantize a loaded model with a method config, save it, load it back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lowbit.calib.activations import observe_inputs
+from lowbit.calib.arch import arch_spec, find_targets, linear_weight
+from lowbit.core.checks import check_finite
+from lowbit.errors import LowbitError
+from lowbit.io.checkpoint import save_quantized
+from lowbit.io.sources import LoadedModel, load_model
+from lowbit.methods.base import MethodConfig
+from lowbit.progress import track
+
+
+@torch.no_grad()
+def quantize(
+    model: nn.Module,
+    config: MethodConfig,
+    calib: torch.Tensor | None = None,
+    progress: bool = False,
+) -> nn.Module:
+    """Replace the model's target linears (in place) by `config`'s quantized modules; returns the model.
+
+    calib: (n, seqlen) token windows, for methods that need calibration data.
+    """
+    if getattr(model, "lowbit_config", None) is not None:
+        raise LowbitError("this model is already quantized: load the original model to quantize it again")
+    targets = find_targets(model, arch_spec(model.config.model_type), config.include, config.exclude)
+    if not targets:
+        raise LowbitError("no layers matched: check the include/exclude patterns")
+    for name, module in targets.items():
+        check_finite(module.weight, f"weight of {name}")
+    stats: dict = {}
+    if config.needs_calibration:
+        if calib is None:
+            raise LowbitError(f"{config.name} needs calibration data: pass --calib wikitext2 (or a text file)")
+        stats = observe_inputs(model, targets, calib, config.make_observer, progress=progress)
+    for name, module in track(targets.items(), f"quantizing ({config.name})", progress):
+        weight, bias = linear_weight(module)
+        model.set_submodule(name, config.quantize_layer(weight, bias, stats.get(name)))
+    model.lowbit_config = config
+    return model
+
+
+def save(model: nn.Module, out: str | Path, tokenizer=None, source: str | None = None, overwrite: bool = False) -> Path:
+    """Write a quantized model (packed tensors, metadata, config, tokenizer) to the folder `out`."""
+    return save_quantized(model, out, tokenizer, source, overwrite)
+
+
+def load(model: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a lowbit output folder, a Hugging Face folder, a .gguf file, 'demo' or a hub id."""
+    return load_model(str(model), dtype)

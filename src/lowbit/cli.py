@@ -1,0 +1,142 @@
+"""The command line: flags -> config -> library call. Errors are one line and a non-zero exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from lowbit.errors import LowbitError
+from lowbit.methods import method_names
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+METHOD_HELP = "quantization method: " + ", ".join(method_names())
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; VALUE is read as JSON when it parses (true, 3, 0.5), else as a string."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise LowbitError(f"option {pair!r} is not KEY=VALUE (e.g. -o observer=minmax)")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+@app.command()
+def quantize(
+    model: str = typer.Argument(..., help="Hugging Face folder, .gguf file, hub id, or 'demo'"),
+    method: str = typer.Option(..., "--method", "-m", help=METHOD_HELP),
+    out: Path = typer.Option(..., "--out", help="output folder (written atomically)"),
+    bits: Optional[int] = typer.Option(None, help="bit width (method default if omitted)"),
+    group_size: Optional[int] = typer.Option(None, help="inputs per scale group; -1 = per channel"),
+    option: list[str] = typer.Option([], "--option", "-o", help="method option KEY=VALUE, repeatable"),
+    include: Optional[str] = typer.Option(None, help="regex of extra linears to quantize, e.g. lm_head"),
+    exclude: Optional[str] = typer.Option(None, help="regex of linears to keep in full precision"),
+    calib: Optional[str] = typer.Option(None, help="calibration text: wikitext2, ptb, or a text file"),
+    nsamples: int = typer.Option(128, help="calibration windows"),
+    calib_seqlen: int = typer.Option(512, help="tokens per calibration window"),
+    seed: int = typer.Option(0, help="seed for calibration sampling"),
+    overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+) -> None:
+    """Quantize MODEL with a method and save it to --out."""
+    from lowbit.api import quantize as quantize_model
+    from lowbit.api import save
+    from lowbit.calib.data import calibration_windows
+    from lowbit.io.atomic import check_target
+    from lowbit.io.sources import load_model
+    from lowbit.methods import make_config
+
+    given = {"bits": bits, "group_size": group_size, "include": include, "exclude": exclude}
+    config = make_config(method, **{k: v for k, v in given.items() if v is not None}, **parse_options(option))
+    check_target(out, overwrite)  # fail before the slow part
+    loaded = load_model(model)
+    windows = None
+    if calib is not None:
+        windows = calibration_windows(loaded.tokenizer, calib, nsamples, calib_seqlen, seed)
+    start = time.perf_counter()
+    quantize_model(loaded.model, config, windows, progress=True)
+    seconds = time.perf_counter() - start
+    save(loaded.model, out, loaded.tokenizer, source=loaded.source, overwrite=overwrite)
+    typer.echo(f"quantized {loaded.source} with {config.name} in {seconds:.1f} s -> {out}")
+
+
+@app.command("eval")
+def evaluate(
+    model: str = typer.Argument(..., help="a lowbit output folder or any MODEL quantize accepts"),
+    dataset: str = typer.Option("wikitext2", help="wikitext2, ptb, or a text file"),
+    seqlen: Optional[int] = typer.Option(None, help="tokens per window (default: min(2048, context))"),
+    windows: Optional[int] = typer.Option(None, help="evaluate only the first K windows"),
+    batch_size: int = typer.Option(1, help="windows per forward pass"),
+    reference: Optional[str] = typer.Option(None, help="unquantized model for KL and top-1 agreement"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Perplexity (and KL / top-1 vs a reference) with lowbit's evaluation protocol, plus memory."""
+    from lowbit.eval.run import run_eval
+
+    result = run_eval(model, dataset, seqlen, windows, batch_size, reference, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:>22}: {value:.6g}" if isinstance(value, float) else f"{key:>22}: {value}")
+
+
+@app.command()
+def info(folder: Path = typer.Argument(..., help="a lowbit output folder")) -> None:
+    """What a saved model holds: method, settings, source, layers and bytes."""
+    from lowbit.io.checkpoint import read_metadata
+
+    if not (folder / "lowbit.json").is_file():
+        raise LowbitError(f"{folder} is not a lowbit output folder (no lowbit.json)")
+    meta = read_metadata(folder)
+    layers = meta.get("layers", {})
+    params = sum(layer["spec"]["in_features"] * layer["spec"]["out_features"] for layer in layers.values())
+    packed = sum(layer["bytes"] for layer in layers.values())
+    typer.echo(f"method: {json.dumps(meta['method'])}")
+    typer.echo(f"source: {meta.get('source')}  model_type: {meta.get('model_type')}")
+    typer.echo(f"lowbit {meta.get('lowbit_version')}, checkpoint format {meta['format_version']}")
+    typer.echo(f"quantized layers: {len(layers)}, {params:,} weights in {packed:,} bytes "
+               f"({8 * packed / max(params, 1):.3f} bits per weight)")
+
+
+def main() -> None:
+    """Entry point: one-line errors, `--debug` anywhere for the traceback."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    _quiet_libraries()
+    try:
+        app()
+    except LowbitError as err:
+        if debug:
+            raise
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except (MemoryError, RuntimeError) as err:
+        if debug or not _is_out_of_memory(err):
+            raise
+        typer.echo("error: out of memory: use a smaller --batch-size or fewer --windows, or a larger machine", err=True)
+        sys.exit(3)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: no output was written", err=True)
+        sys.exit(130)
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()

@@ -1,0 +1,135 @@
+"""Group-wise affine (integer) quantization: w ~= scale * (q - zero), one (scale, zero) per group of inputs.
+
+The round-to-nearest scheme of Jacob et al. (2018) applied per group of `group_size` consecutive input
+columns, the layout GPTQ, AWQ and HQQ all emit. A group size that does not divide the input size is
+allowed: the last group of each row is shorter (it is padded with copies of the row's last column when
+qparams are chosen, which leaves min/max unchanged).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.errors import LowbitError
+
+QPARAM_DTYPE = torch.float16  # scales and zeros are stored (and used) in fp16, as every serving format does
+
+
+@dataclass
+class IntWeights:
+    """What an integer-quantization algorithm hands to a format: codes plus per-group qparams.
+
+    codes: (out, in) uint8 in [0, 2**bits - 1]; scale: (out, n_groups) fp16;
+    zero: (out, n_groups) fp16, fractional unless integer zeros were asked for, or None for symmetric
+    (zero = 2**(bits-1)).
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None
+    bits: int
+    group_size: int  # resolved: never -1 here
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_affine(self.codes, self.scale, self.zero, self.bits, self.group_size)
+
+
+def resolve_group_size(group_size: int, in_features: int) -> int:
+    """-1 (per channel) and sizes larger than the row both mean one group per row."""
+    return in_features if group_size == -1 or group_size > in_features else group_size
+
+
+def n_groups(in_features: int, group_size: int) -> int:
+    return math.ceil(in_features / group_size)
+
+
+def symmetric_zero(bits: int) -> int:
+    return 2 ** (bits - 1)
+
+
+def to_groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(out, in) -> (out, n_groups, group_size), padding the last group with the row's last column."""
+    out, cols = w.shape
+    pad = n_groups(cols, group_size) * group_size - cols
+    if pad:
+        w = torch.cat([w, w[:, -1:].expand(out, pad)], dim=1)
+    return w.reshape(out, -1, group_size)
+
+
+def expand_groups(q: torch.Tensor, group_size: int, in_features: int) -> torch.Tensor:
+    """(out, n_groups) per-group values -> (out, in) per-column values."""
+    return q.repeat_interleave(group_size, dim=1)[:, :in_features]
+
+
+def affine_qparams(
+    w: torch.Tensor, bits: int, group_size: int, symmetric: bool, integer_zero: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Min-max qparams per group. Returns scale (out, n_groups) and zero (out, n_groups) or None.
+
+    Asymmetric, float zero (default): the group's min maps to code 0 and its max to 2**bits - 1 exactly.
+    Asymmetric, integer zero (GPTQ's convention, which the GPTQ/AWQ export formats need): the range is
+    widened to contain 0 and the zero point is rounded to an integer in [0, 2**bits - 1].
+    Symmetric: restricted range +-(2**(bits-1) - 1) steps around the implicit zero 2**(bits-1).
+    """
+    g = to_groups(w.float(), group_size)
+    maxq = 2**bits - 1
+    if symmetric:
+        absmax = g.abs().amax(dim=2)
+        return _storable_scale(absmax / max(symmetric_zero(bits) - 1, 1)), None
+    lo, hi = g.amin(dim=2), g.amax(dim=2)
+    if integer_zero:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    scale = _storable_scale((hi - lo) / maxq)
+    zero = -lo / scale.float()
+    if integer_zero:
+        zero = torch.round(zero).clamp(0, maxq)
+    return scale, zero.to(QPARAM_DTYPE)
+
+
+def _storable_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Round to the storage dtype, keeping constant groups (scale 0) away from division by zero."""
+    finfo = torch.finfo(QPARAM_DTYPE)
+    if scale.max() > finfo.max:
+        raise LowbitError("weights too large for fp16 quantization scales (|w| > 1e6): rescale the model first")
+    return scale.clamp(min=finfo.tiny).to(QPARAM_DTYPE)
+
+
+def quantize_affine(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int, group_size: int
+) -> torch.Tensor:
+    """(out, in) float -> (out, in) uint8 codes for the given per-group qparams."""
+    cols = w.shape[1]
+    s = expand_groups(scale.float(), group_size, cols)
+    z = symmetric_zero(bits) if zero is None else expand_groups(zero.float(), group_size, cols)
+    return torch.clamp(torch.round(w.float() / s + z), 0, 2**bits - 1).to(torch.uint8)
+
+
+def dequantize_affine(
+    codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int, group_size: int
+) -> torch.Tensor:
+    """(out, in) codes -> (out, in) float32 weights."""
+    cols = codes.shape[1]
+    s = expand_groups(scale.float(), group_size, cols)
+    z = symmetric_zero(bits) if zero is None else expand_groups(zero.float(), group_size, cols)
+    return (codes.float() - z) * s
+
+
+def rtn_quantize(
+    w: torch.Tensor, bits: int, group_size: int, symmetric: bool, integer_zero: bool = False
+) -> IntWeights:
+    """Round-to-nearest with min-max qparams: the baseline every other method must beat."""
+    group_size = resolve_group_size(group_size, w.shape[1])
+    scale, zero = affine_qparams(w, bits, group_size, symmetric, integer_zero)
+    return IntWeights(quantize_affine(w, scale, zero, bits, group_size), scale, zero, bits, group_size)
+
+
+def int8_absmax(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 along `dim` (LLM.int8's vector-wise scheme): q = round(x / s), s = absmax / 127.
+
+    Returns q (same shape, int8) and s (x's shape with `dim` kept as size 1, fp16 storage precision).
+    """
+    scale = _storable_scale(x.float().abs().amax(dim=dim, keepdim=True) / 127)
+    return torch.round(x.float() / scale.float()).clamp(-127, 127).to(torch.int8), scale

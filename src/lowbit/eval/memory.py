@@ -1,0 +1,55 @@
+"""Exact memory accounting: bytes of every quantized layer, bits per parameter, model bytes vs fp16."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from lowbit.modules.base import QuantizedLinear
+
+
+@dataclass
+class MemoryReport:
+    weight_bytes: int  # the whole model as held: packed layers + everything left in float
+    fp16_bytes: int  # the whole model if every weight were fp16
+    quantized_params: int  # weights of the quantized layers
+    quantized_bytes: int  # their packed weights + qparams
+    quantized_fp16_bytes: int  # the same layers in fp16
+
+    @property
+    def bits_per_param(self) -> float:
+        """Bits per weight of the quantized layers, qparams included (0 when nothing is quantized)."""
+        return 8 * self.quantized_bytes / self.quantized_params if self.quantized_params else 0.0
+
+    @property
+    def quantized_fraction_of_fp16(self) -> float:
+        return self.quantized_bytes / self.quantized_fp16_bytes if self.quantized_fp16_bytes else 1.0
+
+    @property
+    def saving_vs_fp16(self) -> float:
+        return 1 - self.weight_bytes / self.fp16_bytes
+
+
+def memory_report(model: nn.Module) -> MemoryReport:
+    """Counts each stored tensor once (tied embeddings once); non-persistent buffers are not weights."""
+    quantized = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    packed_names = {f"{name}.{buf}" for name, m in quantized.items() for buf, _ in m.named_buffers() if buf != "bias"}
+    q_params = sum(m.in_features * m.out_features for m in quantized.values())
+    q_bytes = sum(m.packed_bytes() for m in quantized.values())
+    other_bytes, other_numel = 0, 0
+    seen: set[tuple[int, int]] = set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if name in packed_names or key in seen or not tensor.is_floating_point():
+            continue
+        seen.add(key)
+        other_bytes += tensor.numel() * tensor.element_size()
+        other_numel += tensor.numel()
+    return MemoryReport(
+        weight_bytes=q_bytes + other_bytes,
+        fp16_bytes=2 * (q_params + other_numel),
+        quantized_params=q_params,
+        quantized_bytes=q_bytes,
+        quantized_fp16_bytes=2 * q_params,
+    )

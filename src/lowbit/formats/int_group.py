@@ -1,0 +1,66 @@
+"""The shared group-wise integer format (rtn, gptq, awq, hqq and qat all emit it).
+
+Buffers of one (out, in) layer quantized to b bits with groups of g input columns, n_groups = ceil(in / g):
+
+    qweight  int32 (out, words_per_row(in, b))   codes packed along the input dim, low bits first
+                                                 (formats.bitpack draws the words)
+    scale    fp16  (out, n_groups)
+    zero     fp16  (out, n_groups)               asymmetric only; symmetric uses 2**(b-1)
+
+    w[o, i] = scale[o, i // g] * (code[o, i] - zero[o, i // g])
+
+Bytes: 4 * out * words_per_row(in, b) + 2 * out * n_groups * (2 if asymmetric else 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.core.affine import QPARAM_DTYPE, IntWeights, n_groups
+from lowbit.formats.bitpack import pack_bits, unpack_bits, words_per_row
+
+
+@dataclass(frozen=True)
+class IntGroupLayout:
+    out_features: int
+    in_features: int
+    bits: int
+    group_size: int  # resolved (never -1)
+    symmetric: bool
+
+    @property
+    def n_groups(self) -> int:
+        return n_groups(self.in_features, self.group_size)
+
+    def buffer_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        shapes = {
+            "qweight": ((self.out_features, words_per_row(self.in_features, self.bits)), torch.int32),
+            "scale": ((self.out_features, self.n_groups), QPARAM_DTYPE),
+        }
+        if not self.symmetric:
+            shapes["zero"] = ((self.out_features, self.n_groups), QPARAM_DTYPE)
+        return shapes
+
+    def nbytes(self) -> int:
+        return sum(_numel(shape) * dtype.itemsize for shape, dtype in self.buffer_shapes().values())
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def pack_int(w: IntWeights) -> dict[str, torch.Tensor]:
+    packed = {"qweight": pack_bits(w.codes, w.bits), "scale": w.scale.to(QPARAM_DTYPE).contiguous()}
+    if w.zero is not None:
+        packed["zero"] = w.zero.to(QPARAM_DTYPE).contiguous()
+    return packed
+
+
+def unpack_int(packed: dict[str, torch.Tensor], layout: IntGroupLayout) -> IntWeights:
+    codes = unpack_bits(packed["qweight"], layout.bits, layout.in_features)
+    return IntWeights(codes, packed["scale"], packed.get("zero"), layout.bits, layout.group_size)

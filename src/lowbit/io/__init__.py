@@ -1,0 +1,1 @@
+"""Reading models from their sources, and saving/loading lowbit checkpoints."""

@@ -1,0 +1,40 @@
+"""Reference implementations: dequantize, then an ordinary floating-point matmul."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lowbit.core.affine import dequantize_affine
+from lowbit.formats.bitpack import unpack_bits
+
+
+def int_group_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """x (..., in) @ dequant(W) (out, in)^T + bias."""
+    codes = unpack_bits(qweight, bits, x.shape[-1])
+    w = dequantize_affine(codes, scale, zero, bits, group_size).to(x.dtype)
+    return F.linear(x, w, bias)
+
+
+def w8a8_linear_emulated(
+    x_q: torch.Tensor, x_scale: torch.Tensor, qweight: torch.Tensor, w_scale: torch.Tensor
+) -> torch.Tensor:
+    """(rows, in) int8 x (out, in) int8 -> (rows, out) float32, accumulating in float64 (exact for int8)."""
+    acc = x_q.double() @ qweight.double().t()
+    return (acc * x_scale.double() * w_scale.double().t()).float()
+
+
+def w8a8_linear_int_mm(
+    x_q: torch.Tensor, x_scale: torch.Tensor, qweight: torch.Tensor, w_scale: torch.Tensor
+) -> torch.Tensor:
+    """The same product through torch._int_mm (int8 x int8 -> int32)."""
+    acc = torch._int_mm(x_q, qweight.t())
+    return acc.float() * x_scale.float() * w_scale.float().t()

@@ -1,0 +1,110 @@
+"""Method configs: frozen, validated, JSON-serialisable, versioned, and registered by name.
+
+A method is a config class registered with `@register_method(name)`. It turns one layer's (out, in)
+weight (plus calibration statistics when it needs them) into a quantized module; it never walks the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from lowbit.errors import LowbitError
+from lowbit.modules.base import QuantizedLinear
+
+_METHODS: dict[str, type["MethodConfig"]] = {}
+
+
+def register_method(name: str):
+    def decorate(cls: type[MethodConfig]) -> type[MethodConfig]:
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type["MethodConfig"]:
+    if name not in _METHODS:
+        raise LowbitError(f"unknown method {name!r}: choose one of {', '.join(method_names())}")
+    return _METHODS[name]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """Settings every method shares: which layers it touches, by regex on the layer's full name."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    needs_calibration: ClassVar[bool] = False
+
+    include: str | None = None  # extra linears to quantize, e.g. "lm_head"
+    exclude: str | None = None  # linears to leave in full precision
+
+    def __post_init__(self) -> None:
+        for pattern in (self.include, self.exclude):
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise LowbitError(f"invalid layer regex {pattern!r}: {err}")
+
+    def quantize_layer(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, stats: Any = None
+    ) -> QuantizedLinear:
+        """(out, in) float weight -> a quantized module computing the same linear map."""
+        raise NotImplementedError
+
+    def make_observer(self) -> Any:
+        """For methods that calibrate activations: an observer fed each layer's inputs."""
+        raise NotImplementedError(f"{self.name} does not observe activations")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.name, "version": self.version, **dataclasses.asdict(self)}
+
+    @staticmethod
+    def from_dict(data: Any) -> "MethodConfig":
+        """Inverse of to_dict; any malformed input is a LowbitError, never another exception."""
+        if not isinstance(data, dict) or not isinstance(data.get("method"), str):
+            raise LowbitError("method config must be a JSON object with a 'method' name")
+        fields = dict(data)
+        cls = method_class(fields.pop("method"))
+        version = fields.pop("version", cls.version)
+        if version != cls.version:
+            raise LowbitError(
+                f"{cls.name} config version {version!r} is not the supported {cls.version}: "
+                "upgrade lowbit or re-quantize the model"
+            )
+        return make_config(cls.name, **fields)
+
+
+def make_config(method: str, **options: Any) -> MethodConfig:
+    """Build a config by method name, turning unknown or mistyped options into one-line errors."""
+    cls = method_class(method)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise LowbitError(f"{method} does not take {', '.join(unknown)} (it takes {', '.join(sorted(known))})")
+    for f in dataclasses.fields(cls):
+        if f.name in options:
+            _check_type(method, f.name, options[f.name], f.default)
+    return cls(**options)
+
+
+def _check_type(method: str, field: str, value: Any, default: Any) -> None:
+    expected = type(default) if default is not None else str
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if value is None and default is None:
+        ok = True
+    if not ok:
+        raise LowbitError(f"{method} option {field} must be {expected.__name__}, got {value!r}")

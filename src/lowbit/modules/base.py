@@ -1,0 +1,51 @@
+"""What every quantized layer shares: buffers described by a layout, a JSON spec to rebuild it, byte counts."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from lowbit.kernels.select import CallContext, Candidate, select
+
+
+class QuantizedLinear(nn.Module):
+    """Base of the quantized replacements for nn.Linear (and GPT-2's Conv1D, transposed).
+
+    Subclasses set `op` (the kernel op they call), register their packed buffers in __init__ from a
+    layout object, and implement `spec()` (JSON constructor args) and `from_spec()`. All state is
+    buffers, so `state_dict` is the packed checkpoint and meta-device construction is free.
+    """
+
+    op: ClassVar[str]
+    kernel_preference: str = "auto"
+
+    def __init__(self, layout: Any, has_bias: bool, device: torch.device | str | None = None):
+        super().__init__()
+        self.layout = layout
+        self.in_features = layout.in_features
+        self.out_features = layout.out_features
+        for name, (shape, dtype) in layout.buffer_shapes().items():
+            self.register_buffer(name, torch.empty(shape, dtype=dtype, device=device))
+        bias = torch.empty(layout.out_features, device=device) if has_bias else None
+        self.register_buffer("bias", bias)
+
+    def spec(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "meta") -> "QuantizedLinear":
+        raise NotImplementedError
+
+    def kernel(self, x: torch.Tensor) -> Candidate:
+        rows = x.numel() // x.shape[-1]
+        ctx = CallContext(x.device, rows, self.in_features, self.out_features)
+        return select(self.op, ctx, self.kernel_preference)
+
+    def packed_bytes(self) -> int:
+        """Bytes of the quantized weight and its qparams (bias excluded: it is not quantized)."""
+        return self.layout.nbytes()
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.spec().items())

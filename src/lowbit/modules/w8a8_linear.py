@@ -1,0 +1,50 @@
+"""Linear layer with int8 weights (per output channel) and int8 activations (one static scale)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lowbit.formats.int8_rows import Int8RowLayout
+from lowbit.modules.base import QuantizedLinear
+
+
+class W8A8Linear(QuantizedLinear):
+    """y = (round(x / s_x) @ q_w^T) * s_x * s_w + bias: integer matmul, scales calibrated ahead of time."""
+
+    op = "w8a8_linear"
+
+    def __init__(self, layout: Int8RowLayout, has_bias: bool, device: torch.device | str | None = None):
+        super().__init__(layout, has_bias, device)
+        self.register_buffer("input_scale", torch.empty(1, dtype=torch.float32, device=device))
+
+    @classmethod
+    def from_int8(
+        cls, qweight: torch.Tensor, scale: torch.Tensor, input_scale: float, bias: torch.Tensor | None
+    ) -> "W8A8Linear":
+        out, cols = qweight.shape
+        module = cls(Int8RowLayout(out, cols), has_bias=bias is not None, device=qweight.device)
+        module.qweight, module.scale = qweight, scale
+        module.input_scale = torch.tensor([input_scale], dtype=torch.float32)
+        if bias is not None:
+            module.bias = bias.detach().clone()
+        return module
+
+    def spec(self) -> dict[str, Any]:
+        return {"out_features": self.out_features, "in_features": self.in_features, "bias": self.bias is not None}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "meta") -> "W8A8Linear":
+        return cls(Int8RowLayout(spec["out_features"], spec["in_features"]), spec["bias"], device)
+
+    def packed_bytes(self) -> int:
+        return self.layout.nbytes() + self.input_scale.numel() * 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        x_q = torch.round(flat.float() / self.input_scale).clamp(-127, 127).to(torch.int8)
+        y = self.kernel(x).fn(x_q, self.input_scale, self.qweight, self.scale)
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
