@@ -38,3 +38,11 @@ def w8a8_linear_int_mm(
     """The same product through torch._int_mm (int8 x int8 -> int32)."""
     acc = torch._int_mm(x_q, qweight.t())
     return acc.float() * x_scale.float() * w_scale.float().t()
+
+
+def int8_weight_linear(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """W8A16: x (rows, in) float @ (qweight (out, in) int8 * scale (out, 1))^T + bias."""
+    w = (qweight.float() * scale.float()).to(x.dtype)
+    return F.linear(x, w, bias)

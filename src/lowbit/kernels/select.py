@@ -53,6 +53,7 @@ def _int_mm_unavailable(ctx: CallContext) -> str | None:
 # Fastest first; the last entry of each op is the reference path and runs everywhere.
 _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int_group_linear": (Candidate("reference", reference.int_group_linear, always),),
+    "int8_weight_linear": (Candidate("reference", reference.int8_weight_linear, always),),
     "w8a8_linear": (
         Candidate("torch_int_mm", reference.w8a8_linear_int_mm, _int_mm_unavailable),
         Candidate("reference", reference.w8a8_linear_emulated, always),

@@ -44,4 +44,4 @@ class PTQConfig(MethodConfig):
         if stats is None:
             raise LowbitError("ptq needs calibrated activation ranges: pass calibration data (--calib)")
         qweight, scale = int8_absmax(weight, dim=1)  # (out, in) int8, (out, 1)
-        return W8A8Linear.from_int8(qweight, scale, int8_scale(stats.range()), bias)
+        return W8A8Linear.from_calibrated(qweight, scale, int8_scale(stats.range()), bias)

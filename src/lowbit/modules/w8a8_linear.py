@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from lowbit.formats.int8_rows import Int8RowLayout
-from lowbit.modules.base import QuantizedLinear
+from lowbit.modules.int8_linear import Int8Linear
 
 
-class W8A8Linear(QuantizedLinear):
+class W8A8Linear(Int8Linear):
     """y = (round(x / s_x) @ q_w^T) * s_x * s_w + bias: integer matmul, scales calibrated ahead of time."""
 
     op = "w8a8_linear"
@@ -20,23 +18,12 @@ class W8A8Linear(QuantizedLinear):
         self.register_buffer("input_scale", torch.empty(1, dtype=torch.float32, device=device))
 
     @classmethod
-    def from_int8(
+    def from_calibrated(
         cls, qweight: torch.Tensor, scale: torch.Tensor, input_scale: float, bias: torch.Tensor | None
     ) -> "W8A8Linear":
-        out, cols = qweight.shape
-        module = cls(Int8RowLayout(out, cols), has_bias=bias is not None, device=qweight.device)
-        module.qweight, module.scale = qweight, scale
-        module.input_scale = torch.tensor([input_scale], dtype=torch.float32)
-        if bias is not None:
-            module.bias = bias.detach().clone()
+        module = cls.from_int8(qweight, scale, bias)
+        module.input_scale = torch.tensor([input_scale], dtype=torch.float32, device=qweight.device)
         return module
-
-    def spec(self) -> dict[str, Any]:
-        return {"out_features": self.out_features, "in_features": self.in_features, "bias": self.bias is not None}
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "meta") -> "W8A8Linear":
-        return cls(Int8RowLayout(spec["out_features"], spec["in_features"]), spec["bias"], device)
 
     def packed_bytes(self) -> int:
         return self.layout.nbytes() + self.input_scale.numel() * 4

@@ -1,0 +1,37 @@
+"""Linear layer with int8 weights, one scale per output channel, and 16/32-bit activations (W8A16)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lowbit.formats.int8_rows import Int8RowLayout
+from lowbit.modules.base import QuantizedLinear
+
+
+class Int8Linear(QuantizedLinear):
+    """y = x @ (qweight * scale)^T + bias; weight-only, so activations are never rounded."""
+
+    op = "int8_weight_linear"
+
+    @classmethod
+    def from_int8(cls, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> "Int8Linear":
+        out, cols = qweight.shape
+        module = cls(Int8RowLayout(out, cols), has_bias=bias is not None, device=qweight.device)
+        module.qweight, module.scale = qweight, scale
+        if bias is not None:
+            module.bias = bias.detach().clone()
+        return module
+
+    def spec(self) -> dict[str, Any]:
+        return {"out_features": self.out_features, "in_features": self.in_features, "bias": self.bias is not None}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "meta") -> "Int8Linear":
+        return cls(Int8RowLayout(spec["out_features"], spec["in_features"]), spec["bias"], device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        y = self.kernel(x).fn(flat, self.qweight, self.scale, self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
