@@ -109,7 +109,8 @@ def load_quantized(folder: str | Path) -> LoadedModel:
     _assign_tensors(model, folder / WEIGHTS_FILE)
     model.eval()
     model.lowbit_config = config
-    return LoadedModel(model, AutoTokenizer.from_pretrained(folder), str(folder))
+    has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    return LoadedModel(model, AutoTokenizer.from_pretrained(folder) if has_tokenizer else None, str(folder))
 
 
 def _empty_layer(name: str, layer: Any) -> QuantizedLinear:
