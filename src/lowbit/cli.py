@@ -90,6 +90,46 @@ def evaluate(
         typer.echo(f"{key:>22}: {value:.6g}" if isinstance(value, float) else f"{key:>22}: {value}")
 
 
+def _split(value: Optional[str], cast=str) -> Optional[list]:
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise LowbitError(f"cannot read {value!r} as a comma-separated list of {cast.__name__}")
+
+
+@app.command()
+def compare(
+    model: str = typer.Argument(..., help="Hugging Face folder, .gguf file, hub id, or 'demo'"),
+    out: Path = typer.Option(..., "--out", help="folder for results.jsonl and the reports"),
+    preset: str = typer.Option("quick", help="quick, standard or full"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated methods (default: the preset's)"),
+    bits: Optional[str] = typer.Option(None, help="comma-separated bit widths, e.g. 2,3,4,8"),
+    group_size: Optional[str] = typer.Option(None, help="comma-separated group sizes"),
+    eval_sets: Optional[str] = typer.Option(None, "--eval", help="comma-separated: wikitext2, ptb or text files"),
+    calib: str = typer.Option("wikitext2", help="calibration text for methods that need it"),
+    seed: int = typer.Option(0, help="calibration seed"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    save_models: bool = typer.Option(False, help="also save every quantized model under OUT/models"),
+) -> None:
+    """Run methods x settings side by side with one protocol and write report.md/.html, results.csv, plots."""
+    from lowbit.compare.presets import PRESETS
+    from lowbit.compare.report import write_reports
+    from lowbit.compare.runner import run_compare
+    from lowbit.core.checks import check_choice
+
+    check_choice(preset, tuple(PRESETS), "preset")
+    run = run_compare(
+        model, out, preset, _split(methods), _split(bits, int), _split(group_size, int), _split(eval_sets),
+        calib, seed, device, save_models,
+    )
+    paths = write_reports(run.records, run.skipped, out)
+    failed = sum(r["status"] != "ok" for r in run.records)
+    typer.echo(f"{len(run.records)} settings ({run.reused} reused, {failed} failed); reports: "
+               + ", ".join(str(p) for p in paths[:3]))
+
+
 @app.command()
 def info(folder: Path = typer.Argument(..., help="a lowbit output folder")) -> None:
     """What a saved model holds: method, settings, source, layers and bytes."""
