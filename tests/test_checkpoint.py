@@ -110,3 +110,28 @@ def test_corrupt_metadata_is_refused(saved):
     (saved[0] / "lowbit.json").write_text("{not json")
     with pytest.raises(LowbitError, match="lowbit.json is unreadable"):
         lowbit.load(saved[0])
+
+
+def test_edited_metadata_is_detected(saved):
+    meta_path = saved[0] / "lowbit.json"
+    meta = json.loads(meta_path.read_text())
+    meta["layers"]["model.layers.0.mlp.up_proj"]["spec"]["group_size"] = 64
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(LowbitError, match="lowbit.json is corrupt"):
+        lowbit.load(saved[0])
+
+
+def test_lock_refuses_a_second_writer(stories_copy, tmp_path):
+    model = lowbit.quantize(stories_copy, make_config("rtn", bits=4, group_size=32))
+    (tmp_path / ".q.lock").write_text(str(os.getpid()))  # a live process holds it
+    with pytest.raises(LowbitError, match=f"another lowbit process \\(pid {os.getpid()}\\) is writing"):
+        lowbit.save(model, tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+
+
+def test_stale_lock_is_taken_over(stories_copy, tmp_path):
+    model = lowbit.quantize(stories_copy, make_config("rtn", bits=4, group_size=32))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".q.lock").write_text(dead.stdout.strip())
+    lowbit.save(model, tmp_path / "q")
+    assert (tmp_path / "q" / "lowbit.json").is_file() and not (tmp_path / ".q.lock").exists()
