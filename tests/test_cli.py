@@ -119,3 +119,25 @@ def test_debug_shows_the_traceback(run_cli, tmp_path):
 
     with pytest.raises(LowbitError):
         run_cli("eval", tmp_path / "nope", "--debug")
+
+
+def test_preflight_refuses_with_the_numbers(run_cli, stories_path, tmp_path, monkeypatch):
+    import psutil
+
+    class Tiny:
+        available = 10_000
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny())
+    result = run_cli("quantize", stories_path, "--method", "rtn", "--out", tmp_path / "o")
+    _assert_one_line_error(result, r"not enough memory: about 0\.0 GiB needed .* available: use fewer --nsamples")
+    assert not (tmp_path / "o").exists()
+
+
+def test_preflight_estimate_matches_the_real_quantized_size(stories):
+    from lowbit.methods import make_config
+    from lowbit.preflight import estimate
+
+    est = estimate(stories.model, make_config("rtn", bits=4, group_size=64))
+    params = sum(p.numel() for p in stories.model.parameters())
+    assert est.model_bytes == 4 * params
+    assert 4.4 / 8 * params < est.quantized_bytes < 4.6 / 8 * params

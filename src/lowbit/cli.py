@@ -54,11 +54,13 @@ def quantize(
     from lowbit.io.atomic import check_target
     from lowbit.io.sources import load_model
     from lowbit.methods import make_config
+    from lowbit.preflight import check_fits, estimate
 
     given = {"bits": bits, "group_size": group_size, "include": include, "exclude": exclude}
     config = make_config(method, **{k: v for k, v in given.items() if v is not None}, **parse_options(option))
     check_target(out, overwrite)  # fail before the slow part
     loaded = load_model(model)
+    check_fits(estimate(loaded.model, config, nsamples if calib else 0, calib_seqlen), out)
     windows = None
     if calib is not None:
         windows = calibration_windows(loaded.tokenizer, calib, nsamples, calib_seqlen, seed)
