@@ -31,15 +31,16 @@ class CallContext:
     bits: int | None = None  # weight bits, for formats with a choice of widths
 
 
+def always(_ctx: CallContext) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Candidate:
     name: str
     fn: Callable
-    unavailable: Callable[[CallContext], str | None]
-
-
-def always(_ctx: CallContext) -> str | None:
-    return None
+    unavailable: Callable[[CallContext], str | None]  # cannot run the call
+    unsuited: Callable[[CallContext], str | None] = always  # can, but another candidate is faster
 
 
 def _int_mm_unavailable(ctx: CallContext) -> str | None:
@@ -72,19 +73,15 @@ def _triton_w8a8(ctx: CallContext) -> str | None:
     return triton_ops.triton_unavailable(ctx.device)
 
 
-def _both(first: Callable, second: Callable) -> Callable[[CallContext], str | None]:
-    return lambda ctx: first(ctx) or second(ctx)
-
-
 # Fastest first; the last entry of each op is the reference path and runs everywhere.
 _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int_group_linear": (
-        Candidate("triton_splitk", triton_ops.int_group_linear_splitk, _both(_triton_int_group, _few_rows)),
+        Candidate("triton_splitk", triton_ops.int_group_linear_splitk, _triton_int_group, _few_rows),
         Candidate("triton_tiled", triton_ops.int_group_linear_tiled, _triton_int_group),
         Candidate("reference", reference.int_group_linear, always),
     ),
     "int8_weight_linear": (
-        Candidate("triton_splitk", triton_ops.int8_weight_linear_splitk, _both(_triton_int8_weight, _few_rows)),
+        Candidate("triton_splitk", triton_ops.int8_weight_linear_splitk, _triton_int8_weight, _few_rows),
         Candidate("triton_tiled", triton_ops.int8_weight_linear_tiled, _triton_int8_weight),
         Candidate("reference", reference.int8_weight_linear, always),
     ),
@@ -112,7 +109,8 @@ def _matches(candidate: Candidate, preference: str) -> bool:
 def select(op: str, ctx: CallContext, preference: str = "auto") -> Candidate:
     """The fastest candidate able to run `ctx`; `preference` is 'auto', 'reference', a family or a kernel name.
 
-    A family ('triton') takes its members in table order, the first one able to run the call.
+    A family ('triton') takes its best-suited member able to run the call; a full kernel name is honoured
+    whenever that kernel can run the call, even where another would be faster.
     """
     candidates = _CANDIDATES[op]
     if preference == "reference":
@@ -122,13 +120,13 @@ def select(op: str, ctx: CallContext, preference: str = "auto") -> Candidate:
         if not named:
             names = ", ".join(c.name for c in candidates)
             raise LowbitError(f"no kernel {preference!r} for {op}: choose auto, reference or one of {names}")
-        reasons = [c.unavailable(ctx) for c in named]
-        for candidate, reason in zip(named, reasons):
-            if reason is None:
-                return candidate
-        log.info("kernel %s cannot run %s (%s); using auto choice", preference, op, reasons[-1])
+        able = [c for c in named if c.unavailable(ctx) is None]
+        suited = [c for c in able if len(named) == 1 or c.unsuited(ctx) is None]
+        if able:
+            return (suited or able)[0]
+        log.info("kernel %s cannot run %s (%s); using auto choice", preference, op, named[-1].unavailable(ctx))
     for candidate in candidates:
-        reason = candidate.unavailable(ctx)
+        reason = candidate.unavailable(ctx) or candidate.unsuited(ctx)
         if reason is None:
             return candidate
         log.debug("kernel %s skipped for %s: %s", candidate.name, op, reason)
