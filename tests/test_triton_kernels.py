@@ -142,3 +142,19 @@ def test_custom_ops_pass_opcheck():
     q8, s8 = int8_absmax(w[:, :196])
     args8 = (x[:, :196].contiguous(), q8.to(DEVICE), s8.to(DEVICE), None, "tiled")
     torch.library.opcheck(triton_ops.int8_weight_mm, args8, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.skipif(not CUDA, reason="torch.compile and CUDA graphs of the kernels need a CUDA GPU")
+def test_torch_compile_and_cuda_graph_capture():
+    layer, ref_w = _int_layer(4, 128, False)
+    layer.kernel_preference = "triton"
+    x = torch.randn(3, IN, device=DEVICE, dtype=torch.bfloat16)
+    eager = layer(x)
+    compiled = torch.compile(layer)(x)
+    assert torch.allclose(compiled.float(), eager.float(), rtol=1e-2, atol=1e-2)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = layer(x)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    assert torch.allclose(captured.float(), layer(x).float(), rtol=1e-2, atol=1e-2)
