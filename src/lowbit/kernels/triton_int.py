@@ -3,10 +3,11 @@
 They read the canonical checkpoint layout directly (no repacking): qweight (out, words) int32, codes packed
 along the input dim, low bits first. A *unit* is the fewest whole words that hold whole codes: one word of
 32 / b codes for b in {2, 4, 8}, three words of 32 codes for b = 3 (codes 10 and 21 straddle two words).
-The kernels unpack a tile of units to a (BN, units, codes per unit) code block in registers.
+The kernels load (BN, units) word tiles and take code j of every unit in an unrolled loop over j (its
+word and shift are compile-time constants), so no tensor is ever reshaped.
 
 Two paths, both splitting K across programs (fp32 atomics) when the output alone cannot fill the GPU:
-  * split-K matrix-vector (few rows): one program per (output block, K slice, activation row), CUDA cores;
+  * split-K matrix-vector (few rows): one program per (activation row, output block, K slice), CUDA cores;
   * tiled (many rows): (BM, BN) output tiles on tensor cores through tl.dot.
 When a K tile lies inside one quantization group, the scale and zero are applied once per tile and output
 (y += s * (sum_k q x - z * sum_k x)), so the inner loop only converts codes; otherwise every weight is
@@ -25,30 +26,32 @@ import triton.language as tl
 
 
 @triton.jit
-def _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr,
-            UW: tl.constexpr, SIGNED8: tl.constexpr):
-    """Codes of units unit0 .. unit0 + BU of rows offs_n -> (BN, BU, UC) int32."""
-    units = unit0 + tl.arange(0, BU)  # (BU,)
-    row = w_ptr + offs_n[:, None].to(tl.int64) * wpr  # (BN, 1)
-    mask = mask_n[:, None] & (units[None, :] * UW < wpr)  # (BN, BU)
-    j = tl.arange(0, UC)  # code index inside a unit
+def _load_words(w_ptr, offs_n, mask_n, wpr, units, UW: tl.constexpr):
+    """The words of units `units` (BU,) of rows offs_n (BN,): three (BN, BU) int32 tiles (w1, w2 only for UW 3)."""
+    row = w_ptr + offs_n[:, None].to(tl.int64) * wpr + units[None, :] * UW  # (BN, BU)
+    mask = mask_n[:, None] & (units[None, :] * UW < wpr)
+    w0 = tl.load(row, mask=mask, other=0)
     if UW == 1:
-        words = tl.load(row + units[None, :], mask=mask, other=0)  # (BN, BU)
-        codes = (words[:, :, None] >> (j * BITS)[None, None, :]) & ((1 << BITS) - 1)
+        return w0, w0, w0
+    return w0, tl.load(row + 1, mask=mask, other=0), tl.load(row + 2, mask=mask, other=0)
+
+
+@triton.jit
+def _code(w0, w1, w2, J: tl.constexpr, BITS: tl.constexpr, UW: tl.constexpr, SIGNED8: tl.constexpr):
+    """Code J of every unit, (BN, BU) int32; J, and so its word and bit offset, is known at compile time."""
+    MASK: tl.constexpr = (1 << BITS) - 1
+    if UW == 1:
+        c = (w0 >> (J * BITS)) & MASK
         if SIGNED8:
-            codes = codes ^ 0x80
-    else:  # 3 bits: 32 codes in 3 words; bit position 3 j lies in word 3 j // 32
-        w0 = tl.load(row + units[None, :] * 3, mask=mask, other=0).to(tl.uint32, bitcast=True)
-        w1 = tl.load(row + units[None, :] * 3 + 1, mask=mask, other=0).to(tl.uint32, bitcast=True)
-        w2 = tl.load(row + units[None, :] * 3 + 2, mask=mask, other=0).to(tl.uint32, bitcast=True)
-        wi = ((j * BITS) // 32)[None, None, :]  # (1, 1, UC)
-        off = ((j * BITS) % 32)[None, None, :]
-        a, b, c = w0[:, :, None], w1[:, :, None], w2[:, :, None]
-        lo = tl.where(wi == 0, a, tl.where(wi == 1, b, c)) >> off.to(tl.uint32)
-        nxt = tl.where(wi == 0, b, c)
-        hi = tl.where(off + BITS > 32, nxt << ((32 - off) & 31).to(tl.uint32), 0)
-        codes = ((lo | hi) & ((1 << BITS) - 1)).to(tl.int32)
-    return codes
+            c = c ^ 0x80
+        return c
+    WI: tl.constexpr = (J * BITS) // 32
+    OFF: tl.constexpr = (J * BITS) % 32
+    lo = w0 if WI == 0 else (w1 if WI == 1 else w2)
+    if OFF + BITS <= 32:
+        return (lo >> OFF) & MASK
+    nxt = w1 if WI == 0 else w2  # the code straddles into the next word
+    return ((lo >> OFF) & ((1 << (32 - OFF)) - 1)) | ((nxt << (32 - OFF)) & MASK)
 
 
 @triton.jit
@@ -64,72 +67,87 @@ def _qparams(scale_ptr, zero_ptr, offs, mask, n_groups, g, BITS: tl.constexpr, H
 
 @triton.jit
 def _splitk_mv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, N, K, wpr, n_groups, G, stride_x,
-               stride_y, K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr, BN: tl.constexpr,
-               BU: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr, HAS_ZERO: tl.constexpr,
-               HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr):
-    """y[m, n] (+)= sum_k x[m, k] w[n, k] over this program's K slice; grid (N / BN, SPLIT_K, rows)."""
-    pid_n, pid_k, m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+               stride_y, K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr,
+               BN: tl.constexpr, BU: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr,
+               HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr):
+    """y[m, n] (+)= sum_k x[m, k] w[n, k] over this program's K slice; grid (rows, N / BN, SPLIT_K).
+
+    Rows vary fastest in the grid, so the programs that share a weight tile run together (L2 hits).
+    """
+    m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BN + tl.arange(0, BN)
     mask_n = offs_n < N
-    BK: tl.constexpr = BU * UC
-    kk = tl.arange(0, BU)[:, None] * UC + tl.arange(0, UC)[None, :]  # (BU, UC) k offsets in a tile
-    acc = tl.zeros([BN], dtype=tl.float32)
+    acc = tl.zeros([BN, BU], dtype=tl.float32)  # reduced over units once, at the end
     for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
         t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
-        codes = _unpack(w_ptr, offs_n, mask_n, wpr, t * BU, BU, BITS, UC, UW, SIGNED8).to(tl.float32)
-        k = t * BK + kk
-        xv = tl.load(x_ptr + m * stride_x + k, mask=k < K, other=0.0).to(tl.float32)  # (BU, UC)
+        units = t * BU + tl.arange(0, BU)
+        w0, w1, w2 = _load_words(w_ptr, offs_n, mask_n, wpr, units, UW)
         if PER_TILE:
-            s, z = _qparams(scale_ptr, zero_ptr, offs_n, mask_n & (t < K_TILES), n_groups, (t * BK) // G, BITS,
-                            HAS_ZERO)
-            qx = tl.sum(tl.sum(codes * xv[None, :, :], axis=2), axis=1)  # (BN,)
-            acc += s * (qx - z * tl.sum(tl.sum(xv, axis=1), axis=0))
-        else:
-            msk = mask_n[:, None, None] & (k < K)[None, :, :]
-            s, z = _qparams(scale_ptr, zero_ptr, offs_n[:, None, None], msk, n_groups, (k // G)[None, :, :],
+            part = tl.zeros([BN, BU], dtype=tl.float32)
+            xs = tl.zeros([BU], dtype=tl.float32)
+            for j in tl.static_range(UC):
+                k = units * UC + j
+                xj = tl.load(x_ptr + m * stride_x + k, mask=k < K, other=0.0).to(tl.float32)  # (BU,)
+                part += _code(w0, w1, w2, j, BITS, UW, SIGNED8).to(tl.float32) * xj[None, :]
+                xs += xj
+            s, z = _qparams(scale_ptr, zero_ptr, offs_n, mask_n & (t < K_TILES), n_groups, (t * BU * UC) // G,
                             BITS, HAS_ZERO)
-            acc += tl.sum(tl.sum((codes - z) * s * xv[None, :, :], axis=2), axis=1)
+            acc += s[:, None] * part - (s * z)[:, None] * xs[None, :]
+        else:
+            for j in tl.static_range(UC):
+                k = units * UC + j
+                xj = tl.load(x_ptr + m * stride_x + k, mask=k < K, other=0.0).to(tl.float32)
+                s, z = _qparams(scale_ptr, zero_ptr, offs_n[:, None], mask_n[:, None] & (k < K)[None, :],
+                                n_groups, (k // G)[None, :], BITS, HAS_ZERO)
+                acc += (_code(w0, w1, w2, j, BITS, UW, SIGNED8).to(tl.float32) - z) * s * xj[None, :]
+    y = tl.sum(acc, axis=1)  # (BN,)
     if HAS_BIAS:
-        acc += tl.where(pid_k == 0, tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32), 0.0)
+        y += tl.where(pid_k == 0, tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32), 0.0)
     out = y_ptr + m * stride_y + offs_n
     if SPLIT_K == 1:
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
+        tl.store(out, y.to(y_ptr.dtype.element_ty), mask=mask_n)
     else:
-        tl.atomic_add(out, acc, mask=mask_n)
+        tl.atomic_add(out, y, mask=mask_n)
 
 
 @triton.jit
 def _tiled_mm(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, M, N, K, wpr, n_groups, G, stride_x,
-              stride_y, K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr, BM: tl.constexpr,
-              BN: tl.constexpr, BU: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr,
-              HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr):
-    """(BM, BN) tile of y = x w^T on tensor cores; grid (M / BM, N / BN, SPLIT_K)."""
+              stride_y, K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr, BU: tl.constexpr, SPLIT_K: tl.constexpr,
+              PER_TILE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr):
+    """(BM, BN) tile of y = x w^T on tensor cores; grid (M / BM, N / BN, SPLIT_K).
+
+    Code j of each unit meets activation columns unit * UC + j: one (BM, BU) x (BU, BN) product per j.
+    """
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
     mask_m, mask_n = offs_m < M, offs_n < N
-    BK: tl.constexpr = BU * UC
-    offs_k = tl.arange(0, BK)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
         t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
-        k = t * BK + offs_k
-        xt = tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :], mask=mask_m[:, None] & (k < K)[None, :],
-                     other=0.0)  # (BM, BK)
-        codes = _unpack(w_ptr, offs_n, mask_n, wpr, t * BU, BU, BITS, UC, UW, SIGNED8)
-        codes = tl.reshape(codes, (BN, BK))
-        if PER_TILE:  # codes < 256 are exact in fp16 and bf16
-            part = tl.dot(xt, tl.trans(codes.to(xt.dtype)))  # (BM, BN)
-            s, z = _qparams(scale_ptr, zero_ptr, offs_n, mask_n & (t < K_TILES), n_groups, (t * BK) // G, BITS,
-                            HAS_ZERO)
-            xsum = tl.sum(xt.to(tl.float32), axis=1)  # (BM,)
-            acc += s[None, :] * (part - xsum[:, None] * z[None, :])
+        units = t * BU + tl.arange(0, BU)
+        w0, w1, w2 = _load_words(w_ptr, offs_n, mask_n, wpr, units, UW)
+        part = tl.zeros([BM, BN], dtype=tl.float32)
+        xs = tl.zeros([BM], dtype=tl.float32)
+        for j in tl.static_range(UC):
+            k = units * UC + j
+            xj = tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :], mask=mask_m[:, None] & (k < K)[None, :],
+                         other=0.0)  # (BM, BU)
+            c = _code(w0, w1, w2, j, BITS, UW, SIGNED8)
+            if PER_TILE:  # codes < 256 are exact in fp16 and bf16
+                part = tl.dot(xj, tl.trans(c.to(xj.dtype)), part)
+                xs += tl.sum(xj.to(tl.float32), axis=1)
+            else:
+                s, z = _qparams(scale_ptr, zero_ptr, offs_n[:, None], mask_n[:, None] & (k < K)[None, :],
+                                n_groups, (k // G)[None, :], BITS, HAS_ZERO)
+                part = tl.dot(xj, tl.trans(((c.to(tl.float32) - z) * s).to(xj.dtype)), part)
+        if PER_TILE:
+            s, z = _qparams(scale_ptr, zero_ptr, offs_n, mask_n & (t < K_TILES), n_groups, (t * BU * UC) // G,
+                            BITS, HAS_ZERO)
+            acc += s[None, :] * (part - xs[:, None] * z[None, :])
         else:
-            msk = mask_n[:, None] & (k < K)[None, :]
-            s, z = _qparams(scale_ptr, zero_ptr, offs_n[:, None], msk, n_groups, (k // G)[None, :], BITS,
-                            HAS_ZERO)
-            w = ((codes.to(tl.float32) - z) * s).to(xt.dtype)  # (BN, BK)
-            acc = tl.dot(xt, tl.trans(w), acc)
+            acc += part
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         acc += tl.where(pid_k == 0, bias[None, :], 0.0)
@@ -147,8 +165,15 @@ def unit_shape(bits: int) -> tuple[int, int]:
     return 32 * words // bits, words
 
 
-def _block_units(target_k: int, group_size: int, in_features: int, codes: int) -> tuple[int, bool]:
-    """Units per K tile, and whether each tile lies inside one quantization group (per-tile qparams)."""
+def _block_units(path: str, target_k: int, group_size: int, in_features: int, codes: int) -> tuple[int, bool]:
+    """Units per K tile, and whether each tile lies inside one quantization group (per-tile qparams).
+
+    The tiled path needs at least 16 units (a tensor-core product's depth); split-K takes the largest
+    power-of-two tile (up to target_k) that divides the group.
+    """
+    if path == "tiled":
+        units = max(16, target_k // codes)
+        return units, group_size >= in_features or group_size % (units * codes) == 0
     if group_size >= in_features:
         return max(target_k // codes, 1), True
     bk = group_size & -group_size  # largest power of two dividing the group size
@@ -173,7 +198,7 @@ def _tiled_config(rows: int) -> dict[str, int]:
         return {"BM": 32, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 4}
     if rows <= 64:
         return {"BM": 64, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3}
-    return {"BM": 128, "BN": 128, "BK": 64, "num_warps": 8, "num_stages": 3}
+    return {"BM": 128, "BN": 64, "BK": 128, "num_warps": 8, "num_stages": 3}
 
 
 def int_group_matmul(
@@ -186,18 +211,18 @@ def int_group_matmul(
     out_features, wpr = qweight.shape
     n_groups = scale.shape[1]
     uc, uw = unit_shape(bits)
-    cfg = {"BN": 32, "BK": 256, "num_warps": 4, "num_stages": 2} if path == "splitk" else _tiled_config(rows)
-    bu, per_tile = _block_units(cfg.pop("BK"), group_size, cols, uc)
+    cfg = {"BN": 64, "BK": 256, "num_warps": 4, "num_stages": 3} if path == "splitk" else _tiled_config(rows)
+    bu, per_tile = _block_units(path, cfg.pop("BK"), group_size, cols, uc)
     k_tiles = math.ceil(cols / (bu * uc))
     blocks = math.ceil(out_features / cfg["BN"]) * (rows if path == "splitk" else math.ceil(rows / cfg["BM"]))
     split = _split_k(blocks, k_tiles, x.device)
     y = torch.zeros if split > 1 else torch.empty
     y = y((rows, out_features), dtype=torch.float32 if split > 1 else x.dtype, device=x.device)  # (rows, out)
     args = (x, qweight, scale, zero if zero is not None else scale, bias if bias is not None else scale, y)
-    flags = dict(K_TILES=k_tiles, BITS=bits, UC=uc, UW=uw, BU=bu, SPLIT_K=split, PER_TILE=per_tile, HAS_ZERO=zero is not None,
-                 HAS_BIAS=bias is not None, SIGNED8=signed8, **cfg)
+    flags = dict(K_TILES=k_tiles, BITS=bits, UC=uc, UW=uw, BU=bu, SPLIT_K=split, PER_TILE=per_tile,
+                 HAS_ZERO=zero is not None, HAS_BIAS=bias is not None, SIGNED8=signed8, **cfg)
     if path == "splitk":
-        grid = (math.ceil(out_features / cfg["BN"]), split, rows)
+        grid = (rows, math.ceil(out_features / cfg["BN"]), split)
         _splitk_mv[grid](*args, out_features, cols, wpr, n_groups, group_size, x.stride(0), y.stride(0), **flags)
     else:
         grid = (math.ceil(rows / cfg["BM"]), math.ceil(out_features / cfg["BN"]), split)
