@@ -40,18 +40,25 @@ def _load_words(w_ptr, offs_n, mask_n, wpr, units, UW: tl.constexpr):
 def _code(w0, w1, w2, J: tl.constexpr, BITS: tl.constexpr, UW: tl.constexpr, SIGNED8: tl.constexpr):
     """Code J of every unit, (BN, BU) int32; J, and so its word and bit offset, is known at compile time."""
     MASK: tl.constexpr = (1 << BITS) - 1
-    if UW == 1:
+    if UW == 1:  # (one return at the end: Triton compiles the code after an early return too)
         c = (w0 >> (J * BITS)) & MASK
         if SIGNED8:
             c = c ^ 0x80
-        return c
-    WI: tl.constexpr = (J * BITS) // 32
-    OFF: tl.constexpr = (J * BITS) % 32
-    lo = w0 if WI == 0 else (w1 if WI == 1 else w2)
-    if OFF + BITS <= 32:
-        return (lo >> OFF) & MASK
-    nxt = w1 if WI == 0 else w2  # the code straddles into the next word
-    return ((lo >> OFF) & ((1 << (32 - OFF)) - 1)) | ((nxt << (32 - OFF)) & MASK)
+    else:
+        WI: tl.constexpr = (J * BITS) // 32
+        OFF: tl.constexpr = (J * BITS) % 32
+        if WI == 0:
+            lo, nxt = w0, w1
+        elif WI == 1:
+            lo, nxt = w1, w2
+        else:
+            lo, nxt = w2, w2
+        if OFF + BITS <= 32:
+            c = (lo >> OFF) & MASK
+        else:  # the code straddles into the next word
+            LOW: tl.constexpr = (1 << (32 - OFF)) - 1
+            c = ((lo >> OFF) & LOW) | ((nxt << (32 - OFF)) & MASK)
+    return c
 
 
 @triton.jit
