@@ -20,7 +20,7 @@ if not CUDA:  # back off again, so that other test modules keep the reference pa
     os.environ.pop("TRITON_INTERPRET") if _saved is None else os.environ.update(TRITON_INTERPRET=_saved)
 
 from lowbit.core.affine import int8_absmax, rtn_quantize  # noqa: E402
-from lowbit.kernels import reference  # noqa: E402
+from lowbit.kernels import reference, triton_ops  # noqa: E402
 from lowbit.modules import Int8Linear, IntLinear, W8A8Linear  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -93,7 +93,7 @@ def test_int4_every_row_count_with_auto_choice(rows):
     layer.kernel_preference = "triton"
     for dtype in DTYPES:
         kernel = _check_int(layer, ref_w, rows, dtype, seed)
-        assert kernel == ("triton_splitk" if rows <= 8 else "triton_tiled")
+        assert kernel == ("triton_splitk" if rows <= triton_ops.SPLITK_MAX_ROWS else "triton_tiled")
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16, 33])
@@ -131,8 +131,6 @@ def test_w8a8_kernel_matches_emulation_exactly(rows):
 
 def test_custom_ops_pass_opcheck():
     """The fake implementations agree with the real ones (what torch.compile and CUDA graphs rely on)."""
-    from lowbit.kernels import triton_ops
-
     w = torch.randn(OUT, IN)
     q = rtn_quantize(w, 4, 64, False)
     layer = IntLinear.from_weights(q, None).to(DEVICE)
