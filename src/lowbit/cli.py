@@ -80,11 +80,12 @@ def evaluate(
     batch_size: int = typer.Option(1, help="windows per forward pass"),
     reference: Optional[str] = typer.Option(None, help="unquantized model for KL and top-1 agreement"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    kernel: str = typer.Option("auto", help="kernel preference: auto, triton, reference or a kernel name"),
 ) -> None:
     """Perplexity (and KL / top-1 vs a reference) with lowbit's evaluation protocol, plus memory."""
     from lowbit.eval.run import run_eval
 
-    result = run_eval(model, dataset, seqlen, windows, batch_size, reference, progress=not as_json)
+    result = run_eval(model, dataset, seqlen, windows, batch_size, reference, progress=not as_json, kernel=kernel)
     if as_json:
         typer.echo(json.dumps(result))
         return
