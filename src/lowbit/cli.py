@@ -179,7 +179,9 @@ def _is_out_of_memory(err: BaseException) -> bool:
 
 
 def _quiet_libraries() -> None:
+    import huggingface_hub.utils.logging as hub_logging
     import transformers
 
+    hub_logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
