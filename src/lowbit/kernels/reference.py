@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lowbit.core.affine import dequantize_affine
+from lowbit.core.affine import dequantize_affine, int8_absmax
+from lowbit.core.codebook import codebook_dequantize
 from lowbit.formats.bitpack import unpack_bits
+from lowbit.formats.nf4 import unpack_nibbles
 
 
 def int_group_linear(
@@ -46,3 +48,56 @@ def int8_weight_linear(
     """W8A16: x (rows, in) float @ (qweight (out, in) int8 * scale (out, 1))^T + bias."""
     w = (qweight.float() * scale.float()).to(x.dtype)
     return F.linear(x, w, bias)
+
+
+def int_group_linear_t(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    out_features: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Groups along the output axis: qweight packs W^T (in, out) row by row; x (..., in) @ W^T + bias."""
+    codes = unpack_bits(qweight, bits, out_features)  # (in, out)
+    w_t = dequantize_affine(codes, scale, zero, bits, group_size).to(x.dtype)
+    y = x @ w_t
+    return y + bias.to(x.dtype) if bias is not None else y
+
+
+def llm_int8_linear(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, threshold: float, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """LLM.int8 (Dettmers et al., 2022): x (rows, in) float, qweight (out, in) int8, scale (out, 1).
+
+    Input columns where any |x| > threshold (threshold > 0) take a float matmul with the matching
+    dequantized weight columns; the rest are quantized per row (vector-wise absmax) and multiplied
+    int8 x int8 (exact, accumulated in float64). threshold 0: every column takes the int8 path.
+    """
+    outliers = (x.abs() > threshold).any(dim=0) if threshold > 0 else torch.zeros_like(x[0], dtype=torch.bool)
+    x_regular = x.masked_fill(outliers, 0)  # (rows, in)
+    x_q, x_scale = int8_absmax(x_regular, dim=1)  # (rows, in) int8, (rows, 1)
+    y = w8a8_linear_emulated(x_q, x_scale, qweight, scale)  # (rows, out) float32
+    if outliers.any():
+        w_out = qweight[:, outliers].float() * scale.float()  # (out, n_outliers)
+        y = y + x[:, outliers].float() @ w_out.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def fourbit_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    absmax: torch.Tensor,
+    code: torch.Tensor,
+    blocksize: int,
+    out_features: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W) (out, in)^T + bias; absmax (n_blocks,) float32."""
+    n = out_features * x.shape[-1]
+    w = codebook_dequantize(unpack_nibbles(qweight, n), absmax, code, blocksize)
+    return F.linear(x, w.view(out_features, -1).to(x.dtype), bias)

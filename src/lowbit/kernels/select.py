@@ -53,7 +53,11 @@ def _int_mm_unavailable(ctx: CallContext) -> str | None:
 # Fastest first; the last entry of each op is the reference path and runs everywhere.
 _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int_group_linear": (Candidate("reference", reference.int_group_linear, always),),
+    "int_group_linear_t": (Candidate("reference", reference.int_group_linear_t, always),),
+    "fourbit_linear": (Candidate("reference", reference.fourbit_linear, always),),
     "int8_weight_linear": (Candidate("reference", reference.int8_weight_linear, always),),
+    # LLM.int8 (outlier columns in float, the rest int8 x int8): fn(x, qweight, scale, threshold, bias)
+    "llm_int8_linear": (Candidate("reference", reference.llm_int8_linear, always),),
     "w8a8_linear": (
         Candidate("torch_int_mm", reference.w8a8_linear_int_mm, _int_mm_unavailable),
         Candidate("reference", reference.w8a8_linear_emulated, always),

@@ -1,0 +1,67 @@
+"""Shared fixtures: the real stories260k model, its evaluation windows, and tiny random models."""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import pytest
+import torch
+
+from lowbit.assets import EVAL_TEXTS, assets_dir, resolve_text
+from lowbit.calib.data import consecutive_windows, read_text, tokenize
+from lowbit.io.sources import load_model
+
+
+@pytest.fixture(scope="session")
+def stories_path():
+    return assets_dir() / "models" / "stories260k"
+
+
+@pytest.fixture(scope="session")
+def stories(stories_path):
+    """The loaded fp32 model; tests that change it must deepcopy (see `stories_copy`)."""
+    return load_model(str(stories_path))
+
+
+@pytest.fixture
+def stories_copy(stories):
+    return copy.deepcopy(stories.model)
+
+
+@pytest.fixture(scope="session")
+def wikitext_tokens(stories):
+    return tokenize(stories.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS)))
+
+
+@pytest.fixture(scope="session")
+def all_windows(wikitext_tokens):
+    """Every 512-token window of wikitext2-test (the protocol's full evaluation set for stories260k)."""
+    return consecutive_windows(wikitext_tokens, 512)
+
+
+@pytest.fixture(scope="session")
+def few_windows(wikitext_tokens):
+    return consecutive_windows(wikitext_tokens, 128, 4)
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run the real CLI entry point in-process; returns (exit code, stdout, stderr)."""
+    from lowbit.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["lowbit", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
