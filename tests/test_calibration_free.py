@@ -143,6 +143,17 @@ def test_int8_threshold_zero_is_plain_int8():
     torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("threshold", [0.0, 2.0])
+def test_int8_kernels_agree(threshold):
+    w = torch.randn(40, 96, generator=seeded(10))
+    x = torch.randn(33, 96, generator=seeded(11)) * 2
+    module = make_config("int8", threshold=threshold).quantize_layer(w, torch.randn(40, generator=seeded(12)))
+    module.kernel_preference = "reference"
+    expected = module(x)
+    module.kernel_preference = "torch_int_mm"
+    torch.testing.assert_close(module(x), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_int8_bad_threshold():
     with pytest.raises(LowbitError):
         make_config("int8", threshold=-1.0)

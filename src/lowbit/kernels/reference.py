@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -68,18 +70,24 @@ def int_group_linear_t(
 
 
 def llm_int8_linear(
-    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, threshold: float, bias: torch.Tensor | None
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    threshold: float,
+    bias: torch.Tensor | None,
+    int8_mm: Callable = w8a8_linear_emulated,
 ) -> torch.Tensor:
     """LLM.int8 (Dettmers et al., 2022): x (rows, in) float, qweight (out, in) int8, scale (out, 1).
 
     Input columns where any |x| > threshold (threshold > 0) take a float matmul with the matching
     dequantized weight columns; the rest are quantized per row (vector-wise absmax) and multiplied
-    int8 x int8 (exact, accumulated in float64). threshold 0: every column takes the int8 path.
+    int8 x int8 by `int8_mm` (exact either way: float64 here, torch._int_mm in the selector's fast
+    candidate). threshold 0: every column takes the int8 path.
     """
     outliers = (x.abs() > threshold).any(dim=0) if threshold > 0 else torch.zeros_like(x[0], dtype=torch.bool)
     x_regular = x.masked_fill(outliers, 0)  # (rows, in)
     x_q, x_scale = int8_absmax(x_regular, dim=1)  # (rows, in) int8, (rows, 1)
-    y = w8a8_linear_emulated(x_q, x_scale, qweight, scale)  # (rows, out) float32
+    y = int8_mm(x_q, x_scale, qweight, scale)  # (rows, out) float32
     if outliers.any():
         w_out = qweight[:, outliers].float() * scale.float()  # (out, n_outliers)
         y = y + x[:, outliers].float() @ w_out.t()

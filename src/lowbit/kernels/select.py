@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -57,7 +58,12 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "fourbit_linear": (Candidate("reference", reference.fourbit_linear, always),),
     "int8_weight_linear": (Candidate("reference", reference.int8_weight_linear, always),),
     # LLM.int8 (outlier columns in float, the rest int8 x int8): fn(x, qweight, scale, threshold, bias)
-    "llm_int8_linear": (Candidate("reference", reference.llm_int8_linear, always),),
+    "llm_int8_linear": (
+        Candidate(
+            "torch_int_mm", partial(reference.llm_int8_linear, int8_mm=reference.w8a8_linear_int_mm), _int_mm_unavailable
+        ),
+        Candidate("reference", reference.llm_int8_linear, always),
+    ),
     "w8a8_linear": (
         Candidate("torch_int_mm", reference.w8a8_linear_int_mm, _int_mm_unavailable),
         Candidate("reference", reference.w8a8_linear_emulated, always),
