@@ -174,3 +174,12 @@ def test_save_load_round_trip(tmp_path, stories, method, options):
     save(model, tmp_path / "q", stories.tokenizer)  # any tokenizer: loading reads one
     loaded = load_quantized(tmp_path / "q").model
     torch.testing.assert_close(loaded(tokens).logits, expected, rtol=0, atol=0)
+
+
+def test_fourbit_chunking_changes_nothing():
+    from lowbit.core.codebook import code_table, codebook_quantize
+
+    w = torch.randn(37, 101, generator=seeded(13))  # 3737 values: 58 full blocks and a partial one
+    whole = codebook_quantize(w, code_table("nf4"), 64)
+    chunked = codebook_quantize(w, code_table("nf4"), 64, chunk_blocks=5)
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])

@@ -42,19 +42,32 @@ def _to_blocks(flat: torch.Tensor, blocksize: int) -> torch.Tensor:
     return torch.nn.functional.pad(flat, (0, pad)).view(-1, blocksize)
 
 
-def codebook_quantize(w: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Any-shape float tensor -> codes (numel,) uint8 and absmax (n_blocks,) float32."""
-    flat = w.reshape(-1).float()
+def codebook_quantize(
+    w: torch.Tensor, code: torch.Tensor, blocksize: int, chunk_blocks: int = 1 << 14
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Any-shape float tensor -> codes (numel,) uint8 and absmax (n_blocks,) float32.
+
+    Works through `chunk_blocks` blocks at a time, so its float32 temporaries stay small whatever the
+    size of `w` (on-the-fly loading relies on this for its peak memory).
+    """
+    flat = w.reshape(-1)
+    order = torch.argsort(code)
+    midpoints = (code[order[:-1]] + code[order[1:]]) / 2  # (15,)
+    step = chunk_blocks * blocksize
+    parts = [_quantize_blocks(flat[i : i + step].float(), midpoints, order, blocksize) for i in range(0, flat.numel(), step)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _quantize_blocks(
+    flat: torch.Tensor, midpoints: torch.Tensor, order: torch.Tensor, blocksize: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     blocks = _to_blocks(flat, blocksize)  # (n_blocks, blocksize)
     absmax = blocks.abs().amax(dim=1)  # (n_blocks,)
     scaled = blocks * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)
     if flat.numel() % blocksize:  # bitsandbytes divides the last, partial block (bit-identical codes)
         scaled[-1] = blocks[-1] / absmax[-1].clamp(min=1e-38)
-    scaled = torch.clamp(scaled, -1, 1).reshape(-1)
-    order = torch.argsort(code)
-    midpoints = (code[order[:-1]] + code[order[1:]]) / 2  # (15,)
-    codes = order[torch.bucketize(scaled[: flat.numel()], midpoints)]
-    return codes.to(torch.uint8), absmax
+    scaled = torch.clamp(scaled, -1, 1).reshape(-1)[: flat.numel()]
+    return order.to(torch.uint8)[torch.bucketize(scaled, midpoints, out_int32=True)], absmax
 
 
 def codebook_dequantize(
