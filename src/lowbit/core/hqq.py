@@ -17,6 +17,7 @@ the paper mentions; off by default). Groups run along the input axis of the (out
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -42,7 +43,8 @@ class HQQSchedule:
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     """Proximal operator of |x|^p / beta (Badri & Shaji eq. 6): sign(x) relu(|x| - |x|^(p-1) / beta)."""
     mag = x.abs()
-    return torch.sign(x) * torch.relu(mag - mag.clamp(min=1e-12).pow(p - 1) / beta)
+    shrunk = mag.clamp(min=1e-12).pow_(p - 1).mul_(-1.0 / beta).add_(mag).clamp_(min=0)
+    return torch.copysign(shrunk, x, out=shrunk)
 
 
 def hqq_quantize(
@@ -53,21 +55,21 @@ def hqq_quantize(
     group_size = resolve_group_size(group_size, cols)
     scale16, zero16 = affine_qparams(w, bits, group_size, symmetric=False)  # min-max start, (out, n_groups)
     g = to_groups(w.float(), group_size)  # (out, n_groups, group_size)
-    mask = _real_columns(cols, group_size, g.device)  # (1, n_groups, group_size): padding excluded
+    mean = _group_mean(cols, group_size, g.device)  # over real columns only (the padding is excluded)
     scale, zero = scale16.float().unsqueeze(2), zero16.float().unsqueeze(2)  # (out, n_groups, 1)
     best = (float("inf"), scale, zero)
     beta = schedule.beta
     for _ in range(schedule.iters):
-        q = torch.clamp(torch.round(g / scale + zero), 0, 2**bits - 1)
-        recon = scale * (q - zero)
-        error = float(((g - recon).abs() * mask).sum() / (mask.sum() * g.shape[0]))
+        q = torch.div(g, scale).add_(zero).round_().clamp_(0, 2**bits - 1)
+        diff = g - (q - zero).mul_(scale)  # W - s (q - z)
+        error = float(mean(diff.abs()).mean())
         if error >= best[0]:
             break
         best = (error, scale, zero)
-        target = g - shrink_lp(g - recon, beta, schedule.lp_norm)  # W - W_e
+        target = g - shrink_lp(diff, beta, schedule.lp_norm)  # W - W_e
         if optimize_scale:
-            scale = _refit_scale(q, target, mask, scale)
-        zero = _masked_mean(q - target / scale, mask)
+            scale = _refit_scale(q, target, mean, scale)
+        zero = mean(q) - mean(target) / scale
         beta *= schedule.kappa
     _, scale, zero = best
     scale16 = scale.squeeze(2).clamp(min=torch.finfo(QPARAM_DTYPE).tiny).to(QPARAM_DTYPE)
@@ -75,18 +77,19 @@ def hqq_quantize(
     return IntWeights(quantize_affine(w, scale16, zero16, bits, group_size), scale16, zero16, bits, group_size)
 
 
-def _real_columns(cols: int, group_size: int, device: torch.device) -> torch.Tensor:
+def _group_mean(cols: int, group_size: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (out, n_groups, group_size) -> its mean over each group's real columns, (out, n_groups, 1)."""
     idx = torch.arange(n_groups(cols, group_size) * group_size, device=device)
-    return (idx < cols).float().view(1, -1, group_size)
+    if idx.numel() == cols:
+        return lambda x: x.mean(dim=2, keepdim=True)
+    mask = (idx < cols).float().view(1, -1, group_size)
+    counts = mask.sum(dim=2, keepdim=True)
+    return lambda x: (x * mask).sum(dim=2, keepdim=True) / counts
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum(dim=2, keepdim=True) / mask.sum(dim=2, keepdim=True)
-
-
-def _refit_scale(q: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _refit_scale(q: torch.Tensor, target: torch.Tensor, mean, scale: torch.Tensor) -> torch.Tensor:
     """Least-squares slope of target on q per group; groups with one distinct code keep their scale."""
-    qc = q - _masked_mean(q, mask)
-    var = _masked_mean(qc * qc, mask)
-    slope = _masked_mean(qc * target, mask) / var.clamp(min=1e-12)
+    qc = q - mean(q)
+    var = mean(qc * qc)
+    slope = mean(qc * target) / var.clamp(min=1e-12)
     return torch.where((var > 1e-12) & (slope > 0), slope, scale)
