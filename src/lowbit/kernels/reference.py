@@ -23,9 +23,12 @@ def int_group_linear(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """x (..., in) @ dequant(W) (out, in)^T + bias."""
-    codes = unpack_bits(qweight, bits, x.shape[-1])
-    w = dequantize_affine(codes, scale, zero, bits, group_size).to(x.dtype)
-    return F.linear(x, w, bias)
+    return F.linear(x, _dequantize_int(qweight, scale, zero, bits, group_size, x.shape[-1], x.dtype), bias)
+
+
+def _dequantize_int(qweight, scale, zero, bits: int, group_size: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """Packed (rows, words) int_group codes -> (rows, cols) weights in `dtype`."""
+    return dequantize_affine(unpack_bits(qweight, bits, cols), scale, zero, bits, group_size).to(dtype)
 
 
 def w8a8_linear_emulated(
@@ -63,9 +66,7 @@ def int_group_linear_t(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """Groups along the output axis: qweight packs W^T (in, out) row by row; x (..., in) @ W^T + bias."""
-    codes = unpack_bits(qweight, bits, out_features)  # (in, out)
-    w_t = dequantize_affine(codes, scale, zero, bits, group_size).to(x.dtype)
-    y = x @ w_t
+    y = x @ _dequantize_int(qweight, scale, zero, bits, group_size, out_features, x.dtype)  # W^T: (in, out)
     return y + bias.to(x.dtype) if bias is not None else y
 
 

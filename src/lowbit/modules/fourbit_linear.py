@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
@@ -14,6 +13,7 @@ from lowbit.modules.base import QuantizedLinear
 class FourBitLinear(QuantizedLinear):
     """y = x @ (code_table[codes] * absmax[block])^T + bias (Dettmers et al., QLoRA 2023)."""
 
+    layout_type = FourBitLayout
     op = "fourbit_linear"
 
     @classmethod
@@ -29,23 +29,6 @@ class FourBitLinear(QuantizedLinear):
         if bias is not None:
             module.bias = bias.detach().clone()
         return module
-
-    def spec(self) -> dict[str, Any]:
-        lay = self.layout
-        return {
-            "out_features": lay.out_features,
-            "in_features": lay.in_features,
-            "quant_type": lay.quant_type,
-            "blocksize": lay.blocksize,
-            "double_quant": lay.double_quant,
-            "bias": self.bias is not None,
-        }
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "meta") -> "FourBitLinear":
-        spec = dict(spec)
-        has_bias = spec.pop("bias")
-        return cls(FourBitLayout(**spec), has_bias, device)
 
     def block_absmax(self) -> torch.Tensor:
         """(n_blocks,) float32 absmax, double-dequantized where it is stored so."""

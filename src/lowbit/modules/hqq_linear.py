@@ -5,7 +5,6 @@ Axis-1 HQQ without 8-bit qparams is exactly the shared format, and methods.hqq e
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
@@ -18,6 +17,7 @@ from lowbit.modules.base import QuantizedLinear
 class HQQLinear(QuantizedLinear):
     """y = x @ W^T + b with W dequantized from codes grouped along `axis`, qparams fp16 or 8-bit."""
 
+    layout_type = IntGroupMetaLayout
     op = "int_group_linear"
 
     def __init__(self, layout: IntGroupMetaLayout, has_bias: bool, device: torch.device | str | None = None):
@@ -44,24 +44,6 @@ class HQQLinear(QuantizedLinear):
         if bias is not None:
             module.bias = bias.detach().clone()
         return module
-
-    def spec(self) -> dict[str, Any]:
-        lay = self.layout
-        return {
-            "out_features": lay.out_features,
-            "in_features": lay.in_features,
-            "bits": lay.bits,
-            "group_size": lay.group_size,
-            "axis": lay.axis,
-            "quant_qparams": lay.quant_qparams,
-            "bias": self.bias is not None,
-        }
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "meta") -> "HQQLinear":
-        spec = dict(spec)
-        has_bias = spec.pop("bias")
-        return cls(IntGroupMetaLayout(**spec), has_bias, device)
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, n_groups) fp16 scale and zero, dequantized from 8 bits where they are stored so."""

@@ -30,8 +30,9 @@ class LLMInt8Linear(Int8Linear):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "meta") -> "LLMInt8Linear":
-        layout = Int8RowLayout(spec["out_features"], spec["in_features"])
-        return cls(layout, spec["bias"], device, float(spec["threshold"]))
+        module = super().from_spec({k: v for k, v in spec.items() if k != "threshold"}, device)
+        module.threshold = float(spec["threshold"])
+        return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
