@@ -63,10 +63,12 @@ def quantize(
     from lowbit.calib.data import calibration_windows
     from lowbit.io.atomic import check_target
     from lowbit.io.sources import load_model
+    from lowbit.preflight import check_fits, estimate
 
     config = method_config(method, bits, group_size, option, include, exclude)
     check_target(out, overwrite)  # fail before the slow part
     loaded = load_model(model)
+    check_fits(estimate(loaded.model, config, nsamples if calib else 0, calib_seqlen), out)
     windows = None
     if calib is not None:
         windows = calibration_windows(loaded.tokenizer, calib, nsamples, calib_seqlen, seed)
@@ -129,16 +131,57 @@ def evaluate(
     batch_size: int = typer.Option(1, help="windows per forward pass"),
     reference: Optional[str] = typer.Option(None, help="unquantized model for KL and top-1 agreement"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    kernel: str = typer.Option("auto", help="kernel preference: auto, triton, reference or a kernel name"),
 ) -> None:
     """Perplexity (and KL / top-1 vs a reference) with lowbit's evaluation protocol, plus memory."""
     from lowbit.eval.run import run_eval
 
-    result = run_eval(model, dataset, seqlen, windows, batch_size, reference, progress=not as_json)
+    result = run_eval(model, dataset, seqlen, windows, batch_size, reference, progress=not as_json, kernel=kernel)
     if as_json:
         typer.echo(json.dumps(result))
         return
     for key, value in result.items():
         typer.echo(f"{key:>22}: {value:.6g}" if isinstance(value, float) else f"{key:>22}: {value}")
+
+
+def _split(value: Optional[str], cast=str) -> Optional[list]:
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise LowbitError(f"cannot read {value!r} as a comma-separated list of {cast.__name__}")
+
+
+@app.command()
+def compare(
+    model: str = typer.Argument(..., help="Hugging Face folder, .gguf file, hub id, or 'demo'"),
+    out: Path = typer.Option(..., "--out", help="folder for results.jsonl and the reports"),
+    preset: str = typer.Option("quick", help="quick, standard or full"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated methods (default: the preset's)"),
+    bits: Optional[str] = typer.Option(None, help="comma-separated bit widths, e.g. 2,3,4,8"),
+    group_size: Optional[str] = typer.Option(None, help="comma-separated group sizes"),
+    eval_sets: Optional[str] = typer.Option(None, "--eval", help="comma-separated: wikitext2, ptb or text files"),
+    calib: str = typer.Option("wikitext2", help="calibration text for methods that need it"),
+    seed: int = typer.Option(0, help="calibration seed"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    save_models: bool = typer.Option(False, help="also save every quantized model under OUT/models"),
+) -> None:
+    """Run methods x settings side by side with one protocol and write report.md/.html, results.csv, plots."""
+    from lowbit.compare.presets import PRESETS
+    from lowbit.compare.report import write_reports
+    from lowbit.compare.runner import run_compare
+    from lowbit.core.checks import check_choice
+
+    check_choice(preset, tuple(PRESETS), "preset")
+    run = run_compare(
+        model, out, preset, _split(methods), _split(bits, int), _split(group_size, int), _split(eval_sets),
+        calib, seed, device, save_models,
+    )
+    paths = write_reports(run.records, run.skipped, out)
+    failed = sum(r["status"] != "ok" for r in run.records)
+    typer.echo(f"{len(run.records)} settings ({run.reused} reused, {failed} failed); reports: "
+               + ", ".join(str(p) for p in paths[:3]))
 
 
 @app.command()

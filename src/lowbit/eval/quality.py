@@ -35,7 +35,46 @@ def _log_probs(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits.float(), dim=-1).cpu()
 
 
+class _Totals:
+    """Running sums over predicted positions: NLL, and KL / top-1 agreement against a reference."""
+
+    def __init__(self) -> None:
+        self.nll = self.kl = 0.0
+        self.agree = self.count = 0
+
+    def add(self, logp: torch.Tensor, targets: torch.Tensor, ref_logp: torch.Tensor | None) -> None:
+        self.nll += float(-logp.gather(-1, targets.unsqueeze(-1)).sum())
+        self.count += targets.numel()
+        if ref_logp is not None:
+            self.kl += float((ref_logp.exp() * (ref_logp - logp)).sum())
+            self.agree += int((ref_logp.argmax(-1) == logp.argmax(-1)).sum())
+
+    def result(self, windows: torch.Tensor, with_reference: bool) -> QualityResult:
+        nll = self.nll / self.count
+        result = QualityResult(math.exp(nll), nll, windows.shape[0], windows.shape[1], self.count)
+        if with_reference:
+            result.kl, result.top1 = self.kl / self.count, self.agree / self.count
+        return result
+
+
 @torch.no_grad()
+def evaluate_many(
+    models: dict[str, nn.Module],
+    windows: torch.Tensor,
+    reference: nn.Module | None = None,
+    batch_size: int = 1,
+    progress: bool = False,
+) -> dict[str, QualityResult]:
+    """Evaluate several models on the same windows; the reference runs once per batch for all of them."""
+    totals = {name: _Totals() for name in models}
+    for batch in track(windows.split(batch_size), "evaluating", progress):
+        ref_logp = _log_probs(reference, batch) if reference is not None else None
+        for name, model in models.items():
+            logp = ref_logp if model is reference else _log_probs(model, batch)
+            totals[name].add(logp, batch[:, 1:], ref_logp)
+    return {name: t.result(windows, reference is not None) for name, t in totals.items()}
+
+
 def evaluate(
     model: nn.Module,
     windows: torch.Tensor,
@@ -44,18 +83,4 @@ def evaluate(
     progress: bool = False,
 ) -> QualityResult:
     """windows: (k, seqlen) token ids. With a reference model, also KL and top-1 agreement."""
-    nll_sum, kl_sum, agree, count = 0.0, 0.0, 0, 0
-    for batch in track(windows.split(batch_size), "evaluating", progress):
-        logp = _log_probs(model, batch)  # (b, seqlen - 1, vocab)
-        targets = batch[:, 1:]
-        nll_sum += float(-logp.gather(-1, targets.unsqueeze(-1)).sum())
-        count += targets.numel()
-        if reference is not None:
-            ref_logp = _log_probs(reference, batch)
-            kl_sum += float((ref_logp.exp() * (ref_logp - logp)).sum())
-            agree += int((ref_logp.argmax(-1) == logp.argmax(-1)).sum())
-    nll = nll_sum / count
-    result = QualityResult(math.exp(nll), nll, windows.shape[0], windows.shape[1], count)
-    if reference is not None:
-        result.kl, result.top1 = kl_sum / count, agree / count
-    return result
+    return evaluate_many({"model": model}, windows, reference, batch_size, progress)["model"]

@@ -9,6 +9,8 @@ from lowbit.calib.data import consecutive_windows, read_text, tokenize
 from lowbit.eval.memory import memory_report
 from lowbit.eval.quality import evaluate
 from lowbit.io.sources import load_model
+from lowbit.kernels.select import check_preference
+from lowbit.modules.base import set_kernel_preference
 
 DEFAULT_SEQLEN = 2048
 
@@ -21,8 +23,11 @@ def run_eval(
     batch_size: int = 1,
     reference: str | None = None,
     progress: bool = False,
+    kernel: str = "auto",
 ) -> dict[str, Any]:
+    check_preference(kernel)
     loaded = load_model(model)
+    set_kernel_preference(loaded.model, kernel)
     ref = load_model(reference).model if reference else None
     context = getattr(loaded.model.config, "max_position_embeddings", DEFAULT_SEQLEN)
     seqlen = seqlen or min(DEFAULT_SEQLEN, context)
@@ -45,6 +50,7 @@ def run_eval(
         "quantized_bytes": memory.quantized_bytes,
         "quantized_fraction_of_fp16": memory.quantized_fraction_of_fp16,
         "bits_per_param": memory.bits_per_param,
+        "kernel": kernel,
     }
     if ref is not None:
         record |= {"reference": reference, "kl": quality.kl, "top1": quality.top1}

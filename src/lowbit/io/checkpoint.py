@@ -8,6 +8,7 @@ Loading builds the model on the meta device, swaps in empty quantized modules, a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ def save_quantized(
             },
             "sha256": files,
         }
+        meta["metadata_sha256"] = _metadata_digest(meta)
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1))
     return out
 
@@ -72,6 +74,12 @@ def _unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _metadata_digest(meta: dict[str, Any]) -> str:
+    """sha256 of the metadata itself (without this field), so an edited or damaged lowbit.json is caught."""
+    body = {k: v for k, v in meta.items() if k != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def read_metadata(folder: Path) -> dict[str, Any]:
     """lowbit.json, checked for format version and file integrity."""
     try:
@@ -85,7 +93,12 @@ def read_metadata(folder: Path) -> dict[str, Any]:
             f"{folder} uses checkpoint format {meta['format_version']}, newer than this lowbit "
             f"({__version__}, format {FORMAT_VERSION}): upgrade lowbit"
         )
-    for name, digest in meta.get("sha256", {}).items():
+    if meta.get("metadata_sha256") != _metadata_digest(meta):
+        raise LowbitError(f"{folder / METADATA_FILE} is corrupt (its checksum does not match): re-save the checkpoint")
+    files = meta.get("sha256")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise LowbitError(f"{folder / METADATA_FILE} has no valid file checksums: the checkpoint is corrupt")
+    for name, digest in files.items():
         path = folder / name
         if not path.is_file():
             raise LowbitError(f"{path} is missing: the checkpoint is incomplete, re-save it")
@@ -109,7 +122,8 @@ def load_quantized(folder: str | Path) -> LoadedModel:
     _assign_tensors(model, folder / WEIGHTS_FILE)
     model.eval()
     model.lowbit_config = config
-    return LoadedModel(model, AutoTokenizer.from_pretrained(folder), str(folder))
+    has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    return LoadedModel(model, AutoTokenizer.from_pretrained(folder) if has_tokenizer else None, str(folder))
 
 
 def _empty_layer(name: str, layer: Any) -> QuantizedLinear:

@@ -15,11 +15,11 @@ from typing import Callable
 import torch
 
 from lowbit.errors import LowbitError
-from lowbit.kernels import reference
+from lowbit.kernels import reference, triton_ops
 
 log = logging.getLogger(__name__)
 
-PREFERENCES = ("auto", "reference")
+PREFERENCES = ("auto", "triton", "reference")  # or a kernel's full name, e.g. triton_splitk
 
 
 @dataclass(frozen=True)
@@ -28,17 +28,20 @@ class CallContext:
     rows: int  # activation rows in the call (batch * sequence)
     in_features: int
     out_features: int
+    dtype: torch.dtype | None = None  # activation dtype
+    bits: int | None = None  # weight bits, for formats with a choice of widths
+
+
+def always(_ctx: CallContext) -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
 class Candidate:
     name: str
     fn: Callable
-    unavailable: Callable[[CallContext], str | None]
-
-
-def always(_ctx: CallContext) -> str | None:
-    return None
+    unavailable: Callable[[CallContext], str | None]  # cannot run the call
+    unsuited: Callable[[CallContext], str | None] = always  # can, but another candidate is faster
 
 
 def _int_mm_unavailable(ctx: CallContext) -> str | None:
@@ -51,12 +54,40 @@ def _int_mm_unavailable(ctx: CallContext) -> str | None:
     return None
 
 
+def _few_rows(ctx: CallContext) -> str | None:
+    if ctx.rows > triton_ops.SPLITK_MAX_ROWS:
+        return f"more than {triton_ops.SPLITK_MAX_ROWS} rows: the tiled kernel is faster"
+    return None
+
+
+def _triton_int_group(ctx: CallContext) -> str | None:
+    return triton_ops.int_group_unavailable(ctx.device, ctx.dtype, ctx.bits)
+
+
+def _triton_int8_weight(ctx: CallContext) -> str | None:
+    if ctx.in_features % 4:
+        return "int8 rows are read as int32 words: in_features must be a multiple of 4"
+    return triton_ops.int_group_unavailable(ctx.device, ctx.dtype, 8)
+
+
+def _triton_w8a8(ctx: CallContext) -> str | None:
+    return triton_ops.triton_unavailable(ctx.device)
+
+
 # Fastest first; the last entry of each op is the reference path and runs everywhere.
 _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
-    "int_group_linear": (Candidate("reference", reference.int_group_linear, always),),
+    "int_group_linear": (
+        Candidate("triton_splitk", triton_ops.int_group_linear_splitk, _triton_int_group, _few_rows),
+        Candidate("triton_tiled", triton_ops.int_group_linear_tiled, _triton_int_group),
+        Candidate("reference", reference.int_group_linear, always),
+    ),
+    "int8_weight_linear": (
+        Candidate("triton_splitk", triton_ops.int8_weight_linear_splitk, _triton_int8_weight, _few_rows),
+        Candidate("triton_tiled", triton_ops.int8_weight_linear_tiled, _triton_int8_weight),
+        Candidate("reference", reference.int8_weight_linear, always),
+    ),
     "int_group_linear_t": (Candidate("reference", reference.int_group_linear_t, always),),
     "fourbit_linear": (Candidate("reference", reference.fourbit_linear, always),),
-    "int8_weight_linear": (Candidate("reference", reference.int8_weight_linear, always),),
     # LLM.int8 (outlier columns in float, the rest int8 x int8): fn(x, qweight, scale, threshold, bias)
     "llm_int8_linear": (
         Candidate(
@@ -66,27 +97,46 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     ),
     "w8a8_linear": (
         Candidate("torch_int_mm", reference.w8a8_linear_int_mm, _int_mm_unavailable),
+        Candidate("triton", triton_ops.w8a8_mm, _triton_w8a8),
         Candidate("reference", reference.w8a8_linear_emulated, always),
     ),
 }
 
 
+def check_preference(preference: str) -> str:
+    """`preference` if some op knows it (auto, triton, reference or a kernel name), else a LowbitError."""
+    names = {c.name for candidates in _CANDIDATES.values() for c in candidates}
+    if preference not in set(PREFERENCES) | names:
+        raise LowbitError(f"unknown kernel preference {preference!r}: choose one of {', '.join(PREFERENCES)}")
+    return preference
+
+
+def _matches(candidate: Candidate, preference: str) -> bool:
+    """A kernel's full name, or its family: 'triton' matches triton_splitk and triton_tiled."""
+    return candidate.name == preference or candidate.name.startswith(preference + "_")
+
+
 def select(op: str, ctx: CallContext, preference: str = "auto") -> Candidate:
-    """The fastest candidate able to run `ctx`; `preference` is 'auto', 'reference' or a kernel name."""
+    """The fastest candidate able to run `ctx`; `preference` is 'auto', 'reference', a family or a kernel name.
+
+    A family ('triton') takes its best-suited member able to run the call; a full kernel name is honoured
+    whenever that kernel can run the call, even where another would be faster.
+    """
     candidates = _CANDIDATES[op]
     if preference == "reference":
         return candidates[-1]
     if preference != "auto":
-        named = [c for c in candidates if c.name == preference]
+        named = [c for c in candidates if _matches(c, preference)]
         if not named:
             names = ", ".join(c.name for c in candidates)
             raise LowbitError(f"no kernel {preference!r} for {op}: choose auto, reference or one of {names}")
-        reason = named[0].unavailable(ctx)
-        if reason is None:
-            return named[0]
-        log.info("kernel %s cannot run %s (%s); using auto choice", preference, op, reason)
+        able = [c for c in named if c.unavailable(ctx) is None]
+        suited = [c for c in able if len(named) == 1 or c.unsuited(ctx) is None]
+        if able:
+            return (suited or able)[0]
+        log.info("kernel %s cannot run %s (%s); using auto choice", preference, op, named[-1].unavailable(ctx))
     for candidate in candidates:
-        reason = candidate.unavailable(ctx)
+        reason = candidate.unavailable(ctx) or candidate.unsuited(ctx)
         if reason is None:
             return candidate
         log.debug("kernel %s skipped for %s: %s", candidate.name, op, reason)

@@ -1,6 +1,6 @@
 """Quantized layers. MODULE_TYPES maps the class name stored in a checkpoint to the class that loads it."""
 
-from lowbit.modules.base import QuantizedLinear
+from lowbit.modules.base import QuantizedLinear, set_kernel_preference
 from lowbit.modules.fourbit_linear import FourBitLinear
 from lowbit.modules.hqq_linear import HQQLinear
 from lowbit.modules.int8_linear import Int8Linear
@@ -21,4 +21,5 @@ __all__ = [
     "LLMInt8Linear",
     "QuantizedLinear",
     "W8A8Linear",
+    "set_kernel_preference",
 ]

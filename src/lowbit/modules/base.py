@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from lowbit.kernels.select import CallContext, Candidate, select
+from lowbit.kernels.select import CallContext, Candidate, check_preference, select
 
 
 class QuantizedLinear(nn.Module):
@@ -45,7 +45,8 @@ class QuantizedLinear(nn.Module):
 
     def kernel(self, x: torch.Tensor) -> Candidate:
         rows = x.numel() // x.shape[-1]
-        ctx = CallContext(x.device, rows, self.in_features, self.out_features)
+        bits = getattr(self.layout, "bits", None)
+        ctx = CallContext(x.device, rows, self.in_features, self.out_features, x.dtype, bits)
         return select(self.op, ctx, self.kernel_preference)
 
     def packed_bytes(self) -> int:
@@ -54,3 +55,12 @@ class QuantizedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.spec().items())
+
+
+def set_kernel_preference(model: nn.Module, preference: str) -> int:
+    """Make every quantized layer of `model` ask the selector for `preference`; returns how many layers."""
+    check_preference(preference)
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    for layer in layers:
+        layer.kernel_preference = preference
+    return len(layers)

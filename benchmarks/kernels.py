@@ -1,0 +1,200 @@
+"""Kernel benchmark: lowbit's packed formats vs bf16 cuBLAS and torch's int4 kernel, Llama-3-8B layer shapes.
+
+    PYTHONPATH=src python benchmarks/kernels.py --out benchmarks/results/kernels-h100.json
+
+Every variant of one (shape, rows) cell is timed in the same run: a CUDA graph runs the op once over each
+of several weight copies (enough that the copies do not fit in L2), its replays are timed with
+triton.testing.do_bench (median), and time per call is the replay time over the copy count. Bytes are the
+weight's packed bytes plus activations in and out; GB/s and TFLOP/s follow from the median time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lowbit.core.affine import int8_absmax
+from lowbit.formats.bitpack import pack_bits
+from lowbit.formats.int_group import IntGroupLayout
+from lowbit.kernels import triton_ops
+from lowbit.kernels.select import CallContext, select
+
+SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096), (4096, 128256)]  # (in, out)
+ROWS = [1, 4, 16, 64, 128, 512]
+L2_FLUSH_BYTES = 256 * 2**20  # weight copies per variant add up to at least this (H100 L2: 50 MB)
+MAX_COPIES = 64
+
+
+def _copies(nbytes: int) -> int:
+    return max(2, min(MAX_COPIES, math.ceil(L2_FLUSH_BYTES / nbytes)))
+
+
+def _time_per_call(fn, copies: int) -> float:
+    """Median seconds of one call: a CUDA graph calls fn(i) for every copy i; its replays are timed."""
+    import triton
+
+    for i in range(min(copies, 2)):  # compile and warm up outside the capture
+        fn(i)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(copies):
+            fn(i)
+    ms = triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+    return ms * 1e-3 / copies
+
+
+def _int_group_variant(cols, out, bits, rows, path, dev):
+    """Random codes and qparams in the group-wise format (group 128, asymmetric); path None = selector."""
+    layout = IntGroupLayout(out, cols, bits, 128, symmetric=False)
+    codes = torch.randint(0, 2**bits, (out, cols), dtype=torch.uint8, device=dev)  # (out, in)
+    qweight = pack_bits(codes, bits)  # (out, words)
+    scale = (torch.rand(out, layout.n_groups, device=dev) * 0.02 + 0.001).half()  # (out, n_groups)
+    zero = (torch.rand(out, layout.n_groups, device=dev) * (2**bits - 1)).half()
+    n = _copies(layout.nbytes())
+    ws = [(qweight.clone(), scale.clone(), zero.clone()) for _ in range(n)]
+    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, bits)
+    name = select("int_group_linear", ctx, "triton").name if path is None else path
+    fn = {"triton_splitk": triton_ops.int_group_linear_splitk, "triton_tiled": triton_ops.int_group_linear_tiled}[name]
+    call = lambda x, i: fn(x, ws[i][0], ws[i][1], ws[i][2], bits, 128, None)  # noqa: E731
+    return call, n, layout.nbytes(), name
+
+
+def _int8_variant(cols, out, rows, dev):
+    q, s = int8_absmax(torch.randn(out, cols, device=dev))  # (out, in) int8, (out, 1)
+    n = _copies(q.numel() + 2 * out)
+    ws = [(q.clone(), s.clone()) for _ in range(n)]
+    name = select("int8_weight_linear", CallContext(dev, rows, cols, out, torch.bfloat16, 8), "triton").name
+    fn = {"triton_splitk": triton_ops.int8_weight_linear_splitk, "triton_tiled": triton_ops.int8_weight_linear_tiled}[name]
+    return (lambda x, i: fn(x, ws[i][0], ws[i][1], None)), n, q.numel() + 2 * out, name
+
+
+def _w8a8_variant(cols, out, rows, dev):
+    q, s = int8_absmax(torch.randn(out, cols, device=dev))
+    n = _copies(q.numel() + 2 * out)
+    ws = [(q.clone(), s.clone()) for _ in range(n)]
+    kernel = select("w8a8_linear", CallContext(dev, rows, cols, out, torch.int8), "auto")
+    x_scale = torch.tensor([0.02], device=dev)
+
+    def call(x, i):
+        x_q = torch.round(x.float() / x_scale).clamp(-127, 127).to(torch.int8)  # activation rounding included
+        return kernel.fn(x_q, x_scale, ws[i][0], ws[i][1]).to(x.dtype)
+
+    return call, n, q.numel() + 2 * out, kernel.name
+
+
+def _bf16_variant(cols, out, dev):
+    w = torch.randn(out, cols, device=dev, dtype=torch.bfloat16)
+    n = _copies(w.numel() * 2)
+    ws = [w.clone() for _ in range(n)]
+    return (lambda x, i: F.linear(x, ws[i])), n, w.numel() * 2, "cublas"
+
+
+def _torch_int4_variant(cols, out, dev):
+    """torch.ops.aten._weight_int4pack_mm (tinygemm; what torchao and HQQ use), group 128."""
+    codes = torch.randint(0, 16, (out, cols), dtype=torch.int32, device=dev)
+    packed = torch.ops.aten._convert_weight_to_int4pack((codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8), 8)
+    sz = torch.rand(cols // 128, out, 2, device=dev).to(torch.bfloat16)  # (in / 128, out, [scale, zero])
+    nbytes = out * cols // 2 + sz.numel() * 2
+    n = _copies(nbytes)
+    ws = [(packed.clone(), sz.clone()) for _ in range(n)]
+    return (lambda x, i: torch.ops.aten._weight_int4pack_mm(x, ws[i][0], 128, ws[i][1])), n, nbytes, "tinygemm"
+
+
+def variants(cols, out, rows, dev):
+    """(label, builder) for every variant of one cell; builders return (call, copies, weight bytes, kernel)."""
+    yield "bf16", lambda: _bf16_variant(cols, out, dev)
+    yield "torch_int4_g128", lambda: _torch_int4_variant(cols, out, dev)
+    yield "int4_g128", lambda: _int_group_variant(cols, out, 4, rows, None, dev)
+    if rows <= 64:  # both paths, to place the split-K / tiled crossover
+        yield "int4_g128_splitk", lambda: _int_group_variant(cols, out, 4, rows, "triton_splitk", dev)
+        yield "int4_g128_tiled", lambda: _int_group_variant(cols, out, 4, rows, "triton_tiled", dev)
+    yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, None, dev)
+    yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, None, dev)
+    yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)
+    yield "w8a8", lambda: _w8a8_variant(cols, out, rows, dev)
+
+
+def bench_cell(cols, out, rows, dev) -> list[dict]:
+    x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
+    results = []
+    for label, build in variants(cols, out, rows, dev):
+        record = {"shape": f"{cols}x{out}", "in": cols, "out": out, "rows": rows, "variant": label}
+        try:
+            call, copies, wbytes, kernel = build()
+            seconds = _time_per_call(lambda i: call(x, i), copies)
+        except Exception as err:  # a variant that cannot run this cell is reported, never skipped silently
+            results.append(record | {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
+            continue
+        moved = wbytes + x.numel() * 2 + rows * out * 2
+        record |= {"kernel": kernel, "copies": copies, "us": seconds * 1e6, "weight_bytes": wbytes,
+                   "GBps": moved / seconds / 1e9, "TFLOPs": 2 * rows * cols * out / seconds / 1e12}
+        results.append(record)
+        del call
+        torch.cuda.empty_cache()
+    base = {r["variant"]: r.get("us") for r in results}
+    for r in results:
+        if "us" in r:
+            r["x_bf16"] = base["bf16"] / r["us"] if base.get("bf16") else None
+            r["x_torch_int4"] = base["torch_int4_g128"] / r["us"] if base.get("torch_int4_g128") else None
+    return results
+
+
+def copy_bandwidth(dev) -> float:
+    """Device-to-device copy, bytes read + written per second (the ceiling for decode-sized products)."""
+    import triton
+
+    src = torch.empty(2**30, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    return 2 * src.numel() / (ms * 1e-3) / 1e9
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, nargs="+", default=ROWS)
+    p.add_argument("--shapes", nargs="+", default=[f"{a}x{b}" for a, b in SHAPES], help="INxOUT")
+    p.add_argument("--out", type=Path, help="JSON file for every record")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("this benchmark needs a CUDA GPU", file=sys.stderr)
+        return 2
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": __import__("triton").__version__, "copy_GBps": copy_bandwidth(dev)}
+    print(json.dumps(meta), flush=True)
+    records = []
+    for shape in args.shapes:
+        cols, out = map(int, shape.split("x"))
+        for rows in args.rows:
+            cell = bench_cell(cols, out, rows, dev)
+            records += cell
+            for r in cell:
+                print(json.dumps(r), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+    print_table(records)
+    return 0
+
+
+def print_table(records: list[dict]) -> None:
+    print(f"{'shape':>12} {'rows':>4} {'variant':>18} {'kernel':>14} {'us':>9} {'GB/s':>7} {'TFLOP/s':>8} "
+          f"{'x bf16':>7} {'x int4pk':>8}")
+    for r in records:
+        if "error" in r:
+            print(f"{r['shape']:>12} {r['rows']:>4} {r['variant']:>18}  ERROR {r['error']}")
+            continue
+        ti4 = f"{r['x_torch_int4']:8.2f}" if r.get("x_torch_int4") else f"{'-':>8}"
+        print(f"{r['shape']:>12} {r['rows']:>4} {r['variant']:>18} {r['kernel']:>14} {r['us']:9.1f} "
+              f"{r['GBps']:7.0f} {r['TFLOPs']:8.1f} {r['x_bf16']:7.2f} {ti4}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The Triton kernels as torch.library custom ops (with fake implementations for torch.compile and CUDA
+graphs), and the checks that tell the selector when they cannot run.
+
+Triton itself is imported only inside the ops' real implementations. On a machine without CUDA the ops
+run under Triton's interpreter when TRITON_INTERPRET=1 (how the CPU tests exercise them).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+
+TRITON_BITS = (2, 3, 4, 8)
+SPLITK_MAX_ROWS = 1  # split-K matrix-vector up to this many rows, tiled above (H100: tiled wins from 4 rows)
+_FLOAT16 = (torch.float16, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def triton_unavailable(device: torch.device) -> str | None:
+    """None when Triton kernels can run on `device`, else the reason."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if device.type == "cuda":
+        if _cuda_capability(device.index or 0) < (8, 0):
+            return "Triton kernels need compute capability 8.0 or newer (bf16 tensor cores)"
+        return None
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return f"Triton kernels run on CUDA devices (or under TRITON_INTERPRET=1), not {device.type}"
+
+
+def int_group_unavailable(device: torch.device, dtype: torch.dtype | None, bits: int | None) -> str | None:
+    """Why the group-wise integer kernels cannot run a call, or None."""
+    if dtype not in _FLOAT16:
+        return f"Triton kernels take fp16/bf16 activations, not {dtype}"
+    if bits not in TRITON_BITS:
+        return f"Triton kernels cover {TRITON_BITS} bits, not {bits}"
+    return triton_unavailable(device)
+
+
+@torch.library.custom_op("lowbit::int_group_mm", mutates_args=())
+def int_group_mm(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor], bits: int, group_size: int, path: str,
+) -> torch.Tensor:
+    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out); path 'splitk' or 'tiled'."""
+    from lowbit.kernels.triton_int import int_group_matmul
+
+    return int_group_matmul(x, qweight, scale, zero, bias, bits, group_size, path)
+
+
+@int_group_mm.register_fake
+def _(x, qweight, scale, zero, bias, bits, group_size, path):
+    return x.new_empty((x.shape[0], qweight.shape[0]))
+
+
+@torch.library.custom_op("lowbit::int8_weight_mm", mutates_args=())
+def int8_weight_mm(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], path: str
+) -> torch.Tensor:
+    """W8A16: x (rows, in) @ (qweight (out, in) int8 * scale (out, 1))^T + bias -> (rows, out)."""
+    from lowbit.kernels.triton_int import int_group_matmul
+
+    words = qweight.contiguous().view(torch.int32)  # (out, in / 4): four int8 codes per word, low byte first
+    return int_group_matmul(x, words, scale, None, bias, 8, qweight.shape[1], path, signed8=True)
+
+
+@int8_weight_mm.register_fake
+def _(x, qweight, scale, bias, path):
+    return x.new_empty((x.shape[0], qweight.shape[0]))
+
+
+@torch.library.custom_op("lowbit::w8a8_mm", mutates_args=())
+def w8a8_mm(x_q: torch.Tensor, x_scale: torch.Tensor, qweight: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """(rows, in) int8 x (out, in) int8 -> (rows, out) float32, scales applied."""
+    from lowbit.kernels.triton_w8a8 import w8a8_matmul
+
+    return w8a8_matmul(x_q, x_scale, qweight, w_scale)
+
+
+@w8a8_mm.register_fake
+def _(x_q, x_scale, qweight, w_scale):
+    return x_q.new_empty((x_q.shape[0], qweight.shape[0]), dtype=torch.float32)
+
+
+# Entry points with the reference functions' signatures, for the selector's table.
+def int_group_linear_splitk(x, qweight, scale, zero, bits, group_size, bias):
+    return int_group_mm(x, qweight, scale, zero, bias, bits, group_size, "splitk")
+
+
+def int_group_linear_tiled(x, qweight, scale, zero, bits, group_size, bias):
+    return int_group_mm(x, qweight, scale, zero, bias, bits, group_size, "tiled")
+
+
+def int8_weight_linear_splitk(x, qweight, scale, bias):
+    return int8_weight_mm(x, qweight, scale, bias, "splitk")
+
+
+def int8_weight_linear_tiled(x, qweight, scale, bias):
+    return int8_weight_mm(x, qweight, scale, bias, "tiled")

@@ -1,0 +1,91 @@
+"""lowbit compare: the matrix, the resumable store, failures recorded, reports, and numbers equal to eval."""
+
+import json
+
+import pytest
+
+from lowbit.compare.plots import pareto_front
+from lowbit.compare.presets import build_matrix
+from lowbit.compare.report import write_reports
+from lowbit.compare.runner import run_compare
+from lowbit.compare.store import ResultsStore
+from lowbit.eval.run import run_eval
+from lowbit.methods.rtn import RTNConfig
+
+
+@pytest.fixture(scope="module")
+def compared(stories_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    run = run_compare(str(stories_path), out, methods=["rtn", "ptq", "nosuch"], bits=[4, 8], save_models=True)
+    return out, run
+
+
+def test_matrix_skips_what_a_method_cannot_do():
+    matrix = build_matrix(["rtn", "ptq"], bits=[3, 8], group_sizes=None)
+    labels = [(c.name, getattr(c, "bits", None)) for c in matrix.configs]
+    assert labels == [("rtn", 3), ("rtn", 8), ("ptq", 8)]
+    assert any("ptq" in s and "8..8 bits" in reason for s, reason in matrix.skipped)
+
+
+def test_every_setting_is_measured(compared):
+    out, run = compared
+    labels = [r["label"] for r in run.records]
+    assert labels == ["unquantized", "rtn 4-bit g64", "rtn 8-bit g64", "ptq 8-bit"]
+    assert all(r["status"] == "ok" for r in run.records)
+    assert ("nosuch", ) == tuple(s for s, _ in run.skipped if s == "nosuch")
+    for record in run.records:
+        assert record["speed"]["decode_tokens_per_s"] > 0 and record["memory"]["weight_bytes"] > 0
+    assert run.records[1]["memory"]["bits_per_param"] == pytest.approx(4.5, abs=0.1)
+
+
+def test_rerun_reuses_everything(compared, stories_path):
+    out, run = compared
+    again = run_compare(str(stories_path), out, methods=["rtn", "ptq"], bits=[4, 8])
+    assert again.reused == len(again.records) == 4
+    assert [r["key"] for r in again.records] == [r["key"] for r in run.records]
+
+
+def test_report_numbers_equal_lowbit_eval(compared):
+    out, run = compared
+    record = run.records[1]
+    evaluated = run_eval(str(out / "models" / "rtn_4-bit_g64"), seqlen=512, windows=8)
+    assert evaluated["ppl"] == record["quality"]["wikitext2"]["ppl"]
+    assert evaluated["weight_bytes"] == record["memory"]["weight_bytes"]
+
+
+def test_reports_are_written(compared):
+    out, run = compared
+    paths = write_reports(run.records, run.skipped, out)
+    names = {p.name for p in paths}
+    assert {"report.md", "report.html", "results.csv", "quality_vs_memory.png", "decode_speed.png", "kl.png"} <= names
+    md = (out / "report.md").read_text()
+    for label in ("rtn 4-bit g64", "ptq 8-bit", "unquantized", "nosuch: skipped"):
+        assert label in md
+    assert "<table" in (out / "report.html").read_text()
+    assert len((out / "results.csv").read_text().splitlines()) == 5
+
+
+def test_a_failing_setting_is_recorded_and_the_rest_continue(stories_path, tmp_path, monkeypatch):
+    def broken(self, weight, bias, stats=None):
+        if self.bits == 3:
+            raise RuntimeError("boom")
+        return original(self, weight, bias, stats)
+
+    original = RTNConfig.quantize_layer
+    monkeypatch.setattr(RTNConfig, "quantize_layer", broken)
+    run = run_compare(str(stories_path), tmp_path, methods=["rtn"], bits=[3, 8])
+    status = {r["label"]: r["status"] for r in run.records}
+    assert status == {"unquantized": "ok", "rtn 3-bit g64": "failed", "rtn 8-bit g64": "ok"}
+    assert "boom" in run.records[1]["error"]
+
+
+def test_store_survives_a_line_cut_short(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({"key": "a", "status": "ok"}) + "\n" + '{"key": "b", "sta')
+    store = ResultsStore(path)
+    assert store.finished("a") and not store.finished("b")
+
+
+def test_pareto_front():
+    points = [(1.0, 10.0), (2.0, 5.0), (3.0, 6.0), (4.0, 1.0)]
+    assert pareto_front(points) == [0, 1, 3]

@@ -1,0 +1,46 @@
+"""The selector: preferences, families, capability vs speed reasons, and the one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit.core.affine import rtn_quantize
+from lowbit.errors import LowbitError
+from lowbit.kernels.select import CallContext, check_preference, select
+from lowbit.modules import IntLinear, set_kernel_preference
+
+CPU = torch.device("cpu")
+
+
+def test_cpu_without_interpreter_takes_reference(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ctx = CallContext(CPU, 1, 64, 32, torch.float16, 4)
+    assert select("int_group_linear", ctx, "auto").name == "reference"
+    assert select("int_group_linear", ctx, "triton").name == "reference"  # falls back, logged
+
+
+def test_unsupported_bits_and_dtypes_fall_back(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    assert select("int_group_linear", CallContext(CPU, 1, 64, 32, torch.float16, 5), "triton").name == "reference"
+    assert select("int_group_linear", CallContext(CPU, 1, 64, 32, torch.float32, 4), "triton").name == "reference"
+    assert select("int8_weight_linear", CallContext(CPU, 1, 66, 32, torch.float16), "triton").name == "reference"
+    assert select("int_group_linear", CallContext(CPU, 1, 64, 32, torch.float16, 4), "triton").name == "triton_splitk"
+    assert select("int_group_linear", CallContext(CPU, 9, 64, 32, torch.float16, 4), "triton").name == "triton_tiled"
+    assert select("int_group_linear", CallContext(CPU, 9, 64, 32, torch.float16, 4), "triton_splitk").name == "triton_splitk"
+
+
+def test_unknown_preference_is_one_line_error():
+    with pytest.raises(LowbitError, match="unknown kernel preference"):
+        check_preference("cuda")
+    with pytest.raises(LowbitError, match="no kernel"):
+        select("w8a8_linear", CallContext(CPU, 1, 8, 8), "triton_tiled")
+
+
+def test_set_kernel_preference_reaches_every_layer():
+    layer = IntLinear.from_weights(rtn_quantize(torch.randn(8, 16), 4, 8, False), None)
+    model = torch.nn.Sequential(layer, torch.nn.ReLU())
+    assert set_kernel_preference(model, "reference") == 1 and layer.kernel_preference == "reference"
+    with pytest.raises(LowbitError):
+        set_kernel_preference(model, "fast")
