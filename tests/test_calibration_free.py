@@ -183,3 +183,24 @@ def test_fourbit_chunking_changes_nothing():
     whole = codebook_quantize(w, code_table("nf4"), 64)
     chunked = codebook_quantize(w, code_table("nf4"), 64, chunk_blocks=5)
     assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [("hqq", {"axis": 0}), ("hqq", {"quant_qparams": True}), ("nf4", {}), ("fp4", {"double_quant": False}), ("int8", {})],
+)
+def test_new_layouts_declare_their_real_buffers(method, options):
+    w = torch.randn(130, 72, generator=seeded(14))  # 130 * 72 / 64 is not whole: a partial last block
+    module = make_config(method, group_size=16, **options) if method == "hqq" else make_config(method, **options)
+    module = module.quantize_layer(w, None)
+    real = {n: (tuple(b.shape), b.dtype) for n, b in module.named_buffers() if n != "bias"}
+    assert real == {n: (tuple(s), d) for n, (s, d) in module.layout.buffer_shapes().items()}
+    assert module.packed_bytes() == sum(b.numel() * b.element_size() for n, b in module.named_buffers() if n != "bias")
+
+
+def test_nibble_packing_round_trip_and_order():
+    from lowbit.formats.nf4 import pack_nibbles, unpack_nibbles
+
+    codes = torch.randint(0, 16, (101,), generator=seeded(15), dtype=torch.uint8)
+    assert torch.equal(unpack_nibbles(pack_nibbles(codes), 101), codes)
+    assert pack_nibbles(torch.tensor([1, 2], dtype=torch.uint8)).item() == 0x12  # first code in the high nibble
