@@ -16,6 +16,7 @@ import copy
 import json
 import sys
 import time
+import warnings
 
 import torch
 
@@ -31,6 +32,7 @@ SETTINGS = {
     "hqq package 3-bit g64": ("hqq", {"nbits": 3, "group_size": 64}, "hqq 3-bit g64", "hqq", {"bits": 3, "group_size": 64}),
     "hqq package 2-bit g32": ("hqq", {"nbits": 2, "group_size": 32}, "hqq 2-bit g32", "hqq", {"bits": 2, "group_size": 32}),
     "bitsandbytes nf4 (double quant)": ("nf4", {}, "nf4 (double quant)", "nf4", {}),
+    "bitsandbytes nf4 (double quant), dequantized + fp32 matmul": ("nf4_dequant", {}, "nf4 (double quant)", "nf4", {}),
     "bitsandbytes LLM.int8 threshold 6.0": ("int8", {}, "int8 threshold 6.0", "int8", {"threshold": 6.0}),
 }
 COLUMNS = ["ppl", "kl", "top1", "bits_per_param", "quantize_s", "lowbit_ppl", "lowbit_kl", "ppl_gap", "lowbit_quantize_s"]
@@ -59,6 +61,18 @@ def nf4_layer(linear, _options):
     return layer, sum(t.numel() * t.element_size() for t in parts)
 
 
+def nf4_dequant_layer(linear, options):
+    """bitsandbytes' NF4 numerics with an fp32 matmul: its CPU kernel computes in reduced precision."""
+    import bitsandbytes.functional as bnb_functional
+
+    layer, nbytes = nf4_layer(linear, options)
+    dense = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    dense.weight.data = bnb_functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+    if linear.bias is not None:
+        dense.bias.data = linear.bias.data.clone()
+    return dense, nbytes
+
+
 def int8_layer(linear, _options):
     import bitsandbytes as bnb
 
@@ -69,7 +83,7 @@ def int8_layer(linear, _options):
     return layer, layer.weight.numel() + 4 * layer.weight.SCB.numel()
 
 
-PEERS = {"hqq": hqq_layer, "nf4": nf4_layer, "int8": int8_layer}
+PEERS = {"hqq": hqq_layer, "nf4": nf4_layer, "nf4_dequant": nf4_dequant_layer, "int8": int8_layer}
 
 
 @torch.no_grad()
@@ -78,10 +92,13 @@ def quantize_with_peer(model, kind, options):
     targets = find_targets(model, arch_spec(model.config.model_type))
     start, nbytes, params = time.perf_counter(), 0, 0
     for name, linear in targets.items():
+        params += linear.weight.numel()  # before the peer (hqq deletes the float weight)
         layer, layer_bytes = PEERS[kind](linear, options)
         model.set_submodule(name, layer)
-        nbytes, params = nbytes + layer_bytes, params + linear.weight.numel()
-    return time.perf_counter() - start, 8 * nbytes / params
+        nbytes += layer_bytes
+    seconds = time.perf_counter() - start
+    model.eval()  # new layers start in training mode, where bitsandbytes' CPU int8 skips the int8 matmul
+    return seconds, 8 * nbytes / params
 
 
 def main() -> None:
@@ -89,6 +106,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")  # once per call otherwise
     reference, _, windows = demo_and_windows()
     lowbit_results = json.loads((RESULTS / "calibration_free.json").read_text())["results"]
     models, records = {}, {}
