@@ -32,19 +32,26 @@ def rss_mb() -> float:
 
 
 def write_demo(folder: Path) -> None:
+    """The demo model's tensors in bf16 (tied lm_head stored once), sharded like the synthetic one."""
     import torch
 
     from lowbit.io.sources import load_model
 
     loaded = load_model("demo")
-    loaded.model.to(torch.bfloat16).save_pretrained(folder, max_shard_size="50MB")
+    model = loaded.model
+    folder.mkdir(parents=True)
+    config = model.config
+    if hasattr(config, "quantization_config"):  # the GGUF loader's marker: these weights are plain floats now
+        del config.quantization_config
+    config.save_pretrained(folder)
     loaded.tokenizer.save_pretrained(folder)
+    state = {n: t for n, t in model.state_dict().items() if not (n == "lm_head.weight" and config.tie_word_embeddings)}
+    write_shards(folder, {n: t.shape for n, t in state.items()}, lambda n, _shape: state[n].to(torch.bfloat16))
 
 
 def write_synthetic(folder: Path) -> None:
     """Random N(0, 0.02) bf16 weights (norms = 1), shard by shard, with an index: never all in memory."""
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from lowbit.assets import assets_dir
@@ -56,18 +63,27 @@ def write_synthetic(folder: Path) -> None:
     with torch.device("meta"):
         shapes = {n: p.shape for n, p in LlamaForCausalLM(config).named_parameters()}
     gen = torch.Generator().manual_seed(0)
-    groups: dict[str, dict[str, tuple]] = {}
-    for name, shape in shapes.items():
+
+    def make(_name, shape):
+        return (torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+
+    write_shards(folder, shapes, make)
+
+
+def write_shards(folder: Path, shapes: dict, make) -> None:
+    """safetensors shards of LAYERS_PER_SHARD decoder layers each (+ one for the rest) and their index;
+    `make(name, shape)` builds each tensor when its shard is written."""
+    from safetensors.torch import save_file
+
+    groups: dict[str, list[str]] = {}
+    for name in shapes:
         layer = int(name.split(".")[2]) if name.startswith("model.layers.") else -1
-        groups.setdefault(f"{layer // LAYERS_PER_SHARD + 1 if layer >= 0 else 0:03d}", {})[name] = shape
+        groups.setdefault(f"{layer // LAYERS_PER_SHARD + 1 if layer >= 0 else 0:03d}", []).append(name)
     weight_map = {}
     for key, members in groups.items():
-        tensors = {n: (torch.ones(s) if len(s) == 1 else torch.randn(s, generator=gen) * 0.02).to(torch.bfloat16)
-                   for n, s in members.items()}
         file = f"model-{key}.safetensors"
-        save_file(tensors, str(folder / file), metadata={"format": "pt"})
+        save_file({n: make(n, shapes[n]).contiguous() for n in members}, str(folder / file), metadata={"format": "pt"})
         weight_map |= {n: file for n in members}
-        del tensors
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
