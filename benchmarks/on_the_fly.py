@@ -5,7 +5,7 @@
 Writes two checkpoints under --work (default /tmp/lowbit_on_the_fly): the demo model as sharded bf16
 safetensors, and a synthetic Llama-shaped model of about 1.5B parameters (random bf16 weights, written
 shard by shard by this script). Each case runs in its own subprocess, which reports its peak RSS
-(ru_maxrss) and the RSS right before loading (the Python/torch/transformers runtime). Cases:
+(VmHWM) and the RSS right before loading (the Python/torch/transformers runtime). Cases:
 on-the-fly loads of both checkpoints and of the demo GGUF, and for the demo a normal fp32 load followed
 by quantization, for comparison. Results: benchmarks/results/on_the_fly.{json,md}.
 """
@@ -28,6 +28,11 @@ LAYERS_PER_SHARD = 2
 
 
 def rss_mb() -> float:
+    """Peak resident memory of this process so far (VmHWM; ru_maxrss would carry the parent's peak over
+    the exec of a subprocess on Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -67,7 +67,10 @@ def _skeleton(folder: Path, gguf_file: str | None, dtype: torch.dtype) -> tuple[
 def _place(
     model: nn.Module, targets: dict[str, nn.Module], config: MethodConfig, name: str, tensor: torch.Tensor, dtype
 ) -> None:
-    """Quantize a target's weight the moment it arrives; assign every other tensor in `dtype`."""
+    """Quantize a target's weight the moment it arrives; assign every other tensor in `dtype`.
+
+    `targets` holds the layers still to quantize; each is removed once quantized.
+    """
     from accelerate.utils import set_module_tensor_to_device
 
     module_name, _, kind = name.rpartition(".")
@@ -89,6 +92,7 @@ def _place(
         if bias is not None and bias.is_meta:  # its bias comes later in the file
             bias = torch.zeros(bias.shape, dtype=dtype)
         model.set_submodule(module_name, config.quantize_layer(weight, bias))
+        del targets[module_name]  # the float layer (now holding its weight) must not outlive this call
 
 
 
