@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -125,6 +126,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/lowbit_on_the_fly"))
     parser.add_argument("--method", default="nf4")
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--only", help="run only the cases whose name contains this text")
+    parser.add_argument("--mmap-threshold", type=int, help="glibc MALLOC_MMAP_THRESHOLD_ for the children (bytes)")
     parser.add_argument("--child", nargs=4, metavar=("CASE", "MODEL", "METHOD", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -142,10 +145,16 @@ def main() -> None:
         if not synthetic.exists():
             write_synthetic(synthetic)
         cases.append(("synthetic 1.5B bf16 shards, on the fly (bf16 for unquantized tensors)", "on_the_fly", synthetic, "bfloat16"))
+    env = dict(os.environ)
+    if args.mmap_threshold:  # a fixed threshold stops glibc from raising it, so big temporaries go back to the OS
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     records = {}
     for name, case, path, dtype in cases:
+        if args.only and args.only not in name:
+            continue
+        name += f", MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if args.mmap_threshold else ""
         child = [sys.executable, __file__, "--child", case, str(path), args.method, dtype]
-        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        out = subprocess.run(child, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
         record = json.loads(out) | {"method": args.method, "bf16_checkpoint_mb": checkpoint_mb(demo if path == demo_path() else path)}
         record["peak_over_bf16"] = record["peak_rss_mb"] / record["bf16_checkpoint_mb"]
         records[name] = record
@@ -156,9 +165,17 @@ def main() -> None:
 def write(records: dict, argv: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     command = f"PYTHONPATH=src python benchmarks/on_the_fly.py {argv}".strip()
-    (RESULTS / "on_the_fly.json").write_text(json.dumps({"command": command, "results": records}, indent=1))
+    path = RESULTS / "on_the_fly.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"results": {}}
+    for rec in data["results"].values():  # files written before commands were kept per case
+        rec.setdefault("command", data.pop("command", None) or "PYTHONPATH=src python benchmarks/on_the_fly.py")
+    for rec in records.values():
+        rec["command"] = command
+    data["results"] |= records
+    records = data["results"]
+    path.write_text(json.dumps(data, indent=1))
     cols = ["bf16_checkpoint_mb", "runtime_rss_mb", "peak_rss_mb", "peak_over_bf16", "quantized_model_mb", "bits_per_param", "seconds"]
-    lines = ["# On-the-fly quantization: peak resident memory", "", f"Command: `{command}`", "",
+    lines = ["# On-the-fly quantization: peak resident memory", "", "Commands: see `command` of each case in on_the_fly.json.", "",
              "| case | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, rec in records.items():
         lines.append(f"| {name} | " + " | ".join(f"{rec[c]:.4g}" for c in cols) + " |")
