@@ -5,6 +5,9 @@ The model skeleton is built on the meta device (no memory); each tensor read fro
 method and swapped in, or any other tensor, converted to `dtype` and assigned. The full-precision model
 is never held: peak memory is about the quantized model plus the largest tensor (in `dtype`, plus the
 method's working copies of it). The result equals quantizing after a normal load with the same dtype.
+With glibc, freed temporaries can stay in the heap between the small packed buffers that outlive them;
+`MALLOC_MMAP_THRESHOLD_=1048576` in the environment sends every allocation of 1 MiB or more to mmap, so
+they return to the OS (benchmarks/on_the_fly.py measures both).
 """
 
 from __future__ import annotations
