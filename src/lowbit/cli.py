@@ -14,7 +14,8 @@ from lowbit.errors import LowbitError
 from lowbit.methods import method_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-METHOD_HELP = "quantization method: " + ", ".join(method_names())
+METHOD_NAMES = ", ".join(method_names())
+METHOD_HELP = "quantization method: " + METHOD_NAMES
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -85,7 +86,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 @app.command("load")
 def load_quantized_on_the_fly(
     model: str = typer.Argument(..., help="Hugging Face safetensors folder, .gguf file, or 'demo'"),
-    quantize_with: str = typer.Option(..., "--quantize", "-q", help="calibration-free method: " + ", ".join(method_names())),
+    quantize_with: str = typer.Option(..., "--quantize", "-q", help="a calibration-free method: " + METHOD_NAMES),
     bits: Optional[int] = typer.Option(None, help="bit width (method default if omitted)"),
     group_size: Optional[int] = typer.Option(None, help="inputs per scale group; -1 = per channel"),
     option: list[str] = typer.Option([], "--option", "-o", help="method option KEY=VALUE, repeatable"),

@@ -54,7 +54,9 @@ def codebook_quantize(
     order = torch.argsort(code)
     midpoints = (code[order[:-1]] + code[order[1:]]) / 2  # (15,)
     step = chunk_blocks * blocksize
-    parts = [_quantize_blocks(flat[i : i + step].float(), midpoints, order, blocksize) for i in range(0, flat.numel(), step)]
+    parts = [
+        _quantize_blocks(flat[i : i + step].float(), midpoints, order, blocksize) for i in range(0, flat.numel(), step)
+    ]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
