@@ -12,6 +12,7 @@ from lowbit.calib.arch import arch_spec, find_targets, linear_weight
 from lowbit.core.checks import check_finite
 from lowbit.errors import LowbitError
 from lowbit.io.checkpoint import save_quantized
+from lowbit.io.on_the_fly import load_on_the_fly
 from lowbit.io.sources import LoadedModel, load_model
 from lowbit.methods.base import MethodConfig
 from lowbit.progress import track
@@ -52,6 +53,14 @@ def save(model: nn.Module, out: str | Path, tokenizer=None, source: str | None =
     return save_quantized(model, out, tokenizer, source, overwrite)
 
 
-def load(model: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a lowbit output folder, a Hugging Face folder, a .gguf file, 'demo' or a hub id."""
+def load(
+    model: str | Path, dtype: torch.dtype = torch.float32, quantize: MethodConfig | None = None, progress: bool = False
+) -> LoadedModel:
+    """Load a lowbit output folder, a Hugging Face folder, a .gguf file, 'demo' or a hub id.
+
+    With `quantize` (a calibration-free method config), a Hugging Face safetensors folder, a .gguf file
+    or 'demo' is quantized on the fly while it is read, tensor by tensor (io.on_the_fly).
+    """
+    if quantize is not None:
+        return load_on_the_fly(str(model), quantize, dtype, progress)
     return load_model(str(model), dtype)

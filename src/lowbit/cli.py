@@ -14,7 +14,8 @@ from lowbit.errors import LowbitError
 from lowbit.methods import method_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-METHOD_HELP = "quantization method: " + ", ".join(method_names())
+METHOD_NAMES = ", ".join(method_names())
+METHOD_HELP = "quantization method: " + METHOD_NAMES
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -29,6 +30,16 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key.replace("-", "_")] = value
     return options
+
+
+def method_config(
+    method: str, bits: int | None, group_size: int | None, option: list[str], include: str | None, exclude: str | None
+):
+    """The method config the shared flags and -o KEY=VALUE options describe."""
+    from lowbit.methods import make_config
+
+    given = {"bits": bits, "group_size": group_size, "include": include, "exclude": exclude}
+    return make_config(method, **{k: v for k, v in given.items() if v is not None}, **parse_options(option))
 
 
 @app.command()
@@ -53,11 +64,9 @@ def quantize(
     from lowbit.calib.data import calibration_windows
     from lowbit.io.atomic import check_target
     from lowbit.io.sources import load_model
-    from lowbit.methods import make_config
     from lowbit.preflight import check_fits, estimate
 
-    given = {"bits": bits, "group_size": group_size, "include": include, "exclude": exclude}
-    config = make_config(method, **{k: v for k, v in given.items() if v is not None}, **parse_options(option))
+    config = method_config(method, bits, group_size, option, include, exclude)
     check_target(out, overwrite)  # fail before the slow part
     loaded = load_model(model)
     check_fits(estimate(loaded.model, config, nsamples if calib else 0, calib_seqlen), out)
@@ -69,6 +78,49 @@ def quantize(
     seconds = time.perf_counter() - start
     save(loaded.model, out, loaded.tokenizer, source=loaded.source, overwrite=overwrite)
     typer.echo(f"quantized {loaded.source} with {config.name} in {seconds:.1f} s -> {out}")
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@app.command("load")
+def load_quantized_on_the_fly(
+    model: str = typer.Argument(..., help="Hugging Face safetensors folder, .gguf file, or 'demo'"),
+    quantize_with: str = typer.Option(..., "--quantize", "-q", help="a calibration-free method: " + METHOD_NAMES),
+    bits: Optional[int] = typer.Option(None, help="bit width (method default if omitted)"),
+    group_size: Optional[int] = typer.Option(None, help="inputs per scale group; -1 = per channel"),
+    option: list[str] = typer.Option([], "--option", "-o", help="method option KEY=VALUE, repeatable"),
+    include: Optional[str] = typer.Option(None, help="regex of extra linears to quantize, e.g. lm_head"),
+    exclude: Optional[str] = typer.Option(None, help="regex of linears to keep in full precision"),
+    dtype: str = typer.Option("float32", help="dtype of the tensors left unquantized: " + ", ".join(DTYPES)),
+    out: Optional[Path] = typer.Option(None, help="save the quantized model to this folder"),
+    overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+) -> None:
+    """Quantize MODEL while reading it, tensor by tensor, never holding it in full precision."""
+    import resource
+
+    import torch
+
+    from lowbit.api import load, save
+    from lowbit.core.checks import check_choice
+    from lowbit.eval.memory import memory_report
+    from lowbit.io.atomic import check_target
+
+    config = method_config(quantize_with, bits, group_size, option, include, exclude)
+    check_choice(dtype, DTYPES, "dtype")
+    if out is not None:
+        check_target(out, overwrite)
+    start = time.perf_counter()
+    loaded = load(model, getattr(torch, dtype), quantize=config, progress=True)
+    seconds = time.perf_counter() - start
+    report = memory_report(loaded.model)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    typer.echo(f"loaded {loaded.source} quantized with {config.name} in {seconds:.1f} s: "
+               f"{report.quantized_bytes:,} bytes for {report.quantized_params:,} weights "
+               f"({report.bits_per_param:.3f} bits each), peak RSS {peak_mb:.0f} MB")
+    if out is not None:
+        save(loaded.model, out, loaded.tokenizer, source=loaded.source, overwrite=overwrite)
+        typer.echo(f"saved -> {out}")
 
 
 @app.command("eval")

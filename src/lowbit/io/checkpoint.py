@@ -147,7 +147,12 @@ def _assign_tensors(model: nn.Module, path: Path) -> None:
         raise LowbitError(f"{path} does not fit the model ({str(err).splitlines()[-1].strip()})")
     if unexpected:
         raise LowbitError(f"{path} holds tensors the model does not have ({unexpected[0]}, ...): corrupt checkpoint")
+    check_complete(model, path)
+
+
+def check_complete(model: nn.Module, source: str | Path) -> None:
+    """Tie shared weights, then refuse a model with any tensor still on the meta device."""
     model.tie_weights()
     missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if missing:
-        raise LowbitError(f"{path} lacks {len(missing)} tensors ({missing[0]}, ...): the checkpoint is incomplete")
+        raise LowbitError(f"{source} lacks {len(missing)} tensors ({missing[0]}, ...): the checkpoint is incomplete")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
-from lowbit.core.affine import dequantize_affine
+from lowbit.core.affine import dequantize_affine, int8_absmax
+from lowbit.core.codebook import codebook_dequantize
 from lowbit.formats.bitpack import unpack_bits
+from lowbit.formats.nf4 import unpack_nibbles
 
 
 def int_group_linear(
@@ -19,9 +23,12 @@ def int_group_linear(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """x (..., in) @ dequant(W) (out, in)^T + bias."""
-    codes = unpack_bits(qweight, bits, x.shape[-1])
-    w = dequantize_affine(codes, scale, zero, bits, group_size).to(x.dtype)
-    return F.linear(x, w, bias)
+    return F.linear(x, _dequantize_int(qweight, scale, zero, bits, group_size, x.shape[-1], x.dtype), bias)
+
+
+def _dequantize_int(qweight, scale, zero, bits: int, group_size: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """Packed (rows, words) int_group codes -> (rows, cols) weights in `dtype`."""
+    return dequantize_affine(unpack_bits(qweight, bits, cols), scale, zero, bits, group_size).to(dtype)
 
 
 def w8a8_linear_emulated(
@@ -46,3 +53,60 @@ def int8_weight_linear(
     """W8A16: x (rows, in) float @ (qweight (out, in) int8 * scale (out, 1))^T + bias."""
     w = (qweight.float() * scale.float()).to(x.dtype)
     return F.linear(x, w, bias)
+
+
+def int_group_linear_t(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    out_features: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Groups along the output axis: qweight packs W^T (in, out) row by row; x (..., in) @ W^T + bias."""
+    y = x @ _dequantize_int(qweight, scale, zero, bits, group_size, out_features, x.dtype)  # W^T: (in, out)
+    return y + bias.to(x.dtype) if bias is not None else y
+
+
+def llm_int8_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    threshold: float,
+    bias: torch.Tensor | None,
+    int8_mm: Callable = w8a8_linear_emulated,
+) -> torch.Tensor:
+    """LLM.int8 (Dettmers et al., 2022): x (rows, in) float, qweight (out, in) int8, scale (out, 1).
+
+    Input columns where any |x| > threshold (threshold > 0) take a float matmul with the matching
+    dequantized weight columns; the rest are quantized per row (vector-wise absmax) and multiplied
+    int8 x int8 by `int8_mm` (exact either way: float64 here, torch._int_mm in the selector's fast
+    candidate). threshold 0: every column takes the int8 path.
+    """
+    outliers = (x.abs() > threshold).any(dim=0) if threshold > 0 else torch.zeros_like(x[0], dtype=torch.bool)
+    x_regular = x.masked_fill(outliers, 0)  # (rows, in)
+    x_q, x_scale = int8_absmax(x_regular, dim=1)  # (rows, in) int8, (rows, 1)
+    y = int8_mm(x_q, x_scale, qweight, scale)  # (rows, out) float32
+    if outliers.any():
+        w_out = qweight[:, outliers].float() * scale.float()  # (out, n_outliers)
+        y = y + x[:, outliers].float() @ w_out.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def fourbit_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    absmax: torch.Tensor,
+    code: torch.Tensor,
+    blocksize: int,
+    out_features: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W) (out, in)^T + bias; absmax (n_blocks,) float32."""
+    n = out_features * x.shape[-1]
+    w = codebook_dequantize(unpack_nibbles(qweight, n), absmax, code, blocksize)
+    return F.linear(x, w.view(out_features, -1).to(x.dtype), bias)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -84,6 +85,15 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
         Candidate("triton_splitk", triton_ops.int8_weight_linear_splitk, _triton_int8_weight, _few_rows),
         Candidate("triton_tiled", triton_ops.int8_weight_linear_tiled, _triton_int8_weight),
         Candidate("reference", reference.int8_weight_linear, always),
+    ),
+    "int_group_linear_t": (Candidate("reference", reference.int_group_linear_t, always),),
+    "fourbit_linear": (Candidate("reference", reference.fourbit_linear, always),),
+    # LLM.int8 (outlier columns in float, the rest int8 x int8): fn(x, qweight, scale, threshold, bias)
+    "llm_int8_linear": (
+        Candidate(
+            "torch_int_mm", partial(reference.llm_int8_linear, int8_mm=reference.w8a8_linear_int_mm), _int_mm_unavailable
+        ),
+        Candidate("reference", reference.llm_int8_linear, always),
     ),
     "w8a8_linear": (
         Candidate("torch_int_mm", reference.w8a8_linear_int_mm, _int_mm_unavailable),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import torch
@@ -13,12 +14,13 @@ from lowbit.kernels.select import CallContext, Candidate, check_preference, sele
 class QuantizedLinear(nn.Module):
     """Base of the quantized replacements for nn.Linear (and GPT-2's Conv1D, transposed).
 
-    Subclasses set `op` (the kernel op they call), register their packed buffers in __init__ from a
-    layout object, and implement `spec()` (JSON constructor args) and `from_spec()`. All state is
+    Subclasses set `op` (the kernel op they call) and `layout_type` (the layout dataclass whose buffers
+    __init__ registers and whose fields, with `bias`, make up `spec()` / `from_spec()`). All state is
     buffers, so `state_dict` is the packed checkpoint and meta-device construction is free.
     """
 
     op: ClassVar[str]
+    layout_type: ClassVar[type]  # the layout dataclass (formats/) whose fields make up the spec
     kernel_preference: str = "auto"
 
     def __init__(self, layout: Any, has_bias: bool, device: torch.device | str | None = None):
@@ -32,11 +34,14 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("bias", bias)
 
     def spec(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """JSON constructor arguments: the layout's fields plus whether there is a bias."""
+        return {**dataclasses.asdict(self.layout), "bias": self.bias is not None}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "meta") -> "QuantizedLinear":
-        raise NotImplementedError
+        """An empty module (on `device`) for the spec; a malformed spec raises KeyError or TypeError."""
+        fields = {k: v for k, v in spec.items() if k != "bias"}
+        return cls(cls.layout_type(**fields), spec["bias"], device)
 
     def kernel(self, x: torch.Tensor) -> Candidate:
         rows = x.numel() // x.shape[-1]

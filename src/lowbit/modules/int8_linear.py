@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
@@ -13,6 +12,7 @@ from lowbit.modules.base import QuantizedLinear
 class Int8Linear(QuantizedLinear):
     """y = x @ (qweight * scale)^T + bias; weight-only, so activations are never rounded."""
 
+    layout_type = Int8RowLayout
     op = "int8_weight_linear"
 
     @classmethod
@@ -23,13 +23,6 @@ class Int8Linear(QuantizedLinear):
         if bias is not None:
             module.bias = bias.detach().clone()
         return module
-
-    def spec(self) -> dict[str, Any]:
-        return {"out_features": self.out_features, "in_features": self.in_features, "bias": self.bias is not None}
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "meta") -> "Int8Linear":
-        return cls(Int8RowLayout(spec["out_features"], spec["in_features"]), spec["bias"], device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
@@ -14,6 +13,7 @@ from lowbit.modules.base import QuantizedLinear
 class IntLinear(QuantizedLinear):
     """y = x @ dequant(qweight, scale, zero)^T + bias, computed by the kernel the selector picks."""
 
+    layout_type = IntGroupLayout
     op = "int_group_linear"
 
     @classmethod
@@ -26,23 +26,6 @@ class IntLinear(QuantizedLinear):
         if bias is not None:
             module.bias = bias.detach().clone()
         return module
-
-    def spec(self) -> dict[str, Any]:
-        lay = self.layout
-        return {
-            "out_features": lay.out_features,
-            "in_features": lay.in_features,
-            "bits": lay.bits,
-            "group_size": lay.group_size,
-            "symmetric": lay.symmetric,
-            "bias": self.bias is not None,
-        }
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "meta") -> "IntLinear":
-        spec = dict(spec)
-        has_bias = spec.pop("bias")
-        return cls(IntGroupLayout(**spec), has_bias, device)
 
     def int_weights(self) -> IntWeights:
         return unpack_int(dict(self.named_buffers(recurse=False)), self.layout)

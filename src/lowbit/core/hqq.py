@@ -1,0 +1,95 @@
+"""HQQ: half-quadratic optimisation of the zero point (and optionally the scale), no data needed.
+
+Badri & Shaji (2023), "Half-Quadratic Quantization of Large Machine Learning Models". The error
+W - s (q - z) is penalised with an lp norm, p < 1 (robust to the outlier weights that min-max and l2
+fits chase). Splitting it with an auxiliary error term W_e and alternating:
+
+    q   = clamp(round(W / s + z), 0, 2**b - 1)
+    W_e = shrink_p(W - s (q - z), beta)                 generalised soft-thresholding (the lp prox)
+    z   = mean_group(q - (W - W_e) / s)                 closed-form zero update
+    beta <- kappa * beta
+
+stopping early once the mean absolute error stops falling (the best qparams seen are kept). With
+`optimize_scale`, the scale is refit each step by least squares of W - W_e on the codes (an extension
+the paper mentions; off by default). Groups run along the input axis of the (out, in) weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from lowbit.core.affine import (
+    QPARAM_DTYPE,
+    IntWeights,
+    affine_qparams,
+    n_groups,
+    quantize_affine,
+    resolve_group_size,
+    to_groups,
+)
+
+
+@dataclass(frozen=True)
+class HQQSchedule:
+    lp_norm: float = 0.7
+    beta: float = 10.0
+    kappa: float = 1.01
+    iters: int = 20
+
+
+def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
+    """Proximal operator of |x|^p / beta (Badri & Shaji eq. 6): sign(x) relu(|x| - |x|^(p-1) / beta)."""
+    mag = x.abs()
+    shrunk = mag.clamp(min=1e-12).pow_(p - 1).mul_(-1.0 / beta).add_(mag).clamp_(min=0)
+    return torch.copysign(shrunk, x, out=shrunk)
+
+
+def hqq_quantize(
+    w: torch.Tensor, bits: int, group_size: int, schedule: HQQSchedule = HQQSchedule(), optimize_scale: bool = False
+) -> IntWeights:
+    """(out, in) float weight -> IntWeights with HQQ-optimised fractional zeros (and scales)."""
+    cols = w.shape[1]
+    group_size = resolve_group_size(group_size, cols)
+    scale16, zero16 = affine_qparams(w, bits, group_size, symmetric=False)  # min-max start, (out, n_groups)
+    g = to_groups(w.float(), group_size)  # (out, n_groups, group_size)
+    mean = _group_mean(cols, group_size, g.device)  # over real columns only (the padding is excluded)
+    scale, zero = scale16.float().unsqueeze(2), zero16.float().unsqueeze(2)  # (out, n_groups, 1)
+    best = (float("inf"), scale, zero)
+    beta = schedule.beta
+    for _ in range(schedule.iters):
+        q = torch.div(g, scale).add_(zero).round_().clamp_(0, 2**bits - 1)
+        diff = g - (q - zero).mul_(scale)  # W - s (q - z)
+        error = float(mean(diff.abs()).mean())
+        if error >= best[0]:
+            break
+        best = (error, scale, zero)
+        target = g - shrink_lp(diff, beta, schedule.lp_norm)  # W - W_e
+        if optimize_scale:
+            scale = _refit_scale(q, target, mean, scale)
+        zero = mean(q) - mean(target) / scale
+        beta *= schedule.kappa
+    _, scale, zero = best
+    scale16 = scale.squeeze(2).clamp(min=torch.finfo(QPARAM_DTYPE).tiny).to(QPARAM_DTYPE)
+    zero16 = zero.squeeze(2).to(QPARAM_DTYPE)
+    return IntWeights(quantize_affine(w, scale16, zero16, bits, group_size), scale16, zero16, bits, group_size)
+
+
+def _group_mean(cols: int, group_size: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (out, n_groups, group_size) -> its mean over each group's real columns, (out, n_groups, 1)."""
+    idx = torch.arange(n_groups(cols, group_size) * group_size, device=device)
+    if idx.numel() == cols:
+        return lambda x: x.mean(dim=2, keepdim=True)
+    mask = (idx < cols).float().view(1, -1, group_size)
+    counts = mask.sum(dim=2, keepdim=True)
+    return lambda x: (x * mask).sum(dim=2, keepdim=True) / counts
+
+
+def _refit_scale(q: torch.Tensor, target: torch.Tensor, mean, scale: torch.Tensor) -> torch.Tensor:
+    """Least-squares slope of target on q per group; groups with one distinct code keep their scale."""
+    qc = q - mean(q)
+    var = mean(qc * qc)
+    slope = mean(qc * target) / var.clamp(min=1e-12)
+    return torch.where((var > 1e-12) & (slope > 0), slope, scale)
