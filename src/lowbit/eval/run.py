@@ -43,6 +43,7 @@ def run_eval(
         "weight_bytes": memory.weight_bytes,
         "fp16_bytes": memory.fp16_bytes,
         "quantized_bytes": memory.quantized_bytes,
+        "kernel_cache_bytes": memory.kernel_cache_bytes,
         "quantized_fraction_of_fp16": memory.quantized_fraction_of_fp16,
         "bits_per_param": memory.bits_per_param,
     }

@@ -31,7 +31,9 @@ class Int8Linear(QuantizedLinear):
     def from_spec(cls, spec: dict[str, Any], device: torch.device | str = "meta") -> "Int8Linear":
         return cls(Int8RowLayout(spec["out_features"], spec["in_features"]), spec["bias"], device)
 
+    def weight_args(self) -> tuple:
+        return (self.qweight, self.scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        y = self.kernel(x).fn(flat, self.qweight, self.scale, self.bias)
+        y = self.run_kernel(x.reshape(-1, self.in_features))
         return y.reshape(*x.shape[:-1], self.out_features)
