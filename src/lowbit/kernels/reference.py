@@ -46,3 +46,18 @@ def int8_weight_linear(
     """W8A16: x (rows, in) float @ (qweight (out, in) int8 * scale (out, 1))^T + bias."""
     w = (qweight.float() * scale.float()).to(x.dtype)
     return F.linear(x, w, bias)
+
+
+def int_group_embedding(
+    ids: torch.Tensor,
+    hidden: int,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+) -> torch.Tensor:
+    """ids (n,) -> (n, hidden) float32 rows of the dequantized (vocab, hidden) table; only those rows unpacked."""
+    codes = unpack_bits(qweight[ids], bits, hidden)  # (n, hidden)
+    rows_zero = None if zero is None else zero[ids]
+    return dequantize_affine(codes, scale[ids], rows_zero, bits, group_size)

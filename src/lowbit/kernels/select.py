@@ -65,6 +65,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
         Candidate("int4x2_cpu", cpu.int4_cpu_linear, cpu.int4x2_cpu_unavailable, cpu.prepare_int4_cpu),
         Candidate("reference", reference.int_group_linear, always),
     ),
+    "int_group_embedding": (Candidate("reference", reference.int_group_embedding, always),),
     "int8_weight_linear": (
         Candidate("int8_cpu", cpu.int8_cpu_linear, cpu.int8_cpu_unavailable, cpu.prepare_int8_cpu),
         Candidate("reference", reference.int8_weight_linear, always),
