@@ -17,7 +17,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,8 +49,13 @@ EXTRA = {
 CALIB_WINDOWS, CALIB_SEQLEN = 8, 256  # speed does not depend on calibration quality: keep it short
 
 
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def rss_mib(field: str = "VmHWM") -> float:
+    """Peak (VmHWM) or current (VmRSS) resident memory of this process. Not ru_maxrss: Linux carries that
+    over from the parent across fork + exec, so every worker would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def prompt_ids(tokenizer, n: int) -> torch.Tensor:
@@ -68,18 +72,19 @@ def generate(model, ids: torch.Tensor, new: int) -> tuple[float, float]:
 
     cache = DynamicCache()
     t0 = time.perf_counter()
-    out = model(ids, past_key_values=cache, use_cache=True)
+    out = model(ids, cache=cache, use_cache=True)
     t1 = time.perf_counter()
     token = out.logits[:, -1:].argmax(-1)
     for _ in range(new):
-        out = model(token, past_key_values=out.past_key_values, use_cache=True)
+        out = model(token, cache=cache, use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
     return t1 - t0, time.perf_counter() - t1
 
 
-def worker(folder: str, dtype: str, prompt: int, new: int) -> None:
+def worker(folder: str, dtype: str, prompt: int, new: int, threads: int) -> None:
     """Load one setting, warm up, then time one generation per line read from stdin."""
-    base = rss_mib()
+    torch.set_num_threads(threads)
+    base = rss_mib("VmRSS")
     import lowbit
     from lowbit.eval.memory import memory_report
     from lowbit.modules.plan import kernel_summary
@@ -94,6 +99,7 @@ def worker(folder: str, dtype: str, prompt: int, new: int) -> None:
         "weight_mib": mem.weight_bytes / 2**20,
         "kernel_cache_mib": mem.kernel_cache_bytes / 2**20,
         "rss_before_load_mib": base,
+        "threads": torch.get_num_threads(),
     }
     print(json.dumps(ready), flush=True)
     for _ in sys.stdin:
@@ -138,7 +144,7 @@ def prepare(work: Path, settings: dict, prompt: int) -> dict[str, dict]:
 
 def start(args, spec: dict) -> tuple[subprocess.Popen, dict]:
     cmd = [sys.executable, __file__, "--worker", spec["folder"], "--dtype", spec["dtype"]]
-    cmd += ["--prompt", str(args.prompt), "--new", str(args.new)]
+    cmd += ["--prompt", str(args.prompt), "--new", str(args.new), "--threads", str(args.threads)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ)
     return proc, read_json(proc)
 
@@ -166,6 +172,7 @@ def run(args) -> dict:
         for name, spec in active.items():  # one at a time: loading is heavy
             workers[name] = start(args, spec)
         runs: dict[str, list[dict]] = {n: [] for n in active}
+        load_start = os.getloadavg()
         for _ in range(args.repeats):
             for name, (proc, _) in workers.items():
                 runs[name].append(ask(proc))
@@ -193,8 +200,8 @@ def run(args) -> dict:
             row["decode_vs_bf16"] = row["decode_tok_s"] / bf16
     return {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "load_avg_at_end": os.getloadavg()},
+                    "threads": args.threads, "torch": torch.__version__,
+                    "load_avg_at_rounds_start": load_start, "load_avg_at_end": os.getloadavg()},
         "protocol": {"model": "demo (SmolLM2-135M-Instruct)", "batch": 1, "prompt_tokens": args.prompt,
                      "new_tokens": args.new, "repeats": args.repeats, "statistic": "median over interleaved repeats"},
         "results": rows,
@@ -224,9 +231,10 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/cpu_decode.json")
     parser.add_argument("--worker")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per worker")
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.dtype, args.prompt, args.new)
+        worker(args.worker, args.dtype, args.prompt, args.new, args.threads)
         return
     report = run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
