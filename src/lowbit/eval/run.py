@@ -9,6 +9,7 @@ from lowbit.calib.data import consecutive_windows, read_text, tokenize
 from lowbit.eval.memory import memory_report
 from lowbit.eval.quality import evaluate
 from lowbit.io.sources import load_model
+from lowbit.modules.plan import kernel_summary
 
 DEFAULT_SEQLEN = 2048
 
@@ -46,6 +47,7 @@ def run_eval(
         "kernel_cache_bytes": memory.kernel_cache_bytes,
         "quantized_fraction_of_fp16": memory.quantized_fraction_of_fp16,
         "bits_per_param": memory.bits_per_param,
+        "kernels": kernel_summary(loaded.model, rows=batch_size * quality.seqlen),
     }
     if ref is not None:
         record |= {"reference": reference, "kl": quality.kl, "top1": quality.top1}
