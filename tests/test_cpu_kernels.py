@@ -49,6 +49,8 @@ def both_paths(m, x: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
         (5, 64, 19, 172, False),
         (8, 64, 33, 172, False),
         (8, 32, 16, 64, True),
+        (4, 32, 1030, 64, False),  # more rows than one repacking chunk (PACK_ROWS)
+        (8, 64, 1030, 96, False),
     ],
 )
 def test_int4_cpu_matches_reference(bits, group, out_f, in_f, symmetric):

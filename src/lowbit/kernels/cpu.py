@@ -40,6 +40,7 @@ from lowbit.formats.bitpack import unpack_bits
 KERNEL_DTYPE = torch.bfloat16
 INT4_GROUPS = (256, 128, 64, 32)  # group sizes _weight_int4pack_mm_for_cpu accepts, largest first
 N_MULTIPLE = 16  # output rows of the int4 CPU layout come in multiples of 16
+PACK_ROWS = 1024  # rows repacked at a time; a multiple of N_MULTIPLE
 INT8_K_MULTIPLE = 16  # the bf16 int8 kernel returns garbage (or crashes) when in_features is not a multiple
 
 
@@ -71,32 +72,46 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return F.pad(t, (0, 0, 0, rows - t.shape[0]))
 
 
-def _plane(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, n_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """codes (N, K_pad) in [0, 15]; scale, zero (N, K_pad / G) float32 -> (packed, sz) for the kernel."""
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(_pad_rows(codes, n_pad).to(torch.int32), 1)
-    sz = torch.stack([_pad_rows(scale, n_pad).t(), _pad_rows(zero, n_pad).t()], dim=-1)  # (K_pad/G, N_pad, 2)
-    return packed, sz.to(KERNEL_DTYPE).contiguous()
+def _pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """codes (rows, K_pad) in [0, 15] -> the kernel's packed uint8 layout, rows padded to a multiple of 16."""
+    rows = -(-codes.shape[0] // N_MULTIPLE) * N_MULTIPLE
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(_pad_rows(codes, rows).to(torch.int32), 1)
+
+
+def _scales_zeros(scale: torch.Tensor, zero: torch.Tensor, n_pad: int) -> torch.Tensor:
+    """scale, zero (N, K_pad / G) float32 -> (K_pad / G, N_pad, 2) in the kernel dtype."""
+    sz = torch.stack([_pad_rows(scale, n_pad).t(), _pad_rows(zero, n_pad).t()], dim=-1)
+    return sz.to(KERNEL_DTYPE).contiguous()
 
 
 @torch.no_grad()
 def prepare_int4_cpu(
     ctx, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int, group_size: int
 ) -> Int4CpuWeights:
-    """Repack a canonical int_group layer (formats.int_group) into the int4 CPU layout (once per layer)."""
+    """Repack a canonical int_group layer (formats.int_group) into the int4 CPU layout (once per layer).
+
+    Rows are unpacked and packed PACK_ROWS at a time (the packed layout concatenates along rows), which
+    bounds the transient memory of unpacking a large layer such as an output head.
+    """
     k, n = ctx.in_features, ctx.out_features
     g_kernel = int4_kernel_group(group_size, k)
     k_pad = -(-k // g_kernel) * g_kernel
-    codes = F.pad(unpack_bits(qweight, bits, k), (0, k_pad - k))  # (N, K_pad) uint8, padded codes meet x = 0
+    mid = symmetric_zero(bits)
+    packed: list[list[torch.Tensor]] = [[], []]
+    for rows in qweight.split(PACK_ROWS):
+        codes = F.pad(unpack_bits(rows, bits, k), (0, k_pad - k))  # (rows, K_pad) uint8; padding meets x = 0
+        parts = [codes + (8 - mid)] if bits <= 4 else [(codes >> 4) + (8 - mid // 16), codes & 15]
+        for plane, part in zip(packed, parts):
+            plane.append(_pack_codes(part))
     group_of = ((torch.arange(k_pad // g_kernel) * g_kernel) // group_size).clamp(max=scale.shape[1] - 1)
     s = scale.float()[:, group_of]  # (N, K_pad / G)
-    z = torch.full_like(s, symmetric_zero(bits)) if zero is None else zero.float()[:, group_of]
+    z = torch.full_like(s, mid) if zero is None else zero.float()[:, group_of]
     n_pad = -(-n // N_MULTIPLE) * N_MULTIPLE
-    mid = symmetric_zero(bits)
     if bits <= 4:
-        planes = (_plane(codes + (8 - mid), s, s * (mid - z), n_pad),)
+        sz = [_scales_zeros(s, s * (mid - z), n_pad)]
     else:
-        hi = (codes >> 4) + (8 - mid // 16)
-        planes = (_plane(hi, 16 * s, s * (mid + 8 - z), n_pad), _plane(codes & 15, s, torch.zeros_like(s), n_pad))
+        sz = [_scales_zeros(16 * s, s * (mid + 8 - z), n_pad), _scales_zeros(s, torch.zeros_like(s), n_pad)]
+    planes = tuple((torch.cat(p), plane_sz) for p, plane_sz in zip(packed, sz))
     return Int4CpuWeights(planes, g_kernel, k, k_pad, n)
 
 
