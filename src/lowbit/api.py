@@ -15,6 +15,7 @@ from lowbit.io.checkpoint import save_quantized
 from lowbit.io.on_the_fly import load_on_the_fly
 from lowbit.io.sources import LoadedModel, load_model
 from lowbit.methods.base import MethodConfig
+from lowbit.methods.vocab import quantize_vocab_layers
 from lowbit.progress import track
 
 
@@ -44,6 +45,7 @@ def quantize(
     for name, module in track(targets.items(), f"quantizing ({config.name})", progress):
         weight, bias = linear_weight(module)
         model.set_submodule(name, config.quantize_layer(weight, bias, stats.get(name)))
+    quantize_vocab_layers(model, config.embedding_bits, config.head_bits)
     model.lowbit_config = config
     return model
 

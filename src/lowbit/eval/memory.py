@@ -16,6 +16,12 @@ class MemoryReport:
     quantized_params: int  # weights of the quantized layers
     quantized_bytes: int  # their packed weights + qparams
     quantized_fp16_bytes: int  # the same layers in fp16
+    kernel_cache_bytes: int = 0  # layouts repacked for a kernel (kernels.cpu), held beside the packed weights
+
+    @property
+    def held_bytes(self) -> int:
+        """What the weights really occupy at run time: the checkpoint's bytes plus kernel layouts."""
+        return self.weight_bytes + self.kernel_cache_bytes
 
     @property
     def bits_per_param(self) -> float:
@@ -52,4 +58,5 @@ def memory_report(model: nn.Module) -> MemoryReport:
         quantized_params=q_params,
         quantized_bytes=q_bytes,
         quantized_fp16_bytes=2 * q_params,
+        kernel_cache_bytes=sum(m.kernel_cache_bytes() for m in quantized.values()),
     )

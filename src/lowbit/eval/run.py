@@ -11,6 +11,7 @@ from lowbit.eval.quality import evaluate
 from lowbit.io.sources import load_model
 from lowbit.kernels.select import check_preference
 from lowbit.modules.base import set_kernel_preference
+from lowbit.modules.plan import kernel_summary
 
 DEFAULT_SEQLEN = 2048
 
@@ -48,9 +49,11 @@ def run_eval(
         "weight_bytes": memory.weight_bytes,
         "fp16_bytes": memory.fp16_bytes,
         "quantized_bytes": memory.quantized_bytes,
+        "kernel_cache_bytes": memory.kernel_cache_bytes,
         "quantized_fraction_of_fp16": memory.quantized_fraction_of_fp16,
         "bits_per_param": memory.bits_per_param,
         "kernel": kernel,
+        "kernels": kernel_summary(loaded.model, rows=batch_size * quality.seqlen),
     }
     if ref is not None:
         record |= {"reference": reference, "kl": quality.kl, "top1": quality.top1}

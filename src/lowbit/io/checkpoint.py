@@ -24,6 +24,7 @@ from lowbit.io.atomic import atomic_folder, sha256_file
 from lowbit.io.sources import METADATA_FILE, LoadedModel
 from lowbit.methods.base import MethodConfig
 from lowbit.modules import MODULE_TYPES, QuantizedLinear
+from lowbit.modules.plan import prepare_kernels
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -122,6 +123,7 @@ def load_quantized(folder: str | Path) -> LoadedModel:
     _assign_tensors(model, folder / WEIGHTS_FILE)
     model.eval()
     model.lowbit_config = config
+    prepare_kernels(model)  # repack into the CPU kernels' layouts now, not on the first token
     has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     return LoadedModel(model, AutoTokenizer.from_pretrained(folder) if has_tokenizer else None, str(folder))
 

@@ -110,3 +110,18 @@ def fourbit_linear(
     n = out_features * x.shape[-1]
     w = codebook_dequantize(unpack_nibbles(qweight, n), absmax, code, blocksize)
     return F.linear(x, w.view(out_features, -1).to(x.dtype), bias)
+
+
+def int_group_embedding(
+    ids: torch.Tensor,
+    hidden: int,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+) -> torch.Tensor:
+    """ids (n,) -> (n, hidden) float32 rows of the dequantized (vocab, hidden) table; only those rows unpacked."""
+    codes = unpack_bits(qweight[ids], bits, hidden)  # (n, hidden)
+    rows_zero = None if zero is None else zero[ids]
+    return dequantize_affine(codes, scale[ids], rows_zero, bits, group_size)

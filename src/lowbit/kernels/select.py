@@ -2,7 +2,12 @@
 
 Each op has an ordered list of candidates; a candidate's `unavailable(ctx)` returns None when it can run
 the call or a short reason when it cannot. `select` returns the first candidate that can run, so the
-list always ends with the reference implementation, which runs everywhere.
+list always ends with the reference implementation, which runs everywhere; `explain` lists every
+candidate with the reason it was skipped.
+
+A candidate without `prepare` is called with the module's canonical buffers, `fn(x, *weights, bias)`.
+A candidate with `prepare` repacks those buffers once, `prepare(ctx, *weights) -> packed` (the module
+caches the result), and is called as `fn(x, packed, bias)`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Callable
 import torch
 
 from lowbit.errors import LowbitError
-from lowbit.kernels import reference, triton_ops
+from lowbit.kernels import cpu, reference, triton_ops
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,8 @@ class CallContext:
     in_features: int
     out_features: int
     dtype: torch.dtype | None = None  # activation dtype
-    bits: int | None = None  # weight bits, for formats with a choice of widths
+    bits: int | None = None  # of the weight codes, for formats with a bit width
+    group_size: int | None = None  # resolved group size of group-wise formats
 
 
 def always(_ctx: CallContext) -> str | None:
@@ -42,6 +48,7 @@ class Candidate:
     fn: Callable
     unavailable: Callable[[CallContext], str | None]  # cannot run the call
     unsuited: Callable[[CallContext], str | None] = always  # can, but another candidate is faster
+    prepare: Callable | None = None  # one-time repacking of a layer's buffers into the kernel's layout
 
 
 def _int_mm_unavailable(ctx: CallContext) -> str | None:
@@ -79,11 +86,15 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int_group_linear": (
         Candidate("triton_splitk", triton_ops.int_group_linear_splitk, _triton_int_group, _few_rows),
         Candidate("triton_tiled", triton_ops.int_group_linear_tiled, _triton_int_group),
+        Candidate("int4_cpu", cpu.int4_cpu_linear, cpu.int4_cpu_unavailable, prepare=cpu.prepare_int4_cpu),
+        Candidate("int4x2_cpu", cpu.int4_cpu_linear, cpu.int4x2_cpu_unavailable, prepare=cpu.prepare_int4_cpu),
         Candidate("reference", reference.int_group_linear, always),
     ),
+    "int_group_embedding": (Candidate("reference", reference.int_group_embedding, always),),
     "int8_weight_linear": (
         Candidate("triton_splitk", triton_ops.int8_weight_linear_splitk, _triton_int8_weight, _few_rows),
         Candidate("triton_tiled", triton_ops.int8_weight_linear_tiled, _triton_int8_weight),
+        Candidate("int8_cpu", cpu.int8_cpu_linear, cpu.int8_cpu_unavailable, prepare=cpu.prepare_int8_cpu),
         Candidate("reference", reference.int8_weight_linear, always),
     ),
     "int_group_linear_t": (Candidate("reference", reference.int_group_linear_t, always),),
@@ -114,6 +125,11 @@ def check_preference(preference: str) -> str:
 def _matches(candidate: Candidate, preference: str) -> bool:
     """A kernel's full name, or its family: 'triton' matches triton_splitk and triton_tiled."""
     return candidate.name == preference or candidate.name.startswith(preference + "_")
+
+
+def explain(op: str, ctx: CallContext) -> list[tuple[str, str | None]]:
+    """(name, reason it cannot run or None) for every candidate of `op`, fastest first."""
+    return [(c.name, c.unavailable(ctx)) for c in _CANDIDATES[op]]
 
 
 def select(op: str, ctx: CallContext, preference: str = "auto") -> Candidate:

@@ -48,8 +48,14 @@ class MethodConfig:
 
     include: str | None = None  # extra linears to quantize, e.g. "lm_head"
     exclude: str | None = None  # linears to leave in full precision
+    embedding_bits: int = 0  # 4 or 8: also quantize the token embedding (methods.vocab); 0 = float
+    head_bits: int = 0  # 4 or 8: also quantize the output head (methods.vocab); 0 = float
 
     def __post_init__(self) -> None:
+        from lowbit.methods.vocab import check_vocab_bits
+
+        check_vocab_bits(self.embedding_bits, "embedding_bits")
+        check_vocab_bits(self.head_bits, "head_bits")
         for pattern in (self.include, self.exclude):
             if pattern is not None:
                 try:

@@ -1,6 +1,7 @@
 """Quantized layers. MODULE_TYPES maps the class name stored in a checkpoint to the class that loads it."""
 
 from lowbit.modules.base import QuantizedLinear, set_kernel_preference
+from lowbit.modules.embedding import QuantizedEmbedding
 from lowbit.modules.fourbit_linear import FourBitLinear
 from lowbit.modules.hqq_linear import HQQLinear
 from lowbit.modules.int8_linear import Int8Linear
@@ -9,7 +10,8 @@ from lowbit.modules.llm_int8_linear import LLMInt8Linear
 from lowbit.modules.w8a8_linear import W8A8Linear
 
 MODULE_TYPES: dict[str, type[QuantizedLinear]] = {
-    cls.__name__: cls for cls in (IntLinear, Int8Linear, W8A8Linear, HQQLinear, LLMInt8Linear, FourBitLinear)
+    cls.__name__: cls
+    for cls in (IntLinear, Int8Linear, W8A8Linear, HQQLinear, LLMInt8Linear, FourBitLinear, QuantizedEmbedding)
 }
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "Int8Linear",
     "IntLinear",
     "LLMInt8Linear",
+    "QuantizedEmbedding",
     "QuantizedLinear",
     "W8A8Linear",
     "set_kernel_preference",

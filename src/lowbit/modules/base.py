@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -17,6 +17,11 @@ class QuantizedLinear(nn.Module):
     Subclasses set `op` (the kernel op they call) and `layout_type` (the layout dataclass whose buffers
     __init__ registers and whose fields, with `bias`, make up `spec()` / `from_spec()`). All state is
     buffers, so `state_dict` is the packed checkpoint and meta-device construction is free.
+    Subclasses also give `weight_args()` (the canonical buffers a kernel op takes) and `format_context()`.
+
+    A kernel that needs its own layout gets it from `prepared()`: repacked once and held in a plain
+    attribute (not a buffer, so never saved), counted by `kernel_cache_bytes()` and dropped when the
+    module moves (`.to()`) or its buffers are replaced.
     """
 
     op: ClassVar[str]
@@ -32,6 +37,7 @@ class QuantizedLinear(nn.Module):
             self.register_buffer(name, torch.empty(shape, dtype=dtype, device=device))
         bias = torch.empty(layout.out_features, device=device) if has_bias else None
         self.register_buffer("bias", bias)
+        self._kernel_cache: dict[str, tuple[tuple[int, ...], Any]] = {}
 
     def spec(self) -> dict[str, Any]:
         """JSON constructor arguments: the layout's fields plus whether there is a bias."""
@@ -43,11 +49,53 @@ class QuantizedLinear(nn.Module):
         fields = {k: v for k, v in spec.items() if k != "bias"}
         return cls(cls.layout_type(**fields), spec["bias"], device)
 
+    def weight_args(self) -> tuple:
+        raise NotImplementedError
+
+    def format_context(self) -> dict[str, Any]:
+        """Format facts a kernel's capability check needs (bits, group_size); none by default."""
+        return {}
+
+    def call_context(self, rows: int, device: torch.device, dtype: torch.dtype | None = None) -> CallContext:
+        return CallContext(
+            torch.device(device), rows, self.in_features, self.out_features, dtype, **self.format_context()
+        )
+
     def kernel(self, x: torch.Tensor) -> Candidate:
         rows = x.numel() // x.shape[-1]
-        bits = getattr(self.layout, "bits", None)
-        ctx = CallContext(x.device, rows, self.in_features, self.out_features, x.dtype, bits)
-        return select(self.op, ctx, self.kernel_preference)
+        return select(self.op, self.call_context(rows, x.device, x.dtype), self.kernel_preference)
+
+    def run_kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        """flat (rows, in) -> (rows, out) through the selected kernel."""
+        candidate = self.kernel(flat)
+        if candidate.prepare is None:
+            return candidate.fn(flat, *self.weight_args(), self.bias)
+        return candidate.fn(flat, self.prepared(candidate.name, candidate.prepare, flat.device), self.bias)
+
+    def prepared(self, name: str, prepare: Callable, device: torch.device) -> Any:
+        """The canonical buffers repacked by `prepare`, computed once and cached under `name`."""
+        source = tuple(b.data_ptr() for b in self.weight_args() if isinstance(b, torch.Tensor))
+        cached = self._kernel_cache.get(name)
+        if cached is None or cached[0] != source:
+            cached = (source, prepare(self.call_context(1, device), *self.weight_args()))
+            self._kernel_cache[name] = cached
+        return cached[1]
+
+    def kernel_cache_bytes(self) -> int:
+        """Bytes held by repacked kernel layouts beyond the canonical buffers (shared storage not counted)."""
+        own = {b.untyped_storage().data_ptr() for b in self.buffers()}
+        seen, total = set(), 0
+        for _, packed in self._kernel_cache.values():
+            for t in packed.tensors():
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in own and ptr not in seen:
+                    seen.add(ptr)
+                    total += t.untyped_storage().nbytes()
+        return total
+
+    def _apply(self, fn, recurse=True):
+        self._kernel_cache.clear()
+        return super()._apply(fn, recurse)
 
     def packed_bytes(self) -> int:
         """Bytes of the quantized weight and its qparams (bias excluded: it is not quantized)."""

@@ -24,7 +24,9 @@ class Int8Linear(QuantizedLinear):
             module.bias = bias.detach().clone()
         return module
 
+    def weight_args(self) -> tuple:
+        return (self.qweight, self.scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        y = self.kernel(x).fn(flat, self.qweight, self.scale, self.bias)
+        y = self.run_kernel(x.reshape(-1, self.in_features))
         return y.reshape(*x.shape[:-1], self.out_features)

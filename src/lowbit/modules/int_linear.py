@@ -30,9 +30,13 @@ class IntLinear(QuantizedLinear):
     def int_weights(self) -> IntWeights:
         return unpack_int(dict(self.named_buffers(recurse=False)), self.layout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def weight_args(self) -> tuple:
         lay = self.layout
-        zero = getattr(self, "zero", None)
-        flat = x.reshape(-1, lay.in_features)
-        y = self.kernel(x).fn(flat, self.qweight, self.scale, zero, lay.bits, lay.group_size, self.bias)
-        return y.reshape(*x.shape[:-1], lay.out_features)
+        return (self.qweight, self.scale, getattr(self, "zero", None), lay.bits, lay.group_size)
+
+    def format_context(self) -> dict[str, Any]:
+        return {"bits": self.layout.bits, "group_size": self.layout.group_size}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.run_kernel(x.reshape(-1, self.in_features))
+        return y.reshape(*x.shape[:-1], self.out_features)

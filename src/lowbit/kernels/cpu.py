@@ -1,0 +1,191 @@
+"""CPU kernels: torch's packed int4 and int8 weight-only matmuls, fed from lowbit's canonical formats.
+
+`torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, G, sz)` computes x @ W^T with
+
+    W[n, k] = (q[n, k] - 8) * sz[k // G, n, 0] + sz[k // G, n, 1]        q in [0, 15]
+
+for G in {32, 64, 128, 256}, N a multiple of 16 and K a multiple of G (the layout of gpt-fast and
+torchao's int4 weight-only). lowbit's group-wise format is w = s * (q - z) with fp16 s and float z per
+group of g inputs (formats.int_group). Codes of b <= 4 bits run as one plane, shifted so that their
+midpoint 2**(b-1) lands on the kernel's 8 (which keeps the bf16 zero small, hence exact to bf16):
+
+    q' = q + 8 - 2**(b-1),  scale = s,  zero = s * (2**(b-1) - z)                (exact algebra)
+
+and codes of 5..8 bits split into two 4-bit planes, q = 16 * hi + lo, summed, hi shifted the same way:
+
+    hi' = hi + 8 - 2**(b-5):  W = 16 s * (hi' - 8) + s * (lo - 8) + s * (2**(b-1) + 8 - z)
+        plane hi: scale 16 s, zero s * (2**(b-1) + 8 - z);  plane lo: scale s, zero 0.
+
+A lowbit group of g columns maps onto kernel groups of G columns when G divides g (or there is only one
+group per row), so any g that is a multiple of 32 runs; the input is zero-padded to a multiple of G and
+the output rows to a multiple of 16. `_weight_int8pack_mm(x, q, s)` is x @ (q * s[:, None])^T for int8
+q (W8A16 with per-row scales, Int8Linear's format) and needs no repacking.
+
+Both kernels are fast on this CPU only with bf16 activations (their fp32 and fp16 paths are 10-40x
+slower, measured on AVX-512 with torch 2.13), so inputs are cast to bf16 and the result back: these
+paths are W4A16 / W8A16 in the usual sense, with bf16 rounding of the activations. Repacking happens once
+per layer (`prepare_*`, cached by the module); the checkpoint keeps the canonical format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lowbit.core.affine import n_groups, symmetric_zero
+from lowbit.formats.bitpack import unpack_bits
+
+KERNEL_DTYPE = torch.bfloat16
+INT4_GROUPS = (256, 128, 64, 32)  # group sizes _weight_int4pack_mm_for_cpu accepts, largest first
+N_MULTIPLE = 16  # output rows of the int4 CPU layout come in multiples of 16
+PACK_ROWS = 1024  # rows repacked at a time; a multiple of N_MULTIPLE
+INT8_K_MULTIPLE = 16  # the bf16 int8 kernel returns garbage (or crashes) when in_features is not a multiple
+
+
+def int4_kernel_group(group_size: int, in_features: int) -> int | None:
+    """The kernel group G serving lowbit groups of `group_size`, or None when none fits."""
+    single = n_groups(in_features, group_size) == 1
+    padded32 = -(-in_features // 32) * 32
+    for g in INT4_GROUPS:
+        if (single and padded32 % g == 0) or (not single and group_size % g == 0):
+            return g
+    return None
+
+
+@dataclass(frozen=True)
+class Int4CpuWeights:
+    """One layer in the int4 CPU layout: one plane (bits <= 4) or two (hi, lo) for 5..8 bits."""
+
+    planes: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # (packed (N_pad, K_pad/2) uint8, sz (K_pad/G, N_pad, 2))
+    kernel_group: int
+    in_features: int
+    padded_in: int
+    out_features: int
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for plane in self.planes for t in plane]
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    return F.pad(t, (0, 0, 0, rows - t.shape[0]))
+
+
+def _pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """codes (rows, K_pad) in [0, 15] -> the kernel's packed uint8 layout, rows padded to a multiple of 16."""
+    rows = -(-codes.shape[0] // N_MULTIPLE) * N_MULTIPLE
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(_pad_rows(codes, rows).to(torch.int32), 1)
+
+
+def _scales_zeros(scale: torch.Tensor, zero: torch.Tensor, n_pad: int) -> torch.Tensor:
+    """scale, zero (N, K_pad / G) float32 -> (K_pad / G, N_pad, 2) in the kernel dtype."""
+    sz = torch.stack([_pad_rows(scale, n_pad).t(), _pad_rows(zero, n_pad).t()], dim=-1)
+    return sz.to(KERNEL_DTYPE).contiguous()
+
+
+@torch.no_grad()
+def prepare_int4_cpu(
+    ctx, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int, group_size: int
+) -> Int4CpuWeights:
+    """Repack a canonical int_group layer (formats.int_group) into the int4 CPU layout (once per layer).
+
+    Rows are unpacked and packed PACK_ROWS at a time (the packed layout concatenates along rows), which
+    bounds the transient memory of unpacking a large layer such as an output head.
+    """
+    k, n = ctx.in_features, ctx.out_features
+    g_kernel = int4_kernel_group(group_size, k)
+    k_pad = -(-k // g_kernel) * g_kernel
+    mid = symmetric_zero(bits)
+    packed: list[list[torch.Tensor]] = [[], []]
+    for rows in qweight.split(PACK_ROWS):
+        codes = F.pad(unpack_bits(rows, bits, k), (0, k_pad - k))  # (rows, K_pad) uint8; padding meets x = 0
+        parts = [codes + (8 - mid)] if bits <= 4 else [(codes >> 4) + (8 - mid // 16), codes & 15]
+        for plane, part in zip(packed, parts):
+            plane.append(_pack_codes(part))
+    group_of = ((torch.arange(k_pad // g_kernel) * g_kernel) // group_size).clamp(max=scale.shape[1] - 1)
+    s = scale.float()[:, group_of]  # (N, K_pad / G)
+    z = torch.full_like(s, mid) if zero is None else zero.float()[:, group_of]
+    n_pad = -(-n // N_MULTIPLE) * N_MULTIPLE
+    if bits <= 4:
+        sz = [_scales_zeros(s, s * (mid - z), n_pad)]
+    else:
+        sz = [_scales_zeros(16 * s, s * (mid + 8 - z), n_pad), _scales_zeros(s, torch.zeros_like(s), n_pad)]
+    planes = tuple((torch.cat(p), plane_sz) for p, plane_sz in zip(packed, sz))
+    return Int4CpuWeights(planes, g_kernel, k, k_pad, n)
+
+
+def int4_cpu_linear(x: torch.Tensor, w: Int4CpuWeights, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (rows, in) @ W^T + bias through _weight_int4pack_mm_for_cpu, bf16 inside."""
+    xb = F.pad(x.to(KERNEL_DTYPE), (0, w.padded_in - w.in_features))
+    y = None
+    for packed, sz in w.planes:
+        part = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, w.kernel_group, sz).float()
+        y = part if y is None else y + part
+    y = y[:, : w.out_features]
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class Int8CpuWeights:
+    qweight: torch.Tensor  # (out, in) int8: the module's own buffer, not a copy
+    scale: torch.Tensor  # (out,) bf16
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.qweight, self.scale]
+
+
+def prepare_int8_cpu(ctx, qweight: torch.Tensor, scale: torch.Tensor) -> Int8CpuWeights:
+    return Int8CpuWeights(qweight.contiguous(), scale.reshape(-1).to(KERNEL_DTYPE))
+
+
+def int8_cpu_linear(x: torch.Tensor, w: Int8CpuWeights, bias: torch.Tensor | None) -> torch.Tensor:
+    """W8A16: x (rows, in) @ (q * s)^T + bias through _weight_int8pack_mm, bf16 inside."""
+    y = torch.ops.aten._weight_int8pack_mm(x.to(KERNEL_DTYPE).contiguous(), w.qweight, w.scale).float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def _cpu_op_missing(ctx, op: str) -> str | None:
+    if ctx.device.type != "cpu":
+        return f"CPU kernel, input is on {ctx.device.type}"
+    if not hasattr(torch.ops.aten, op):
+        return f"this torch has no aten.{op}"
+    return None
+
+
+def _int4_unavailable(ctx) -> str | None:
+    missing = _cpu_op_missing(ctx, "_weight_int4pack_mm_for_cpu")
+    if missing:
+        return missing
+    if ctx.bits is None or ctx.group_size is None:
+        return "the call carries no bits/group size"
+    if int4_kernel_group(ctx.group_size, ctx.in_features) is None:
+        return f"group size {ctx.group_size} is not a multiple of 32 (the int4 kernel takes groups of 32..256)"
+    return None
+
+
+def int4_cpu_unavailable(ctx) -> str | None:
+    """One 4-bit plane: codes of 2..4 bits."""
+    if ctx.bits is not None and ctx.bits > 4:
+        return f"{ctx.bits}-bit codes need two planes (int4x2_cpu)"
+    return _int4_unavailable(ctx)
+
+
+def int4x2_cpu_unavailable(ctx) -> str | None:
+    """Two 4-bit planes: codes of 5..8 bits."""
+    if ctx.bits is not None and not 4 < ctx.bits <= 8:
+        return f"{ctx.bits}-bit codes are not 5..8 bits"
+    return _int4_unavailable(ctx)
+
+
+def int8_cpu_unavailable(ctx) -> str | None:
+    missing = _cpu_op_missing(ctx, "_weight_int8pack_mm")
+    if missing:
+        return missing
+    if ctx.in_features % INT8_K_MULTIPLE:
+        return f"in_features {ctx.in_features} is not a multiple of {INT8_K_MULTIPLE} (bf16 int8 kernel)"
+    return None
