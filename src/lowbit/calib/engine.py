@@ -48,21 +48,40 @@ class BlockRun:
         return [g for g in groups if g]
 
     @torch.no_grad()
-    def forward(self, hooks: dict[str, Hook] | None = None, batches: int | None = None) -> list[torch.Tensor]:
+    def forward(
+        self, hooks: dict[str, Hook] | None = None, batches: int | None = None, outputs: bool = True
+    ) -> list[torch.Tensor]:
         """Feed the recorded inputs (the first `batches` only, if given) through the block.
 
         hooks: local linear name -> fn(x) called with that linear's input (..., in) on every batch.
-        Returns the block's output hidden states per batch.
+        Returns the block's output hidden states per batch; with outputs=False, each batch stops as soon
+        as every hooked linear has seen its input (the rest of the block is not run) and [] is returned.
         """
-        handles = [
-            self.block.get_submodule(name).register_forward_pre_hook(lambda _m, args, fn=fn: fn(args[0]))
-            for name, fn in (hooks or {}).items()
-        ]
+        hooks = hooks or {}
+        pending: set[str] = set()
+
+        def wrap(name: str, fn: Hook):
+            def pre_hook(_module: nn.Module, args: tuple) -> None:
+                fn(args[0])
+                pending.discard(name)
+                if not outputs and not pending:
+                    raise _StopForward
+
+            return pre_hook
+
+        handles = [self.block.get_submodule(n).register_forward_pre_hook(wrap(n, fn)) for n, fn in hooks.items()]
+        results = []
         try:
-            return [_block_output(self.block(hidden, **kwargs)) for hidden, kwargs in self.inputs[:batches]]
+            for hidden, kwargs in self.inputs[:batches]:
+                pending.update(hooks)
+                try:
+                    results.append(_block_output(self.block(hidden, **kwargs)))
+                except _StopForward:
+                    pass
         finally:
             for handle in handles:
                 handle.remove()
+        return results if outputs else []
 
     def replace(self, local: str, module: nn.Module) -> None:
         self.block.set_submodule(local, module)

@@ -21,5 +21,5 @@ def collect_hessians(run: BlockRun, groups: list[tuple[str, ...]]) -> dict[str, 
 
         return hook
 
-    run.forward(hooks={group[0]: hook_for(group[0]) for group in groups})
+    run.forward(hooks={group[0]: hook_for(group[0]) for group in groups}, outputs=False)
     return {name: state[group[0]][0] for group in groups for name in group}

@@ -148,7 +148,7 @@ def _input_abs_means(run: BlockRun, pairs: list[ScalePair], batches) -> dict[str
 
         return hook
 
-    run.forward(hooks={p.nexts[0]: hook_for(p.prev) for p in pairs}, batches=batches)
+    run.forward(hooks={p.nexts[0]: hook_for(p.prev) for p in pairs}, batches=batches, outputs=False)
     return {prev: total / count for prev, (total, count) in sums.items()}
 
 
@@ -157,7 +157,7 @@ def _sampled_inputs(run: BlockRun, names: list[str], batches, tokens: int) -> di
     total = sum(h.shape[0] * h.shape[1] for h, _ in run.inputs[:batches])
     stride = max(1, total // tokens)
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    run.forward(hooks={n: (lambda x, n=n: seen[n].append(x.reshape(-1, x.shape[-1])[::stride])) for n in names}, batches=batches)
+    run.forward(hooks={n: (lambda x, n=n: seen[n].append(x.reshape(-1, x.shape[-1])[::stride])) for n in names}, batches=batches, outputs=False)
     return {n: torch.cat(parts)[:tokens] for n, parts in seen.items()}
 
 
