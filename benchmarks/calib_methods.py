@@ -65,9 +65,10 @@ def log_probs(model, window: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model, windows: torch.Tensor, reference: list[torch.Tensor]) -> dict:
+    """model None: the fp32 reference itself (its log-probs are already in `reference`)."""
     nll, kl, count = 0.0, 0.0, 0
     for window, ref in zip(windows, reference):
-        logp = log_probs(model, window)
+        logp = ref if model is None else log_probs(model, window)
         nll += float(-logp.gather(-1, window[1:, None]).sum())
         kl += float((ref.exp() * (ref - logp)).sum())
         count += window.numel() - 1
@@ -138,7 +139,7 @@ def main() -> None:
         method, bits, group, options = parse_setting(setting)
         record = {"setting": setting, **common}
         if method == "fp32":
-            record |= evaluate(fp32, windows, reference) | {"eval_s": fp32_eval_s}
+            record |= evaluate(None, windows, reference) | {"eval_s": fp32_eval_s}
         else:
             model = copy.deepcopy(fp32)
             run = llmcompressor_quantize if method.startswith("lc-") else lowbit_quantize

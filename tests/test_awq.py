@@ -14,7 +14,7 @@ from lowbit.calib.engine import run_sequential
 from lowbit.errors import LowbitError
 from lowbit.io.checkpoint import ARTIFACTS_FILE
 from lowbit.methods import make_config
-from tiny_models import TINY, stories, tiny_model
+from tiny_models import TINY, stories, tiny_model, tiny_model_and_logits
 
 
 class ScaleOnly:
@@ -36,10 +36,7 @@ def story():
 
 @pytest.mark.parametrize("model_type", sorted(TINY))
 def test_awq_scaling_leaves_the_float_model_unchanged(model_type):
-    model = tiny_model(model_type)
-    windows = torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = model(windows).logits
+    model, windows, ref = tiny_model_and_logits(model_type)
     targets = find_targets(model, arch_spec(model.config.model_type))
     scales = run_sequential(model, targets, windows, ScaleOnly())
     assert scales and any((s - 1).abs().max() > 0.05 for s in scales.values())  # something really moved

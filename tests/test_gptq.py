@@ -16,7 +16,7 @@ from lowbit.core.hessian import accumulate_hessian
 from lowbit.errors import LowbitError
 from lowbit.methods import make_config
 from lowbit.modules.int_linear import IntLinear
-from tiny_models import TINY, stories, tiny_model
+from tiny_models import TINY, stories, tiny_model_and_logits
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +118,7 @@ def test_act_order_checkpoint_reloads_with_identical_logits(story, tmp_path):
 
 @pytest.mark.parametrize("model_type", sorted(TINY))
 def test_engine_runs_gptq_on_every_architecture(model_type):
-    model = tiny_model(model_type)
-    windows = torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = model(windows).logits
+    model, windows, ref = tiny_model_and_logits(model_type)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random tiny layers may need a raised damp
         quantize(model, make_config("gptq", bits=8, group_size=16), windows)

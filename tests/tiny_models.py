@@ -36,6 +36,14 @@ def tiny_model(model_type: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def tiny_model_and_logits(model_type: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A tiny model, 4 random windows of 16 tokens (4, 16), and the float model's logits on them."""
+    model = tiny_model(model_type)
+    windows = torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model, windows, model(windows).logits
+
+
 def stories():
     from lowbit.io.sources import load_model
 
