@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import tempfile
 import threading
 import time
 
@@ -75,14 +76,14 @@ def evaluate(model, windows: torch.Tensor, reference: list[torch.Tensor]) -> dic
     return {"ppl": math.exp(nll / count), "kl": kl / count, "tokens": count}
 
 
-def lowbit_quantize(model, method: str, bits: int, group: int, options: dict, calib: torch.Tensor):
+def lowbit_quantize(model, method, bits, group, options, calib, tokenizer=None):
     extra = {"integer_zero": True} if method == "rtn" else {}
     config = make_config(method, bits=bits, group_size=group, **extra, **options)
     quantize(model, config, calib if config.needs_calibration else None)
     return config.to_dict()
 
 
-def llmcompressor_quantize(model, method: str, bits: int, group: int, options: dict, calib: torch.Tensor):
+def llmcompressor_quantize(model, method, bits, group, options, calib, tokenizer):
     """llm-compressor oneshot with the same windows, asymmetric int weights, group `group`, lm_head kept."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from datasets import Dataset
@@ -101,8 +102,13 @@ def llmcompressor_quantize(model, method: str, bits: int, group: int, options: d
     else:
         recipe = [AWQModifier(duo_scaling=True, offload_device=None, **options),
                   QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
+    config_dir = tempfile.mkdtemp()  # oneshot re-reads the config from disk; a GGUF folder has no config.json
+    if hasattr(model.config, "quantization_config"):  # the GGUF file's; the loaded weights are plain fp32
+        del model.config.quantization_config
+    model.config.save_pretrained(config_dir)
+    model.config._name_or_path = config_dir
     data = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
-    oneshot(model=model, recipe=recipe, dataset=data, num_calibration_samples=calib.shape[0],
+    oneshot(model=model, tokenizer=tokenizer, recipe=recipe, dataset=data, num_calibration_samples=calib.shape[0],
             max_seq_length=calib.shape[1], shuffle_calibration_samples=False, pipeline="sequential")
     return {"method": method, "bits": bits, "group_size": group, "symmetric": False, **options}
 
@@ -145,7 +151,7 @@ def main() -> None:
             run = llmcompressor_quantize if method.startswith("lc-") else lowbit_quantize
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
-                record["config"] = run(model, method, bits, group, options, calib)
+                record["config"] = run(model, method, bits, group, options, calib, loaded.tokenizer)
                 record["quantize_s"] = time.perf_counter() - t0
             record["peak_extra_mib"] = mem.extra_mib
             record |= evaluate(model, windows, reference)
