@@ -9,7 +9,8 @@ from lowbit.errors import LowbitError
 from lowbit.methods import make_config
 from lowbit.modules import IntLinear
 
-from tiny_models import TINY_CONFIGS, tiny_model
+from tiny_models import TINY as TINY_CONFIGS
+from tiny_models import tiny_model
 
 TOKENS = torch.arange(20).view(2, 10) % 128
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from lowbit.calib.activations import observe_inputs
 from lowbit.calib.arch import arch_spec, find_targets, linear_weight
+from lowbit.calib.engine import run_sequential
 from lowbit.core.checks import check_finite
 from lowbit.errors import LowbitError
 from lowbit.io.checkpoint import save_quantized
@@ -25,10 +26,13 @@ def quantize(
     config: MethodConfig,
     calib: torch.Tensor | None = None,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> nn.Module:
     """Replace the model's target linears (in place) by `config`'s quantized modules; returns the model.
 
     calib: (n, seqlen) token windows, for methods that need calibration data.
+    device: where block-by-block calibration runs each block (default: where the model is).
+    Artifacts a method wants kept (AWQ's searched scales and clips) land in `model.lowbit_artifacts`.
     """
     if getattr(model, "lowbit_config", None) is not None:
         raise LowbitError("this model is already quantized: load the original model to quantize it again")
@@ -37,10 +41,14 @@ def quantize(
         raise LowbitError("no layers matched: check the include/exclude patterns")
     for name, module in targets.items():
         check_finite(module.weight, f"weight of {name}")
+    if config.needs_calibration and calib is None:
+        raise LowbitError(f"{config.name} needs calibration data: pass --calib wikitext2 (or a text file)")
+    if config.calibrates_blocks:
+        model.lowbit_artifacts = run_sequential(model, targets, calib, config, device, progress=progress)
+        model.lowbit_config = config
+        return model
     stats: dict = {}
     if config.needs_calibration:
-        if calib is None:
-            raise LowbitError(f"{config.name} needs calibration data: pass --calib wikitext2 (or a text file)")
         stats = observe_inputs(model, targets, calib, config.make_observer, progress=progress)
     for name, module in track(targets.items(), f"quantizing ({config.name})", progress):
         weight, bias = linear_weight(module)

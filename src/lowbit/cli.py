@@ -52,13 +52,16 @@ def quantize(
     option: list[str] = typer.Option([], "--option", "-o", help="method option KEY=VALUE, repeatable"),
     include: Optional[str] = typer.Option(None, help="regex of extra linears to quantize, e.g. lm_head"),
     exclude: Optional[str] = typer.Option(None, help="regex of linears to keep in full precision"),
-    calib: Optional[str] = typer.Option(None, help="calibration text: wikitext2, ptb, or a text file"),
+    calib: Optional[str] = typer.Option(
+        None, help="calibration data: wikitext2, ptb, a text file, a .jsonl file (text field) or a saved datasets folder"
+    ),
     nsamples: int = typer.Option(128, help="calibration windows"),
     calib_seqlen: int = typer.Option(512, help="tokens per calibration window"),
     seed: int = typer.Option(0, help="seed for calibration sampling"),
+    device: Optional[str] = typer.Option(None, help="where calibration runs each block, e.g. cuda (default: cpu)"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ) -> None:
-    """Quantize MODEL with a method and save it to --out."""
+    """Quantize MODEL with a method and save it to --out (method options: -o KEY=VALUE, e.g. -o desc_act=true)."""
     from lowbit.api import quantize as quantize_model
     from lowbit.api import save
     from lowbit.calib.data import calibration_windows
@@ -74,7 +77,7 @@ def quantize(
     if calib is not None:
         windows = calibration_windows(loaded.tokenizer, calib, nsamples, calib_seqlen, seed)
     start = time.perf_counter()
-    quantize_model(loaded.model, config, windows, progress=True)
+    quantize_model(loaded.model, config, windows, progress=True, device=device)
     seconds = time.perf_counter() - start
     save(loaded.model, out, loaded.tokenizer, source=loaded.source, overwrite=overwrite)
     typer.echo(f"quantized {loaded.source} with {config.name} in {seconds:.1f} s -> {out}")

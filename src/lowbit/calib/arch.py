@@ -16,22 +16,52 @@ from lowbit.errors import LowbitError
 
 
 @dataclass(frozen=True)
+class ScalePair:
+    """AWQ scaling pair (Lin et al., 2023): `prev`'s output channels feed `nexts`' inputs directly (or through
+    a positively homogeneous op), so dividing them by s and multiplying the inputs of `nexts` by s leaves the
+    float block unchanged. `prev` is a norm or a linear; a pair whose shapes disagree (v -> o under GQA) is skipped.
+    """
+
+    prev: str
+    nexts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     blocks: str  # dotted path of the ModuleList of decoder blocks
     linears: tuple[str, ...]  # linear layers inside one block, in forward order
+    inputs: tuple[tuple[str, ...], ...] = ()  # linears grouped by shared input, in forward order (true-sequential)
+    scale_pairs: tuple[ScalePair, ...] = ()  # AWQ's scaling pairs, in forward order
+    no_clip: tuple[str, ...] = ()  # linears AWQ does not clip (query/key: attention scores are sensitive)
+    norm_offset: float = 0.0  # 1.0 where the norm computes x * (1 + weight) (Gemma)
+
+    def input_groups(self) -> tuple[tuple[str, ...], ...]:
+        return self.inputs or tuple((name,) for name in self.linears)
 
 
+_ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_MLP = ("mlp.gate_proj", "mlp.up_proj")
+_LLAMA_LINEARS = (*_ATTN, "self_attn.o_proj", *_MLP, "mlp.down_proj")
+_LLAMA_INPUTS = (_ATTN, ("self_attn.o_proj",), _MLP, ("mlp.down_proj",))
+_ATTN_PAIRS = (ScalePair("input_layernorm", _ATTN), ScalePair("self_attn.v_proj", ("self_attn.o_proj",)))
+_DOWN_PAIR = ScalePair("mlp.up_proj", ("mlp.down_proj",))
+_QK = ("self_attn.q_proj", "self_attn.k_proj")
 _LLAMA_LIKE = ArchSpec(
     "model.layers",
-    (
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    ),
+    _LLAMA_LINEARS,
+    _LLAMA_INPUTS,
+    (*_ATTN_PAIRS, ScalePair("post_attention_layernorm", _MLP), _DOWN_PAIR),
+    _QK,
+)
+_GEMMA = ArchSpec(**{**_LLAMA_LIKE.__dict__, "norm_offset": 1.0})
+# Gemma 2/3 normalise the attention output with post_attention_layernorm; the MLP input norm is pre_feedforward.
+_GEMMA2 = ArchSpec(
+    "model.layers",
+    _LLAMA_LINEARS,
+    _LLAMA_INPUTS,
+    (*_ATTN_PAIRS, ScalePair("pre_feedforward_layernorm", _MLP), _DOWN_PAIR),
+    _QK,
+    norm_offset=1.0,
 )
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -39,21 +69,47 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
-    "gemma3": ArchSpec("model.language_model.layers", _LLAMA_LIKE.linears),
+    "gemma": _GEMMA,
+    "gemma2": _GEMMA2,
+    "gemma3_text": _GEMMA2,
+    "gemma3": ArchSpec(**{**_GEMMA2.__dict__, "blocks": "model.language_model.layers"}),
+    # fused qkv / gate_up: v -> o and up -> down would scale a slice of a fused layer, so they are not paired
     "phi3": ArchSpec(
-        "model.layers", ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+        "model.layers",
+        ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"),
+        scale_pairs=(
+            ScalePair("input_layernorm", ("self_attn.qkv_proj",)),
+            ScalePair("post_attention_layernorm", ("mlp.gate_up_proj",)),
+        ),
+        no_clip=("self_attn.qkv_proj",),
     ),
     "gpt_neox": ArchSpec(
         "gpt_neox.layers",
         ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+        scale_pairs=(
+            ScalePair("input_layernorm", ("attention.query_key_value",)),
+            ScalePair("post_attention_layernorm", ("mlp.dense_h_to_4h",)),
+        ),
+        no_clip=("attention.query_key_value",),
     ),
-    "gpt2": ArchSpec("transformer.h", ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")),
+    "gpt2": ArchSpec(
+        "transformer.h",
+        ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
+        scale_pairs=(ScalePair("ln_1", ("attn.c_attn",)), ScalePair("ln_2", ("mlp.c_fc",))),
+        no_clip=("attn.c_attn",),
+    ),
+    # OPT's fc1 -> ReLU -> fc2: ReLU commutes with a positive per-channel scale
     "opt": ArchSpec(
         "model.decoder.layers",
         ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"),
+        (_ATTN, ("self_attn.out_proj",), ("fc1",), ("fc2",)),
+        (
+            ScalePair("self_attn_layer_norm", _ATTN),
+            ScalePair("self_attn.v_proj", ("self_attn.out_proj",)),
+            ScalePair("final_layer_norm", ("fc1",)),
+            ScalePair("fc1", ("fc2",)),
+        ),
+        _QK,
     ),
 }
 

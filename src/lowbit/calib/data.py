@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -60,9 +61,65 @@ def random_windows(tokens: torch.Tensor, n: int, seqlen: int, seed: int) -> torc
     return all_windows[order]
 
 
-def calibration_windows(tokenizer, name_or_path: str, n: int, seqlen: int, seed: int) -> torch.Tensor:
-    """Random windows from a calibration text (built-in names map to splits never used for evaluation)."""
+def calibration_windows(tokenizer, source: str | list[str], n: int, seqlen: int, seed: int) -> torch.Tensor:
+    """n random windows of seqlen tokens (seeded) from a calibration source -> (n, seqlen).
+
+    source: a built-in name (wikitext2, ptb: splits never used for evaluation), a text file, a JSON-lines
+    file with a "text" field per line, a folder saved by `datasets` (needs that package), or a list of strings.
+    """
+    return random_windows(tokenize(tokenizer, calibration_text(source)), n, seqlen, seed)
+
+
+def calibration_text(source: str | list[str]) -> str:
+    """The calibration source as one text, documents separated by blank lines."""
     from lowbit.assets import CALIB_TEXTS, resolve_text
 
-    tokens = tokenize(tokenizer, read_text(resolve_text(name_or_path, CALIB_TEXTS)))
-    return random_windows(tokens, n, seqlen, seed)
+    if isinstance(source, (list, tuple)):
+        return _join(source, "the calibration list")
+    path = resolve_text(source, CALIB_TEXTS)
+    if path.is_dir():
+        return _join(_dataset_texts(path), str(path))
+    if path.suffix in (".jsonl", ".ndjson"):
+        return _join(_jsonl_texts(path), str(path))
+    return read_text(path)
+
+
+def _join(texts: list, where: str) -> str:
+    if not all(isinstance(t, str) for t in texts):
+        raise LowbitError(f"{where} holds non-string entries: give a list of strings")
+    text = "\n\n".join(t for t in texts if t.strip())
+    if not text:
+        raise LowbitError(f"{where} has no text in it: give non-empty documents")
+    return text
+
+
+def _jsonl_texts(path: Path) -> list[str]:
+    texts = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise LowbitError(f"{path} line {number} is not JSON ({err.msg}): give one JSON object per line")
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise LowbitError(f'{path} line {number} has no string "text" field: give {{"text": "..."}} per line')
+        texts.append(record["text"])
+    return texts
+
+
+def _dataset_texts(path: Path) -> list[str]:
+    """The "text" column of a folder written by datasets' save_to_disk (the train split of a DatasetDict)."""
+    try:
+        import datasets
+    except ImportError:
+        raise LowbitError(f"{path} is a folder: reading a saved dataset needs the datasets package (pip install datasets)")
+    try:
+        data = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as err:
+        raise LowbitError(f"{path} is not a folder saved by datasets ({err}): give a text or JSON-lines file")
+    if isinstance(data, datasets.DatasetDict):
+        data = data["train"] if "train" in data else next(iter(data.values()))
+    if "text" not in data.column_names:
+        raise LowbitError(f"{path} has no 'text' column (it has {', '.join(data.column_names)})")
+    return list(data["text"])

@@ -61,7 +61,8 @@ def to_groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def expand_groups(q: torch.Tensor, group_size: int, in_features: int) -> torch.Tensor:
     """(out, n_groups) per-group values -> (out, in) per-column values."""
-    return q.repeat_interleave(group_size, dim=1)[:, :in_features]
+    out, groups = q.shape
+    return q.unsqueeze(2).expand(out, groups, group_size).reshape(out, groups * group_size)[:, :in_features]
 
 
 def affine_qparams(

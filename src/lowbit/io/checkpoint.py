@@ -28,6 +28,7 @@ from lowbit.modules.plan import prepare_kernels
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+ARTIFACTS_FILE = "calibration.safetensors"  # what a calibration search found (AWQ scales/clips), to re-apply
 
 
 def save_quantized(
@@ -40,6 +41,9 @@ def save_quantized(
     out = Path(out)
     with atomic_folder(out, overwrite) as tmp:
         save_file(_unique_tensors(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        artifacts = getattr(model, "lowbit_artifacts", None)
+        if artifacts:
+            save_file({k: v.contiguous() for k, v in artifacts.items()}, str(tmp / ARTIFACTS_FILE))
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

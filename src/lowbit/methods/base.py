@@ -45,6 +45,7 @@ class MethodConfig:
     name: ClassVar[str]
     version: ClassVar[int] = 1
     needs_calibration: ClassVar[bool] = False
+    calibrates_blocks: ClassVar[bool] = False  # True: quantized block by block by calib.engine (calibrate_block)
 
     include: str | None = None  # extra linears to quantize, e.g. "lm_head"
     exclude: str | None = None  # linears to leave in full precision

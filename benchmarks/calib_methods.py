@@ -1,0 +1,165 @@
+"""Calibration methods on the demo model: lowbit rtn / gptq / awq / awq+gptq and llm-compressor's
+GPTQModifier / AWQModifier, side by side in one process on the same calibration windows.
+
+Protocol: eval wikitext2 test, seqlen 512, first --windows windows; perplexity and KL(fp32 || quantized)
+averaged over every predicted position; calibration: --nsamples random windows of --calib-seqlen tokens
+of the wikitext2 calibration split (seed 0). Wall time and peak resident memory (increase over the
+process's memory before the call, sampled every 20 ms) of each quantization call.
+Each finished setting is appended at once to --out (JSON lines), so a cut-short run keeps its results.
+
+    PYTHONPATH=src python benchmarks/calib_methods.py --settings fp32 rtn:4:64 gptq:4:64 lc-gptq:4:64 \
+        --nsamples 128 --out benchmarks/results/calib_methods.jsonl
+A setting is METHOD:BITS:GROUP[:KEY=VALUE,...] with METHOD one of lowbit's or lc-gptq / lc-awq.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import tempfile
+import threading
+import time
+
+import psutil
+import torch
+import torch.nn.functional as F
+
+from lowbit.api import quantize
+from lowbit.assets import EVAL_TEXTS, resolve_text
+from lowbit.calib.data import calibration_windows, consecutive_windows, read_text, tokenize
+from lowbit.io.sources import load_model
+from lowbit.methods import make_config
+
+
+class PeakRSS:
+    """Peak resident memory of this process during a `with` block, sampled by a thread."""
+
+    def __enter__(self):
+        self.proc, self.start, self.peak, self.done = psutil.Process(), 0, 0, False
+        self.start = self.peak = self.proc.memory_info().rss
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.02)
+
+    def __exit__(self, *exc):
+        self.done = True
+        self.thread.join()
+
+    @property
+    def extra_mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+@torch.no_grad()
+def log_probs(model, window: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(model(window[None], use_cache=False).logits[0, :-1].float(), dim=-1)  # (seqlen-1, vocab)
+
+
+@torch.no_grad()
+def evaluate(model, windows: torch.Tensor, reference: list[torch.Tensor]) -> dict:
+    """model None: the fp32 reference itself (its log-probs are already in `reference`)."""
+    nll, kl, count = 0.0, 0.0, 0
+    for window, ref in zip(windows, reference):
+        logp = ref if model is None else log_probs(model, window)
+        nll += float(-logp.gather(-1, window[1:, None]).sum())
+        kl += float((ref.exp() * (ref - logp)).sum())
+        count += window.numel() - 1
+    return {"ppl": math.exp(nll / count), "kl": kl / count, "tokens": count}
+
+
+def lowbit_quantize(model, method, bits, group, options, calib, tokenizer=None):
+    extra = {"integer_zero": True} if method == "rtn" else {}
+    config = make_config(method, bits=bits, group_size=group, **extra, **options)
+    quantize(model, config, calib if config.needs_calibration else None)
+    return config.to_dict()
+
+
+def llmcompressor_quantize(model, method, bits, group, options, calib, tokenizer):
+    """llm-compressor oneshot with the same windows, asymmetric int weights, group `group`, lm_head kept."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
+
+    if not torch.cuda.is_available():  # AWQModifier pins cached inputs unconditionally, which CPU-only torch refuses;
+        from llmcompressor.pipelines.cache import IntermediatesCache  # pinning only speeds host->GPU copies
+
+        IntermediatesCache.pin_memory = lambda self, *a, **k: None
+    args = QuantizationArgs(num_bits=bits, type="int", symmetric=False, strategy="group", group_size=group)
+    groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=args)}
+    if method == "lc-gptq":
+        recipe = [GPTQModifier(config_groups=groups, ignore=["lm_head"], dampening_frac=0.01, actorder=None, **options)]
+    else:
+        recipe = [AWQModifier(duo_scaling=True, offload_device=None, **options),
+                  QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
+    config_dir = tempfile.mkdtemp()  # oneshot re-reads the config from disk; a GGUF folder has no config.json
+    if hasattr(model.config, "quantization_config"):  # the GGUF file's; the loaded weights are plain fp32
+        del model.config.quantization_config
+    model.config.save_pretrained(config_dir)
+    model.config._name_or_path = config_dir
+    data = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
+    oneshot(model=model, tokenizer=tokenizer, recipe=recipe, dataset=data, num_calibration_samples=calib.shape[0],
+            max_seq_length=calib.shape[1], shuffle_calibration_samples=False, pipeline="sequential")
+    return {"method": method, "bits": bits, "group_size": group, "symmetric": False, **options}
+
+
+def parse_setting(text: str):
+    method, *rest = text.split(":")
+    bits, group = (int(rest[0]), int(rest[1])) if len(rest) >= 2 else (0, 0)
+    options = dict(kv.split("=", 1) for kv in rest[2].split(",")) if len(rest) > 2 else {}
+    return method, bits, group, {k: json.loads(v) for k, v in options.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", required=True)
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--nsamples", type=int, default=128)
+    parser.add_argument("--calib-seqlen", type=int, default=512)
+    parser.add_argument("--windows", type=int, default=40)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    loaded = load_model(args.model)
+    fp32 = loaded.model
+    tokens = tokenize(loaded.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS)))
+    windows = consecutive_windows(tokens, args.seqlen, args.windows)
+    calib = calibration_windows(loaded.tokenizer, "wikitext2", args.nsamples, args.calib_seqlen, seed=0)
+    start = time.perf_counter()
+    reference = [log_probs(fp32, w) for w in windows]  # (seqlen-1, vocab) each, reused for every KL
+    fp32_eval_s = time.perf_counter() - start
+    common = {"model": args.model, "eval": f"wikitext2 test, {args.windows} x {args.seqlen}",
+              "calib": f"wikitext2 calibration split, {args.nsamples} x {args.calib_seqlen}, seed 0",
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}"}
+    for setting in args.settings:
+        method, bits, group, options = parse_setting(setting)
+        record = {"setting": setting, **common}
+        if method == "fp32":
+            record |= evaluate(None, windows, reference) | {"eval_s": fp32_eval_s}
+        else:
+            model = copy.deepcopy(fp32)
+            run = llmcompressor_quantize if method.startswith("lc-") else lowbit_quantize
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                record["config"] = run(model, method, bits, group, options, calib, loaded.tokenizer)
+                record["quantize_s"] = time.perf_counter() - t0
+            record["peak_extra_mib"] = mem.extra_mib
+            record |= evaluate(model, windows, reference)
+            del model
+        print(json.dumps(record), flush=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The sequential calibration engine, written once for every calibration method (GPTQ, AWQ, AQLM, QAT).
+
+Runs the calibration windows up to decoder block 0 and records its inputs and keyword inputs (attention
+mask, position embeddings, ...). Then, block by block: the method sees the block through a `BlockRun`
+(its target linears, a way to feed the recorded inputs through it with hooks, a way to swap in quantized
+layers), and the block's outputs are recomputed with the *quantized* block and become the next block's
+inputs (Frantar et al., 2022, section 4). Only the block being worked on needs to be on `device`; the
+others stay where the model is, so a model larger than GPU memory can be quantized.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from lowbit.calib.arch import ArchSpec, arch_spec, decoder_blocks
+from lowbit.core.checks import check_finite
+from lowbit.errors import LowbitError
+from lowbit.progress import track
+
+Batch = tuple[torch.Tensor, dict[str, Any]]  # hidden states (b, seq, hidden) and the block's keyword inputs
+Hook = Callable[[torch.Tensor], None]
+
+
+class BlockMethod(Protocol):
+    name: str
+
+    def calibrate_block(self, run: "BlockRun") -> dict[str, torch.Tensor]:
+        """Quantize the run's linears (via run.replace); return artifacts to save (e.g. AWQ scales)."""
+
+
+class BlockRun:
+    """One decoder block as a calibration method sees it."""
+
+    def __init__(self, block: nn.Module, prefix: str, spec: ArchSpec, linears: dict[str, nn.Module], inputs: list[Batch]):
+        self.block, self.prefix, self.spec = block, prefix, spec
+        self.linears = linears  # local name -> module, only the layers to quantize
+        self.inputs = inputs
+
+    def full_name(self, local: str) -> str:
+        return f"{self.prefix}.{local}"
+
+    def input_groups(self) -> list[tuple[str, ...]]:
+        """Target linears grouped by shared input, in forward order (the true-sequential stages)."""
+        groups = [tuple(n for n in group if n in self.linears) for group in self.spec.input_groups()]
+        return [g for g in groups if g]
+
+    @torch.no_grad()
+    def forward(
+        self, hooks: dict[str, Hook] | None = None, batches: int | None = None, outputs: bool = True
+    ) -> list[torch.Tensor]:
+        """Feed the recorded inputs (the first `batches` only, if given) through the block.
+
+        hooks: local linear name -> fn(x) called with that linear's input (..., in) on every batch.
+        Returns the block's output hidden states per batch; with outputs=False, each batch stops as soon
+        as every hooked linear has seen its input (the rest of the block is not run) and [] is returned.
+        """
+        hooks = hooks or {}
+        pending: set[str] = set()
+
+        def wrap(name: str, fn: Hook):
+            def pre_hook(_module: nn.Module, args: tuple) -> None:
+                fn(args[0])
+                pending.discard(name)
+                if not outputs and not pending:
+                    raise _StopForward
+
+            return pre_hook
+
+        handles = [self.block.get_submodule(n).register_forward_pre_hook(wrap(n, fn)) for n, fn in hooks.items()]
+        results = []
+        try:
+            for hidden, kwargs in self.inputs[:batches]:
+                pending.update(hooks)
+                try:
+                    results.append(_block_output(self.block(hidden, **kwargs)))
+                except _StopForward:
+                    pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return results if outputs else []
+
+    def replace(self, local: str, module: nn.Module) -> None:
+        self.block.set_submodule(local, module)
+        self.linears[local] = module
+
+
+@torch.no_grad()
+def run_sequential(
+    model: nn.Module,
+    targets: dict[str, nn.Module],
+    windows: torch.Tensor,
+    method: BlockMethod,
+    device: torch.device | str | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Quantize every target linear block by block with `method`; returns the methods' artifacts.
+
+    windows: (n, seqlen) calibration token ids. The model is left on the device it came from.
+    """
+    spec = arch_spec(model.config.model_type)
+    blocks = decoder_blocks(model, spec)
+    outside = [name for name in targets if not name.startswith(f"{spec.blocks}.")]
+    if outside:
+        raise LowbitError(f"{method.name} calibrates decoder-block linears only, not {outside[0]}: drop it from --include")
+    home = next(model.parameters()).device
+    device = torch.device(device) if device is not None else home
+    _move_outside_blocks(model, spec.blocks, device)
+    try:
+        inputs = capture_block_inputs(model, blocks[0], windows, batch_size, device)
+        artifacts: dict[str, torch.Tensor] = {}
+        for i in track(range(len(blocks)), f"{method.name}: blocks", progress):
+            prefix = f"{spec.blocks}.{i}"
+            local = {name[len(prefix) + 1 :]: m for name, m in targets.items() if name.startswith(prefix + ".")}
+            block = blocks[i].to(device)
+            run = BlockRun(block, prefix, spec, local, inputs)
+            if local:
+                artifacts |= method.calibrate_block(run)
+            outputs = run.forward()
+            for out in outputs:
+                check_finite(out, f"quantized outputs of block {i}")
+            inputs = [(out, kwargs) for out, (_, kwargs) in zip(outputs, inputs)]
+            blocks[i].to(home)
+    finally:
+        _move_outside_blocks(model, spec.blocks, home)
+    return artifacts
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once block 0's inputs are recorded: the rest of the model is not run."""
+
+
+def capture_block_inputs(
+    model: nn.Module, first_block: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device
+) -> list[Batch]:
+    """Run each batch of windows up to the first block and record its positional and keyword inputs."""
+    batches: list[Batch] = []
+
+    def catch(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        check_finite(hidden, "calibration activations entering block 0")
+        batches.append((hidden, kwargs))
+        raise _StopForward
+
+    handle = first_block.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for batch in windows.split(batch_size):
+            try:
+                model(batch.to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    if len(batches) != len(windows.split(batch_size)):
+        raise LowbitError("the model did not reach its first decoder block: its layout does not match its model_type")
+    return batches
+
+
+def _block_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _move_outside_blocks(model: nn.Module, blocks_path: str, device: torch.device) -> None:
+    """Move everything but the decoder blocks (embeddings, rotary tables, final norm, head) to `device`."""
+    module = model
+    for part in blocks_path.split("."):
+        for name, child in module.named_children():
+            if name != part:
+                child.to(device)
+        for key, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is not None:
+                getattr(module, "_parameters" if key in module._parameters else "_buffers")[key] = _moved(tensor, device)
+        module = getattr(module, part)
+
+
+def _moved(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    moved = tensor.to(device)
+    return nn.Parameter(moved, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else moved

@@ -1,0 +1,76 @@
+"""gptq: weight-only integer quantization with second-order error compensation (Frantar et al., 2022).
+
+The engine (calib.engine) walks the blocks; this module accumulates each linear's input Hessian, in
+true-sequential stages (q/k/v, then o, then gate/up, then down, each seeing the already quantized layers
+before it) when `true_sequential`, and hands (weight, Hessian) to core.gptq. Emits the same packed
+group-wise integer format as rtn, with integer zero points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.calib.arch import linear_weight
+from lowbit.calib.engine import BlockRun
+from lowbit.calib.stats import collect_hessians
+from lowbit.core.checks import check_bits, check_group_size
+from lowbit.core.gptq import gptq_quantize
+from lowbit.errors import LowbitError
+from lowbit.methods.base import MethodConfig, register_method
+from lowbit.modules.int_linear import IntLinear
+
+
+@dataclass(frozen=True, kw_only=True)
+class GPTQSettings(MethodConfig):
+    """GPTQ's options, shared by gptq and awq+gptq."""
+
+    needs_calibration = True
+    calibrates_blocks = True
+
+    bits: int = 4
+    group_size: int = 128  # -1: per channel; need not divide the input size
+    symmetric: bool = False
+    damp: float = 0.01  # fraction of the mean Hessian diagonal added to it (raised automatically if needed)
+    block_size: int = 128  # columns per lazy batch update
+    desc_act: bool = False  # quantize columns in order of decreasing Hessian diagonal (needs static_groups)
+    static_groups: bool = False  # fix every group's qparams from the unquantized weight
+    true_sequential: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bits(self.bits, 2, 8, self.name)
+        check_group_size(self.group_size)
+        if not 0 < self.damp <= 1:
+            raise LowbitError(f"damp must be in (0, 1], got {self.damp}")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise LowbitError(f"block_size must be a positive integer, got {self.block_size!r}")
+        if self.desc_act and not self.static_groups:
+            raise LowbitError("desc_act needs static_groups=true (lowbit's format keeps groups in column order)")
+
+    def quantize_layer(self, weight: torch.Tensor, bias: torch.Tensor | None, stats=None) -> IntLinear:
+        """stats: the (in, in) Hessian of the layer's inputs."""
+        if stats is None:
+            raise LowbitError(f"{self.name} needs calibration data: pass --calib wikitext2 (or a text file)")
+        w = gptq_quantize(
+            weight, stats, self.bits, self.group_size, self.symmetric,
+            self.damp, self.block_size, self.desc_act, self.static_groups,
+        )
+        return IntLinear.from_weights(w, bias)
+
+    def gptq_block(self, run: BlockRun) -> None:
+        """Quantize every linear of the block, stage by stage, each from its Hessian."""
+        groups = run.input_groups()
+        for stage in [[g] for g in groups] if self.true_sequential else [groups]:
+            for name, H in collect_hessians(run, stage).items():
+                weight, bias = linear_weight(run.linears[name])
+                run.replace(name, self.quantize_layer(weight, bias, H))
+
+
+@register_method("gptq")
+@dataclass(frozen=True, kw_only=True)
+class GPTQConfig(GPTQSettings):
+    def calibrate_block(self, run: BlockRun) -> dict[str, torch.Tensor]:
+        self.gptq_block(run)
+        return {}
