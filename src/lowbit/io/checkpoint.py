@@ -54,6 +54,8 @@ def save_quantized(
             "method": config.to_dict(),
             "source": source,
             "model_type": model.config.model_type,
+            # the attention kernel changes logits in the last bits; reloading uses the same one
+            "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "layers": {
                 name: {"module": type(m).__name__, "spec": m.spec(), "bytes": m.packed_bytes()}
                 for name, m in model.named_modules()
@@ -121,7 +123,7 @@ def load_quantized(folder: str | Path) -> LoadedModel:
     config = MethodConfig.from_dict(meta.get("method"))
     hf_config = AutoConfig.from_pretrained(folder)
     with init_empty_weights():  # parameters on meta; buffers such as rotary inv_freq are real
-        model = AutoModelForCausalLM.from_config(hf_config)
+        model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=meta.get("attn_implementation"))
     for name, layer in meta.get("layers", {}).items():
         model.set_submodule(name, _empty_layer(name, layer))
     _assign_tensors(model, folder / WEIGHTS_FILE)
