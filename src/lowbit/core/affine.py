@@ -98,13 +98,19 @@ def _storable_scale(scale: torch.Tensor) -> torch.Tensor:
     return scale.clamp(min=finfo.tiny).to(QPARAM_DTYPE)
 
 
+def _per_column(
+    scale: torch.Tensor, zero: torch.Tensor | None, bits: int, group_size: int, cols: int
+) -> tuple[torch.Tensor, torch.Tensor | int]:
+    """Per-group scale and zero expanded to one value per column (the symmetric zero is a constant)."""
+    s = expand_groups(scale.float(), group_size, cols)
+    return s, symmetric_zero(bits) if zero is None else expand_groups(zero.float(), group_size, cols)
+
+
 def quantize_affine(
     w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int, group_size: int
 ) -> torch.Tensor:
     """(out, in) float -> (out, in) uint8 codes for the given per-group qparams."""
-    cols = w.shape[1]
-    s = expand_groups(scale.float(), group_size, cols)
-    z = symmetric_zero(bits) if zero is None else expand_groups(zero.float(), group_size, cols)
+    s, z = _per_column(scale, zero, bits, group_size, w.shape[1])
     return torch.clamp(torch.round(w.float() / s + z), 0, 2**bits - 1).to(torch.uint8)
 
 
@@ -112,9 +118,7 @@ def dequantize_affine(
     codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int, group_size: int
 ) -> torch.Tensor:
     """(out, in) codes -> (out, in) float32 weights."""
-    cols = codes.shape[1]
-    s = expand_groups(scale.float(), group_size, cols)
-    z = symmetric_zero(bits) if zero is None else expand_groups(zero.float(), group_size, cols)
+    s, z = _per_column(scale, zero, bits, group_size, codes.shape[1])
     return (codes.float() - z) * s
 
 
