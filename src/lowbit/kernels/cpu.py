@@ -182,10 +182,17 @@ def int4x2_cpu_unavailable(ctx) -> str | None:
     return _int4_unavailable(ctx)
 
 
+def _torch_older_than(major: int, minor: int) -> bool:
+    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    return version < (major, minor)
+
+
 def int8_cpu_unavailable(ctx) -> str | None:
     missing = _cpu_op_missing(ctx, "_weight_int8pack_mm")
     if missing:
         return missing
+    if _torch_older_than(2, 13):
+        return "torch < 2.13: its CPU _weight_int8pack_mm crashed (segfault seen with torch 2.11)"
     if ctx.in_features % INT8_K_MULTIPLE:
         return f"in_features {ctx.in_features} is not a multiple of {INT8_K_MULTIPLE} (bf16 int8 kernel)"
     return None
