@@ -138,7 +138,10 @@ class Int8CpuWeights:
 
 
 def prepare_int8_cpu(ctx, qweight: torch.Tensor, scale: torch.Tensor) -> Int8CpuWeights:
-    return Int8CpuWeights(qweight.contiguous(), scale.reshape(-1).to(KERNEL_DTYPE))
+    """The kernel reads the module's own int8 buffer, copied only when it is not 64-byte aligned (tensors
+    loaded from safetensors can sit at any offset, and the kernel's vector loads then crash)."""
+    aligned = qweight.is_contiguous() and qweight.data_ptr() % 64 == 0
+    return Int8CpuWeights(qweight if aligned else qweight.clone(), scale.reshape(-1).to(KERNEL_DTYPE))
 
 
 def int8_cpu_linear(x: torch.Tensor, w: Int8CpuWeights, bias: torch.Tensor | None) -> torch.Tensor:
