@@ -135,3 +135,9 @@ def test_stale_lock_is_taken_over(stories_copy, tmp_path):
     (tmp_path / ".q.lock").write_text(dead.stdout.strip())
     lowbit.save(model, tmp_path / "q")
     assert (tmp_path / "q" / "lowbit.json").is_file() and not (tmp_path / ".q.lock").exists()
+
+
+def test_lost_metadata_is_not_loaded_as_a_plain_model(saved):
+    (saved[0] / "lowbit.json").unlink()
+    with pytest.raises(LowbitError, match="lacks .* weights .*lost its lowbit.json"):
+        lowbit.load(saved[0])

@@ -74,10 +74,16 @@ def _load_hf(where: str, dtype: torch.dtype, source: str, gguf_file: str | None 
         raise LowbitError(f"cannot read the model config of {source}: {_first_line(err)}")
     arch_spec(config.model_type)  # unsupported architectures fail before the weights are read
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **extra)
+        model, info = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, output_loading_info=True, **extra)
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise LowbitError(f"cannot load {source}: {_first_line(err)}")
+    missing = sorted(info.get("missing_keys", []))
+    if missing:  # transformers would fill them with random values: never evaluate such a model
+        raise LowbitError(
+            f"{source} lacks {len(missing)} weights ({missing[0]}, ...): the checkpoint is incomplete, or it is a "
+            "lowbit output folder that lost its lowbit.json"
+        )
     model.eval()
     return LoadedModel(model, tokenizer, source)
 
