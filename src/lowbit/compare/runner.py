@@ -23,7 +23,7 @@ from lowbit.eval.memory import memory_report
 from lowbit.eval.quality import evaluate
 from lowbit.io.sources import LoadedModel, load_model
 from lowbit.methods.base import MethodConfig
-from lowbit.modules.base import QuantizedLinear
+from lowbit.modules.plan import kernel_summary
 
 BASELINE = {"method": "unquantized"}
 
@@ -149,7 +149,7 @@ def _measure(ctx: _Context, config: MethodConfig | None, label: str) -> dict[str
         "saving_vs_fp16": memory.saving_vs_fp16,
         "inference_peak_bytes": memory.weight_bytes + run_mem["delta_bytes"],
     }
-    result["kernels"] = _kernels(model)
+    result["kernels"] = sorted(kernel_summary(model, rows=1, device=ctx.device)) or ["dense"]  # decode rows
     if config is not None:
         del model
     return result
@@ -160,13 +160,3 @@ def _calibration(ctx: _Context) -> torch.Tensor:
         preset = ctx.preset
         ctx.calib_windows = calibration_windows(ctx.base.tokenizer, ctx.calib, preset.nsamples, preset.calib_seqlen, ctx.seed)
     return ctx.calib_windows
-
-
-def _kernels(model: torch.nn.Module) -> list[str]:
-    """The kernels the quantized layers run at one activation row (decode), by name."""
-    names = set()
-    for module in model.modules():
-        if isinstance(module, QuantizedLinear):
-            device = next(module.buffers()).device
-            names.add(module.kernel(torch.empty(1, module.in_features, device=device)).name)
-    return sorted(names) or ["dense"]
