@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from lowbit.io.checkpoint import unique_tensors
 from lowbit.modules.base import QuantizedLinear
 
 
@@ -44,12 +45,9 @@ def memory_report(model: nn.Module) -> MemoryReport:
     q_params = sum(m.in_features * m.out_features for m in quantized.values())
     q_bytes = sum(m.packed_bytes() for m in quantized.values())
     other_bytes, other_numel = 0, 0
-    seen: set[tuple[int, int]] = set()
-    for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if name in packed_names or key in seen or not tensor.is_floating_point():
+    for name, tensor in unique_tensors(model).items():
+        if name in packed_names or not tensor.is_floating_point():
             continue
-        seen.add(key)
         other_bytes += tensor.numel() * tensor.element_size()
         other_numel += tensor.numel()
     return MemoryReport(

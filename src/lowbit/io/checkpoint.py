@@ -40,7 +40,7 @@ def save_quantized(
         raise LowbitError("this model was not quantized by lowbit: call lowbit.quantize first")
     out = Path(out)
     with atomic_folder(out, overwrite) as tmp:
-        save_file(_unique_tensors(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_file({n: t.contiguous() for n, t in unique_tensors(model).items()}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         artifacts = getattr(model, "lowbit_artifacts", None)
         if artifacts:
             save_file({k: v.contiguous() for k, v in artifacts.items()}, str(tmp / ARTIFACTS_FILE))
@@ -68,16 +68,15 @@ def save_quantized(
     return out
 
 
-def _unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with tied tensors stored once (the first name wins; tie_weights restores the rest)."""
+def unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with tied tensors once (the first name wins; tie_weights restores the rest)."""
     seen: set[tuple[int, int]] = set()
     tensors = {}
     for name, tensor in model.state_dict().items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if key in seen:
-            continue
-        seen.add(key)
-        tensors[name] = tensor.contiguous()
+        if key not in seen:
+            seen.add(key)
+            tensors[name] = tensor
     return tensors
 
 
