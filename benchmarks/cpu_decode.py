@@ -1,6 +1,7 @@
 """Prefill and decode speed and peak resident memory of the demo model on the CPU, every setting side by side.
 
     PYTHONPATH=src python benchmarks/cpu_decode.py [--prompt 128] [--new 32] [--repeats 3] [--out FILE]
+        [--only rtn gptq eetq ...]   (fp32 and bf16 always run: every ratio is against them)
 
 Each setting (fp32, bf16, each registered method's usual setting) is quantized once and saved; then one
 worker process per setting loads its checkpoint (so its peak RSS is that of the model as served, not of
@@ -165,6 +166,11 @@ def ask(proc: subprocess.Popen) -> dict:
 
 def run(args) -> dict:
     settings = {name: (name, opts) for name, opts in USUAL.items()} | EXTRA
+    if args.only:
+        unknown = set(args.only) - settings.keys()
+        if unknown:
+            raise SystemExit(f"unknown settings {sorted(unknown)}: choose from {sorted(settings)}")
+        settings = {name: settings[name] for name in args.only}
     with tempfile.TemporaryDirectory(prefix="lowbit-bench-") as tmp:
         plan = prepare(Path(tmp), settings, args.prompt)
         active = {n: p for n, p in plan.items() if "folder" in p}
@@ -229,6 +235,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/cpu_decode.json")
+    parser.add_argument("--only", nargs="+", help="run only these settings (names of USUAL / EXTRA)")
     parser.add_argument("--worker")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per worker")

@@ -10,6 +10,7 @@ from torch import nn
 from lowbit.calib.activations import observe_inputs
 from lowbit.calib.arch import arch_spec, find_targets, linear_weight
 from lowbit.calib.engine import run_sequential
+from lowbit.calib.resume import BlockCheckpoints, run_fingerprint
 from lowbit.core.checks import check_finite
 from lowbit.errors import LowbitError
 from lowbit.io.checkpoint import save_quantized
@@ -27,11 +28,14 @@ def quantize(
     calib: torch.Tensor | None = None,
     progress: bool = False,
     device: str | torch.device | None = None,
+    work_dir: str | Path | None = None,
 ) -> nn.Module:
     """Replace the model's target linears (in place) by `config`'s quantized modules; returns the model.
 
     calib: (n, seqlen) token windows, for methods that need calibration data.
     device: where block-by-block calibration runs each block (default: where the model is).
+    work_dir: where block-by-block calibration records each finished block; rerunning with the same model,
+        config and windows resumes after the last finished block (calib.resume).
     Artifacts a method wants kept (AWQ's searched scales and clips) land in `model.lowbit_artifacts`.
     """
     if getattr(model, "lowbit_config", None) is not None:
@@ -44,15 +48,17 @@ def quantize(
     if config.needs_calibration and calib is None:
         raise LowbitError(f"{config.name} needs calibration data: pass --calib wikitext2 (or a text file)")
     if config.calibrates_blocks:
-        model.lowbit_artifacts = run_sequential(model, targets, calib, config, device, progress=progress)
-        model.lowbit_config = config
-        return model
-    stats: dict = {}
-    if config.needs_calibration:
-        stats = observe_inputs(model, targets, calib, config.make_observer, progress=progress)
-    for name, module in track(targets.items(), f"quantizing ({config.name})", progress):
-        weight, bias = linear_weight(module)
-        model.set_submodule(name, config.quantize_layer(weight, bias, stats.get(name)))
+        checkpoints = None
+        if work_dir is not None:
+            checkpoints = BlockCheckpoints(work_dir, run_fingerprint(model, config.to_dict(), calib))
+        model.lowbit_artifacts = run_sequential(model, targets, calib, config, device, progress=progress, checkpoints=checkpoints)
+    else:
+        stats: dict = {}
+        if config.needs_calibration:
+            stats = observe_inputs(model, targets, calib, config.make_observer, progress=progress)
+        for name, module in track(targets.items(), f"quantizing ({config.name})", progress):
+            weight, bias = linear_weight(module)
+            model.set_submodule(name, config.quantize_layer(weight, bias, stats.get(name)))
     quantize_vocab_layers(model, config.embedding_bits, config.head_bits)
     model.lowbit_config = config
     return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -65,21 +66,28 @@ def quantize(
     from lowbit.api import quantize as quantize_model
     from lowbit.api import save
     from lowbit.calib.data import calibration_windows
-    from lowbit.io.atomic import check_target
+    from lowbit.calib.resume import work_folder
+    from lowbit.io.atomic import check_target, output_lock
     from lowbit.io.sources import load_model
     from lowbit.preflight import check_fits, estimate
 
     config = method_config(method, bits, group_size, option, include, exclude)
     check_target(out, overwrite)  # fail before the slow part
-    loaded = load_model(model)
-    check_fits(estimate(loaded.model, config, nsamples if calib else 0, calib_seqlen), out)
-    windows = None
-    if calib is not None:
-        windows = calibration_windows(loaded.tokenizer, calib, nsamples, calib_seqlen, seed)
-    start = time.perf_counter()
-    quantize_model(loaded.model, config, windows, progress=True, device=device)
-    seconds = time.perf_counter() - start
-    save(loaded.model, out, loaded.tokenizer, source=loaded.source, overwrite=overwrite)
+    with output_lock(out):  # held for the whole run: the work folder and the output are this process's
+        loaded = load_model(model)
+        check_fits(estimate(loaded.model, config, nsamples if calib else 0, calib_seqlen), out)
+        windows = None
+        if calib is not None:
+            windows = calibration_windows(loaded.tokenizer, calib, nsamples, calib_seqlen, seed)
+        work = work_folder(out) if config.calibrates_blocks else None
+        if work is not None and work.exists():
+            typer.echo(f"resuming from the finished blocks in {work}")
+        start = time.perf_counter()
+        quantize_model(loaded.model, config, windows, progress=True, device=device, work_dir=work)
+        seconds = time.perf_counter() - start
+        save(loaded.model, out, loaded.tokenizer, source=loaded.source, overwrite=overwrite)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     typer.echo(f"quantized {loaded.source} with {config.name} in {seconds:.1f} s -> {out}")
 
 

@@ -10,12 +10,14 @@ others stay where the model is, so a model larger than GPU memory can be quantiz
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
 
 from lowbit.calib.arch import ArchSpec, arch_spec, decoder_blocks
+from lowbit.calib.resume import BlockCheckpoints
 from lowbit.core.checks import check_finite
 from lowbit.errors import LowbitError
 from lowbit.progress import track
@@ -97,10 +99,12 @@ def run_sequential(
     device: torch.device | str | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    checkpoints: BlockCheckpoints | None = None,
 ) -> dict[str, torch.Tensor]:
     """Quantize every target linear block by block with `method`; returns the methods' artifacts.
 
     windows: (n, seqlen) calibration token ids. The model is left on the device it came from.
+    checkpoints: where each finished block is recorded; blocks already finished there are restored, not redone.
     """
     spec = arch_spec(model.config.model_type)
     blocks = decoder_blocks(model, spec)
@@ -112,22 +116,78 @@ def run_sequential(
     _move_outside_blocks(model, spec.blocks, device)
     try:
         inputs = capture_block_inputs(model, blocks[0], windows, batch_size, device)
+        start = min(checkpoints.finished(), len(blocks)) if checkpoints else 0
         artifacts: dict[str, torch.Tensor] = {}
-        for i in track(range(len(blocks)), f"{method.name}: blocks", progress):
+        for i in range(start):
+            artifacts |= checkpoints.restore(i, blocks[i])
+        if start:
+            inputs = _with_hidden(inputs, checkpoints.outputs(start - 1), device)
+        for i in track(range(start, len(blocks)), f"{method.name}: blocks", progress):
             prefix = f"{spec.blocks}.{i}"
             local = {name[len(prefix) + 1 :]: m for name, m in targets.items() if name.startswith(prefix + ".")}
-            block = blocks[i].to(device)
-            run = BlockRun(block, prefix, spec, local, inputs)
-            if local:
-                artifacts |= method.calibrate_block(run)
-            outputs = run.forward()
+            run = BlockRun(blocks[i].to(device), prefix, spec, local, inputs)
+            found, outputs = _calibrate_block(method, run, i)
             for out in outputs:
                 check_finite(out, f"quantized outputs of block {i}")
-            inputs = [(out, kwargs) for out, (_, kwargs) in zip(outputs, inputs)]
+            artifacts |= found
+            inputs = [(out, kwargs) for out, (_, kwargs) in zip(outputs, run.inputs)]
             blocks[i].to(home)
+            if checkpoints:
+                checkpoints.save(i, blocks[i], found, outputs)
     finally:
         _move_outside_blocks(model, spec.blocks, home)
     return artifacts
+
+
+def _calibrate_block(method: BlockMethod, run: BlockRun, index: int) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Let `method` quantize the block, then feed it its inputs; on out-of-memory, undo and retry with halved batches."""
+    state = {k: v.detach().to("cpu", copy=True) for k, v in run.block.state_dict().items()}
+    originals = dict(run.linears)
+    while True:
+        try:
+            found = method.calibrate_block(run) if run.linears else {}
+            return found, run.forward()
+        except torch.OutOfMemoryError:
+            rows = max(hidden.shape[0] for hidden, _ in run.inputs)
+            if rows == 1:
+                raise LowbitError(
+                    f"out of memory calibrating block {index} even one window at a time: "
+                    "use --device cpu, fewer --nsamples or a shorter --calib-seqlen"
+                ) from None
+            for name, module in originals.items():
+                run.replace(name, module)
+            run.block.load_state_dict(state)
+            run.inputs = [half for batch in run.inputs for half in split_batch(batch)]
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            warnings.warn(f"out of memory on block {index}: retrying with batches of {(rows + 1) // 2} windows")
+
+
+def split_batch(batch: Batch) -> list[Batch]:
+    """Split a recorded batch in two along the batch dimension (keyword tensors with that leading size too)."""
+    hidden, kwargs = batch
+    rows = hidden.shape[0]
+    if rows < 2:
+        return [batch]
+    cut = (rows + 1) // 2
+
+    def part(value: Any, half: int) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
+            return value[:cut] if half == 0 else value[cut:]
+        if isinstance(value, (tuple, list)):
+            return type(value)(part(v, half) for v in value)
+        return value
+
+    return [(part(hidden, h), {k: part(v, h) for k, v in kwargs.items()}) for h in (0, 1)]
+
+
+def _with_hidden(inputs: list[Batch], saved: list[torch.Tensor], device: torch.device) -> list[Batch]:
+    """The recorded batches with their hidden states replaced by a finished block's saved outputs."""
+    hidden = torch.cat(saved)  # (n, seq, hidden): saved batches may be split finer than the recorded ones
+    sizes = [h.shape[0] for h, _ in inputs]
+    if hidden.shape[0] != sum(sizes) or hidden.shape[1:] != inputs[0][0].shape[1:]:
+        raise LowbitError("the saved block outputs do not match these calibration windows: delete the .work folder")
+    return [(h.to(device, inputs[0][0].dtype), kwargs) for h, (_, kwargs) in zip(hidden.split(sizes), inputs)]
 
 
 class _StopForward(Exception):

@@ -20,14 +20,21 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise LowbitError(f"output path {target} exists and is not a folder: choose another --out")
 
 
+_HELD: set[Path] = set()  # locks this process holds: taking one again (save inside a quantize run) is a no-op
+
+
 @contextlib.contextmanager
 def output_lock(target: Path) -> Iterator[None]:
     """Hold `.NAME.lock` beside `target` so two processes never write the same output.
 
-    A lock left by a process that no longer runs is taken over.
+    A lock left by a process that no longer runs is taken over; one this process holds is simply kept.
     """
     lock = target.parent / f".{target.name}.lock"
     target.parent.mkdir(parents=True, exist_ok=True)
+    key = lock.resolve()
+    if key in _HELD:
+        yield
+        return
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -39,11 +46,13 @@ def output_lock(target: Path) -> Iterator[None]:
             lock.unlink(missing_ok=True)
     else:
         raise LowbitError(f"cannot take the lock {lock}: remove it if no lowbit process is running")
+    _HELD.add(key)
     try:
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
         yield
     finally:
+        _HELD.discard(key)
         lock.unlink(missing_ok=True)
 
 
