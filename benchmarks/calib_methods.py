@@ -10,6 +10,7 @@ Each finished setting is appended at once to --out (JSON lines), so a cut-short 
     PYTHONPATH=src python benchmarks/calib_methods.py --settings fp32 rtn:4:64 gptq:4:64 lc-gptq:4:64 \
         --nsamples 128 --out benchmarks/results/calib_methods.jsonl
 A setting is METHOD:BITS:GROUP[:KEY=VALUE,...] with METHOD one of lowbit's or lc-gptq / lc-awq.
+`--table FILE...` prints the markdown table of finished records instead of running anything.
 """
 
 from __future__ import annotations
@@ -120,16 +121,39 @@ def parse_setting(text: str):
     return method, bits, group, {k: json.loads(v) for k, v in options.items()}
 
 
+def table(paths: list[str]) -> str:
+    """Markdown table of the records in the JSON-lines files (increase over the fp32 row of the same file)."""
+    lines = ["| setting | calibration | ppl | ppl vs fp32 | KL to fp32 | quantize s | peak extra MiB |", "|---|---|---|---|---|---|---|"]
+    for path in paths:
+        records = [json.loads(line) for line in open(path)]
+        fp32 = next((r["ppl"] for r in records if r["setting"] == "fp32"), None)
+        for r in records:
+            increase = f"+{100 * (r['ppl'] / fp32 - 1):.1f}%" if fp32 else "-"
+            method = r["setting"].split(":")[0]
+            calibrated = method.startswith("lc-") or (method != "fp32" and make_config(method).needs_calibration)
+            calib = r["calib"].split(",")[1].strip() if calibrated else "-"
+            seconds = f"{r['quantize_s']:.0f}" if "quantize_s" in r else "-"
+            peak = f"{r['peak_extra_mib']:.0f}" if "peak_extra_mib" in r else "-"
+            lines.append(f"| {r['setting']} | {calib} | {r['ppl']:.3f} | {increase} | {r['kl']:.4f} | {seconds} | {peak} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", nargs="+", required=True)
+    parser.add_argument("--table", nargs="+", help="print the table of these result files and stop")
+    parser.add_argument("--settings", nargs="+")
     parser.add_argument("--model", default="demo")
     parser.add_argument("--nsamples", type=int, default=128)
     parser.add_argument("--calib-seqlen", type=int, default=512)
     parser.add_argument("--windows", type=int, default=40)
     parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if not args.settings or not args.out:
+        parser.error("--settings and --out are required unless --table is given")
     loaded = load_model(args.model)
     fp32 = loaded.model
     tokens = tokenize(loaded.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS)))

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lowbit.core.affine import affine_qparams, int8_absmax, n_groups, rtn_quantize
+from lowbit.errors import LowbitError
 from lowbit.core.metrics import relative_error, sqnr_db
 
 from conftest import seeded
@@ -59,3 +60,15 @@ def test_int8_absmax_rows():
     assert q.dtype == torch.int8 and scale.shape == (16, 1)
     assert q.abs().max() == 127
     assert relative_error(w, q.float() * scale.float()) < 0.01
+
+
+def test_int8_absmax_saturate_matches_checked_path_and_clamps_overflow():
+    w = _weight()
+    q, scale = int8_absmax(w, dim=1)
+    q_sat, scale_sat = int8_absmax(w, dim=1, saturate=True)
+    assert torch.equal(q, q_sat) and torch.equal(scale, scale_sat)
+    huge = torch.tensor([[1e9, -1e9, 1.0]])
+    with pytest.raises(LowbitError, match="too large for fp16"):
+        int8_absmax(huge, dim=1)
+    q_huge, scale_huge = int8_absmax(huge, dim=1, saturate=True)  # run-time activations: saturate, no sync
+    assert torch.isfinite(scale_huge.float()).all() and q_huge.tolist() == [[127, -127, 0]]

@@ -43,8 +43,8 @@ def w8a8_linear_int_mm(
     x_q: torch.Tensor, x_scale: torch.Tensor, qweight: torch.Tensor, w_scale: torch.Tensor
 ) -> torch.Tensor:
     """The same product through torch._int_mm (int8 x int8 -> int32)."""
-    acc = torch._int_mm(x_q, qweight.t())
-    return acc.float() * x_scale.float() * w_scale.float().t()
+    acc = torch._int_mm(x_q, qweight.t())  # (rows, out) int32
+    return acc.float() * (x_scale.float() * w_scale.float().t())  # one (rows, out) scaling pass
 
 
 def int8_weight_linear(
@@ -85,11 +85,13 @@ def llm_int8_linear(
     int8 x int8 by `int8_mm` (exact either way: float64 here, torch._int_mm in the selector's fast
     candidate). threshold 0: every column takes the int8 path.
     """
-    outliers = (x.abs() > threshold).any(dim=0) if threshold > 0 else torch.zeros_like(x[0], dtype=torch.bool)
-    x_regular = x.masked_fill(outliers, 0)  # (rows, in)
-    x_q, x_scale = int8_absmax(x_regular, dim=1)  # (rows, in) int8, (rows, 1)
+    outliers = (x.abs() > threshold).any(dim=0) if threshold > 0 else None  # (in,) bool
+    if outliers is not None and not outliers.any():
+        outliers = None
+    x_regular = x if outliers is None else x.masked_fill(outliers, 0)  # (rows, in)
+    x_q, x_scale = int8_absmax(x_regular, dim=1, saturate=True)  # (rows, in) int8, (rows, 1)
     y = int8_mm(x_q, x_scale, qweight, scale)  # (rows, out) float32
-    if outliers.any():
+    if outliers is not None:
         w_out = qweight[:, outliers].float() * scale.float()  # (out, n_outliers)
         y = y + x[:, outliers].float() @ w_out.t()
     if bias is not None:
