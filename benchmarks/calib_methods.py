@@ -8,7 +8,7 @@ process's memory before the call, sampled every 20 ms) of each quantization call
 Each finished setting is appended at once to --out (JSON lines), so a cut-short run keeps its results.
 
     PYTHONPATH=src python benchmarks/calib_methods.py --settings fp32 rtn:4:64 gptq:4:64 lc-gptq:4:64 \
-        --nsamples 128 --out benchmarks/results/calib_methods.jsonl
+        --nsamples 128 --out benchmarks/results/calib_methods_demo.jsonl
 A setting is METHOD:BITS:GROUP[:KEY=VALUE,...] with METHOD one of lowbit's or lc-gptq / lc-awq.
 `--table FILE...` prints the markdown table of finished records instead of running anything.
 """
