@@ -121,6 +121,7 @@ def test_int8_outlier_column_takes_the_float_path():
     with_outliers = make_config("int8", threshold=6.0).quantize_layer(w, None)
     plain = make_config("int8", threshold=0.0).quantize_layer(w, None)
     assert isinstance(with_outliers, LLMInt8Linear) and torch.equal(with_outliers.qweight, plain.qweight)
+    with_outliers.kernel_preference = plain.kernel_preference = "reference"  # exact maths; CPU kernels: test_cpu_kernels
     w_int8 = with_outliers.qweight.float() * with_outliers.scale.float()  # the int8 weights, dequantized
     exact = x @ w_int8.t()
     err_fp_path = relative_error(exact, with_outliers(x))
@@ -137,6 +138,7 @@ def test_int8_threshold_zero_is_plain_int8():
     w = torch.randn(16, 32, generator=seeded(7))
     x = torch.randn(5, 32, generator=seeded(8))
     module = make_config("int8", threshold=0.0).quantize_layer(w, None)
+    module.kernel_preference = "reference"  # exact maths (the CPU kernel's bf16 output: test_cpu_kernels)
     x_scale = (x.abs().amax(dim=1, keepdim=True) / 127).half().float()  # vector-wise, fp16 storage
     x_q = torch.round(x / x_scale).clamp(-127, 127)
     expected = (x_q @ module.qweight.float().t()) * x_scale * module.scale.float().t()

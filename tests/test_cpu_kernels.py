@@ -9,7 +9,7 @@ from lowbit.core.affine import int8_absmax, rtn_quantize
 from lowbit.kernels import reference
 from lowbit.kernels.cpu import int4_kernel_group
 from lowbit.kernels.select import CallContext, explain, select
-from lowbit.modules import Int8Linear, IntLinear
+from lowbit.modules import Int8Linear, IntLinear, LLMInt8Linear
 
 ROWS = (1, 2, 3, 7, 16, 33)
 CPU = torch.device("cpu")
@@ -80,6 +80,20 @@ def test_int8_cpu_matches_reference(out_f, in_f):
         name, y, ref = both_paths(m, torch.randn(rows, in_f))
         assert name == "int8_cpu"
         assert rel_err(y, ref) < REL_TOL
+
+
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+@pytest.mark.parametrize("out_f,in_f", [(7, 48), (33, 64), (16, 176)])
+def test_llm_int8_cpu_matches_reference(out_f, in_f, threshold):
+    q, s = int8_absmax(torch.randn(out_f, in_f), dim=1)
+    m = LLMInt8Linear.from_int8(q, s, torch.randn(out_f))
+    m.threshold = threshold
+    for rows in ROWS:
+        x = torch.randn(rows, in_f, generator=torch.Generator().manual_seed(rows))
+        x[:, 3] *= 20  # an outlier column: the float path when threshold is 6.0
+        name, y, ref = both_paths(m, x)
+        assert name == "int8_cpu"
+        assert rel_err(y, ref) < REL_TOL, (rows, rel_err(y, ref))
 
 
 def test_w8a8_int_mm_matches_emulated():

@@ -131,17 +131,21 @@ def rtn_quantize(
     return IntWeights(quantize_affine(w, scale, zero, bits, group_size), scale, zero, bits, group_size)
 
 
-def int8_absmax(x: torch.Tensor, dim: int = -1, saturate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def int8_absmax(
+    x: torch.Tensor, dim: int = -1, saturate: bool = False, codes_dtype: torch.dtype = torch.int8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 along `dim` (LLM.int8's vector-wise scheme): q = round(x / s), s = absmax / 127.
 
-    Returns q (same shape, int8) and s (x's shape with `dim` kept as size 1, fp16 storage precision).
-    saturate: clamp scales to fp16's range instead of raising on overflow; for activations at run time,
-    where the range check's host sync would cost as much as the int8 matmul at one row.
+    Returns q (same shape, int8 values in `codes_dtype`) and s (x's shape with `dim` kept as size 1, fp16
+    storage precision). saturate: clamp scales to fp16's range instead of raising on overflow; for
+    activations at run time, where the range check's host sync would cost as much as the int8 matmul at
+    one row. codes_dtype: bf16 holds every int8 value exactly, for kernels that take bf16 activations.
     """
-    scale = x.float().abs().amax(dim=dim, keepdim=True) / 127
+    xf = x.float()
+    scale = xf.abs().amax(dim=dim, keepdim=True) / 127
     if saturate:
         finfo = torch.finfo(QPARAM_DTYPE)
         scale = scale.clamp_(min=finfo.tiny, max=finfo.max).to(QPARAM_DTYPE)
     else:
         scale = _storable_scale(scale)
-    return torch.round(x.float() / scale.float()).clamp(-127, 127).to(torch.int8), scale
+    return torch.div(xf, scale.float()).round_().clamp_(-127, 127).to(codes_dtype), scale

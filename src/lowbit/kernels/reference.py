@@ -77,19 +77,20 @@ def llm_int8_linear(
     threshold: float,
     bias: torch.Tensor | None,
     int8_mm: Callable = w8a8_linear_emulated,
+    codes_dtype: torch.dtype = torch.int8,
 ) -> torch.Tensor:
     """LLM.int8 (Dettmers et al., 2022): x (rows, in) float, qweight (out, in) int8, scale (out, 1).
 
     Input columns where any |x| > threshold (threshold > 0) take a float matmul with the matching
     dequantized weight columns; the rest are quantized per row (vector-wise absmax) and multiplied
     int8 x int8 by `int8_mm` (exact either way: float64 here, torch._int_mm in the selector's fast
-    candidate). threshold 0: every column takes the int8 path.
+    candidate). threshold 0: every column takes the int8 path. codes_dtype: what `int8_mm` takes.
     """
     outliers = (x.abs() > threshold).any(dim=0) if threshold > 0 else None  # (in,) bool
     if outliers is not None and not outliers.any():
         outliers = None
     x_regular = x if outliers is None else x.masked_fill(outliers, 0)  # (rows, in)
-    x_q, x_scale = int8_absmax(x_regular, dim=1, saturate=True)  # (rows, in) int8, (rows, 1)
+    x_q, x_scale = int8_absmax(x_regular, dim=1, saturate=True, codes_dtype=codes_dtype)  # (rows, in), (rows, 1)
     y = int8_mm(x_q, x_scale, qweight, scale)  # (rows, out) float32
     if outliers is not None:
         w_out = qweight[:, outliers].float() * scale.float()  # (out, n_outliers)

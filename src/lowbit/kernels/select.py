@@ -99,8 +99,10 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     ),
     "int_group_linear_t": (Candidate("reference", reference.int_group_linear_t, always),),
     "fourbit_linear": (Candidate("reference", reference.fourbit_linear, always),),
-    # LLM.int8 (outlier columns in float, the rest int8 x int8): fn(x, qweight, scale, threshold, bias)
+    # LLM.int8 (outlier columns in float, the rest int8 x int8): fn(x, qweight, scale, threshold, bias),
+    # or fn(x, packed, threshold, bias) for a candidate with `prepare`
     "llm_int8_linear": (
+        Candidate("int8_cpu", cpu.llm_int8_cpu_linear, cpu.int8_cpu_unavailable, prepare=cpu.prepare_int8_cpu),
         Candidate(
             "torch_int_mm", partial(reference.llm_int8_linear, int8_mm=reference.w8a8_linear_int_mm), _int_mm_unavailable
         ),

@@ -36,5 +36,7 @@ class LLMInt8Linear(Int8Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        y = self.kernel(x).fn(flat, self.qweight, self.scale, self.threshold, self.bias)
+        candidate = self.kernel(flat)
+        weights = (self.qweight, self.scale) if candidate.prepare is None else (self.prepared(candidate.name, candidate.prepare, flat.device),)
+        y = candidate.fn(flat, *weights, self.threshold, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
