@@ -70,6 +70,14 @@ class MethodConfig:
         """(out, in) float weight -> a quantized module computing the same linear map."""
         raise NotImplementedError
 
+    def needs_teacher(self) -> bool:
+        """Whether `finish` needs an unquantized copy of the model (api.quantize keeps one if so)."""
+        return False
+
+    def finish(self, model: Any, calib: torch.Tensor | None, teacher: Any, progress: bool) -> dict[str, torch.Tensor]:
+        """Whole-model work after block-wise calibration (QAT's end-to-end training); returns artifacts."""
+        return {}
+
     def make_observer(self) -> Any:
         """For methods that calibrate activations: an observer fed each layer's inputs."""
         raise NotImplementedError(f"{self.name} does not observe activations")
