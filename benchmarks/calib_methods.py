@@ -142,6 +142,11 @@ def table(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def machine(device: str) -> str:
+    cpu = f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}"
+    return cpu if device == "cpu" else f"{torch.cuda.get_device_name()} ({cpu})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", nargs="+", help="print the table of these result files and stop")
@@ -153,6 +158,7 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--calib", default="wikitext2", choices=("wikitext2", "ptb"))
     parser.add_argument("--out")
+    parser.add_argument("--device", default="cpu", help="cuda: quantize and evaluate on the GPU (lowbit methods only)")
     args = parser.parse_args()
     if args.table:
         print(table(args.table))
@@ -160,16 +166,16 @@ def main() -> None:
     if not args.settings or not args.out:
         parser.error("--settings and --out are required unless --table is given")
     loaded = load_model(args.model)
-    fp32 = loaded.model
+    fp32 = loaded.model.to(args.device)
     tokens = tokenize(loaded.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS)))
-    windows = consecutive_windows(tokens, args.seqlen, args.windows)
+    windows = consecutive_windows(tokens, args.seqlen, args.windows).to(args.device)
     calib = calibration_windows(loaded.tokenizer, args.calib, args.nsamples, args.calib_seqlen, seed=0)
     start = time.perf_counter()
     reference = [log_probs(fp32, w) for w in windows]  # (seqlen-1, vocab) each, reused for every KL
     fp32_eval_s = time.perf_counter() - start
     common = {"model": args.model, "eval": f"wikitext2 test, {args.windows} x {args.seqlen}",
               "calib": f"{args.calib} calibration split, {args.nsamples} x {args.calib_seqlen}, seed 0",
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}"}
+              "machine": machine(args.device)}
     for setting in args.settings:
         method, bits, group, options = parse_setting(setting)
         record = {"setting": setting, **common}
@@ -184,6 +190,9 @@ def main() -> None:
                 record["quantize_s"] = time.perf_counter() - t0
                 record["quantize_cpu_s"] = time.process_time() - c0  # this process's CPU time, all threads
             record["peak_extra_mib"] = mem.extra_mib
+            if args.device != "cpu":
+                record["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+                torch.cuda.reset_peak_memory_stats()
             if not method.startswith("lc-"):
                 record["bits_per_param"] = memory_report(model).bits_per_param
             record |= evaluate(model, windows, reference)

@@ -130,16 +130,18 @@ def test_method_block_and_e2e_gives_a_packed_model_that_reloads(story, windows, 
         assert torch.equal(load(save(model, tmp_path / init, story.tokenizer)).model(windows[:2]).logits, logits)
 
 
-def test_block_training_beats_its_initialisation(story, windows):
-    """Block-AP from gptq: the trained model is closer to the float model than gptq alone."""
+def test_end_to_end_training_beats_its_gptq_initialisation_on_held_out_text(story, windows):
+    """E2E-QP from gptq: the trained model is closer to the float model than gptq alone on text it never saw.
+    (Block-AP does not pass this check: see docs/issue5.md.)"""
     ref = story.model
     held_out = calibration_windows(story.tokenizer, "ptb", 4, 64, seed=1)
     kl = {}
     for epochs in (0, 2):
-        model = quantize(copy.deepcopy(ref), make_config("qat", bits=2, group_size=32, block_epochs=epochs, lr=1e-3), windows)
+        config = make_config("qat", bits=2, group_size=32, mode="e2e", e2e_epochs=epochs, batch=2, lr=1e-3)
+        model = quantize(copy.deepcopy(ref), config, windows)
         with torch.no_grad():
             kl[epochs] = float(window_loss(model, held_out, ref))
-    assert kl[2] < kl[0], kl
+    assert kl[2] < 0.9 * kl[0], kl
 
 
 @pytest.mark.parametrize("options,message", [

@@ -54,7 +54,7 @@ def quantize(
             checkpoints = BlockCheckpoints(work_dir, run_fingerprint(model, config.to_dict(), calib))
         teacher = copy.deepcopy(model) if config.needs_teacher() else None
         model.lowbit_artifacts = run_sequential(model, targets, calib, config, device, progress=progress, checkpoints=checkpoints)
-        model.lowbit_artifacts |= config.finish(model, calib, teacher, progress)
+        model.lowbit_artifacts |= config.finish(model, calib, teacher, progress, work_dir)
     else:
         stats: dict = {}
         if config.needs_calibration:

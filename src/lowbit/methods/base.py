@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -74,8 +75,10 @@ class MethodConfig:
         """Whether `finish` needs an unquantized copy of the model (api.quantize keeps one if so)."""
         return False
 
-    def finish(self, model: Any, calib: torch.Tensor | None, teacher: Any, progress: bool) -> dict[str, torch.Tensor]:
-        """Whole-model work after block-wise calibration (QAT's end-to-end training); returns artifacts."""
+    def finish(self, model: Any, calib: torch.Tensor | None, teacher: Any, progress: bool,
+               work_dir: Path | None = None) -> dict[str, torch.Tensor]:
+        """Whole-model work after block-wise calibration (QAT's end-to-end training); returns artifacts.
+        `work_dir` (the run's resumable work folder, if any) is where such work keeps its checkpoints."""
         return {}
 
     def make_observer(self) -> Any:

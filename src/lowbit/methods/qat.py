@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -134,7 +135,8 @@ class QATConfig(MethodConfig):
     def needs_teacher(self) -> bool:
         return "e2e" in self.mode.split("+") and self.e2e_loss == "kl" and self.e2e_epochs > 0
 
-    def finish(self, model: nn.Module, calib: torch.Tensor, teacher: nn.Module | None, progress: bool) -> dict:
+    def finish(self, model: nn.Module, calib: torch.Tensor, teacher: nn.Module | None, progress: bool,
+               work_dir: Path | None = None) -> dict:
         """E2E-QP: train the packed model's scales and zeros (and weights) end to end, then repack."""
         if "e2e" not in self.mode.split("+") or self.e2e_epochs == 0:
             return {}
@@ -142,8 +144,9 @@ class QATConfig(MethodConfig):
         for name, layer in layers.items():
             model.set_submodule(name, FakeQuantLinear.from_int_linear(layer, self.train_weights))
         steps = self.e2e_epochs * math.ceil(calib.shape[0] / self.batch)
+        folder = self.checkpoint_dir or (str(Path(work_dir) / "e2e") if work_dir is not None else None)
         settings = E2ESettings(self.schedule(steps), self.batch, self.e2e_loss, self.weight_lr / self.lr, self.seed,
-                               self.checkpoint_dir, self.checkpoint_every)  # fmt: skip
+                               folder, self.checkpoint_every)  # fmt: skip
         losses = train_end_to_end(model, calib, teacher, settings, progress)
         for name in layers:
             model.set_submodule(name, model.get_submodule(name).packed())
