@@ -3,13 +3,14 @@ GPTQModifier / AWQModifier, side by side in one process on the same calibration 
 
 Protocol: eval wikitext2 test, seqlen 512, first --windows windows; perplexity and KL(fp32 || quantized)
 averaged over every predicted position; calibration: --nsamples random windows of --calib-seqlen tokens
-of the wikitext2 calibration split (seed 0). Wall time and peak resident memory (increase over the
+of the --calib calibration split (wikitext2 or ptb, seed 0). Wall time and peak resident memory (increase over the
 process's memory before the call, sampled every 20 ms) of each quantization call.
 Each finished setting is appended at once to --out (JSON lines), so a cut-short run keeps its results.
 
     PYTHONPATH=src python benchmarks/calib_methods.py --settings fp32 rtn:4:64 gptq:4:64 lc-gptq:4:64 \
         --nsamples 128 --out benchmarks/results/calib_methods_demo.jsonl
-A setting is METHOD:BITS:GROUP[:KEY=VALUE,...] with METHOD one of lowbit's or lc-gptq / lc-awq.
+A setting is METHOD:BITS:GROUP[:KEY=VALUE,...] with METHOD one of lowbit's or lc-gptq / lc-awq, e.g.
+aqlm:0:8:codebooks=2,codebook_bits=8,preset=fast or qat:2:32:mode=block (values as lowbit's -o KEY=VALUE).
 `--table FILE...` prints the markdown table of finished records instead of running anything.
 """
 
@@ -32,6 +33,8 @@ import torch.nn.functional as F
 from lowbit.api import quantize
 from lowbit.assets import EVAL_TEXTS, resolve_text
 from lowbit.calib.data import calibration_windows, consecutive_windows, read_text, tokenize
+from lowbit.cli import parse_options
+from lowbit.eval.memory import memory_report
 from lowbit.io.sources import load_model
 from lowbit.methods import make_config
 
@@ -78,8 +81,10 @@ def evaluate(model, windows: torch.Tensor, reference: list[torch.Tensor]) -> dic
 
 
 def lowbit_quantize(model, method, bits, group, options, calib, tokenizer=None):
+    """BITS or GROUP 0: the method's default (aqlm has no bits; its group is the codeword length)."""
     extra = {"integer_zero": True} if method == "rtn" else {}
-    config = make_config(method, bits=bits, group_size=group, **extra, **options)
+    sizes = {k: v for k, v in (("bits", bits), ("group_size", group)) if v}
+    config = make_config(method, **sizes, **extra, **options)
     quantize(model, config, calib if config.needs_calibration else None)
     return config.to_dict()
 
@@ -117,8 +122,7 @@ def llmcompressor_quantize(model, method, bits, group, options, calib, tokenizer
 def parse_setting(text: str):
     method, *rest = text.split(":")
     bits, group = (int(rest[0]), int(rest[1])) if len(rest) >= 2 else (0, 0)
-    options = dict(kv.split("=", 1) for kv in rest[2].split(",")) if len(rest) > 2 else {}
-    return method, bits, group, {k: json.loads(v) for k, v in options.items()}
+    return method, bits, group, parse_options(rest[2].split(",")) if len(rest) > 2 else {}
 
 
 def table(paths: list[str]) -> str:
@@ -138,6 +142,11 @@ def table(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def machine(device: str) -> str:
+    cpu = f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}"
+    return cpu if device == "cpu" else f"{torch.cuda.get_device_name()} ({cpu})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", nargs="+", help="print the table of these result files and stop")
@@ -147,7 +156,9 @@ def main() -> None:
     parser.add_argument("--calib-seqlen", type=int, default=512)
     parser.add_argument("--windows", type=int, default=40)
     parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--calib", default="wikitext2", choices=("wikitext2", "ptb"))
     parser.add_argument("--out")
+    parser.add_argument("--device", default="cpu", help="cuda: quantize and evaluate on the GPU (lowbit methods only)")
     args = parser.parse_args()
     if args.table:
         print(table(args.table))
@@ -155,16 +166,16 @@ def main() -> None:
     if not args.settings or not args.out:
         parser.error("--settings and --out are required unless --table is given")
     loaded = load_model(args.model)
-    fp32 = loaded.model
+    fp32 = loaded.model.to(args.device)
     tokens = tokenize(loaded.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS)))
-    windows = consecutive_windows(tokens, args.seqlen, args.windows)
-    calib = calibration_windows(loaded.tokenizer, "wikitext2", args.nsamples, args.calib_seqlen, seed=0)
+    windows = consecutive_windows(tokens, args.seqlen, args.windows).to(args.device)
+    calib = calibration_windows(loaded.tokenizer, args.calib, args.nsamples, args.calib_seqlen, seed=0)
     start = time.perf_counter()
     reference = [log_probs(fp32, w) for w in windows]  # (seqlen-1, vocab) each, reused for every KL
     fp32_eval_s = time.perf_counter() - start
     common = {"model": args.model, "eval": f"wikitext2 test, {args.windows} x {args.seqlen}",
-              "calib": f"wikitext2 calibration split, {args.nsamples} x {args.calib_seqlen}, seed 0",
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}"}
+              "calib": f"{args.calib} calibration split, {args.nsamples} x {args.calib_seqlen}, seed 0",
+              "machine": machine(args.device)}
     for setting in args.settings:
         method, bits, group, options = parse_setting(setting)
         record = {"setting": setting, **common}
@@ -174,10 +185,16 @@ def main() -> None:
             model = copy.deepcopy(fp32)
             run = llmcompressor_quantize if method.startswith("lc-") else lowbit_quantize
             with PeakRSS() as mem:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 record["config"] = run(model, method, bits, group, options, calib, loaded.tokenizer)
                 record["quantize_s"] = time.perf_counter() - t0
+                record["quantize_cpu_s"] = time.process_time() - c0  # this process's CPU time, all threads
             record["peak_extra_mib"] = mem.extra_mib
+            if args.device != "cpu":
+                record["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+                torch.cuda.reset_peak_memory_stats()
+            if not method.startswith("lc-"):
+                record["bits_per_param"] = memory_report(model).bits_per_param
             record |= evaluate(model, windows, reference)
             del model
         print(json.dumps(record), flush=True)

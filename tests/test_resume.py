@@ -137,3 +137,41 @@ def test_out_of_memory_with_one_window_is_a_clear_error(stories):
     windows = calibration_windows(stories.tokenizer, "wikitext2", 2, 64, seed=0)
     with pytest.warns(UserWarning), pytest.raises(LowbitError, match="out of memory calibrating block 0 even one window at a time"):
         quantize(copy.deepcopy(stories.model), AlwaysOutOfMemory(bits=4, group_size=32), windows)
+
+
+def _interrupted_then_resumed(stories, config, windows, work: Path, monkeypatch, die_in) -> torch.nn.Module:
+    """Quantize with `die_in` (module, attribute) raising on its third call, then rerun in a fresh model."""
+    module, attribute = die_in
+    real, calls = getattr(module, attribute), []
+
+    def dies_on_third_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, attribute, dies_on_third_call)
+    with pytest.raises(KeyboardInterrupt):
+        quantize(copy.deepcopy(stories.model), config, windows, work_dir=work)
+    monkeypatch.setattr(module, attribute, real)
+    return quantize(copy.deepcopy(stories.model), config, windows, work_dir=work)
+
+
+@pytest.mark.parametrize("method,options,die_in", [
+    ("aqlm", dict(codebooks=1, codebook_bits=4, preset="fast", finetune_samples=4, finetune_epochs=1), "block"),
+    ("qat", dict(bits=2, group_size=32, init="rtn", mode="block+e2e", block_epochs=1, e2e_epochs=1, batch=2,
+                 checkpoint_every=1), "e2e"),
+])  # fmt: skip
+def test_interrupted_aqlm_and_qat_runs_resume_to_identical_tensors(stories, tmp_path, monkeypatch, method, options, die_in):
+    """AQLM resumes at the next block; QAT's end-to-end phase resumes from its last step checkpoint."""
+    from lowbit.calib import end_to_end
+
+    windows = calibration_windows(stories.tokenizer, "wikitext2", 8, 64, seed=0)
+    config = make_config(method, **options)
+    straight = quantize(copy.deepcopy(stories.model), config, windows)
+    target = (BlockCheckpoints, "save") if die_in == "block" else (end_to_end, "window_loss")
+    resumed = _interrupted_then_resumed(stories, config, windows, tmp_path / "work", monkeypatch, target)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -51,7 +52,9 @@ def quantize(
         checkpoints = None
         if work_dir is not None:
             checkpoints = BlockCheckpoints(work_dir, run_fingerprint(model, config.to_dict(), calib))
+        teacher = copy.deepcopy(model) if config.needs_teacher() else None
         model.lowbit_artifacts = run_sequential(model, targets, calib, config, device, progress=progress, checkpoints=checkpoints)
+        model.lowbit_artifacts |= config.finish(model, calib, teacher, progress, work_dir)
     else:
         stats: dict = {}
         if config.needs_calibration:

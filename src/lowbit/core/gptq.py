@@ -10,11 +10,11 @@ groups (qparams fixed from the unquantized weight), which keeps the checkpoint f
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 
 import torch
 
 from lowbit.core.affine import IntWeights, affine_qparams, n_groups, resolve_group_size, symmetric_zero
+from lowbit.core.threads import one_cpu_thread
 from lowbit.errors import LowbitError
 
 MAX_DAMP = 10.0  # give up when even 10x the mean diagonal cannot make H positive definite
@@ -49,7 +49,7 @@ def gptq_quantize(
     static_groups: bool = False,
 ) -> IntWeights:
     """(out, in) weight + (in, in) Hessian of its inputs -> IntWeights with natural-order groups."""
-    with _one_cpu_thread(w.device):
+    with one_cpu_thread(w.device):
         return _gptq(w, H, bits, group_size, symmetric, damp, block_size, desc_act, static_groups)
 
 
@@ -96,19 +96,6 @@ def _gptq(w, H, bits, group_size, symmetric, damp, block_size, desc_act, static_
         W[:, i2:] -= err1 @ U[i1:i2, i2:]
     codes = codes[:, torch.argsort(perm)]  # back to natural column order
     return IntWeights(codes, scale, zero, bits, gs)
-
-
-@contextmanager
-def _one_cpu_thread(device: torch.device):
-    """The column loop runs thousands of tiny ops: on a busy CPU, thread hand-offs cost more than they
-    save (measured 0.4 s vs 9 s for a 576x1536 layer with 1 vs 2 threads on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _set_all_qparams(W, bits, gs, symmetric, scale, zero) -> None:

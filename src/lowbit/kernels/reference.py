@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.core.affine import dequantize_affine, int8_absmax
+from lowbit.core.aqlm import aqlm_decode
 from lowbit.core.codebook import codebook_dequantize
+from lowbit.formats.aqlm import unpack_codes
 from lowbit.formats.bitpack import unpack_bits
 from lowbit.formats.nf4 import unpack_nibbles
 
@@ -128,3 +130,11 @@ def int_group_embedding(
     codes = unpack_bits(qweight[ids], bits, hidden)  # (n, hidden)
     rows_zero = None if zero is None else zero[ids]
     return dequantize_affine(codes, scale[ids], rows_zero, bits, group_size)
+
+
+def aqlm_linear(
+    x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """AQLM (formats.aqlm): x (rows, in) @ W^T + bias, W looked up from the codebooks (out, G * g)[:, :in]."""
+    w = aqlm_decode(unpack_codes(codes), codebooks.float(), scales.float())[:, : x.shape[-1]]
+    return F.linear(x, w.to(x.dtype), bias)

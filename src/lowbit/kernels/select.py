@@ -99,6 +99,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     ),
     "int_group_linear_t": (Candidate("reference", reference.int_group_linear_t, always),),
     "fourbit_linear": (Candidate("reference", reference.fourbit_linear, always),),
+    "aqlm_linear": (Candidate("reference", reference.aqlm_linear, always),),  # GPU kernel: the kernels issue
     # LLM.int8 (outlier columns in float, the rest int8 x int8): fn(x, qweight, scale, threshold, bias),
     # or fn(x, packed, threshold, bias) for a candidate with `prepare`
     "llm_int8_linear": (

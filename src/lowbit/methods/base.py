@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -69,6 +70,16 @@ class MethodConfig:
     ) -> QuantizedLinear:
         """(out, in) float weight -> a quantized module computing the same linear map."""
         raise NotImplementedError
+
+    def needs_teacher(self) -> bool:
+        """Whether `finish` needs an unquantized copy of the model (api.quantize keeps one if so)."""
+        return False
+
+    def finish(self, model: Any, calib: torch.Tensor | None, teacher: Any, progress: bool,
+               work_dir: Path | None = None) -> dict[str, torch.Tensor]:
+        """Whole-model work after block-wise calibration (QAT's end-to-end training); returns artifacts.
+        `work_dir` (the run's resumable work folder, if any) is where such work keeps its checkpoints."""
+        return {}
 
     def make_observer(self) -> Any:
         """For methods that calibrate activations: an observer fed each layer's inputs."""

@@ -1,5 +1,6 @@
 """Quantized layers. MODULE_TYPES maps the class name stored in a checkpoint to the class that loads it."""
 
+from lowbit.modules.aqlm_linear import AQLMLinear
 from lowbit.modules.base import QuantizedLinear, set_kernel_preference
 from lowbit.modules.embedding import QuantizedEmbedding
 from lowbit.modules.fourbit_linear import FourBitLinear
@@ -11,11 +12,14 @@ from lowbit.modules.w8a8_linear import W8A8Linear
 
 MODULE_TYPES: dict[str, type[QuantizedLinear]] = {
     cls.__name__: cls
-    for cls in (IntLinear, Int8Linear, W8A8Linear, HQQLinear, LLMInt8Linear, FourBitLinear, QuantizedEmbedding)
+    for cls in (
+        IntLinear, Int8Linear, W8A8Linear, HQQLinear, LLMInt8Linear, FourBitLinear, QuantizedEmbedding, AQLMLinear
+    )
 }
 
 __all__ = [
     "MODULE_TYPES",
+    "AQLMLinear",
     "FourBitLinear",
     "HQQLinear",
     "Int8Linear",
