@@ -2,16 +2,23 @@
 
 Badri & Shaji (2023), "Half-Quadratic Quantization of Large Machine Learning Models". The error
 W - s (q - z) is penalised with an lp norm, p < 1 (robust to the outlier weights that min-max and l2
-fits chase). Splitting it with an auxiliary error term W_e and alternating:
+fits chase). Splitting it with an auxiliary error term W_e and alternating, from the min-max qparams:
 
     q   = clamp(round(W / s + z), 0, 2**b - 1)
     W_e = shrink_p(W - s (q - z), beta)                 generalised soft-thresholding (the lp prox)
     z   = mean_group(q - (W - W_e) / s)                 closed-form zero update
     beta <- kappa * beta
 
-stopping early once the mean absolute error stops falling (the best qparams seen are kept). With
-`optimize_scale`, the scale is refit each step by least squares of W - W_e on the codes (an extension
-the paper mentions; off by default). Groups run along the input axis of the (out, in) weight.
+until the mean absolute error |W - s (q - z)| of a step is no lower than the step before. As in the
+paper's (and the hqq package's) loop, the zero returned is the one that last step computed, not the
+lowest-error one seen: the update is the half-quadratic solution, and where W_e vanishes (every
+residual below the shrink threshold beta**(-1 / (2 - p)), the usual case for LLM weights at 4 bits) it
+makes each group's mean error zero. That bias-free zero matters more to a model than a slightly lower
+mean |error| (on the demo model, 4-bit g64: ppl 35.5 against 37.3 for the lowest-error zero), and it
+lets 2-bit runs move off their min-max start, whose error the first step raises.
+
+With `optimize_scale`, the scale is refit each step by least squares of W - W_e on the codes (an
+extension the paper mentions; off by default). Groups run along the input axis of the (out, in) weight.
 """
 
 from __future__ import annotations
@@ -55,26 +62,36 @@ def hqq_quantize(
     group_size = resolve_group_size(group_size, cols)
     scale16, zero16 = affine_qparams(w, bits, group_size, symmetric=False)  # min-max start, (out, n_groups)
     g = to_groups(w.float(), group_size)  # (out, n_groups, group_size)
-    mean = _group_mean(cols, group_size, g.device)  # over real columns only (the padding is excluded)
-    scale, zero = scale16.float().unsqueeze(2), zero16.float().unsqueeze(2)  # (out, n_groups, 1)
-    best = (float("inf"), scale, zero)
-    beta = schedule.beta
-    for _ in range(schedule.iters):
-        q = torch.div(g, scale).add_(zero).round_().clamp_(0, 2**bits - 1)
-        diff = g - (q - zero).mul_(scale)  # W - s (q - z)
-        error = float(mean(diff.abs()).mean())
-        if error >= best[0]:
-            break
-        best = (error, scale, zero)
-        target = g - shrink_lp(diff, beta, schedule.lp_norm)  # W - W_e
-        if optimize_scale:
-            scale = _refit_scale(q, target, mean, scale)
-        zero = mean(q) - mean(target) / scale
-        beta *= schedule.kappa
-    _, scale, zero = best
+    scale, zero = _optimize(g, bits, _group_mean(cols, group_size, g.device), scale16, zero16, schedule, optimize_scale)
     scale16 = scale.squeeze(2).clamp(min=torch.finfo(QPARAM_DTYPE).tiny).to(QPARAM_DTYPE)
     zero16 = zero.squeeze(2).to(QPARAM_DTYPE)
     return IntWeights(quantize_affine(w, scale16, zero16, bits, group_size), scale16, zero16, bits, group_size)
+
+
+def _optimize(g, bits, mean, scale16, zero16, schedule, optimize_scale):
+    """The proximal loop on grouped weights g (out, n_groups, group_size); returns scale, zero (out, n_groups, 1).
+
+    Works in preallocated buffers (codes, residual, |residual|); the shrink runs only when some residual
+    exceeds its threshold beta**(-1 / (2 - p)) (below it the prox is exactly zero).
+    """
+    scale, zero = scale16.float().unsqueeze(2), zero16.float().unsqueeze(2)  # (out, n_groups, 1)
+    q, diff, mag = torch.empty_like(g), torch.empty_like(g), torch.empty_like(g)
+    g_mean, maxq, best, beta = mean(g), 2**bits - 1, float("inf"), schedule.beta
+    for _ in range(schedule.iters):
+        torch.mul(g, scale.reciprocal(), out=q).add_(zero).round_().clamp_(0, maxq)  # codes
+        torch.sub(q, zero, out=diff).mul_(scale).neg_().add_(g)  # W - s (q - z)
+        torch.abs(diff, out=mag)
+        error = float(mean(mag).mean())
+        w_e = shrink_lp(diff, beta, schedule.lp_norm) if float(mag.amax()) > beta ** (-1 / (2 - schedule.lp_norm)) else None
+        target_mean = g_mean if w_e is None else g_mean - mean(w_e)  # mean of W - W_e
+        if optimize_scale:
+            scale = _refit_scale(q, g if w_e is None else g - w_e, mean, scale)
+        zero = mean(q) - target_mean / scale
+        beta *= schedule.kappa
+        if error >= best:
+            break
+        best = error
+    return scale, zero
 
 
 def _group_mean(cols: int, group_size: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
