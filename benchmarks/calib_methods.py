@@ -127,7 +127,7 @@ def parse_setting(text: str):
 
 def table(paths: list[str]) -> str:
     """Markdown table of the records in the JSON-lines files (increase over the fp32 row of the same file)."""
-    lines = ["| setting | calibration | ppl | ppl vs fp32 | KL to fp32 | quantize s | peak extra MiB |", "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | calibration | ppl | ppl vs fp32 | KL to fp32 | bits/param | quantize s | peak extra MiB |", "|---|---|---|---|---|---|---|---|"]
     for path in paths:
         records = [json.loads(line) for line in open(path)]
         fp32 = next((r["ppl"] for r in records if r["setting"] == "fp32"), None)
@@ -138,7 +138,8 @@ def table(paths: list[str]) -> str:
             calib = r["calib"].split(",")[1].strip() if calibrated else "-"
             seconds = f"{r['quantize_s']:.0f}" if "quantize_s" in r else "-"
             peak = f"{r['peak_extra_mib']:.0f}" if "peak_extra_mib" in r else "-"
-            lines.append(f"| {r['setting']} | {calib} | {r['ppl']:.3f} | {increase} | {r['kl']:.4f} | {seconds} | {peak} |")
+            bits = f"{r['bits_per_param']:.2f}" if "bits_per_param" in r else "-"
+            lines.append(f"| {r['setting']} | {calib} | {r['ppl']:.3f} | {increase} | {r['kl']:.4f} | {bits} | {seconds} | {peak} |")
     return "\n".join(lines)
 
 
