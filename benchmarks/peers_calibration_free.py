@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 import warnings
@@ -104,21 +105,27 @@ def quantize_with_peer(model, kind, options):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", nargs="*", help="peer settings to run (default: all)")
+    parser.add_argument("--repeats", type=int, default=1, help="quantization timings per setting (median)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")  # once per call otherwise
     reference, _, windows = demo_and_windows()
     models, records = {}, {}
-    for name, (kind, options, lowbit_name, method, lowbit_options) in SETTINGS.items():
-        models[name] = copy.deepcopy(reference)
-        seconds, bpp = quantize_with_peer(models[name], kind, options)
-        ours, config = copy.deepcopy(reference), make_config(method, **lowbit_options)
-        start = time.perf_counter()
-        lowbit.quantize(ours, config)
-        lowbit_seconds = time.perf_counter() - start
-        del ours
-        records[name] = {"quantize_s": seconds, "bits_per_param": bpp, "lowbit_setting": lowbit_name,
-                         "lowbit_quantize_s": lowbit_seconds}
+    chosen = {k: v for k, v in SETTINGS.items() if not args.only or k in args.only}
+    for name, (kind, options, lowbit_name, method, lowbit_options) in chosen.items():
+        peer_times, lowbit_times = [], []
+        for _ in range(args.repeats):  # interleaved, median: slow spells of a shared CPU hit both alike
+            models[name] = copy.deepcopy(reference)
+            seconds, bpp = quantize_with_peer(models[name], kind, options)
+            ours, config = copy.deepcopy(reference), make_config(method, **lowbit_options)
+            start = time.perf_counter()
+            lowbit.quantize(ours, config)
+            lowbit_times.append(time.perf_counter() - start)
+            peer_times.append(seconds)
+            del ours
+        records[name] = {"quantize_s": statistics.median(peer_times), "bits_per_param": bpp, "lowbit_setting": lowbit_name,
+                         "lowbit_quantize_s": statistics.median(lowbit_times)}
         print(name, records[name], flush=True)
     qualities = evaluate_many(models, windows, reference)
     lowbit_path = RESULTS / "calibration_free.json"  # read now: that benchmark may still be running at start
