@@ -79,11 +79,10 @@ def _check_int(layer: IntLinear, ref_w: torch.Tensor, rows: int, dtype: torch.dt
 def test_int_group_kernels_match_reference(bits, group, symmetric):
     seed = _seed()
     layer, ref_w = _int_layer(bits, group, symmetric)
-    for path in ("triton_splitk", "triton_tiled"):
-        layer.kernel_preference = path
-        for rows in (1, 7, 33):
-            for dtype in DTYPES:
-                assert _check_int(layer, ref_w, rows, dtype, seed) == path
+    layer.kernel_preference = "triton"
+    for rows in (1, 7, 33):
+        for dtype in DTYPES:
+            assert _check_int(layer, ref_w, rows, dtype, seed) == "triton_tc"
 
 
 @pytest.mark.parametrize("rows", ROWS)
@@ -93,7 +92,7 @@ def test_int4_every_row_count_with_auto_choice(rows):
     layer.kernel_preference = "triton"
     for dtype in DTYPES:
         kernel = _check_int(layer, ref_w, rows, dtype, seed)
-        assert kernel == ("triton_splitk" if rows <= triton_ops.SPLITK_MAX_ROWS else "triton_tiled")
+        assert kernel == "triton_tc"
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16, 33])
@@ -135,10 +134,10 @@ def test_custom_ops_pass_opcheck():
     q = rtn_quantize(w, 4, 64, False)
     layer = IntLinear.from_weights(q, None).to(DEVICE)
     x = torch.randn(3, IN, device=DEVICE, dtype=torch.float16)
-    args = (x, layer.qweight, layer.scale, layer.zero, None, 4, 64, "splitk")
+    args = (x, layer.qweight, layer.scale, layer.zero, None, 4, 64)
     torch.library.opcheck(triton_ops.int_group_mm, args, test_utils=("test_schema", "test_faketensor"))
     q8, s8 = int8_absmax(w[:, :196])
-    args8 = (x[:, :196].contiguous(), q8.to(DEVICE), s8.to(DEVICE), None, "tiled")
+    args8 = (x[:, :196].contiguous(), q8.to(DEVICE), s8.to(DEVICE), None)
     torch.library.opcheck(triton_ops.int8_weight_mm, args8, test_utils=("test_schema", "test_faketensor"))
 
 

@@ -15,7 +15,6 @@ from typing import Optional
 import torch
 
 TRITON_BITS = (2, 3, 4, 8)
-SPLITK_MAX_ROWS = 1  # split-K matrix-vector up to this many rows, tiled above (H100: tiled wins from 4 rows)
 _FLOAT16 = (torch.float16, torch.bfloat16)
 
 
@@ -49,32 +48,32 @@ def int_group_unavailable(device: torch.device, dtype: torch.dtype | None, bits:
 @torch.library.custom_op("lowbit::int_group_mm", mutates_args=())
 def int_group_mm(
     x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor], bits: int, group_size: int, path: str,
+    bias: Optional[torch.Tensor], bits: int, group_size: int,
 ) -> torch.Tensor:
-    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out); path 'splitk' or 'tiled'."""
+    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out) on tensor cores."""
     from lowbit.kernels.triton_int import int_group_matmul
 
-    return int_group_matmul(x, qweight, scale, zero, bias, bits, group_size, path)
+    return int_group_matmul(x, qweight, scale, zero, bias, bits, group_size)
 
 
 @int_group_mm.register_fake
-def _(x, qweight, scale, zero, bias, bits, group_size, path):
+def _(x, qweight, scale, zero, bias, bits, group_size):
     return x.new_empty((x.shape[0], qweight.shape[0]))
 
 
 @torch.library.custom_op("lowbit::int8_weight_mm", mutates_args=())
 def int8_weight_mm(
-    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], path: str
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor]
 ) -> torch.Tensor:
     """W8A16: x (rows, in) @ (qweight (out, in) int8 * scale (out, 1))^T + bias -> (rows, out)."""
     from lowbit.kernels.triton_int import int_group_matmul
 
     words = qweight.contiguous().view(torch.int32)  # (out, in / 4): four int8 codes per word, low byte first
-    return int_group_matmul(x, words, scale, None, bias, 8, qweight.shape[1], path, signed8=True)
+    return int_group_matmul(x, words, scale, None, bias, 8, qweight.shape[1], signed8=True)
 
 
 @int8_weight_mm.register_fake
-def _(x, qweight, scale, bias, path):
+def _(x, qweight, scale, bias):
     return x.new_empty((x.shape[0], qweight.shape[0]))
 
 
@@ -92,17 +91,9 @@ def _(x_q, x_scale, qweight, w_scale):
 
 
 # Entry points with the reference functions' signatures, for the selector's table.
-def int_group_linear_splitk(x, qweight, scale, zero, bits, group_size, bias):
-    return int_group_mm(x, qweight, scale, zero, bias, bits, group_size, "splitk")
+def int_group_linear(x, qweight, scale, zero, bits, group_size, bias):
+    return int_group_mm(x, qweight, scale, zero, bias, bits, group_size)
 
 
-def int_group_linear_tiled(x, qweight, scale, zero, bits, group_size, bias):
-    return int_group_mm(x, qweight, scale, zero, bias, bits, group_size, "tiled")
-
-
-def int8_weight_linear_splitk(x, qweight, scale, bias):
-    return int8_weight_mm(x, qweight, scale, bias, "splitk")
-
-
-def int8_weight_linear_tiled(x, qweight, scale, bias):
-    return int8_weight_mm(x, qweight, scale, bias, "tiled")
+def int8_weight_linear(x, qweight, scale, bias):
+    return int8_weight_mm(x, qweight, scale, bias)
