@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from typing import Optional
 
@@ -16,6 +17,19 @@ import torch
 
 TRITON_BITS = (2, 3, 4, 8)
 _FLOAT16 = (torch.float16, torch.bfloat16)
+GEMV_MAX_ROWS = 4  # the CUDA-core matrix-vector kernel up to this many rows, tensor cores above (H100)
+
+
+def gemv_tile_units(bits: int, group_size: int, in_features: int, target_k: int = 128) -> int | None:
+    """Units per K tile of the matrix-vector kernel (a tile lies in one group), or None if the group forbids.
+
+    A unit holds 32 / gcd(bits, 32) codes (triton_int.unit_shape); a tile is K = units * codes inputs.
+    """
+    codes = 32 // math.gcd(bits, 32)
+    if group_size >= in_features:
+        return max(target_k // codes, 1)
+    k = next((k for k in (target_k, 256, 128, 64, 32) if k <= group_size and group_size % k == 0), None)
+    return None if k is None or k % codes else k // codes
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,6 +104,38 @@ def _(x_q, x_scale, qweight, w_scale):
     return x_q.new_empty((x_q.shape[0], qweight.shape[0]), dtype=torch.float32)
 
 
+@torch.library.custom_op("lowbit::int_group_mv", mutates_args=())
+def int_group_mv(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor], bits: int, group_size: int,
+) -> torch.Tensor:
+    """int_group_mm on CUDA cores, for few rows (triton_gemv)."""
+    from lowbit.kernels.triton_gemv import int_group_gemv
+
+    return int_group_gemv(x, qweight, scale, zero, bias, bits, group_size)
+
+
+@int_group_mv.register_fake
+def _(x, qweight, scale, zero, bias, bits, group_size):
+    return x.new_empty((x.shape[0], qweight.shape[0]))
+
+
+@torch.library.custom_op("lowbit::int8_weight_mv", mutates_args=())
+def int8_weight_mv(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """int8_weight_mm on CUDA cores, for few rows (triton_gemv)."""
+    from lowbit.kernels.triton_gemv import int_group_gemv
+
+    words = qweight.contiguous().view(torch.int32)  # (out, in / 4)
+    return int_group_gemv(x, words, scale, None, bias, 8, qweight.shape[1], signed8=True)
+
+
+@int8_weight_mv.register_fake
+def _(x, qweight, scale, bias):
+    return x.new_empty((x.shape[0], qweight.shape[0]))
+
+
 # Entry points with the reference functions' signatures, for the selector's table.
 def int_group_linear(x, qweight, scale, zero, bits, group_size, bias):
     return int_group_mm(x, qweight, scale, zero, bias, bits, group_size)
@@ -97,3 +143,11 @@ def int_group_linear(x, qweight, scale, zero, bits, group_size, bias):
 
 def int8_weight_linear(x, qweight, scale, bias):
     return int8_weight_mm(x, qweight, scale, bias)
+
+
+def int_group_linear_mv(x, qweight, scale, zero, bits, group_size, bias):
+    return int_group_mv(x, qweight, scale, zero, bias, bits, group_size)
+
+
+def int8_weight_linear_mv(x, qweight, scale, bias):
+    return int8_weight_mv(x, qweight, scale, bias)
