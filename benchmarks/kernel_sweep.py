@@ -54,6 +54,7 @@ def mv_space(rows: int):
                           (512, 8, 4)]:
         yield {"BN": bn, "BK": 128, "num_warps": nw, "num_stages": 1, "waves": waves}
     yield {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "ASM": False}
+    yield {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "FIXUP": False}
 
 
 def _weights(cols, out, bits, dev):

@@ -117,10 +117,11 @@ def variants(cols, out, rows, dev):
     yield "bf16", lambda: _bf16_variant(cols, out, dev)
     yield "torch_int4_g128", lambda: _torch_int4_variant(cols, out, dev)
     yield "int4_g128", lambda: _int_group_variant(cols, out, 4, rows, dev)
-    yield "int4_g128_triton", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton_tc")
+    if rows == 1:  # the selector takes the matrix-vector kernel there: the tensor-core one for comparison
+        yield "int4_g128_tc", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton_tc")
+        yield "int3_g128_tc", lambda: _int_group_variant(cols, out, 3, rows, dev, "triton_tc")
     yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, dev)
     yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, dev)
-    yield "int8_g128", lambda: _int_group_variant(cols, out, 8, rows, dev)
     yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)
     yield "w8a8", lambda: _w8a8_variant(cols, out, rows, dev)
 

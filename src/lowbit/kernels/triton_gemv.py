@@ -17,7 +17,7 @@ K tile (one tile lies in one quantization group):
     y[n] += s[n] * sum_w (sum_j (off_j + c[n, w, j]) x[w, j] - sum_j off_j x[w, j] - z[n] sum_j x[w, j]).
 
 Units of UW words hold UC whole codes (UW = 3 for 3-bit codes, two of which straddle words). When the
-output alone cannot fill the GPU, K is split across programs (partials summed by triton_int._sum_slices).
+output alone cannot fill the GPU, K is split across programs (partials summed: triton_splitk).
 Importing this module imports Triton: callers import it lazily.
 """
 
@@ -29,8 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-from lowbit.kernels.triton_int import _interpreting, _load, _split_k, _sum_slices, unit_shape
+from lowbit.kernels.triton_int import _load, unit_shape
 from lowbit.kernels.triton_ops import gemv_tile_units
+from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buffers, split_k
 
 
 @triton.jit
@@ -113,10 +114,11 @@ def _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t, BITS:
 
 
 @triton.jit
-def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, N, K, wpr, n_groups, G, stride_x, stride_y,
+def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, N, K, wpr, n_groups, G,
+          stride_x, stride_y,
           K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr, BN: tl.constexpr,
           BU: tl.constexpr, SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
-          SIGNED8: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr):
+          SIGNED8: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr):
     """y[m, offs_n] (or this K slice's fp32 partial) for one row m; grid (N / BN, rows, SPLIT_K).
 
     The next tile's words and qparams are loaded before this tile is computed (registers, not shared
@@ -148,15 +150,12 @@ def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, N, K, wpr, n_group
         acc += s[:, None] * (p - xoff[None, :] - z[:, None] * xs[None, :])
         w0, w1, w2, s, z = n0, n1, n2, s_next, z_next
     y = tl.sum(acc, axis=1)  # (BN,)
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        tl.store(y_ptr + m * stride_y + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
-    else:
-        tl.store(y_ptr + (pid_k * tl.num_programs(1) + m) * stride_y + offs_n, y, mask=mask_n)
+    _store(y_ptr, part_ptr, count_ptr, bias_ptr, y, m * stride_y + offs_n, mask_n, offs_n, mask_n,
+           pid_n + m * tl.num_programs(0), pid_k, tl.num_programs(1) * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
 
 
-GEMV_CONFIG = {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4}
+GEMV_CONFIG = {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4}  # H100 sweep, int4 g128
+GEMV_CONFIG_8BIT = {"BN": 64}  # int8 codes: more bytes per code, fewer outputs per program
 
 
 def int_group_gemv(
@@ -168,25 +167,20 @@ def int_group_gemv(
     rows, cols = x.shape
     out_features, wpr = qweight.shape
     uc, uw = unit_shape(bits)
-    cfg = dict(GEMV_CONFIG | (config or {}))
+    cfg = dict(GEMV_CONFIG | (GEMV_CONFIG_8BIT if bits == 8 else {}) | (config or {}))
     waves, bk, split = cfg.pop("waves"), cfg.pop("BK"), cfg.pop("SPLIT_K", None)
     bu = gemv_tile_units(bits, group_size, cols, bk)
     if bu is None:
         raise ValueError(f"group size {group_size} does not hold whole K tiles of {bits}-bit codes")
     k_tiles = math.ceil(cols / (bu * uc))
     n_blocks = math.ceil(out_features / cfg["BN"])
-    split = split or _split_k(n_blocks * rows, k_tiles, x.device, waves)
+    split = split or split_k(n_blocks * rows, k_tiles, x.device, waves)
     even = out_features % cfg["BN"] == 0 and cols % (bu * uc) == 0 and k_tiles % split == 0
     y = torch.empty((rows, out_features), dtype=x.dtype, device=x.device)  # (rows, out)
-    part = y if split == 1 else torch.empty((split, rows, out_features), dtype=torch.float32, device=x.device)
-    bias_arg = bias if bias is not None else scale
+    part, counters, fix = split_buffers(y, split, n_blocks * rows, cfg.pop("FIXUP", True))
     _gemv[(n_blocks, rows, split)](
-        x, qweight, scale, zero if zero is not None else scale, bias_arg, part, out_features, cols, wpr,
-        scale.shape[1], group_size, x.stride(0), out_features, K_TILES=k_tiles, BITS=bits, UC=uc, UW=uw, BU=bu,
-        SPLIT_K=split, HAS_ZERO=zero is not None, HAS_BIAS=bias is not None, SIGNED8=signed8, EVEN=even,
-        ASM=cfg.pop("ASM", not _interpreting()), **cfg)
-    if split > 1:
-        total = rows * out_features
-        _sum_slices[(math.ceil(total / 1024),)](part, bias_arg, y, out_features, total, SPLIT_K=split,
-                                                 HAS_BIAS=bias is not None, BLOCK=1024, num_warps=4)
-    return y
+        x, qweight, scale, zero if zero is not None else scale, bias if bias is not None else scale, y, part,
+        counters, out_features, cols, wpr, scale.shape[1], group_size, x.stride(0), out_features, K_TILES=k_tiles,
+        BITS=bits, UC=uc, UW=uw, BU=bu, SPLIT_K=split, HAS_ZERO=zero is not None, HAS_BIAS=bias is not None,
+        SIGNED8=signed8, EVEN=even, ASM=cfg.pop("ASM", not interpreting()), **fix, **cfg)
+    return finish(y, part, bias, split, fix)

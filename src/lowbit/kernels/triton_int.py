@@ -19,8 +19,8 @@ so the inner loop never touches scales; otherwise (odd group sizes) every weight
 One kernel, `_mm_tc`, serves every row count: the weight tile is the left operand of tl.dot and the
 activations the right one ("swap AB": y^T = W x^T), so up to 16 rows fill one Hopper wgmma of 64 outputs
 x 16 rows (fewer rows are zero-padded; the tensor cores have time to spare in a matrix-vector product).
-When the output alone cannot fill the GPU, K is split across programs: each writes an fp32 partial and
-`_sum_slices` adds them up (and the bias) in the output dtype.
+When the output alone cannot fill the GPU, K is split across programs (fp32 partials, summed in the same
+launch by each tile's last program: triton_splitk).
 The int8 weight-only op reuses them (int8 bytes seen as int32 words, one group per row, codes ^ 0x80 so
 that the implicit zero 128 applies). Importing this module imports Triton: callers import it lazily.
 """
@@ -28,11 +28,12 @@ that the implicit zero 128 applies). Importing this module imports Triton: calle
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buffers, split_k
 
 
 @triton.jit
@@ -144,39 +145,13 @@ def _qparams(scale_ptr, zero_ptr, offs, mask, n_groups, g, BITS: tl.constexpr, H
 
 
 @triton.jit
-def _store(y_ptr, acc, offs_n, offs_m, mask_n, mask_m, pid_k, bias_ptr, stride_y, M, SPLIT_K: tl.constexpr,
-           HAS_BIAS: tl.constexpr):
-    """acc (BN, BM) -> y[m, n] (+ bias), or, when K is split, this slice's fp32 partial y[pid_k, m, n]."""
-    out = y_ptr + offs_m[None, :] * stride_y + offs_n[:, None]
-    mask = mask_n[:, None] & mask_m[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(out + pid_k * M * stride_y, acc, mask=mask)
-
-
-@triton.jit
-def _sum_slices(part_ptr, bias_ptr, y_ptr, N, TOTAL, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                BLOCK: tl.constexpr):
-    """y (rows, N) = sum over K slices of the fp32 partials (SPLIT_K, rows, N) (+ bias), in y's dtype."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < TOTAL
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for i in tl.static_range(SPLIT_K):
-        acc += tl.load(part_ptr + i * TOTAL + offs, mask=mask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, M, N, K, wpr, n_groups, G, stride_x, stride_y,
+def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, wpr, n_groups, G,
+           stride_x, stride_y,
            K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr, BM: tl.constexpr,
            BN: tl.constexpr, BU: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr,
            HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr,
-           ASM: tl.constexpr, DEQUANT: tl.constexpr, EVEN: tl.constexpr):
+           ASM: tl.constexpr, DEQUANT: tl.constexpr, EVEN: tl.constexpr, FIXUP: tl.constexpr,
+           FENCE: tl.constexpr):
     """acc (BN outputs, BM rows) = W_tile x^T on tensor cores; grid (N / BN, M / BM, SPLIT_K).
 
     DEQUANT (or a tile spanning groups): weights are dequantized (fp32 math, rounded to x's dtype) and one
@@ -215,7 +190,9 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, M, N, K, wpr, n_g
                               HAS_ZERO)
             w = ((w.to(tl.float32) - (zk + OFFSET)) * sk).to(xt.dtype)
             acc = tl.dot(w, xt, acc)
-    _store(y_ptr, acc, offs_n, offs_m, mask_n, mask_m, pid_k, bias_ptr, stride_y, M, SPLIT_K, HAS_BIAS)
+    _store(y_ptr, part_ptr, count_ptr, bias_ptr, acc, offs_m[None, :] * stride_y + offs_n[:, None],
+           mask_n[:, None] & mask_m[None, :], offs_n[:, None], mask_n[:, None], pid_n + pid_m * tl.num_programs(0),
+           pid_k, M * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
 
 
 @triton.jit
@@ -243,11 +220,11 @@ def _byte_codes(b, J: tl.constexpr, BITS: tl.constexpr, SIGNED8: tl.constexpr, D
 
 
 @triton.jit
-def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, M, N, K, row_bytes, n_groups, G, stride_x,
-              stride_y, K_TILES: tl.constexpr, BITS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, row_bytes, n_groups,
+              G, stride_x, stride_y, K_TILES: tl.constexpr, BITS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
               BK: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr, HAS_ZERO: tl.constexpr,
               HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr, DEQUANT: tl.constexpr,
-              EVEN: tl.constexpr):
+              EVEN: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr):
     """_mm_tc for 2, 4 and 8 bits, reading qweight as bytes of CPB = 8 / BITS codes: one product per code
     position j of a byte, (BN, BK / CPB) codes x the inputs j, j + CPB, ... Every step from the loaded bytes
     to the product's operand is elementwise, so Triton converts in registers, in the product's layout."""
@@ -303,7 +280,9 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, M, N, K, row_b
                 else:
                     xj = x3
                 acc = tl.dot(w.to(xr.dtype), tl.trans(xj), acc)
-    _store(y_ptr, acc, offs_n, offs_m, mask_n, mask_m, pid_k, bias_ptr, stride_y, M, SPLIT_K, HAS_BIAS)
+    _store(y_ptr, part_ptr, count_ptr, bias_ptr, acc, offs_m[None, :] * stride_y + offs_n[:, None],
+           mask_n[:, None] & mask_m[None, :], offs_n[:, None], mask_n[:, None], pid_n + pid_m * tl.num_programs(0),
+           pid_k, M * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
 
 
 def unit_shape(bits: int) -> tuple[int, int]:
@@ -317,19 +296,6 @@ def offset16(dtype: torch.dtype, bits: int) -> int:
     if dtype == torch.float16:
         return 1024
     return 128 if bits < 8 else 0
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _split_k(programs: int, k_tiles: int, device: torch.device, waves: int) -> int:
-    """K slices so that about `waves` waves of programs fill the GPU (1 when the output already does)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    split = 1
-    while programs * split * 2 <= waves * sms and split * 2 <= k_tiles:
-        split *= 2
-    return split
 
 
 def tc_config(rows: int, out_features: int, in_features: int, bits: int) -> dict:
@@ -356,8 +322,7 @@ def int_group_matmul(
 ) -> torch.Tensor:
     """x (rows, in) fp16/bf16 @ dequant(qweight)^T + bias -> (rows, out) in x's dtype.
 
-    `config` overrides the tuned tile shape (benchmarks' sweeps). When K is split, each slice writes an
-    fp32 partial and one small kernel sums them (cheaper than zero-filling for atomics plus a cast).
+    `config` overrides the tuned tile shape (benchmarks' sweeps); split-K partials: triton_splitk.
     """
     x = x.contiguous()
     rows, cols = x.shape
@@ -367,26 +332,21 @@ def int_group_matmul(
     waves, bk, split = cfg.pop("waves"), cfg.pop("BK"), cfg.pop("SPLIT_K", None)
     bu, per_tile = _block_units(bk, group_size, cols, uc)
     k_tiles = math.ceil(cols / (bu * uc))
-    m_blocks = math.ceil(rows / cfg["BM"])
-    split = split or _split_k(math.ceil(out_features / cfg["BN"]) * m_blocks, k_tiles, x.device, waves)
+    grid = (math.ceil(out_features / cfg["BN"]), math.ceil(rows / cfg["BM"]))
+    split = split or split_k(grid[0] * grid[1], k_tiles, x.device, waves)
     even = out_features % cfg["BN"] == 0 and cols % (bu * uc) == 0 and k_tiles % split == 0
     y = torch.empty((rows, out_features), dtype=x.dtype, device=x.device)  # (rows, out)
-    part = y if split == 1 else torch.empty((split, rows, out_features), dtype=torch.float32, device=x.device)
+    part, counters, fix = split_buffers(y, split, grid[0] * grid[1], cfg.pop("FIXUP", True))
     bias_arg = bias if bias is not None else scale
-    grid = (math.ceil(out_features / cfg["BN"]), m_blocks, split)
-    common = (x, qweight, scale, zero if zero is not None else scale, bias_arg, part, rows, out_features, cols)
+    common = (scale, zero if zero is not None else scale, bias_arg, y, part, counters, rows, out_features, cols)
     flags = dict(K_TILES=k_tiles, BITS=bits, SPLIT_K=split, PER_TILE=per_tile, HAS_ZERO=zero is not None,
-                 HAS_BIAS=bias is not None, SIGNED8=signed8, OFFSET=offset16(x.dtype, bits), EVEN=even)
+                 HAS_BIAS=bias is not None, SIGNED8=signed8, OFFSET=offset16(x.dtype, bits), EVEN=even, **fix)
     if cfg.pop("BYTES", bits in (2, 4, 8)):
         cfg.pop("ASM", None)
-        _mm_bytes[grid](x, qweight.view(torch.uint8), *common[2:], wpr * 4, scale.shape[1], group_size, x.stride(0), out_features, BK=bu * uc,
-                        **flags, **cfg)
+        _mm_bytes[(*grid, split)](x, qweight.view(torch.uint8), *common, wpr * 4, scale.shape[1], group_size,
+                                  x.stride(0), out_features, BK=bu * uc, **flags, **cfg)
     else:
-        cfg.setdefault("ASM", bits == 4 and not signed8 and not _interpreting())
-        _mm_tc[grid](*common, wpr, scale.shape[1], group_size, x.stride(0), out_features, UC=uc, UW=uw, BU=bu,
-                     **flags, **cfg)
-    if split > 1:
-        total = rows * out_features
-        _sum_slices[(math.ceil(total / 1024),)](part, bias_arg, y, out_features, total, SPLIT_K=split,
-                                                 HAS_BIAS=bias is not None, BLOCK=1024, num_warps=4)
-    return y
+        cfg.setdefault("ASM", bits == 4 and not signed8 and not interpreting())
+        _mm_tc[(*grid, split)](x, qweight, *common, wpr, scale.shape[1], group_size, x.stride(0), out_features,
+                               UC=uc, UW=uw, BU=bu, **flags, **cfg)
+    return finish(y, part, bias, split, fix)

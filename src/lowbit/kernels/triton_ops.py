@@ -17,7 +17,8 @@ import torch
 
 TRITON_BITS = (2, 3, 4, 8)
 _FLOAT16 = (torch.float16, torch.bfloat16)
-GEMV_MAX_ROWS = 4  # the CUDA-core matrix-vector kernel up to this many rows, tensor cores above (H100)
+GEMV_MAX_ROWS = 1  # the CUDA-core matrix-vector kernel up to this many rows, tensor cores above (H100: at 4
+# rows it ran 0.88x bf16 against the tensor-core kernel's 1.64x, benchmarks/results/issue6-h100-run4-sweep-decode.log)
 
 
 def gemv_tile_units(bits: int, group_size: int, in_features: int, target_k: int = 128) -> int | None:
