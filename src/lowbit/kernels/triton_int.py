@@ -299,12 +299,14 @@ def offset16(dtype: torch.dtype, bits: int) -> int:
 
 
 def tc_config(rows: int, out_features: int, in_features: int, bits: int) -> dict:
-    """Tile shape for _mm_tc (H100-tuned, benchmarks/results/kernels-h100-sweep*.log)."""
+    """Tile shape for _mm_tc (H100: kernels-h100-sweep2-best.txt, kernels-h100-run5/run6 in benchmarks/results)."""
     if rows <= 16:
         return {"BM": 16, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 4, "DEQUANT": False}
     if rows <= 64:
         bm = 32 if rows <= 32 else 64
         return {"BM": bm, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 2, "DEQUANT": False}
+    if out_features >= 4096:  # 128 rows: 0.59-0.74x bf16 vs 0.56-0.74x with (BN 64, 4 warps), runs 5 and 6
+        return {"BM": 128, "BN": 128, "BK": 128, "num_warps": 8, "num_stages": 3, "waves": 1, "DEQUANT": True}
     return {"BM": 128, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 1, "DEQUANT": True}
 
 
