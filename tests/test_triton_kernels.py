@@ -141,8 +141,8 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(triton_ops.int_group_mm, args, test_utils=("test_schema", "test_faketensor"))
     q8, s8 = int8_absmax(w[:, :196])
     args8 = (x[:, :196].contiguous(), q8.to(DEVICE), s8.to(DEVICE), None)
-    for op, op_args in ((triton_ops.int8_weight_mm, args8), (triton_ops.int8_weight_mv, args8),
-                        (triton_ops.int_group_mv, args)):
+    for op, op_args in ((triton_ops.int8_weight_mm, args8), (triton_ops.int8_weight_mm, (*args8, "mv")),
+                        (triton_ops.int_group_mm, (*args, "mv"))):
         torch.library.opcheck(op, op_args, test_utils=("test_schema", "test_faketensor"))
 
 

@@ -60,35 +60,42 @@ def int_group_unavailable(device: torch.device, dtype: torch.dtype | None, bits:
     return triton_unavailable(device)
 
 
+def _matmul(kernel: str):
+    """The Triton entry point for `kernel`: "mv" (CUDA-core matrix-vector) or "tc" (tensor cores)."""
+    if kernel == "mv":
+        from lowbit.kernels.triton_gemv import int_group_gemv
+
+        return int_group_gemv
+    from lowbit.kernels.triton_int import int_group_matmul
+
+    return int_group_matmul
+
+
 @torch.library.custom_op("lowbit::int_group_mm", mutates_args=())
 def int_group_mm(
     x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor], bits: int, group_size: int,
+    bias: Optional[torch.Tensor], bits: int, group_size: int, kernel: str = "tc",
 ) -> torch.Tensor:
-    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out) on tensor cores."""
-    from lowbit.kernels.triton_int import int_group_matmul
-
-    return int_group_matmul(x, qweight, scale, zero, bias, bits, group_size)
+    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out); kernel "tc" or "mv"."""
+    return _matmul(kernel)(x, qweight, scale, zero, bias, bits, group_size)
 
 
 @int_group_mm.register_fake
-def _(x, qweight, scale, zero, bias, bits, group_size):
+def _(x, qweight, scale, zero, bias, bits, group_size, kernel="tc"):
     return x.new_empty((x.shape[0], qweight.shape[0]))
 
 
 @torch.library.custom_op("lowbit::int8_weight_mm", mutates_args=())
 def int8_weight_mm(
-    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor]
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], kernel: str = "tc"
 ) -> torch.Tensor:
     """W8A16: x (rows, in) @ (qweight (out, in) int8 * scale (out, 1))^T + bias -> (rows, out)."""
-    from lowbit.kernels.triton_int import int_group_matmul
-
     words = qweight.contiguous().view(torch.int32)  # (out, in / 4): four int8 codes per word, low byte first
-    return int_group_matmul(x, words, scale, None, bias, 8, qweight.shape[1], signed8=True)
+    return _matmul(kernel)(x, words, scale, None, bias, 8, qweight.shape[1], signed8=True)
 
 
 @int8_weight_mm.register_fake
-def _(x, qweight, scale, bias):
+def _(x, qweight, scale, bias, kernel="tc"):
     return x.new_empty((x.shape[0], qweight.shape[0]))
 
 
@@ -105,38 +112,6 @@ def _(x_q, x_scale, qweight, w_scale):
     return x_q.new_empty((x_q.shape[0], qweight.shape[0]), dtype=torch.float32)
 
 
-@torch.library.custom_op("lowbit::int_group_mv", mutates_args=())
-def int_group_mv(
-    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor], bits: int, group_size: int,
-) -> torch.Tensor:
-    """int_group_mm on CUDA cores, for few rows (triton_gemv)."""
-    from lowbit.kernels.triton_gemv import int_group_gemv
-
-    return int_group_gemv(x, qweight, scale, zero, bias, bits, group_size)
-
-
-@int_group_mv.register_fake
-def _(x, qweight, scale, zero, bias, bits, group_size):
-    return x.new_empty((x.shape[0], qweight.shape[0]))
-
-
-@torch.library.custom_op("lowbit::int8_weight_mv", mutates_args=())
-def int8_weight_mv(
-    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor]
-) -> torch.Tensor:
-    """int8_weight_mm on CUDA cores, for few rows (triton_gemv)."""
-    from lowbit.kernels.triton_gemv import int_group_gemv
-
-    words = qweight.contiguous().view(torch.int32)  # (out, in / 4)
-    return int_group_gemv(x, words, scale, None, bias, 8, qweight.shape[1], signed8=True)
-
-
-@int8_weight_mv.register_fake
-def _(x, qweight, scale, bias):
-    return x.new_empty((x.shape[0], qweight.shape[0]))
-
-
 # Entry points with the reference functions' signatures, for the selector's table.
 def int_group_linear(x, qweight, scale, zero, bits, group_size, bias):
     return int_group_mm(x, qweight, scale, zero, bias, bits, group_size)
@@ -147,8 +122,8 @@ def int8_weight_linear(x, qweight, scale, bias):
 
 
 def int_group_linear_mv(x, qweight, scale, zero, bits, group_size, bias):
-    return int_group_mv(x, qweight, scale, zero, bias, bits, group_size)
+    return int_group_mm(x, qweight, scale, zero, bias, bits, group_size, "mv")
 
 
 def int8_weight_linear_mv(x, qweight, scale, bias):
-    return int8_weight_mv(x, qweight, scale, bias)
+    return int8_weight_mm(x, qweight, scale, bias, "mv")
