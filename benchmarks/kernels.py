@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from lowbit.core.affine import int8_absmax
 from lowbit.formats.bitpack import pack_bits
 from lowbit.formats.int_group import IntGroupLayout
-from lowbit.kernels import triton_ops
 from lowbit.kernels.select import CallContext, select
 
 SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096), (4096, 128256)]  # (in, out)
@@ -50,19 +49,26 @@ def _time_per_call(fn, copies: int) -> float:
     return ms * 1e-3 / copies
 
 
-def _int_group_variant(cols, out, bits, rows, path, dev):
-    """Random codes and qparams in the group-wise format (group 128, asymmetric); path None = selector."""
+def _candidate_call(op, ctx, preference, weights):
+    """(call(x, i), kernel name) of the candidate the selector picks, repacked per copy when it needs it."""
+    cand = select(op, ctx, preference)
+    if cand.prepare is None:
+        return (lambda x, i: cand.fn(x, *weights[i], None)), cand.name
+    packed = [cand.prepare(ctx, *w) for w in weights]
+    return (lambda x, i: cand.fn(x, packed[i], None)), cand.name
+
+
+def _int_group_variant(cols, out, bits, rows, dev, preference="auto"):
+    """Random codes and qparams in the group-wise format (group 128, asymmetric), through the selector."""
     layout = IntGroupLayout(out, cols, bits, 128, symmetric=False)
     codes = torch.randint(0, 2**bits, (out, cols), dtype=torch.uint8, device=dev)  # (out, in)
     qweight = pack_bits(codes, bits)  # (out, words)
     scale = (torch.rand(out, layout.n_groups, device=dev) * 0.02 + 0.001).half()  # (out, n_groups)
     zero = (torch.rand(out, layout.n_groups, device=dev) * (2**bits - 1)).half()
     n = _copies(layout.nbytes())
-    ws = [(qweight.clone(), scale.clone(), zero.clone()) for _ in range(n)]
-    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, bits)
-    name = select("int_group_linear", ctx, "triton").name if path is None else path
-    fn = {"triton_splitk": triton_ops.int_group_linear_splitk, "triton_tiled": triton_ops.int_group_linear_tiled}[name]
-    call = lambda x, i: fn(x, ws[i][0], ws[i][1], ws[i][2], bits, 128, None)  # noqa: E731
+    ws = [(qweight.clone(), scale.clone(), zero.clone(), bits, 128) for _ in range(n)]
+    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, bits, 128)
+    call, name = _candidate_call("int_group_linear", ctx, preference, ws)
     return call, n, layout.nbytes(), name
 
 
@@ -70,9 +76,8 @@ def _int8_variant(cols, out, rows, dev):
     q, s = int8_absmax(torch.randn(out, cols, device=dev))  # (out, in) int8, (out, 1)
     n = _copies(q.numel() + 2 * out)
     ws = [(q.clone(), s.clone()) for _ in range(n)]
-    name = select("int8_weight_linear", CallContext(dev, rows, cols, out, torch.bfloat16, 8), "triton").name
-    fn = {"triton_splitk": triton_ops.int8_weight_linear_splitk, "triton_tiled": triton_ops.int8_weight_linear_tiled}[name]
-    return (lambda x, i: fn(x, ws[i][0], ws[i][1], None)), n, q.numel() + 2 * out, name
+    call, name = _candidate_call("int8_weight_linear", CallContext(dev, rows, cols, out, torch.bfloat16, 8), "auto", ws)
+    return call, n, q.numel() + 2 * out, name
 
 
 def _w8a8_variant(cols, out, rows, dev):
@@ -111,12 +116,12 @@ def variants(cols, out, rows, dev):
     """(label, builder) for every variant of one cell; builders return (call, copies, weight bytes, kernel)."""
     yield "bf16", lambda: _bf16_variant(cols, out, dev)
     yield "torch_int4_g128", lambda: _torch_int4_variant(cols, out, dev)
-    yield "int4_g128", lambda: _int_group_variant(cols, out, 4, rows, None, dev)
-    if rows <= 64:  # both paths, to place the split-K / tiled crossover
-        yield "int4_g128_splitk", lambda: _int_group_variant(cols, out, 4, rows, "triton_splitk", dev)
-        yield "int4_g128_tiled", lambda: _int_group_variant(cols, out, 4, rows, "triton_tiled", dev)
-    yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, None, dev)
-    yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, None, dev)
+    yield "int4_g128", lambda: _int_group_variant(cols, out, 4, rows, dev)
+    if rows == 1:  # the selector takes the matrix-vector kernel there: the tensor-core one for comparison
+        yield "int4_g128_tc", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton_tc")
+        yield "int3_g128_tc", lambda: _int_group_variant(cols, out, 3, rows, dev, "triton_tc")
+    yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, dev)
+    yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, dev)
     yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)
     yield "w8a8", lambda: _w8a8_variant(cols, out, rows, dev)
 

@@ -26,16 +26,15 @@ def test_unsupported_bits_and_dtypes_fall_back(monkeypatch):
     assert select("int_group_linear", CallContext(CPU, 1, 64, 32, torch.float16, 5), "triton").name == "reference"
     assert select("int_group_linear", CallContext(CPU, 1, 64, 32, torch.float32, 4), "triton").name == "reference"
     assert select("int8_weight_linear", CallContext(CPU, 1, 66, 32, torch.float16), "triton").name == "reference"
-    assert select("int_group_linear", CallContext(CPU, 1, 64, 32, torch.float16, 4), "triton").name == "triton_splitk"
-    assert select("int_group_linear", CallContext(CPU, 9, 64, 32, torch.float16, 4), "triton").name == "triton_tiled"
-    assert select("int_group_linear", CallContext(CPU, 9, 64, 32, torch.float16, 4), "triton_splitk").name == "triton_splitk"
+    assert select("int_group_linear", CallContext(CPU, 1, 64, 32, torch.float16, 4), "triton").name == "triton_tc"
+    assert select("int_group_linear", CallContext(CPU, 9, 64, 32, torch.float16, 4), "triton_tc").name == "triton_tc"
 
 
 def test_unknown_preference_is_one_line_error():
     with pytest.raises(LowbitError, match="unknown kernel preference"):
         check_preference("cuda")
     with pytest.raises(LowbitError, match="no kernel"):
-        select("w8a8_linear", CallContext(CPU, 1, 8, 8), "triton_tiled")
+        select("w8a8_linear", CallContext(CPU, 1, 8, 8), "triton_tc")
 
 
 def test_set_kernel_preference_reaches_every_layer():

@@ -79,11 +79,13 @@ def _check_int(layer: IntLinear, ref_w: torch.Tensor, rows: int, dtype: torch.dt
 def test_int_group_kernels_match_reference(bits, group, symmetric):
     seed = _seed()
     layer, ref_w = _int_layer(bits, group, symmetric)
-    for path in ("triton_splitk", "triton_tiled"):
-        layer.kernel_preference = path
+    mv_fits = group != 50  # the matrix-vector kernel needs K tiles inside one group
+    for kernel in ("triton_mv", "triton_tc"):
+        layer.kernel_preference = kernel
         for rows in (1, 7, 33):
             for dtype in DTYPES:
-                assert _check_int(layer, ref_w, rows, dtype, seed) == path
+                ran = _check_int(layer, ref_w, rows, dtype, seed)
+                assert ran == (kernel if mv_fits else "triton_tc")
 
 
 @pytest.mark.parametrize("rows", ROWS)
@@ -93,7 +95,7 @@ def test_int4_every_row_count_with_auto_choice(rows):
     layer.kernel_preference = "triton"
     for dtype in DTYPES:
         kernel = _check_int(layer, ref_w, rows, dtype, seed)
-        assert kernel == ("triton_splitk" if rows <= triton_ops.SPLITK_MAX_ROWS else "triton_tiled")
+        assert kernel == ("triton_mv" if rows <= triton_ops.GEMV_MAX_ROWS else "triton_tc")
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16, 33])
@@ -107,7 +109,7 @@ def test_int8_weight_only_matches_reference(rows):
         x = torch.randn(rows, w.shape[1], device=DEVICE, dtype=dtype)
         ref = reference.int8_weight_linear(x.double(), layer.qweight, layer.scale, layer.bias.double())
         _poison(rows, OUT)
-        assert layer.kernel(x).name.startswith("triton")
+        assert layer.kernel(x).name == ("triton_mv" if rows <= triton_ops.GEMV_MAX_ROWS else "triton_tc")
         err = _rel_err(layer(x), ref)
         assert err < TOL[dtype], f"rows={rows} err={err:.2e} seed={seed}"
 
@@ -135,18 +137,24 @@ def test_custom_ops_pass_opcheck():
     q = rtn_quantize(w, 4, 64, False)
     layer = IntLinear.from_weights(q, None).to(DEVICE)
     x = torch.randn(3, IN, device=DEVICE, dtype=torch.float16)
-    args = (x, layer.qweight, layer.scale, layer.zero, None, 4, 64, "splitk")
+    args = (x, layer.qweight, layer.scale, layer.zero, None, 4, 64)
     torch.library.opcheck(triton_ops.int_group_mm, args, test_utils=("test_schema", "test_faketensor"))
     q8, s8 = int8_absmax(w[:, :196])
-    args8 = (x[:, :196].contiguous(), q8.to(DEVICE), s8.to(DEVICE), None, "tiled")
-    torch.library.opcheck(triton_ops.int8_weight_mm, args8, test_utils=("test_schema", "test_faketensor"))
+    args8 = (x[:, :196].contiguous(), q8.to(DEVICE), s8.to(DEVICE), None)
+    for op, op_args in ((triton_ops.int8_weight_mm, args8), (triton_ops.int8_weight_mm, (*args8, "mv")),
+                        (triton_ops.int_group_mm, (*args, "mv"))):
+        torch.library.opcheck(op, op_args, test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.skipif(not CUDA, reason="torch.compile and CUDA graphs of the kernels need a CUDA GPU")
 def test_torch_compile_and_cuda_graph_capture():
     layer, ref_w = _int_layer(4, 128, False)
     layer.kernel_preference = "triton"
-    x = torch.randn(3, IN, device=DEVICE, dtype=torch.bfloat16)
+    for rows in (3, 16):  # the matrix-vector and the tensor-core kernel
+        _compile_and_capture(layer, torch.randn(rows, IN, device=DEVICE, dtype=torch.bfloat16))
+
+
+def _compile_and_capture(layer, x):
     eager = layer(x)
     compiled = torch.compile(layer)(x)
     assert torch.allclose(compiled.float(), eager.float(), rtol=1e-2, atol=1e-2)

@@ -1,4 +1,5 @@
-"""CPU kernels: torch's packed int4 and int8 weight-only matmuls, fed from lowbit's canonical formats.
+"""torch's packed int4 matmuls (CPU, and CUDA's tinygemm) and its CPU int8 weight-only matmul, fed from
+lowbit's canonical formats.
 
 `torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, G, sz)` computes x @ W^T with
 
@@ -25,6 +26,10 @@ Both kernels are fast on this CPU only with bf16 activations (their fp32 and fp1
 slower, measured on AVX-512 with torch 2.13), so inputs are cast to bf16 and the result back: these
 paths are W4A16 / W8A16 in the usual sense, with bf16 rounding of the activations. Repacking happens once
 per layer (`prepare_*`, cached by the module); the checkpoint keeps the canonical format.
+
+On CUDA the same repacking feeds `_weight_int4pack_mm` (tinygemm, what gpt-fast and torchao run), bf16
+activations only, codes of up to 4 bits: the selector takes it where it measured faster than lowbit's
+Triton kernel (few rows, see kernels/select.py).
 """
 
 from __future__ import annotations
@@ -74,9 +79,16 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def _pack_codes(codes: torch.Tensor) -> torch.Tensor:
-    """codes (rows, K_pad) in [0, 15] -> the kernel's packed uint8 layout, rows padded to a multiple of 16."""
-    rows = -(-codes.shape[0] // N_MULTIPLE) * N_MULTIPLE
-    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(_pad_rows(codes, rows).to(torch.int32), 1)
+    """codes (rows, K_pad) in [0, 15] -> the kernel's packed layout, rows padded to a multiple of 16."""
+    codes = _pad_rows(codes, -(-codes.shape[0] // N_MULTIPLE) * N_MULTIPLE).to(torch.int32)
+    if codes.is_cuda:  # bytes of two codes, high nibble first; K tiles of 16 * inner_k_tiles
+        pairs = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)  # (rows, K_pad / 2)
+        return torch.ops.aten._convert_weight_to_int4pack(pairs, _inner_k_tiles(codes.shape[1]))
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+
+
+def _inner_k_tiles(k_pad: int) -> int:
+    return next(t for t in (8, 4, 2) if k_pad % (16 * t) == 0)
 
 
 def _scales_zeros(scale: torch.Tensor, zero: torch.Tensor, n_pad: int) -> torch.Tensor:
@@ -121,7 +133,8 @@ def int4_cpu_linear(x: torch.Tensor, w: Int4CpuWeights, bias: torch.Tensor | Non
     xb = F.pad(x.to(KERNEL_DTYPE), (0, w.padded_in - w.in_features))
     y = None
     for packed, sz in w.planes:
-        part = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, w.kernel_group, sz).float()
+        mm = torch.ops.aten._weight_int4pack_mm if xb.is_cuda else torch.ops.aten._weight_int4pack_mm_for_cpu
+        part = mm(xb, packed, w.kernel_group, sz).float()
         y = part if y is None else y + part
     y = y[:, : w.out_features]
     if bias is not None:
@@ -193,6 +206,28 @@ def int4_cpu_unavailable(ctx) -> str | None:
     if ctx.bits is not None and ctx.bits > 4:
         return f"{ctx.bits}-bit codes need two planes (int4x2_cpu)"
     return _int4_unavailable(ctx)
+
+
+TINYGEMM_MAX_ROWS = 1  # CUDA: tinygemm up to this many rows, lowbit's Triton kernel above (H100 sweep)
+
+
+def int4_cuda_unavailable(ctx) -> str | None:
+    """tinygemm on CUDA: one 4-bit plane, bf16 activations (fp16 would be rounded to bf16)."""
+    if ctx.device.type != "cuda" or not hasattr(torch.ops.aten, "_weight_int4pack_mm"):
+        return f"CUDA kernel, input is on {ctx.device.type}"
+    if ctx.dtype != torch.bfloat16:
+        return f"tinygemm takes bf16 activations, not {ctx.dtype}"
+    if ctx.bits is not None and ctx.bits > 4:
+        return f"{ctx.bits}-bit codes need two 4-bit planes (twice the work)"
+    if ctx.group_size is None or int4_kernel_group(ctx.group_size, ctx.in_features) is None:
+        return f"group size {ctx.group_size} is not a multiple of 32 (the int4 kernel takes groups of 32..256)"
+    return None
+
+
+def int4_cuda_unsuited(ctx) -> str | None:
+    if ctx.rows > TINYGEMM_MAX_ROWS:
+        return f"more than {TINYGEMM_MAX_ROWS} rows: lowbit's Triton kernel is faster"
+    return None
 
 
 def int4x2_cpu_unavailable(ctx) -> str | None:

@@ -24,7 +24,7 @@ from lowbit.kernels import cpu, reference, triton_ops
 
 log = logging.getLogger(__name__)
 
-PREFERENCES = ("auto", "triton", "reference")  # or a kernel's full name, e.g. triton_splitk
+PREFERENCES = ("auto", "triton", "reference")  # or a kernel's full name, e.g. triton_tc
 
 
 @dataclass(frozen=True)
@@ -61,19 +61,29 @@ def _int_mm_unavailable(ctx: CallContext) -> str | None:
     return None
 
 
-def _few_rows(ctx: CallContext) -> str | None:
-    if ctx.rows > triton_ops.SPLITK_MAX_ROWS:
-        return f"more than {triton_ops.SPLITK_MAX_ROWS} rows: the tiled kernel is faster"
-    return None
-
-
 def _triton_int_group(ctx: CallContext) -> str | None:
+    if ctx.out_features * ctx.in_features >= 2**31:
+        return "2**31 weights or more: the Triton kernels index with int32"
     return triton_ops.int_group_unavailable(ctx.device, ctx.dtype, ctx.bits)
+
+
+def _triton_mv_int_group(ctx: CallContext) -> str | None:
+    if triton_ops.gemv_tile_units(ctx.bits or 0, ctx.group_size or 0, ctx.in_features) is None:
+        return f"group size {ctx.group_size} does not hold whole K tiles of {ctx.bits}-bit codes"
+    return _triton_int_group(ctx)
+
+
+def _few_rows(ctx: CallContext) -> str | None:
+    if ctx.rows > triton_ops.GEMV_MAX_ROWS:
+        return f"more than {triton_ops.GEMV_MAX_ROWS} rows: the tensor-core kernel is faster"
+    return None
 
 
 def _triton_int8_weight(ctx: CallContext) -> str | None:
     if ctx.in_features % 4:
         return "int8 rows are read as int32 words: in_features must be a multiple of 4"
+    if ctx.out_features * ctx.in_features >= 2**31:
+        return "2**31 weights or more: the Triton kernels index with int32"
     return triton_ops.int_group_unavailable(ctx.device, ctx.dtype, 8)
 
 
@@ -84,16 +94,20 @@ def _triton_w8a8(ctx: CallContext) -> str | None:
 # Fastest first; the last entry of each op is the reference path and runs everywhere.
 _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int_group_linear": (
-        Candidate("triton_splitk", triton_ops.int_group_linear_splitk, _triton_int_group, _few_rows),
-        Candidate("triton_tiled", triton_ops.int_group_linear_tiled, _triton_int_group),
+        # at one row torch's tinygemm ran 9-30% faster than triton_mv on the H100 but holds a second, repacked
+        # copy of the weights, so auto keeps lowbit's kernel; name torch_int4_cuda to get it
+        Candidate("triton_mv", triton_ops.int_group_linear_mv, _triton_mv_int_group, _few_rows),
+        Candidate("torch_int4_cuda", cpu.int4_cpu_linear, cpu.int4_cuda_unavailable, cpu.int4_cuda_unsuited,
+                  prepare=cpu.prepare_int4_cpu),
+        Candidate("triton_tc", triton_ops.int_group_linear, _triton_int_group),
         Candidate("int4_cpu", cpu.int4_cpu_linear, cpu.int4_cpu_unavailable, prepare=cpu.prepare_int4_cpu),
         Candidate("int4x2_cpu", cpu.int4_cpu_linear, cpu.int4x2_cpu_unavailable, prepare=cpu.prepare_int4_cpu),
         Candidate("reference", reference.int_group_linear, always),
     ),
     "int_group_embedding": (Candidate("reference", reference.int_group_embedding, always),),
     "int8_weight_linear": (
-        Candidate("triton_splitk", triton_ops.int8_weight_linear_splitk, _triton_int8_weight, _few_rows),
-        Candidate("triton_tiled", triton_ops.int8_weight_linear_tiled, _triton_int8_weight),
+        Candidate("triton_mv", triton_ops.int8_weight_linear_mv, _triton_int8_weight, _few_rows),
+        Candidate("triton_tc", triton_ops.int8_weight_linear, _triton_int8_weight),
         Candidate("int8_cpu", cpu.int8_cpu_linear, cpu.int8_cpu_unavailable, prepare=cpu.prepare_int8_cpu),
         Candidate("reference", reference.int8_weight_linear, always),
     ),
@@ -126,7 +140,7 @@ def check_preference(preference: str) -> str:
 
 
 def _matches(candidate: Candidate, preference: str) -> bool:
-    """A kernel's full name, or its family: 'triton' matches triton_splitk and triton_tiled."""
+    """A kernel's full name, or its family: 'triton' matches triton_mv and triton_tc."""
     return candidate.name == preference or candidate.name.startswith(preference + "_")
 
 

@@ -3,17 +3,26 @@
 They read the canonical checkpoint layout directly (no repacking): qweight (out, words) int32, codes packed
 along the input dim, low bits first. A *unit* is the fewest whole words that hold whole codes: one word of
 32 / b codes for b in {2, 4, 8}, three words of 32 codes for b = 3 (codes 10 and 21 straddle two words).
-The kernels load (BN, units) word tiles and take code j of every unit in an unrolled loop over j (its
-word and shift are compile-time constants), so no tensor is ever reshaped.
+A (BN, BU) tile of units unpacks to (BN, BU, codes per unit) and reshapes to a (BN, BK) weight tile whose
+columns are consecutive inputs, so one wide tensor-core product covers a whole K tile.
 
-Two paths, both splitting K across programs (fp32 atomics) when the output alone cannot fill the GPU:
-  * split-K matrix-vector (few rows): one program per (activation row, output block, K slice), CUDA cores;
-  * tiled (many rows): (BM, BN) output tiles on tensor cores through tl.dot.
-When a K tile lies inside one quantization group, the scale and zero are applied once per tile and output
-(y += s * (sum_k q x - z * sum_k x)), so the inner loop only converts codes; otherwise every weight is
-dequantized in the tile (slower, any group size). The same kernels serve int8 weight-only layers (int8
-bytes seen as int32 words, one group per row, codes ^ 0x80 so that the implicit zero 128 applies).
-Importing this module imports Triton: callers import it lazily.
+Codes become 16-bit floats without an int -> float conversion: OR-ing a code c into the bits of 1024.0
+(fp16, 0x6400) or 128.0 (bf16, 0x4300) gives exactly OFFSET + c (the fp16x2 "magic number" trick of
+FasterTransformer and Marlin, Frantar et al. 2024). For 4-bit codes one `lop3` per word pair makes two
+such values at once (inline PTX; plain shifts and masks under Triton's interpreter). When a K tile lies in
+one quantization group the tile's product is corrected once per tile and output,
+
+    y[m, n] += s[n] * (sum_k (OFFSET + c[n, k]) x[m, k] - (OFFSET + z[n]) * sum_k x[m, k]),
+
+so the inner loop never touches scales; otherwise (odd group sizes) every weight is dequantized first.
+
+One kernel, `_mm_tc`, serves every row count: the weight tile is the left operand of tl.dot and the
+activations the right one ("swap AB": y^T = W x^T), so up to 16 rows fill one Hopper wgmma of 64 outputs
+x 16 rows (fewer rows are zero-padded; the tensor cores have time to spare in a matrix-vector product).
+When the output alone cannot fill the GPU, K is split across programs (fp32 partials, summed in the same
+launch by each tile's last program: triton_splitk).
+The int8 weight-only op reuses them (int8 bytes seen as int32 words, one group per row, codes ^ 0x80 so
+that the implicit zero 128 applies). Importing this module imports Triton: callers import it lazily.
 """
 
 from __future__ import annotations
@@ -24,146 +33,256 @@ import torch
 import triton
 import triton.language as tl
 
+from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buffers, split_k
+
 
 @triton.jit
-def _load_words(w_ptr, offs_n, mask_n, wpr, units, UW: tl.constexpr):
-    """The words of units `units` (BU,) of rows offs_n (BN,): three (BN, BU) int32 tiles (w1, w2 only for UW 3)."""
-    row = w_ptr + offs_n[:, None].to(tl.int64) * wpr + units[None, :] * UW  # (BN, BU)
-    mask = mask_n[:, None] & (units[None, :] * UW < wpr)
-    w0 = tl.load(row, mask=mask, other=0)
+def _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr,
+            UW: tl.constexpr, SIGNED8: tl.constexpr, EVEN: tl.constexpr):
+    """Codes of units unit0 .. unit0 + BU of rows offs_n -> (BN, BU, UC) int32 (input k = unit * UC + j)."""
+    units = unit0 + tl.arange(0, BU)  # (BU,)
+    row = w_ptr + offs_n[:, None] * wpr  # (BN, 1); the host keeps qweight under 2**31 words
+    mask = mask_n[:, None] & (units[None, :] * UW < wpr)  # (BN, BU)
+    j = tl.arange(0, UC)  # code index inside a unit
     if UW == 1:
-        return w0, w0, w0
-    return w0, tl.load(row + 1, mask=mask, other=0), tl.load(row + 2, mask=mask, other=0)
-
-
-@triton.jit
-def _code(w0, w1, w2, J: tl.constexpr, BITS: tl.constexpr, UW: tl.constexpr, SIGNED8: tl.constexpr):
-    """Code J of every unit, (BN, BU) int32; J, and so its word and bit offset, is known at compile time."""
-    MASK: tl.constexpr = (1 << BITS) - 1
-    if UW == 1:  # (one return at the end: Triton compiles the code after an early return too)
-        c = (w0 >> (J * BITS)) & MASK
+        words = _load(row + units[None, :], mask, EVEN)  # (BN, BU)
+        codes = (words[:, :, None] >> (j * BITS)[None, None, :]) & ((1 << BITS) - 1)
         if SIGNED8:
-            c = c ^ 0x80
-    else:
-        WI: tl.constexpr = (J * BITS) // 32
-        OFF: tl.constexpr = (J * BITS) % 32
-        if WI == 0:
-            lo, nxt = w0, w1
-        elif WI == 1:
-            lo, nxt = w1, w2
-        else:
-            lo, nxt = w2, w2
-        if OFF + BITS <= 32:
-            c = (lo >> OFF) & MASK
-        else:  # the code straddles into the next word
-            LOW: tl.constexpr = (1 << (32 - OFF)) - 1
-            c = ((lo >> OFF) & LOW) | ((nxt << (32 - OFF)) & MASK)
-    return c
+            codes = codes ^ 0x80
+    else:  # 3 bits: 32 codes in 3 words; bit position 3 j lies in word 3 j // 32
+        w0 = _load(row + units[None, :] * 3, mask, EVEN).to(tl.uint32, bitcast=True)
+        w1 = _load(row + units[None, :] * 3 + 1, mask, EVEN).to(tl.uint32, bitcast=True)
+        w2 = _load(row + units[None, :] * 3 + 2, mask, EVEN).to(tl.uint32, bitcast=True)
+        wi = ((j * BITS) // 32)[None, None, :]  # (1, 1, UC)
+        off = ((j * BITS) % 32)[None, None, :]
+        a, b, c = w0[:, :, None], w1[:, :, None], w2[:, :, None]
+        lo = tl.where(wi == 0, a, tl.where(wi == 1, b, c)) >> off.to(tl.uint32)
+        nxt = tl.where(wi == 0, b, c)
+        hi = tl.where(off + BITS > 32, nxt << ((32 - off) & 31).to(tl.uint32), 0)
+        codes = ((lo | hi) & ((1 << BITS) - 1)).to(tl.int32)
+    return codes
 
 
 @triton.jit
-def _qparams(scale_ptr, zero_ptr, offs, mask, n_groups, g, BITS: tl.constexpr, HAS_ZERO: tl.constexpr):
+def _magic16(codes, DT: tl.constexpr, BITS: tl.constexpr):
+    """int32 codes -> DT values OFFSET + code, exactly (see offset16); no int -> float conversion for < 8 bits."""
+    if DT == tl.float16:
+        v = (codes | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+    elif BITS < 8:
+        v = (codes | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    else:  # bf16 holds 0..256 exactly but no single exponent covers 0..255: exact through fp32 (2**23 + c)
+        v = ((codes | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0).to(tl.bfloat16)
+    return v
+
+
+def _nibble_asm(magic: str) -> str:
+    """PTX: one int32 word of eight 4-bit codes -> eight 16-bit floats magic + code (two per lop3)."""
+    pairs = "".join(f"lop3.b32 t{i}, s{i}, 0x000F000F, {magic}, 0xEA;\n" for i in range(4))
+    return ("{ .reg .b32 s0, s1, s2, s3, t0, t1, t2, t3;\n"
+            "mov.b32 s0, $8; shr.u32 s1, $8, 4; shr.u32 s2, $8, 8; shr.u32 s3, $8, 12;\n" + pairs +
+            "mov.b32 {$0, $4}, t0; mov.b32 {$1, $5}, t1; mov.b32 {$2, $6}, t2; mov.b32 {$3, $7}, t3; }")
+
+
+_ASM_F16 = tl.constexpr(_nibble_asm("0x64006400"))  # 1024.0 in fp16
+_ASM_BF16 = tl.constexpr(_nibble_asm("0x43004300"))  # 128.0 in bf16
+
+
+@triton.jit
+def _nibbles_asm(words, DT: tl.constexpr):
+    """4-bit words (BN, BU) -> eight DT tensors (BN, BU): OFFSET + code j for j = 0..7."""
+    if DT == tl.float16:
+        out = tl.inline_asm_elementwise(_ASM_F16, "=h,=h,=h,=h,=h,=h,=h,=h,r", [words], dtype=(tl.float16,) * 8,
+                                        is_pure=True, pack=1)
+    else:
+        out = tl.inline_asm_elementwise(_ASM_BF16, "=h,=h,=h,=h,=h,=h,=h,=h,r", [words], dtype=(tl.bfloat16,) * 8,
+                                        is_pure=True, pack=1)
+    return out
+
+
+@triton.jit
+def _join8(v0, v1, v2, v3, v4, v5, v6, v7):
+    """Eight (BN, BU) tensors -> (BN, BU * 8), v_j landing in column 8 u + j."""
+    a = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+    return tl.reshape(a, (v0.shape[0], v0.shape[1] * 8))
+
+
+@triton.jit
+def _weight_tile(w_ptr, offs_n, mask_n, wpr, unit0, DT: tl.constexpr, BU: tl.constexpr, BITS: tl.constexpr,
+                 UC: tl.constexpr, UW: tl.constexpr, SIGNED8: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr):
+    """(BN, BU * UC) DT tile of OFFSET + code, columns = consecutive inputs from unit0 * UC."""
+    if ASM:  # 4-bit only
+        units = unit0 + tl.arange(0, BU)
+        mask = mask_n[:, None] & (units[None, :] < wpr)
+        words = _load(w_ptr + offs_n[:, None] * wpr + units[None, :], mask, EVEN)
+        c0, c1, c2, c3, c4, c5, c6, c7 = _nibbles_asm(words, DT)
+        w = _join8(c0, c1, c2, c3, c4, c5, c6, c7)
+    else:
+        codes = _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU, BITS, UC, UW, SIGNED8, EVEN)
+        w = tl.reshape(_magic16(codes, DT, BITS), (offs_n.shape[0], BU * UC))
+    return w
+
+
+@triton.jit
+def _load(ptrs, mask, EVEN: tl.constexpr):
+    """tl.load, masked (zeros outside) unless the launch guarantees every block is whole (EVEN)."""
+    if EVEN:
+        v = tl.load(ptrs)
+    else:
+        v = tl.load(ptrs, mask=mask, other=0)
+    return v
+
+
+@triton.jit
+def _qparams(scale_ptr, zero_ptr, offs, mask, n_groups, g, BITS: tl.constexpr, HAS_ZERO: tl.constexpr,
+             EVEN: tl.constexpr = False):
     """Scale and zero (fp32) at (offs rows, group g); offs and g broadcast to one shape."""
-    s = tl.load(scale_ptr + offs * n_groups + g, mask=mask, other=0.0).to(tl.float32)
+    s = _load(scale_ptr + offs * n_groups + g, mask, EVEN).to(tl.float32)
     if HAS_ZERO:
-        z = tl.load(zero_ptr + offs * n_groups + g, mask=mask, other=0.0).to(tl.float32)
+        z = _load(zero_ptr + offs * n_groups + g, mask, EVEN).to(tl.float32)
     else:
         z = tl.full(s.shape, 1 << (BITS - 1), tl.float32)
     return s, z
 
 
 @triton.jit
-def _splitk_mv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, N, K, wpr, n_groups, G, stride_x,
-               stride_y, K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr,
-               BN: tl.constexpr, BU: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr,
-               HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr):
-    """y[m, n] (+)= sum_k x[m, k] w[n, k] over this program's K slice; grid (rows, N / BN, SPLIT_K).
+def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, wpr, n_groups, G,
+           stride_x, stride_y,
+           K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr, BM: tl.constexpr,
+           BN: tl.constexpr, BU: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr,
+           HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr,
+           ASM: tl.constexpr, DEQUANT: tl.constexpr, EVEN: tl.constexpr, FIXUP: tl.constexpr,
+           FENCE: tl.constexpr):
+    """acc (BN outputs, BM rows) = W_tile x^T on tensor cores; grid (N / BN, M / BM, SPLIT_K).
 
-    Rows vary fastest in the grid, so the programs that share a weight tile run together (L2 hits).
+    DEQUANT (or a tile spanning groups): weights are dequantized (fp32 math, rounded to x's dtype) and one
+    accumulator chain runs; else the per-tile correction above. A tile's qparams are loaded one round
+    ahead (their latency would otherwise stall every round).
     """
-    m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BN + tl.arange(0, BN)
-    mask_n = offs_n < N
-    acc = tl.zeros([BN, BU], dtype=tl.float32)  # reduced over units once, at the end
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    mask_n, mask_m = offs_n < N, offs_m < M
+    BK: tl.constexpr = BU * UC
+    acc = tl.zeros([BN, BM], dtype=tl.float32)
+    ones = tl.full([BN, BK], 1.0, x_ptr.dtype.element_ty)
+    s, z = _qparams(scale_ptr, zero_ptr, offs_n, mask_n, n_groups, (pid_k * BK) // G, BITS, HAS_ZERO, EVEN)
     for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
         t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
-        units = t * BU + tl.arange(0, BU)
-        w0, w1, w2 = _load_words(w_ptr, offs_n, mask_n, wpr, units, UW)
+        k = t * BK + tl.arange(0, BK)
+        x_mask = mask_m[:, None] if EVEN else mask_m[:, None] & (k < K)[None, :]
+        xt = tl.trans(tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :], mask=x_mask, other=0.0))  # (BK, BM)
+        w = _weight_tile(w_ptr, offs_n, mask_n, wpr, t * BU, xt.dtype, BU, BITS, UC, UW, SIGNED8, ASM, EVEN)
         if PER_TILE:
-            part = tl.zeros([BN, BU], dtype=tl.float32)
-            xs = tl.zeros([BU], dtype=tl.float32)
-            for j in tl.static_range(UC):
-                k = units * UC + j
-                xj = tl.load(x_ptr + m * stride_x + k, mask=k < K, other=0.0).to(tl.float32)  # (BU,)
-                part += _code(w0, w1, w2, j, BITS, UW, SIGNED8).to(tl.float32) * xj[None, :]
-                xs += xj
-            s, z = _qparams(scale_ptr, zero_ptr, offs_n, mask_n & (t < K_TILES), n_groups, (t * BU * UC) // G,
-                            BITS, HAS_ZERO)
-            acc += s[:, None] * part - (s * z)[:, None] * xs[None, :]
+            t_next = tl.minimum(t + SPLIT_K, K_TILES - 1)  # clamped: the last prefetch is never used
+            s_next, z_next = _qparams(scale_ptr, zero_ptr, offs_n, mask_n, n_groups, (t_next * BK) // G, BITS,
+                                      HAS_ZERO, EVEN)
+            if DEQUANT:
+                w = ((w.to(tl.float32) - (z + OFFSET)[:, None]) * s[:, None]).to(xt.dtype)
+                acc = tl.dot(w, xt, acc)
+            else:
+                part = tl.dot(w, xt)  # (BN, BM)
+                xs = tl.dot(ones, xt)  # (BN, BM): every row holds sum_k x[m, k] (tensor cores beat a reduction)
+                acc += s[:, None] * (part - (z + OFFSET)[:, None] * xs)
+            s, z = s_next, z_next
         else:
-            for j in tl.static_range(UC):
-                k = units * UC + j
-                xj = tl.load(x_ptr + m * stride_x + k, mask=k < K, other=0.0).to(tl.float32)
-                s, z = _qparams(scale_ptr, zero_ptr, offs_n[:, None], mask_n[:, None] & (k < K)[None, :],
-                                n_groups, (k // G)[None, :], BITS, HAS_ZERO)
-                acc += (_code(w0, w1, w2, j, BITS, UW, SIGNED8).to(tl.float32) - z) * s * xj[None, :]
-    y = tl.sum(acc, axis=1)  # (BN,)
-    if HAS_BIAS:
-        y += tl.where(pid_k == 0, tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32), 0.0)
-    out = y_ptr + m * stride_y + offs_n
-    if SPLIT_K == 1:
-        tl.store(out, y.to(y_ptr.dtype.element_ty), mask=mask_n)
-    else:
-        tl.atomic_add(out, y, mask=mask_n)
+            msk = mask_n[:, None] & (k < K)[None, :]
+            sk, zk = _qparams(scale_ptr, zero_ptr, offs_n[:, None], msk, n_groups, (k // G)[None, :], BITS,
+                              HAS_ZERO)
+            w = ((w.to(tl.float32) - (zk + OFFSET)) * sk).to(xt.dtype)
+            acc = tl.dot(w, xt, acc)
+    _store(y_ptr, part_ptr, count_ptr, bias_ptr, acc, offs_m[None, :] * stride_y + offs_n[:, None],
+           mask_n[:, None] & mask_m[None, :], offs_n[:, None], mask_n[:, None], pid_n + pid_m * tl.num_programs(0),
+           pid_k, M * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
 
 
 @triton.jit
-def _tiled_mm(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, M, N, K, wpr, n_groups, G, stride_x,
-              stride_y, K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr,
-              BM: tl.constexpr, BN: tl.constexpr, BU: tl.constexpr, SPLIT_K: tl.constexpr,
-              PER_TILE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr):
-    """(BM, BN) tile of y = x w^T on tensor cores; grid (M / BM, N / BN, SPLIT_K).
+def _x_parts(xr, CPB: tl.constexpr):
+    """xr (BM, BK) -> the CPB column sets j, j + CPB, j + 2 CPB, ... as (BM, BK / CPB) tensors (j = 0..3)."""
+    if CPB == 1:
+        x0, x1, x2, x3 = xr, xr, xr, xr
+    elif CPB == 2:
+        x0, x1 = tl.split(tl.reshape(xr, (xr.shape[0], xr.shape[1] // 2, 2)))
+        x2, x3 = x0, x1
+    else:  # column 4 i + 2 a + b lands in part 2 a + b
+        even, odd = tl.split(tl.reshape(xr, (xr.shape[0], xr.shape[1] // 4, 2, 2)))
+        x0, x2 = tl.split(even)
+        x1, x3 = tl.split(odd)
+    return x0, x1, x2, x3
 
-    Code j of each unit meets activation columns unit * UC + j: one (BM, BU) x (BU, BN) product per j.
-    """
-    pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_m = pid_m * BM + tl.arange(0, BM)
+
+@triton.jit
+def _byte_codes(b, J: tl.constexpr, BITS: tl.constexpr, SIGNED8: tl.constexpr, DT: tl.constexpr):
+    """Code J of every byte (BN, BKB) as DT value OFFSET + code (elementwise: stays in the dot's layout)."""
+    c = (b.to(tl.int32) >> (J * BITS)) & ((1 << BITS) - 1)
+    if SIGNED8:
+        c = c ^ 0x80
+    return _magic16(c, DT, BITS)
+
+
+@triton.jit
+def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, row_bytes, n_groups,
+              G, stride_x, stride_y, K_TILES: tl.constexpr, BITS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+              BK: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr, HAS_ZERO: tl.constexpr,
+              HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr, DEQUANT: tl.constexpr,
+              EVEN: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr):
+    """_mm_tc for 2, 4 and 8 bits, reading qweight as bytes of CPB = 8 / BITS codes: one product per code
+    position j of a byte, (BN, BK / CPB) codes x the inputs j, j + CPB, ... Every step from the loaded bytes
+    to the product's operand is elementwise, so Triton converts in registers, in the product's layout."""
+    CPB: tl.constexpr = 8 // BITS
+    BKB: tl.constexpr = BK // CPB
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BN + tl.arange(0, BN)
-    mask_m, mask_n = offs_m < M, offs_n < N
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    mask_n, mask_m = offs_n < N, offs_m < M
+    acc = tl.zeros([BN, BM], dtype=tl.float32)
+    ones = tl.full([BN, BK], 1.0, x_ptr.dtype.element_ty)
+    s, z = _qparams(scale_ptr, zero_ptr, offs_n, mask_n, n_groups, (pid_k * BK) // G, BITS, HAS_ZERO, EVEN)
     for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
         t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
-        units = t * BU + tl.arange(0, BU)
-        w0, w1, w2 = _load_words(w_ptr, offs_n, mask_n, wpr, units, UW)
-        part = tl.zeros([BM, BN], dtype=tl.float32)
-        xs = tl.zeros([BM], dtype=tl.float32)
-        for j in tl.static_range(UC):
-            k = units * UC + j
-            xj = tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :], mask=mask_m[:, None] & (k < K)[None, :],
-                         other=0.0)  # (BM, BU)
-            c = _code(w0, w1, w2, j, BITS, UW, SIGNED8)
-            if PER_TILE:  # codes < 256 are exact in fp16 and bf16
-                part = tl.dot(xj, tl.trans(c.to(xj.dtype)), part)
-                xs += tl.sum(xj.to(tl.float32), axis=1)
-            else:
-                s, z = _qparams(scale_ptr, zero_ptr, offs_n[:, None], mask_n[:, None] & (k < K)[None, :],
-                                n_groups, (k // G)[None, :], BITS, HAS_ZERO)
-                part = tl.dot(xj, tl.trans(((c.to(tl.float32) - z) * s).to(xj.dtype)), part)
-        if PER_TILE:
-            s, z = _qparams(scale_ptr, zero_ptr, offs_n, mask_n & (t < K_TILES), n_groups, (t * BU * UC) // G,
-                            BITS, HAS_ZERO)
-            acc += s[None, :] * (part - xs[:, None] * z[None, :])
-        else:
-            acc += part
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        acc += tl.where(pid_k == 0, bias[None, :], 0.0)
-    out = y_ptr + offs_m[:, None] * stride_y + offs_n[None, :]
-    mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.atomic_add(out, acc, mask=mask)
+        k = t * BK + tl.arange(0, BK)
+        xr = tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :],
+                     mask=mask_m[:, None] if EVEN else mask_m[:, None] & (k < K)[None, :], other=0.0)  # (BM, BK)
+        kb = t * BKB + tl.arange(0, BKB)
+        b = _load(w_ptr + offs_n[:, None] * row_bytes + kb[None, :], mask_n[:, None] & (kb < row_bytes)[None, :],
+                  EVEN)  # (BN, BKB) uint8
+        x0, x1, x2, x3 = _x_parts(xr, CPB)
+        if PER_TILE and not DEQUANT:
+            t_next = tl.minimum(t + SPLIT_K, K_TILES - 1)  # clamped: the last prefetch is never used
+            s_next, z_next = _qparams(scale_ptr, zero_ptr, offs_n, mask_n, n_groups, (t_next * BK) // G, BITS,
+                                      HAS_ZERO, EVEN)
+            part = tl.dot(_byte_codes(b, 0, BITS, SIGNED8, xr.dtype), tl.trans(x0))  # (BN, BM)
+            if CPB >= 2:
+                part = tl.dot(_byte_codes(b, 1, BITS, SIGNED8, xr.dtype), tl.trans(x1), part)
+            if CPB == 4:
+                part = tl.dot(_byte_codes(b, 2, BITS, SIGNED8, xr.dtype), tl.trans(x2), part)
+                part = tl.dot(_byte_codes(b, 3, BITS, SIGNED8, xr.dtype), tl.trans(x3), part)
+            xs = tl.dot(ones, tl.trans(xr))  # (BN, BM): every row holds sum_k x[m, k]
+            acc += s[:, None] * (part - (z + OFFSET)[:, None] * xs)
+            s, z = s_next, z_next
+        else:  # weights dequantized (fp32 math, rounded to x's dtype), per element when groups cut tiles
+            if PER_TILE:
+                st, zt = _qparams(scale_ptr, zero_ptr, offs_n, mask_n, n_groups, (t * BK) // G, BITS, HAS_ZERO,
+                                  EVEN)
+            for j in tl.static_range(CPB):
+                if PER_TILE:
+                    sj, zj = st[:, None], zt[:, None]
+                else:
+                    kj = (t * BKB + tl.arange(0, BKB)) * CPB + j  # (BKB,) inputs of code position j
+                    sj, zj = _qparams(scale_ptr, zero_ptr, offs_n[:, None], mask_n[:, None] & (kj < K)[None, :],
+                                      n_groups, (kj // G)[None, :], BITS, HAS_ZERO)
+                w = (_byte_codes(b, j, BITS, SIGNED8, xr.dtype).to(tl.float32) - (zj + OFFSET)) * sj
+                if j == 0:
+                    xj = x0
+                elif j == 1:
+                    xj = x1
+                elif j == 2:
+                    xj = x2
+                else:
+                    xj = x3
+                acc = tl.dot(w.to(xr.dtype), tl.trans(xj), acc)
+    _store(y_ptr, part_ptr, count_ptr, bias_ptr, acc, offs_m[None, :] * stride_y + offs_n[:, None],
+           mask_n[:, None] & mask_m[None, :], offs_n[:, None], mask_n[:, None], pid_n + pid_m * tl.num_programs(0),
+           pid_k, M * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
 
 
 def unit_shape(bits: int) -> tuple[int, int]:
@@ -172,67 +291,64 @@ def unit_shape(bits: int) -> tuple[int, int]:
     return 32 * words // bits, words
 
 
-def _block_units(path: str, target_k: int, group_size: int, in_features: int, codes: int) -> tuple[int, bool]:
-    """Units per K tile, and whether each tile lies inside one quantization group (per-tile qparams).
-
-    The tiled path needs at least 16 units (a tensor-core product's depth); split-K takes the largest
-    power-of-two tile (up to target_k) that divides the group.
-    """
-    if path == "tiled":
-        units = max(16, target_k // codes)
-        return units, group_size >= in_features or group_size % (units * codes) == 0
-    if group_size >= in_features:
-        return max(target_k // codes, 1), True
-    bk = group_size & -group_size  # largest power of two dividing the group size
-    if bk >= codes:
-        return max(min(bk, target_k) // codes, 1), True
-    return max(target_k // codes, 1), False
+def offset16(dtype: torch.dtype, bits: int) -> int:
+    """What _magic16 adds to every code: 1024 (fp16), 128 (bf16, < 8 bits), 0 (bf16, 8 bits)."""
+    if dtype == torch.float16:
+        return 1024
+    return 128 if bits < 8 else 0
 
 
-def _split_k(programs: int, k_tiles: int, device: torch.device) -> int:
-    """K slices so that about four waves of programs fill the GPU (1 when the output already does)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    split = 1
-    while programs * split * 2 <= 4 * sms and split * 2 <= k_tiles:
-        split *= 2
-    return split
-
-
-def _tiled_config(rows: int) -> dict[str, int]:
+def tc_config(rows: int, out_features: int, in_features: int, bits: int) -> dict:
+    """Tile shape for _mm_tc (H100: kernels-h100-sweep2-best.txt, kernels-h100-run5/run6 in benchmarks/results)."""
     if rows <= 16:
-        return {"BM": 16, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 4}
-    if rows <= 32:
-        return {"BM": 32, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 4}
+        return {"BM": 16, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 4, "DEQUANT": False}
     if rows <= 64:
-        return {"BM": 64, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3}
-    return {"BM": 128, "BN": 64, "BK": 128, "num_warps": 8, "num_stages": 3}
+        bm = 32 if rows <= 32 else 64
+        return {"BM": bm, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 2, "DEQUANT": False}
+    if out_features >= 4096:  # 128 rows: 0.59-0.74x bf16 vs 0.56-0.74x with (BN 64, 4 warps), runs 5 and 6
+        return {"BM": 128, "BN": 128, "BK": 128, "num_warps": 8, "num_stages": 3, "waves": 1, "DEQUANT": True}
+    return {"BM": 128, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 1, "DEQUANT": True}
+
+
+def _block_units(target_k: int, group_size: int, in_features: int, codes: int) -> tuple[int, bool]:
+    """Units per K tile (K >= 16 for a tensor-core product), and whether each tile lies in one group."""
+    units = max(target_k // codes, 1, 16 // codes)
+    if group_size >= in_features:
+        return units, True
+    return units, group_size % (units * codes) == 0
 
 
 def int_group_matmul(
     x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
-    bias: torch.Tensor | None, bits: int, group_size: int, path: str, signed8: bool = False,
+    bias: torch.Tensor | None, bits: int, group_size: int, signed8: bool = False, config: dict | None = None,
 ) -> torch.Tensor:
-    """x (rows, in) fp16/bf16 @ dequant(qweight)^T + bias -> (rows, out) in x's dtype; path 'splitk' or 'tiled'."""
+    """x (rows, in) fp16/bf16 @ dequant(qweight)^T + bias -> (rows, out) in x's dtype.
+
+    `config` overrides the tuned tile shape (benchmarks' sweeps); split-K partials: triton_splitk.
+    """
     x = x.contiguous()
     rows, cols = x.shape
     out_features, wpr = qweight.shape
-    n_groups = scale.shape[1]
     uc, uw = unit_shape(bits)
-    cfg = {"BN": 64, "BK": 256, "num_warps": 4, "num_stages": 3} if path == "splitk" else _tiled_config(rows)
-    bu, per_tile = _block_units(path, cfg.pop("BK"), group_size, cols, uc)
+    cfg = dict(config or tc_config(rows, out_features, cols, bits))
+    waves, bk, split = cfg.pop("waves"), cfg.pop("BK"), cfg.pop("SPLIT_K", None)
+    bu, per_tile = _block_units(bk, group_size, cols, uc)
     k_tiles = math.ceil(cols / (bu * uc))
-    blocks = math.ceil(out_features / cfg["BN"]) * (rows if path == "splitk" else math.ceil(rows / cfg["BM"]))
-    split = _split_k(blocks, k_tiles, x.device)
-    y = torch.zeros if split > 1 else torch.empty
-    y = y((rows, out_features), dtype=torch.float32 if split > 1 else x.dtype, device=x.device)  # (rows, out)
-    args = (x, qweight, scale, zero if zero is not None else scale, bias if bias is not None else scale, y)
-    flags = dict(K_TILES=k_tiles, BITS=bits, UC=uc, UW=uw, BU=bu, SPLIT_K=split, PER_TILE=per_tile,
-                 HAS_ZERO=zero is not None, HAS_BIAS=bias is not None, SIGNED8=signed8, **cfg)
-    if path == "splitk":
-        grid = (rows, math.ceil(out_features / cfg["BN"]), split)
-        _splitk_mv[grid](*args, out_features, cols, wpr, n_groups, group_size, x.stride(0), y.stride(0), **flags)
+    grid = (math.ceil(out_features / cfg["BN"]), math.ceil(rows / cfg["BM"]))
+    split = split or split_k(grid[0] * grid[1], k_tiles, x.device, waves)
+    even = out_features % cfg["BN"] == 0 and cols % (bu * uc) == 0 and k_tiles % split == 0
+    y = torch.empty((rows, out_features), dtype=x.dtype, device=x.device)  # (rows, out)
+    part, counters, fix = split_buffers(y, split, grid[0] * grid[1], cfg.pop("FIXUP", True))
+    bias_arg = bias if bias is not None else scale
+    common = (scale, zero if zero is not None else scale, bias_arg, y, part, counters, rows, out_features, cols)
+    flags = dict(K_TILES=k_tiles, BITS=bits, SPLIT_K=split, PER_TILE=per_tile, HAS_ZERO=zero is not None,
+                 HAS_BIAS=bias is not None, SIGNED8=signed8, OFFSET=offset16(x.dtype, bits), EVEN=even, **fix)
+    if cfg.pop("BYTES", bits in (2, 4, 8)):
+        cfg.pop("ASM", None)
+        _mm_bytes[(*grid, split)](x, qweight.view(torch.uint8), *common, wpr * 4, scale.shape[1], group_size,
+                                  x.stride(0), out_features, BK=bu * uc, **flags, **cfg)
     else:
-        grid = (math.ceil(rows / cfg["BM"]), math.ceil(out_features / cfg["BN"]), split)
-        _tiled_mm[grid](*args, rows, out_features, cols, wpr, n_groups, group_size, x.stride(0), y.stride(0),
-                        **flags)
-    return y.to(x.dtype)
+        cfg.setdefault("ASM", bits == 4 and not signed8 and not interpreting())
+        _mm_tc[(*grid, split)](x, qweight, *common, wpr, scale.shape[1], group_size, x.stride(0), out_features,
+                               UC=uc, UW=uw, BU=bu, **flags, **cfg)
+    return finish(y, part, bias, split, fix)

@@ -9,14 +9,28 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from typing import Optional
 
 import torch
 
 TRITON_BITS = (2, 3, 4, 8)
-SPLITK_MAX_ROWS = 1  # split-K matrix-vector up to this many rows, tiled above (H100: tiled wins from 4 rows)
 _FLOAT16 = (torch.float16, torch.bfloat16)
+GEMV_MAX_ROWS = 1  # the CUDA-core matrix-vector kernel up to this many rows, tensor cores above (H100: at 4
+# rows it ran 0.88x bf16 against the tensor-core kernel's 1.64x, benchmarks/results/issue6-h100-run4-sweep-decode.log)
+
+
+def gemv_tile_units(bits: int, group_size: int, in_features: int, target_k: int = 128) -> int | None:
+    """Units per K tile of the matrix-vector kernel (a tile lies in one group), or None if the group forbids.
+
+    A unit holds 32 / gcd(bits, 32) codes (triton_int.unit_shape); a tile is K = units * codes inputs.
+    """
+    codes = 32 // math.gcd(bits, 32)
+    if group_size >= in_features:
+        return max(target_k // codes, 1)
+    k = next((k for k in (target_k, 256, 128, 64, 32) if k <= group_size and group_size % k == 0), None)
+    return None if k is None or k % codes else k // codes
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,35 +60,42 @@ def int_group_unavailable(device: torch.device, dtype: torch.dtype | None, bits:
     return triton_unavailable(device)
 
 
+def _matmul(kernel: str):
+    """The Triton entry point for `kernel`: "mv" (CUDA-core matrix-vector) or "tc" (tensor cores)."""
+    if kernel == "mv":
+        from lowbit.kernels.triton_gemv import int_group_gemv
+
+        return int_group_gemv
+    from lowbit.kernels.triton_int import int_group_matmul
+
+    return int_group_matmul
+
+
 @torch.library.custom_op("lowbit::int_group_mm", mutates_args=())
 def int_group_mm(
     x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor], bits: int, group_size: int, path: str,
+    bias: Optional[torch.Tensor], bits: int, group_size: int, kernel: str = "tc",
 ) -> torch.Tensor:
-    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out); path 'splitk' or 'tiled'."""
-    from lowbit.kernels.triton_int import int_group_matmul
-
-    return int_group_matmul(x, qweight, scale, zero, bias, bits, group_size, path)
+    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out); kernel "tc" or "mv"."""
+    return _matmul(kernel)(x, qweight, scale, zero, bias, bits, group_size)
 
 
 @int_group_mm.register_fake
-def _(x, qweight, scale, zero, bias, bits, group_size, path):
+def _(x, qweight, scale, zero, bias, bits, group_size, kernel="tc"):
     return x.new_empty((x.shape[0], qweight.shape[0]))
 
 
 @torch.library.custom_op("lowbit::int8_weight_mm", mutates_args=())
 def int8_weight_mm(
-    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], path: str
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], kernel: str = "tc"
 ) -> torch.Tensor:
     """W8A16: x (rows, in) @ (qweight (out, in) int8 * scale (out, 1))^T + bias -> (rows, out)."""
-    from lowbit.kernels.triton_int import int_group_matmul
-
     words = qweight.contiguous().view(torch.int32)  # (out, in / 4): four int8 codes per word, low byte first
-    return int_group_matmul(x, words, scale, None, bias, 8, qweight.shape[1], path, signed8=True)
+    return _matmul(kernel)(x, words, scale, None, bias, 8, qweight.shape[1], signed8=True)
 
 
 @int8_weight_mm.register_fake
-def _(x, qweight, scale, bias, path):
+def _(x, qweight, scale, bias, kernel="tc"):
     return x.new_empty((x.shape[0], qweight.shape[0]))
 
 
@@ -92,17 +113,17 @@ def _(x_q, x_scale, qweight, w_scale):
 
 
 # Entry points with the reference functions' signatures, for the selector's table.
-def int_group_linear_splitk(x, qweight, scale, zero, bits, group_size, bias):
-    return int_group_mm(x, qweight, scale, zero, bias, bits, group_size, "splitk")
+def int_group_linear(x, qweight, scale, zero, bits, group_size, bias):
+    return int_group_mm(x, qweight, scale, zero, bias, bits, group_size)
 
 
-def int_group_linear_tiled(x, qweight, scale, zero, bits, group_size, bias):
-    return int_group_mm(x, qweight, scale, zero, bias, bits, group_size, "tiled")
+def int8_weight_linear(x, qweight, scale, bias):
+    return int8_weight_mm(x, qweight, scale, bias)
 
 
-def int8_weight_linear_splitk(x, qweight, scale, bias):
-    return int8_weight_mm(x, qweight, scale, bias, "splitk")
+def int_group_linear_mv(x, qweight, scale, zero, bits, group_size, bias):
+    return int_group_mm(x, qweight, scale, zero, bias, bits, group_size, "mv")
 
 
-def int8_weight_linear_tiled(x, qweight, scale, bias):
-    return int8_weight_mm(x, qweight, scale, bias, "tiled")
+def int8_weight_linear_mv(x, qweight, scale, bias):
+    return int8_weight_mm(x, qweight, scale, bias, "mv")

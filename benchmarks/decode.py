@@ -1,0 +1,213 @@
+"""Decode tokens/s of a Llama-3-8B-shaped model with random weights: bf16 vs lowbit's packed formats (GPU).
+
+    PYTHONPATH=src python benchmarks/decode.py --batch 1 16 --out decode.json
+
+No checkpoint: every linear layer (q, k, v, o, gate, up, down of 32 blocks, and the output head) is built
+directly in its format with random codes and qparams on the GPU; the token embedding, norms and KV cache
+stay bf16 in every variant. One decode step (greedy: the argmax token feeds the next step, the position
+advances on the device) is captured in a CUDA graph over a static KV cache of --cache tokens; attention
+reads the whole cache under a mask, so its cost does not grow with the position. tokens/s = batch * steps /
+time of `steps` graph replays (CUDA events), after warm-up; each variant's model is freed before the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.formats.int8_rows import Int8RowLayout
+from lowbit.formats.int_group import IntGroupLayout
+from lowbit.modules import Int8Linear, IntLinear, W8A8Linear
+from lowbit.modules.plan import kernel_summary
+
+LLAMA3_8B = dict(hidden=4096, inter=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
+FORMATS = ["bf16", "int4_g128", "int3_g128", "int2_g128", "int8_weight_only", "w8a8", "torch_int4_g128"]
+
+
+class TorchInt4Linear(nn.Module):
+    """torch's own int4 kernel (aten._weight_int4pack_mm, tinygemm) on random codes: a reference point."""
+
+    def __init__(self, in_f: int, out_f: int, dev: torch.device):
+        super().__init__()
+        codes = torch.randint(0, 16, (out_f, in_f), dtype=torch.int32, device=dev)  # (out, in)
+        packed = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)  # (out, in / 2)
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack(packed, 8))
+        sz = torch.stack([torch.rand(in_f // 128, out_f, device=dev) * 2e-3 / math.sqrt(in_f) * 16,
+                          torch.zeros(in_f // 128, out_f, device=dev)], dim=-1)  # (in / 128, out, 2)
+        self.register_buffer("sz", sz.to(torch.bfloat16))
+
+    def forward(self, x):
+        return torch.ops.aten._weight_int4pack_mm(x, self.packed, 128, self.sz)
+
+
+def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module:
+    """One (out_f, in_f) layer in `fmt` with random weights of about unit output scale."""
+    std = 1.0 / math.sqrt(in_f)
+    if fmt == "bf16":
+        layer = nn.Linear(in_f, out_f, bias=False, device=dev, dtype=torch.bfloat16)
+        nn.init.normal_(layer.weight, std=std)
+        return layer
+    if fmt == "torch_int4_g128":
+        return TorchInt4Linear(in_f, out_f, dev)
+    if fmt.startswith("int") and "_g" in fmt:
+        bits, group = int(fmt[3]), int(fmt.split("_g")[1])
+        layer = IntLinear(IntGroupLayout(out_f, in_f, bits, group, symmetric=False), has_bias=False, device=dev)
+        layer.qweight.random_(-(2**31), 2**31 - 1)  # every bit pattern is a valid code sequence
+        layer.scale.copy_((torch.rand_like(layer.scale, dtype=torch.float32) + 0.5) * 2 * std / 2**bits)
+        layer.zero.copy_(torch.full_like(layer.zero, (2**bits - 1) / 2))
+        return layer
+    cls = {"int8_weight_only": Int8Linear, "w8a8": W8A8Linear}[fmt]
+    layer = cls(Int8RowLayout(out_f, in_f), has_bias=False, device=dev)
+    layer.qweight.random_(-127, 128)
+    layer.scale.fill_(2 * std / 127)
+    if fmt == "w8a8":
+        layer.input_scale.fill_(4.0 / 127)
+    return layer
+
+
+class Block(nn.Module):
+    def __init__(self, fmt: str, cfg: dict, batch: int, cache: int, dev: torch.device):
+        super().__init__()
+        h, hd, kv = cfg["hidden"], cfg["head_dim"], cfg["kv_heads"]
+        self.heads, self.kv, self.hd = cfg["heads"], kv, hd
+        self.q, self.k, self.v = (make_linear(fmt, h, n * hd, dev) for n in (cfg["heads"], kv, kv))
+        self.o = make_linear(fmt, h, h, dev)
+        self.gate, self.up = make_linear(fmt, h, cfg["inter"], dev), make_linear(fmt, h, cfg["inter"], dev)
+        self.down = make_linear(fmt, cfg["inter"], h, dev)
+        self.norm1 = torch.ones(h, dtype=torch.bfloat16, device=dev)
+        self.norm2 = torch.ones(h, dtype=torch.bfloat16, device=dev)
+        shape = (batch, kv, cache, hd)  # (batch, kv heads, cache, head dim)
+        self.k_cache = torch.zeros(shape, dtype=torch.bfloat16, device=dev)
+        self.v_cache = torch.zeros(shape, dtype=torch.bfloat16, device=dev)
+
+    def forward(self, h, pos, cos, sin, mask):
+        b = h.shape[0]
+        x = F.rms_norm(h, (h.shape[-1],), self.norm1, 1e-5)
+        # grouped-query attention without copying K/V: a group's query heads act as its query positions
+        q = _rope(self.q(x).view(b, self.kv, self.heads // self.kv, self.hd), cos, sin)  # (b, kv, group, hd)
+        k = _rope(self.k(x).view(b, self.kv, 1, self.hd), cos, sin)
+        self.k_cache.index_copy_(2, pos, k)
+        self.v_cache.index_copy_(2, pos, self.v(x).view(b, self.kv, 1, self.hd))
+        a = F.scaled_dot_product_attention(q, self.k_cache, self.v_cache, attn_mask=mask)  # (b, kv, group, hd)
+        h = h + self.o(a.reshape(b, -1))
+        x = F.rms_norm(h, (h.shape[-1],), self.norm2, 1e-5)
+        return h + self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+def _rope(t, cos, sin):
+    half = t.shape[-1] // 2
+    t1, t2 = t[..., :half], t[..., half:]
+    return torch.cat([t1 * cos - t2 * sin, t1 * sin + t2 * cos], dim=-1)
+
+
+class Decoder(nn.Module):
+    def __init__(self, fmt: str, cfg: dict, batch: int, cache: int, dev: torch.device):
+        super().__init__()
+        self.embed = (torch.randn(cfg["vocab"], cfg["hidden"], device=dev) * 0.02).to(torch.bfloat16)
+        self.blocks = nn.ModuleList(Block(fmt, cfg, batch, cache, dev) for _ in range(cfg["layers"]))
+        self.norm = torch.ones(cfg["hidden"], dtype=torch.bfloat16, device=dev)
+        self.head = make_linear(fmt, cfg["hidden"], cfg["vocab"], dev)
+        inv = 1.0 / 500000 ** (torch.arange(0, cfg["head_dim"], 2, device=dev).float() / cfg["head_dim"])
+        angles = torch.arange(cache, device=dev).float()[:, None] * inv[None, :]  # (cache, hd / 2)
+        self.cos, self.sin = angles.cos().to(torch.bfloat16), angles.sin().to(torch.bfloat16)
+        self.positions = torch.arange(cache, device=dev)
+        self.tokens = torch.zeros(batch, dtype=torch.long, device=dev)  # the graph's input and output
+        self.pos = torch.zeros(1, dtype=torch.long, device=dev)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One greedy decode step for every sequence: reads tokens and pos, writes the next tokens, pos + 1."""
+        h = self.embed[self.tokens]  # (batch, hidden)
+        cos, sin = self.cos[self.pos], self.sin[self.pos]  # (1, hd / 2)
+        mask = (self.positions <= self.pos)[None, None, None, :]  # (1, 1, 1, cache)
+        for block in self.blocks:
+            h = block(h, self.pos, cos, sin, mask)
+        logits = self.head(F.rms_norm(h, (h.shape[-1],), self.norm, 1e-5))  # (batch, vocab)
+        self.tokens.copy_(logits.argmax(dim=-1))
+        self.pos.add_(1)
+
+
+def weight_bytes(model: Decoder) -> int:
+    linear = [m for m in model.modules() if m is not model and not isinstance(m, (Block, nn.ModuleList))]
+    return sum(b.numel() * b.element_size() for m in linear for b in list(m.buffers()) + list(m.parameters()))
+
+
+def run_variant(fmt: str, batch: int, cfg: dict, cache: int, steps: int, dev: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = Decoder(fmt, cfg, batch, cache, dev)
+    for _ in range(2):  # compile the Triton kernels and warm up outside the capture
+        model.step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model.step()
+    model.pos.zero_()
+    for _ in range(3):
+        graph.replay()
+    model.pos.zero_()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    seconds = start.elapsed_time(end) * 1e-3
+    record = {"format": fmt, "batch": batch, "steps": steps, "cache": cache, "ms_per_step": seconds / steps * 1e3,
+              "tokens_per_s": batch * steps / seconds, "weight_GB": weight_bytes(model) / 1e9,
+              "kernels": kernel_summary(model, rows=batch, device=dev)}
+    record["weight_GBps"] = record["weight_GB"] / (seconds / steps)
+    del graph, model
+    torch.cuda.empty_cache()
+    return record
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--formats", nargs="+", default=FORMATS, choices=FORMATS)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--cache", type=int, default=256, help="static KV cache length (tokens)")
+    p.add_argument("--steps", type=int, default=64, help="timed decode steps (< cache)")
+    p.add_argument("--layers", type=int, default=LLAMA3_8B["layers"])
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("this benchmark needs a CUDA GPU", file=sys.stderr)
+        return 2
+    dev = torch.device("cuda")
+    cfg = dict(LLAMA3_8B, layers=args.layers)
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": cfg, "cache": args.cache}
+    print(json.dumps(meta), flush=True)
+    records = []
+    for batch in args.batch:
+        for fmt in args.formats:
+            try:
+                rec = run_variant(fmt, batch, cfg, args.cache, args.steps, dev)
+            except Exception as err:  # reported, never skipped silently
+                rec = {"format": fmt, "batch": batch, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+                torch.cuda.empty_cache()
+            records.append(rec)
+            print(json.dumps(rec), flush=True)
+    base = {r["batch"]: r["tokens_per_s"] for r in records if r["format"] == "bf16" and "tokens_per_s" in r}
+    print(f"{'format':>18} {'batch':>5} {'tok/s':>9} {'x bf16':>7} {'ms/step':>8} {'weights GB':>10} {'GB/s':>6}")
+    for r in records:
+        if "error" in r:
+            print(f"{r['format']:>18} {r['batch']:>5}  ERROR {r['error']}")
+            continue
+        r["x_bf16"] = r["tokens_per_s"] / base[r["batch"]] if r["batch"] in base else None
+        ratio = f"{r['x_bf16']:7.2f}" if r["x_bf16"] else f"{'-':>7}"
+        print(f"{r['format']:>18} {r['batch']:>5} {r['tokens_per_s']:9.1f} {ratio} {r['ms_per_step']:8.2f} "
+              f"{r['weight_GB']:10.2f} {r['weight_GBps']:6.0f}")
+    if args.out:
+        args.out.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Tile-shape sweep of the group-wise integer Triton kernels (int4 g128 unless --bits), on the GPU.
+
+    PYTHONPATH=src python benchmarks/kernel_sweep.py --path mv --rows 1 --out sweep.json
+
+For each (shape, rows) cell it times bf16 cuBLAS, torch's int4 kernel and every candidate configuration
+of `_mm_tc` (--path tc) or of the matrix-vector `_gemv` (--path mv; --bits 8 --signed8 is the int8
+weight-only layout) side by side (benchmarks/kernels.py's timing: CUDA graph over weight copies that
+overflow L2, do_bench median), checks each configuration once against an fp32 reference, and prints the
+best per cell. The tuned table in kernels/triton_int.py (tc_config) comes from its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from kernels import _bf16_variant, _copies, _time_per_call, _torch_int4_variant, copy_bandwidth
+from lowbit.formats.bitpack import pack_bits
+from lowbit.formats.int_group import IntGroupLayout
+from lowbit.kernels.reference import int_group_linear
+from lowbit.kernels.triton_gemv import int_group_gemv
+from lowbit.kernels.triton_int import int_group_matmul
+
+SHAPES = ["4096x14336", "14336x4096", "4096x4096", "4096x1024"]
+
+
+def tc_space(rows: int):
+    """Candidate _mm_tc configurations, likeliest first (a cell's time budget may cut the tail)."""
+    if rows <= 16:
+        grid = [(64, 128, 3, 4, None), (64, 128, 4, 8, None), (64, 128, 2, 4, None), (64, 128, 3, 2, None),
+                (64, 128, 3, 4, 1), (64, 64, 3, 4, None), (128, 128, 3, 4, None), (64, 128, 5, 4, None)]
+        for bn, bk, st, waves, split in grid:
+            cfg = {"BM": 16, "BN": bn, "BK": bk, "num_warps": 4, "num_stages": st, "waves": waves, "DEQUANT": False}
+            yield cfg if split is None else cfg | {"SPLIT_K": split}
+        yield {"BM": 16, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 4, "DEQUANT": False,
+               "ASM": False}
+        return
+    bm = 32 if rows <= 32 else 64 if rows <= 64 else 128
+    tiles = [(64, 128, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 128, 4, 4), (64, 64, 4, 3), (128, 128, 8, 4)]
+    for deq in ([True, False] if rows > 64 else [False, True]):
+        for bn, bk, nw, st in tiles:
+            yield {"BM": bm, "BN": bn, "BK": bk, "num_warps": nw, "num_stages": st, "waves": 1, "DEQUANT": deq}
+
+
+def mv_space(rows: int):
+    """Candidate _gemv configurations (BN, num_warps, waves), likeliest first; the last one without LOP3 asm."""
+    for bn, nw, waves in [(256, 4, 4), (128, 4, 4), (256, 8, 4), (128, 4, 8), (256, 4, 8), (64, 4, 4), (128, 2, 4),
+                          (512, 8, 4)]:
+        yield {"BN": bn, "BK": 128, "num_warps": nw, "num_stages": 1, "waves": waves}
+    yield {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "ASM": False}
+    yield {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "FIXUP": False}
+
+
+def _weights(cols, out, bits, dev):
+    layout = IntGroupLayout(out, cols, bits, 128, symmetric=False)
+    codes = torch.randint(0, 2**bits, (out, cols), dtype=torch.uint8, device=dev)  # (out, in)
+    qweight = pack_bits(codes, bits)  # (out, words)
+    scale = (torch.rand(out, layout.n_groups, device=dev) * 0.02 + 0.001).half()  # (out, n_groups)
+    zero = (torch.rand(out, layout.n_groups, device=dev) * (2**bits - 1)).half()
+    return (qweight, scale, zero), layout.nbytes()
+
+
+def _int8_weights(cols, out, dev):
+    """int8 weight-only layout for _gemv: (out, in / 4) int32 words of int8 codes, scale (out, 1), no zero."""
+    q = torch.randint(-127, 128, (out, cols), dtype=torch.int8, device=dev)  # (out, in)
+    scale = (torch.rand(out, 1, device=dev) * 0.02 + 0.001).half()
+    return (q.view(torch.int32), scale, None), q.numel() + 2 * out
+
+
+def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False) -> list[dict]:
+    x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
+    (qweight, scale, zero), nbytes = _int8_weights(cols, out, dev) if signed8 else _weights(cols, out, bits, dev)
+    group = cols if signed8 else 128
+    if signed8:
+        ref = x.float() @ (qweight.view(torch.int8).float() * scale.float()).t()  # (rows, out) fp32
+    else:
+        ref = int_group_linear(x.float(), qweight, scale, zero, bits, 128, None)  # (rows, out) fp32
+    kernel = int_group_gemv if path == "mv" else int_group_matmul
+    n = _copies(nbytes)
+    ws = [(qweight.clone(), scale.clone(), None if zero is None else zero.clone()) for _ in range(n)]
+    out_rows = []
+    for label, build in (("bf16", lambda: _bf16_variant(cols, out, dev)), ("torch_int4", lambda: _torch_int4_variant(cols, out, dev))):
+        call, copies, _, _ = build()
+        out_rows.append({"variant": label, "us": _time_per_call(lambda i: call(x, i), copies) * 1e6})
+        del call
+    start = time.time()
+    for space in ((mv_space if path == "mv" else tc_space)(rows),):
+        for cfg in space:
+            if time.time() - start > budget_s:
+                out_rows.append({"variant": "budget", "error": "cell time budget spent, rest skipped"})
+                break
+            rec = {"variant": path, "config": dict(cfg)}
+            try:
+                y = kernel(x, qweight, scale, zero, None, bits, group, signed8=signed8, config=cfg)
+                rec["rel_err"] = ((y.float() - ref).norm() / ref.norm()).item()
+                rec["us"] = _time_per_call(
+                    lambda i: kernel(x, *ws[i], None, bits, group, signed8=signed8, config=cfg), n) * 1e6
+            except Exception as err:  # reported, never skipped silently
+                rec["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            out_rows.append(rec)
+    bf16 = out_rows[0]["us"]
+    for r in out_rows:
+        r.update(shape=f"{cols}x{out}", rows=rows, bits="int8wo" if signed8 else bits)
+        if "us" in r:
+            r["x_bf16"] = bf16 / r["us"]
+            r["GBps"] = (nbytes + x.numel() * 2 + rows * out * 2) / r["us"] / 1e3
+    return out_rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", nargs="+", default=SHAPES)
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 16, 128])
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--signed8", action="store_true", help="int8 weight-only layout (implies --bits 8)")
+    p.add_argument("--path", choices=["tc", "mv"], default="tc")
+    p.add_argument("--cell-budget", type=float, default=40.0, help="seconds per cell")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_GBps": copy_bandwidth(dev)}
+    print(json.dumps(meta), flush=True)
+    records = []
+    for shape, rows in itertools.product(args.shapes, args.rows):
+        cols, out = map(int, shape.split("x"))
+        bits = 8 if args.signed8 else args.bits
+        cell = sweep_cell(cols, out, rows, bits, dev, args.cell_budget, args.path, args.signed8)
+        records += cell
+        for r in cell:
+            print(json.dumps(r), flush=True)
+        ok = [r for r in cell if "us" in r and r["variant"] == args.path and r["rel_err"] < 1e-2]
+        best = min(ok, key=lambda r: r["us"], default=None)
+        if best:
+            print(f"BEST {shape} rows={rows} bits={cell[0]['bits']} {args.path} {best['us']:.1f}us "
+                  f"x{best['x_bf16']:.2f} {best['GBps']:.0f}GB/s {best['config']}", flush=True)
+        bad = [r for r in cell if r.get("rel_err", 0) >= 1e-2]
+        print(f"CELL {shape} rows={rows} bf16 {cell[0]['us']:.1f}us torch_int4 x{cell[1]['x_bf16']:.2f} "
+              f"bad={len(bad)} errors={sum('error' in r for r in cell)}", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

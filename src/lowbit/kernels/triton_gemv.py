@@ -1,0 +1,186 @@
+"""CUDA-core matrix-vector kernel for few activation rows over the group-wise integer format.
+
+At one activation row a product reads every weight once and does two flops with it: the time is the
+weight bytes over memory bandwidth if dequantization costs fewer instructions than the bytes take to
+arrive. Tensor cores do not help there, and moving dequantized tiles into their operand layout costs
+shared-memory traffic (what bounds triton_int._mm_tc at one row), so this kernel stays in the layout of
+the weight load: each thread unpacks its own words and accumulates in registers, with one cross-thread
+sum per program at the end.
+
+Codes become fp32 without an int -> float conversion. Code c shifted to mantissa bits [p, p + b) and OR-ed
+with the exponent of 2**(23 - p) reads as exactly 2**(23 - p) + c (FasterTransformer's "magic number"
+conversion, Kim et al. 2022, moved to fp32). One shift places up to 12 // b neighbouring codes at once
+(offsets 2**b, 2**2b, ... up to 4096, small enough that fp32 sums stay far below bf16 rounding), so a
+code costs about one LOP3 and one FFMA. The offsets, zero and scale are applied once per word column and
+K tile (one tile lies in one quantization group):
+
+    y[n] += s[n] * sum_w (sum_j (off_j + c[n, w, j]) x[w, j] - sum_j off_j x[w, j] - z[n] sum_j x[w, j]).
+
+Units of UW words hold UC whole codes (UW = 3 for 3-bit codes, two of which straddle words). When the
+output alone cannot fill the GPU, K is split across programs (partials summed: triton_splitk).
+Importing this module imports Triton: callers import it lazily.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from lowbit.kernels.triton_int import _load, unit_shape
+from lowbit.kernels.triton_ops import gemv_tile_units
+from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buffers, split_k
+
+
+@triton.jit
+def _code_f32(w0, w1, w2, J: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """Code J of a unit (words w0, w1, w2) as the fp32 value off_J + code (see the module docstring)."""
+    P: tl.constexpr = BITS * J  # bit position in the unit
+    I: tl.constexpr = P // 32
+    OFF: tl.constexpr = P % 32
+    if I == 0:
+        w = w0
+    elif I == 1:
+        w = w1
+    else:
+        w = w2
+    if OFF + BITS > 32:  # straddles words I and I + 1 (3 bits only): bring the code to bits [23 - BITS, 23)
+        if I == 0:
+            nxt = w1
+        else:
+            nxt = w2
+        lo = (w.to(tl.uint32, bitcast=True) >> OFF).to(tl.int32, bitcast=True)
+        v = (lo << (23 - BITS)) | (nxt << (55 - BITS - OFF))
+        NEWPOS: tl.constexpr = 23 - BITS
+    else:
+        TOP_LOCAL: tl.constexpr = (32 * (I + 1) - BITS) // BITS  # last whole code of word I
+        L: tl.constexpr = 12 // BITS  # codes per shift
+        JT: tl.constexpr = TOP_LOCAL - ((TOP_LOCAL - J) // L) * L  # the chunk's top code
+        S: tl.constexpr = 23 - BITS - (BITS * JT - 32 * I)  # shift taking code JT to bits [23 - BITS, 23)
+        if S >= 0:
+            v = w << S
+        else:
+            v = w >> (-S)  # sign bits land above the mask
+        NEWPOS: tl.constexpr = P - 32 * I + S
+    MASK: tl.constexpr = ((1 << BITS) - 1) << NEWPOS
+    MAGIC: tl.constexpr = (150 - NEWPOS) << 23  # exponent of 2 ** (23 - NEWPOS)
+    if ASM:  # one LOP3 (ptxas splits (v & MASK) | MAGIC into two when both are immediates)
+        bits = tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,r,r",
+                                         [v, tl.full(v.shape, MASK, tl.int32), tl.full(v.shape, MAGIC, tl.int32)],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        bits = (v & MASK) | MAGIC
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _code_offset(J: tl.constexpr, BITS: tl.constexpr):
+    """off_J of _code_f32, as a Python int."""
+    P: tl.constexpr = BITS * J
+    I: tl.constexpr = P // 32
+    OFF: tl.constexpr = P % 32
+    if OFF + BITS > 32:
+        R: tl.constexpr = BITS
+    else:
+        TOP_LOCAL: tl.constexpr = (32 * (I + 1) - BITS) // BITS
+        L: tl.constexpr = 12 // BITS
+        JT: tl.constexpr = TOP_LOCAL - ((TOP_LOCAL - J) // L) * L
+        R: tl.constexpr = BITS * (JT - J + 1)
+    return 1 << R
+
+
+@triton.jit
+def _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t, BITS: tl.constexpr, UW: tl.constexpr,
+          BU: tl.constexpr, BK: tl.constexpr, HAS_ZERO: tl.constexpr, EVEN: tl.constexpr):
+    """Words (three (BN, BU) int32 tensors; one when UW == 1) and scale, zero (BN,) fp32 of K tile t."""
+    units = t * BU + tl.arange(0, BU)  # (BU,)
+    row = w_ptr + offs_n[:, None] * wpr  # (BN, 1); the host keeps qweight under 2**31 words
+    wmask = mask_n[:, None] & (units[None, :] * UW < wpr)
+    w0 = _load(row + units[None, :] * UW, wmask, EVEN)  # (BN, BU) int32
+    w1 = w0
+    w2 = w0
+    if UW == 3:
+        w1 = _load(row + units[None, :] * 3 + 1, wmask, EVEN)
+        w2 = _load(row + units[None, :] * 3 + 2, wmask, EVEN)
+    g = (t * BK) // G
+    s = _load(scale_ptr + offs_n * n_groups + g, mask_n, EVEN).to(tl.float32)  # (BN,)
+    if HAS_ZERO:
+        z = _load(zero_ptr + offs_n * n_groups + g, mask_n, EVEN).to(tl.float32)
+    else:
+        z = tl.full([offs_n.shape[0]], 1 << (BITS - 1), tl.float32)
+    return w0, w1, w2, s, z
+
+
+@triton.jit
+def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, N, K, wpr, n_groups, G,
+          stride_x, stride_y,
+          K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr, BN: tl.constexpr,
+          BU: tl.constexpr, SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+          SIGNED8: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr):
+    """y[m, offs_n] (or this K slice's fp32 partial) for one row m; grid (N / BN, rows, SPLIT_K).
+
+    The next tile's words and qparams are loaded before this tile is computed (registers, not shared
+    memory: Triton's pipeliner leaves loads that feed no tl.dot alone)."""
+    pid_n, m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    mask_n = offs_n < N
+    BK: tl.constexpr = BU * UC
+    acc = tl.zeros([BN, BU], dtype=tl.float32)
+    w0, w1, w2, s, z = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, pid_k, BITS, UW, BU,
+                             BK, HAS_ZERO, EVEN)
+    for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
+        t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
+        t_next = tl.minimum(t + SPLIT_K, K_TILES - 1)  # clamped: the last prefetch is never used
+        n0, n1, n2, s_next, z_next = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t_next,
+                                           BITS, UW, BU, BK, HAS_ZERO, EVEN)
+        if SIGNED8:  # int8 codes q -> q + 128 in every byte
+            w0 = w0 ^ -2139062144  # 0x80808080
+        units = t * BU + tl.arange(0, BU)  # (BU,)
+        p = tl.zeros([BN, BU], dtype=tl.float32)
+        xs = tl.zeros([BU], dtype=tl.float32)
+        xoff = tl.zeros([BU], dtype=tl.float32)
+        for j in tl.static_range(UC):
+            k = units * UC + j  # (BU,)
+            xj = _load(x_ptr + m * stride_x + k, k < K, EVEN).to(tl.float32)
+            p += _code_f32(w0, w1, w2, j, BITS, ASM) * xj[None, :]
+            xs += xj
+            xoff += _code_offset(j, BITS) * xj
+        acc += s[:, None] * (p - xoff[None, :] - z[:, None] * xs[None, :])
+        w0, w1, w2, s, z = n0, n1, n2, s_next, z_next
+    y = tl.sum(acc, axis=1)  # (BN,)
+    _store(y_ptr, part_ptr, count_ptr, bias_ptr, y, m * stride_y + offs_n, mask_n, offs_n, mask_n,
+           pid_n + m * tl.num_programs(0), pid_k, tl.num_programs(1) * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
+
+
+GEMV_CONFIG = {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4}  # H100 sweep, int4 g128
+GEMV_CONFIG_8BIT = {"BN": 64}  # int8 codes: more bytes per code, fewer outputs per program
+
+
+def int_group_gemv(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+    bias: torch.Tensor | None, bits: int, group_size: int, signed8: bool = False, config: dict | None = None,
+) -> torch.Tensor:
+    """x (rows, in) fp16/bf16 @ dequant(qweight)^T + bias -> (rows, out) in x's dtype, one program row per x row."""
+    x = x.contiguous()
+    rows, cols = x.shape
+    out_features, wpr = qweight.shape
+    uc, uw = unit_shape(bits)
+    cfg = dict(GEMV_CONFIG | (GEMV_CONFIG_8BIT if bits == 8 else {}) | (config or {}))
+    waves, bk, split = cfg.pop("waves"), cfg.pop("BK"), cfg.pop("SPLIT_K", None)
+    bu = gemv_tile_units(bits, group_size, cols, bk)
+    if bu is None:
+        raise ValueError(f"group size {group_size} does not hold whole K tiles of {bits}-bit codes")
+    k_tiles = math.ceil(cols / (bu * uc))
+    n_blocks = math.ceil(out_features / cfg["BN"])
+    split = split or split_k(n_blocks * rows, k_tiles, x.device, waves)
+    even = out_features % cfg["BN"] == 0 and cols % (bu * uc) == 0 and k_tiles % split == 0
+    y = torch.empty((rows, out_features), dtype=x.dtype, device=x.device)  # (rows, out)
+    part, counters, fix = split_buffers(y, split, n_blocks * rows, cfg.pop("FIXUP", True))
+    _gemv[(n_blocks, rows, split)](
+        x, qweight, scale, zero if zero is not None else scale, bias if bias is not None else scale, y, part,
+        counters, out_features, cols, wpr, scale.shape[1], group_size, x.stride(0), out_features, K_TILES=k_tiles,
+        BITS=bits, UC=uc, UW=uw, BU=bu, SPLIT_K=split, HAS_ZERO=zero is not None, HAS_BIAS=bias is not None,
+        SIGNED8=signed8, EVEN=even, ASM=cfg.pop("ASM", not interpreting()), **fix, **cfg)
+    return finish(y, part, bias, split, fix)
