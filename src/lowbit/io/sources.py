@@ -37,8 +37,16 @@ def demo_path() -> Path:
     return path
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load MODEL for quantization or evaluation, with one-line errors for every way it can fail."""
+def load_model(spec: str, dtype: torch.dtype = torch.float32, import_gguf: bool = False) -> LoadedModel:
+    """Load MODEL for quantization or evaluation, with one-line errors for every way it can fail.
+
+    import_gguf: read a .gguf file's block-quantized weights as they are (io.gguf_import) instead of
+    dequantizing them to `dtype`.
+    """
+    if import_gguf:
+        from lowbit.io.gguf_import import import_gguf as load_gguf
+
+        return load_gguf(spec)
     path = demo_path() if spec == "demo" else Path(spec).expanduser()
     if path.is_dir() and (path / METADATA_FILE).is_file():
         from lowbit.io.checkpoint import load_quantized
