@@ -246,6 +246,20 @@ def _device(name: str):
     return device
 
 
+@app.command("export")
+def export_model(
+    folder: Path = typer.Argument(..., help="a lowbit output folder"),
+    fmt: str = typer.Option(..., "--format", "-f", help="gptq, awq, compressed-tensors or bnb-nf4"),
+    out: Path = typer.Option(..., "--out", help="output folder (written atomically)"),
+    overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+) -> None:
+    """Write FOLDER in a layout other engines load (vLLM, TGI, transformers); refuses what it cannot hold exactly."""
+    from lowbit.io.export import export
+
+    export(folder, fmt, out, overwrite)
+    typer.echo(f"exported {folder} as {fmt} -> {out}")
+
+
 @app.command()
 def info(folder: Path = typer.Argument(..., help="a lowbit output folder")) -> None:
     """What a saved model holds: method, settings, source, layers and bytes."""
