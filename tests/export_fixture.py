@@ -18,7 +18,7 @@ SETTINGS = {
     "rtn4_sym": ("rtn", {"bits": 4, "group_size": 32, "symmetric": True, "exclude": "mlp"}),
     "rtn4_all": ("rtn", {"bits": 4, "group_size": -1, "integer_zero": True}),
     "rtn4_all_sym": ("rtn", {"bits": 4, "group_size": -1, "symmetric": True}),
-    "rtn2": ("rtn", {"bits": 2, "group_size": 32, "integer_zero": True, "exclude": "mlp"}),
+    "rtn2": ("rtn", {"bits": 2, "group_size": 32, "symmetric": True, "exclude": "mlp"}),  # asymmetric 2-bit has zeros of 0
     "rtn3": ("rtn", {"bits": 3, "group_size": 32, "integer_zero": True, "exclude": "mlp"}),
     "rtn8_all": ("rtn", {"bits": 8, "group_size": -1, "integer_zero": True}),
     "rtn_float_zero": ("rtn", {"bits": 4, "group_size": 32}),
