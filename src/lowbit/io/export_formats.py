@@ -91,7 +91,8 @@ class IntFormat:
 def check_whole_words(fmt: str, name: str, n: int, bits: int, what: str) -> None:
     unit = codes_per_unit(bits)
     if n % unit:
-        raise refuse(fmt, name, f"its {n} {what} are not a multiple of {unit} ({bits}-bit codes fill whole int32 words; keep it float with --exclude)")
+        why = f"its {n} {what} are not a multiple of {unit} ({bits}-bit codes fill whole int32 words)"
+        raise refuse(fmt, name, why + "; keep it float with --exclude")
 
 
 class GPTQ(IntFormat):
@@ -134,7 +135,8 @@ class AWQ(IntFormat):
         if w.bits != AWQ_BITS:
             raise refuse(self.name, name, f"AWQ GEMM stores 4-bit codes, these are {w.bits}-bit")
         if module.out_features % 8:
-            raise refuse(self.name, name, f"its {module.out_features} outputs are not a multiple of 8 (keep it float with --exclude)")
+            why = f"its {module.out_features} outputs are not a multiple of 8"
+            raise refuse(self.name, name, why + "; keep it float with --exclude")
         if module.in_features % w.group_size:
             raise refuse(self.name, name, f"group size {w.group_size} does not divide its {module.in_features} inputs")
         return pack_awq(w)

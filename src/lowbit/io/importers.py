@@ -59,13 +59,8 @@ def import_checkpoint(folder: str | Path) -> LoadedModel:
     widest = 0.0
     for prefix in prefixes:
         parts = {k[len(prefix) + 1 :]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix + ".")]}
-        module = model.get_submodule(prefix)
-        w = unpack(parts, bits, resolve_group_size(group_size, module.in_features), prefix)
+        _place_layer(model, prefix, unpack, parts, bits, group_size)
         widest = max(widest, _scale_rounding(parts))
-        if tuple(w.codes.shape) != (module.out_features, module.in_features):
-            raise LowbitError(f"{prefix} in {folder} holds a {tuple(w.codes.shape)} weight, the model a "
-                              f"{(module.out_features, module.in_features)} one: the checkpoint does not match its config")
-        model.set_submodule(prefix, IntLinear.from_weights(_symmetric_if_so(w), _float(parts.get("bias"))))
     for name, tensor in tensors.items():
         assign_tensor(model, name, tensor, torch.float32)
     check_complete(model, folder)
@@ -78,6 +73,16 @@ def import_checkpoint(folder: str | Path) -> LoadedModel:
     return LoadedModel(model, tokenizer, str(folder))
 
 
+def _place_layer(model, prefix: str, unpack, parts: dict[str, torch.Tensor], bits: int, group_size: int) -> None:
+    """Swap the float layer `prefix` for an IntLinear holding the stored codes, zeros and scales."""
+    module = model.get_submodule(prefix)
+    w = unpack(parts, bits, resolve_group_size(group_size, module.in_features), prefix)
+    if tuple(w.codes.shape) != (module.out_features, module.in_features):
+        raise LowbitError(f"{prefix} holds a {tuple(w.codes.shape)} weight, the model a "
+                          f"{(module.out_features, module.in_features)} one: the checkpoint does not match its config")
+    model.set_submodule(prefix, IntLinear.from_weights(_symmetric_if_so(w), _float(parts.get("bias"))))
+
+
 def _reader(fmt: str, qc: dict[str, Any]):
     """(bits, group size, unpack(parts, bits, group, name) -> IntWeights) for the format's config."""
     if fmt == "gptq":
@@ -85,7 +90,9 @@ def _reader(fmt: str, qc: dict[str, Any]):
         return int(qc["bits"]), int(qc.get("group_size", -1)), lambda p, b, g, n: _gptq(p, b, g, n, offset)
     if fmt == "awq":
         if str(qc.get("version", "gemm")).lower() != "gemm" or int(qc.get("bits", 4)) != AWQ_BITS:
-            raise LowbitError(f"AWQ {qc.get('version')} {qc.get('bits')}-bit checkpoints are not supported: lowbit reads 4-bit GEMM")
+            raise LowbitError(
+                f"AWQ {qc.get('version')} {qc.get('bits')}-bit checkpoints are not supported: lowbit reads 4-bit GEMM"
+            )
         return AWQ_BITS, int(qc.get("group_size", -1)), lambda p, b, g, n: unpack_awq(p, g)
     if qc.get("format") != "pack-quantized" or len(qc.get("config_groups", {})) != 1:
         raise LowbitError(f"compressed-tensors format {qc.get('format')!r} with {len(qc.get('config_groups', {}))} "
