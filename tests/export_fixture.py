@@ -34,7 +34,7 @@ def make_folder(model: torch.nn.Module, tokenizer, name: str, out) -> str:
     return str(save(quantized, out, tokenizer))
 
 
-def test_ids() -> torch.Tensor:
+def sample_ids() -> torch.Tensor:
     return torch.randint(3, 512, (2, 48), generator=torch.Generator().manual_seed(0))  # (batch, seq)
 
 
@@ -43,7 +43,7 @@ def lowbit_logits(folder: str) -> torch.Tensor:
     """Logits of the saved lowbit model through the reference kernel (fp32 dequantize + matmul)."""
     model = load_quantized(folder).model
     set_kernel_preference(model, "reference")
-    return model(test_ids()).logits.float()
+    return model(sample_ids()).logits.float()
 
 
 def assert_close_logits(got: torch.Tensor, want: torch.Tensor, rel: float) -> float:

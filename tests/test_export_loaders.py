@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from export_fixture import SETTINGS, assert_close_logits, lowbit_logits, make_folder, test_ids
+from export_fixture import SETTINGS, assert_close_logits, lowbit_logits, make_folder, sample_ids
 from lowbit.io.export import export
 
 FP32_REL, FP16_REL = 1e-3, 2e-2
@@ -49,7 +49,7 @@ def transformers_logits(folder, plain_bnb: bool = False) -> torch.Tensor:
         for m in model.modules():  # computes in bf16: take the fp32 path it uses on other CPUs
             if hasattr(m, "support_avx512bf16_for_cpu"):
                 m.support_avx512bf16_for_cpu = False
-    return model(test_ids()).logits.float()
+    return model(sample_ids()).logits.float()
 
 
 @pytest.mark.parametrize("name", ["rtn4_all_sym", "rtn8_all"])
@@ -105,7 +105,7 @@ def test_gptq_in_gptqmodel(made, tmp_path):
     model = GPTQModel.load(str(export(folder, "gptq", tmp_path / "gptq")), device="cpu", backend=BACKEND.TORCH,
                            dtype=torch.float16)  # its CPU kernels take fp16 or bf16 only
     with torch.no_grad():
-        assert_close_logits(model.model(test_ids()).logits, want, FP16_REL)
+        assert_close_logits(model.model(sample_ids()).logits, want, FP16_REL)
 
 
 def test_awq_in_transformers(made, tmp_path):

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import assert_one_line_error
-from export_fixture import lowbit_logits, make_folder, test_ids
+from export_fixture import lowbit_logits, make_folder, sample_ids
 from lowbit.errors import LowbitError
 from lowbit.io.export import export
 from lowbit.io.sources import load_model
@@ -31,7 +31,7 @@ def folders(stories, tmp_path_factory):
 def imported_logits(folder) -> tuple[torch.Tensor, torch.nn.Module]:
     loaded = load_model(str(folder))
     set_kernel_preference(loaded.model, "reference")
-    return loaded.model(test_ids()).logits.float(), loaded.model
+    return loaded.model(sample_ids()).logits.float(), loaded.model
 
 
 @pytest.mark.parametrize("name, fmt", [
