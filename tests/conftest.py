@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import sys
 
 import pytest
@@ -61,6 +62,15 @@ def run_cli(monkeypatch, capsys):
         return code, out, err
 
     return run
+
+
+def assert_one_line_error(result: tuple[int, str, str], pattern: str) -> None:
+    """A CLI result that failed with exactly one `error: ...` line on stderr matching `pattern`."""
+    code, _, err = result
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
 
 
 def seeded(seed: int = 0) -> torch.Generator:

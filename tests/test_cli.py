@@ -1,11 +1,12 @@
 """The command line end to end, and every bad input: one line on stderr and a non-zero exit code."""
 
 import json
-import re
 import shutil
 
 import pytest
 from safetensors.torch import load_file, save_file
+
+from conftest import assert_one_line_error as _assert_one_line_error
 
 
 def test_quantize_info_eval(run_cli, stories_path, tmp_path):
@@ -26,14 +27,6 @@ def test_method_options_pass_through(run_cli, stories_path, tmp_path):
     code, _, err = run_cli(*args, "--nsamples", "4", "--out", tmp_path / "p")
     assert code == 0, err
     assert json.loads((tmp_path / "p" / "lowbit.json").read_text())["method"]["observer"] == "minmax"
-
-
-def _assert_one_line_error(result, pattern):
-    code, _, err = result
-    assert code != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 @pytest.mark.parametrize(

@@ -73,13 +73,24 @@ def save(model: nn.Module, out: str | Path, tokenizer=None, source: str | None =
 
 
 def load(
-    model: str | Path, dtype: torch.dtype = torch.float32, quantize: MethodConfig | None = None, progress: bool = False
+    model: str | Path,
+    dtype: torch.dtype = torch.float32,
+    quantize: MethodConfig | None = None,
+    progress: bool = False,
+    import_gguf: bool = False,
 ) -> LoadedModel:
     """Load a lowbit output folder, a Hugging Face folder, a .gguf file, 'demo' or a hub id.
 
     With `quantize` (a calibration-free method config), a Hugging Face safetensors folder, a .gguf file
     or 'demo' is quantized on the fly while it is read, tensor by tensor (io.on_the_fly).
+    With `import_gguf`, a .gguf file's Q8_0/Q4_0/Q5_0/Q4_1/Q5_1 weights are kept exactly (io.gguf_import).
     """
+    if quantize is not None and import_gguf:
+        raise LowbitError("--import-gguf keeps the file's own quantization: drop --quantize, or drop --import-gguf")
     if quantize is not None:
         return load_on_the_fly(str(model), quantize, dtype, progress)
+    if import_gguf:
+        from lowbit.io.gguf_import import import_gguf as load_gguf
+
+        return load_gguf(str(model), progress)
     return load_model(str(model), dtype)

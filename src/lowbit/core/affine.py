@@ -122,6 +122,15 @@ def dequantize_affine(
     return (codes.float() - z) * s
 
 
+def dequantize_offset(
+    codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """(out, in) codes -> (out, in) float32 weights w = scale * code + offset (the "min" form of GGUF's
+    Q4_1/Q5_1, llama.cpp): in float32 the product is exact, so the one rounding is llama.cpp's own."""
+    cols = codes.shape[1]
+    return codes.float() * expand_groups(scale.float(), group_size, cols) + expand_groups(offset.float(), group_size, cols)
+
+
 def rtn_quantize(
     w: torch.Tensor, bits: int, group_size: int, symmetric: bool, integer_zero: bool = False
 ) -> IntWeights:

@@ -25,9 +25,10 @@ def run_eval(
     reference: str | None = None,
     progress: bool = False,
     kernel: str = "auto",
+    import_gguf: bool = False,
 ) -> dict[str, Any]:
     check_preference(kernel)
-    loaded = load_model(model)
+    loaded = load_model(model, import_gguf=import_gguf)
     set_kernel_preference(loaded.model, kernel)
     ref = load_model(reference).model if reference else None
     context = getattr(loaded.model.config, "max_position_embeddings", DEFAULT_SEQLEN)

@@ -72,3 +72,20 @@ def _unpack_stream(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     stream = ((words.unsqueeze(2) >> bit_pos) & 1).view(rows, -1, bits)  # (rows, codes, bits)
     weights = torch.arange(bits, dtype=torch.int64, device=words.device)
     return (stream << weights).sum(dim=2)[:, :n].to(torch.uint8)
+
+
+def dense_words(n: int, bits: int) -> int:
+    """int32 words of a dense stream of n b-bit codes with no whole padding words: ceil(n * b / 32)."""
+    return math.ceil(n * bits / 32)
+
+
+def pack_dense(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """(rows, n) codes -> (rows, dense_words(n, bits)) int32: pack_bits' stream cut to its last used word
+    (the layout of compressed-tensors' pack_to_int32 and of GPTQ's rows)."""
+    return pack_bits(codes, bits)[:, : dense_words(codes.shape[1], bits)]
+
+
+def unpack_dense(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of pack_dense -> (rows, n) uint8."""
+    pad = words_per_row(n, bits) - packed.shape[1]
+    return unpack_bits(torch.nn.functional.pad(packed, (0, pad)), bits, n)

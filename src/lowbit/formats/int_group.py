@@ -10,6 +10,11 @@ Buffers of one (out, in) layer quantized to b bits with groups of g input column
     w[o, i] = scale[o, i // g] * (code[o, i] - zero[o, i // g])
 
 Bytes: 4 * out * words_per_row(in, b) + 2 * out * n_groups * (2 if asymmetric else 1).
+
+The offset variant (IntGroupOffsetLayout, GGUF's Q4_1/Q5_1 "min" form) stores the same qweight and scale
+and, instead of `zero`, an additive offset, so that weights imported from GGUF keep their exact values:
+
+    offset   fp16  (out, n_groups)               w[o, i] = scale[o, i // g] * code[o, i] + offset[o, i // g]
 """
 
 from __future__ import annotations
@@ -45,6 +50,25 @@ class IntGroupLayout:
 
     def nbytes(self) -> int:
         return sum(_numel(shape) * dtype.itemsize for shape, dtype in self.buffer_shapes().values())
+
+
+@dataclass(frozen=True)
+class IntGroupOffsetLayout:
+    out_features: int
+    in_features: int
+    bits: int
+    group_size: int
+
+    def base(self) -> IntGroupLayout:
+        return IntGroupLayout(self.out_features, self.in_features, self.bits, self.group_size, symmetric=False)
+
+    def buffer_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        shapes = self.base().buffer_shapes()
+        shapes["offset"] = shapes.pop("zero")
+        return shapes
+
+    def nbytes(self) -> int:
+        return self.base().nbytes()
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -39,7 +39,7 @@ def load_on_the_fly(
     folder = path.parent if gguf_file else path
     if not gguf_file and not (path.is_dir() and (path / "config.json").is_file()):
         raise LowbitError(f"{spec} is neither a Hugging Face folder with config.json nor a .gguf file")
-    model, tokenizer = _skeleton(folder, gguf_file, dtype)
+    model, tokenizer = skeleton(folder, gguf_file, dtype)
     targets = find_targets(model, arch_spec(model.config.model_type), config.include, config.exclude)
     if not targets:
         raise LowbitError("no layers matched: check the include/exclude patterns")
@@ -51,7 +51,7 @@ def load_on_the_fly(
     return LoadedModel(model, tokenizer, str(path))
 
 
-def _skeleton(folder: Path, gguf_file: str | None, dtype: torch.dtype) -> tuple[nn.Module, object]:
+def skeleton(folder: Path, gguf_file: str | None, dtype: torch.dtype) -> tuple[nn.Module, object]:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -74,21 +74,8 @@ def _place(
 
     `targets` holds the layers still to quantize; each is removed once quantized.
     """
-    from accelerate.utils import set_module_tensor_to_device
-
+    module = assign_tensor(model, name, tensor, dtype)
     module_name, _, kind = name.rpartition(".")
-    tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
-    try:
-        module = model.get_submodule(module_name)
-    except AttributeError:
-        raise LowbitError(f"checkpoint tensor {name} has no place in the model: it does not match its config")
-    if isinstance(module, QuantizedLinear):  # a bias read after its layer was quantized
-        module.bias = tensor
-        return
-    try:
-        set_module_tensor_to_device(model, name, "cpu", value=tensor)
-    except (ValueError, AttributeError) as err:
-        raise LowbitError(f"checkpoint tensor {name} does not fit the model ({err})")
     if module_name in targets and kind == "weight":
         check_finite(module.weight, f"weight of {module_name}")
         weight, bias = linear_weight(module)
@@ -98,4 +85,24 @@ def _place(
         del targets[module_name]  # the float layer (now holding its weight) must not outlive this call
 
 
+def assign_tensor(model: nn.Module, name: str, tensor: torch.Tensor, dtype) -> nn.Module:
+    """Put a checkpoint tensor (converted to `dtype` if floating) in its place; returns its module.
 
+    A bias whose layer was already quantized goes into the quantized module's bias buffer.
+    """
+    from accelerate.utils import set_module_tensor_to_device
+
+    module_name = name.rpartition(".")[0]
+    tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:
+        raise LowbitError(f"checkpoint tensor {name} has no place in the model: it does not match its config")
+    if isinstance(module, QuantizedLinear):  # a bias read after its layer was quantized
+        module.bias = tensor
+        return module
+    try:
+        set_module_tensor_to_device(model, name, "cpu", value=tensor)
+    except (ValueError, AttributeError) as err:
+        raise LowbitError(f"checkpoint tensor {name} does not fit the model ({err})")
+    return module

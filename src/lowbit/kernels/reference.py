@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from lowbit.core.affine import dequantize_affine, int8_absmax
+from lowbit.core.affine import dequantize_affine, dequantize_offset, int8_absmax
 from lowbit.core.aqlm import aqlm_decode
 from lowbit.core.codebook import codebook_dequantize
 from lowbit.formats.aqlm import unpack_codes
@@ -31,6 +31,20 @@ def int_group_linear(
 def _dequantize_int(qweight, scale, zero, bits: int, group_size: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
     """Packed (rows, words) int_group codes -> (rows, cols) weights in `dtype`."""
     return dequantize_affine(unpack_bits(qweight, bits, cols), scale, zero, bits, group_size).to(dtype)
+
+
+def int_group_offset_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    bits: int,
+    group_size: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """x (..., in) @ (scale * code + offset) (out, in)^T + bias (the offset variant of int_group)."""
+    w = dequantize_offset(unpack_bits(qweight, bits, x.shape[-1]), scale, offset, group_size)
+    return F.linear(x, w.to(x.dtype), bias)
 
 
 def w8a8_linear_emulated(

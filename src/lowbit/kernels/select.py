@@ -104,6 +104,11 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
         Candidate("int4x2_cpu", cpu.int4_cpu_linear, cpu.int4x2_cpu_unavailable, prepare=cpu.prepare_int4_cpu),
         Candidate("reference", reference.int_group_linear, always),
     ),
+    "int_group_offset_linear": (
+        Candidate("int4_cpu", cpu.int4_cpu_linear, cpu.int4_cpu_unavailable, prepare=cpu.prepare_int4_cpu_offset),
+        Candidate("int4x2_cpu", cpu.int4_cpu_linear, cpu.int4x2_cpu_unavailable, prepare=cpu.prepare_int4_cpu_offset),
+        Candidate("reference", reference.int_group_offset_linear, always),
+    ),
     "int_group_embedding": (Candidate("reference", reference.int_group_embedding, always),),
     "int8_weight_linear": (
         Candidate("triton_mv", triton_ops.int8_weight_linear_mv, _triton_int8_weight, _few_rows),

@@ -30,7 +30,8 @@ def register_method(name: str):
 
 
 def method_names() -> list[str]:
-    return sorted(_METHODS)
+    """Methods a user can quantize with (records such as 'imported' are left out)."""
+    return sorted(name for name, cls in _METHODS.items() if cls.quantizes)
 
 
 def method_class(name: str) -> type["MethodConfig"]:
@@ -47,6 +48,7 @@ class MethodConfig:
     version: ClassVar[int] = 1
     needs_calibration: ClassVar[bool] = False
     calibrates_blocks: ClassVar[bool] = False  # True: quantized block by block by calib.engine (calibrate_block)
+    quantizes: ClassVar[bool] = True  # False: a record of weights quantized elsewhere (methods.imported)
 
     include: str | None = None  # extra linears to quantize, e.g. "lm_head"
     exclude: str | None = None  # linears to leave in full precision

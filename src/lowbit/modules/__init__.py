@@ -7,13 +7,15 @@ from lowbit.modules.fourbit_linear import FourBitLinear
 from lowbit.modules.hqq_linear import HQQLinear
 from lowbit.modules.int8_linear import Int8Linear
 from lowbit.modules.int_linear import IntLinear
+from lowbit.modules.int_offset_linear import IntOffsetLinear
 from lowbit.modules.llm_int8_linear import LLMInt8Linear
 from lowbit.modules.w8a8_linear import W8A8Linear
 
 MODULE_TYPES: dict[str, type[QuantizedLinear]] = {
     cls.__name__: cls
     for cls in (
-        IntLinear, Int8Linear, W8A8Linear, HQQLinear, LLMInt8Linear, FourBitLinear, QuantizedEmbedding, AQLMLinear
+        IntLinear, IntOffsetLinear, Int8Linear, W8A8Linear, HQQLinear, LLMInt8Linear, FourBitLinear, QuantizedEmbedding,
+        AQLMLinear,
     )
 }
 
@@ -24,6 +26,7 @@ __all__ = [
     "HQQLinear",
     "Int8Linear",
     "IntLinear",
+    "IntOffsetLinear",
     "LLMInt8Linear",
     "QuantizedEmbedding",
     "QuantizedLinear",

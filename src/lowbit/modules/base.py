@@ -72,6 +72,11 @@ class QuantizedLinear(nn.Module):
             return candidate.fn(flat, *self.weight_args(), self.bias)
         return candidate.fn(flat, self.prepared(candidate.name, candidate.prepare, flat.device), self.bias)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out) through `run_kernel` (subclasses with other call shapes override it)."""
+        y = self.run_kernel(x.reshape(-1, self.in_features))
+        return y.reshape(*x.shape[:-1], self.out_features)
+
     def prepared(self, name: str, prepare: Callable, device: torch.device) -> Any:
         """The canonical buffers repacked by `prepare`, computed once and cached under `name`."""
         source = tuple(b.data_ptr() for b in self.weight_args() if isinstance(b, torch.Tensor))

@@ -26,7 +26,3 @@ class Int8Linear(QuantizedLinear):
 
     def weight_args(self) -> tuple:
         return (self.qweight, self.scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.run_kernel(x.reshape(-1, self.in_features))
-        return y.reshape(*x.shape[:-1], self.out_features)

@@ -36,7 +36,3 @@ class IntLinear(QuantizedLinear):
 
     def format_context(self) -> dict[str, Any]:
         return {"bits": self.layout.bits, "group_size": self.layout.group_size}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.run_kernel(x.reshape(-1, self.in_features))
-        return y.reshape(*x.shape[:-1], self.out_features)
