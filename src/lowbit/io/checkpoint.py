@@ -69,14 +69,18 @@ def save_quantized(
 
 
 def unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with tied tensors once (the first name wins; tie_weights restores the rest)."""
-    seen: set[tuple[int, int]] = set()
+    """The state dict with tied tensors once (the first name wins; tie_weights restores the rest).
+
+    Tensors on the meta device have no storage to compare, so a tied pair is recognised as one object
+    (how tie_weights ties them); that lets memory predictions count a meta-device model like a real one.
+    """
+    seen: set[tuple] = set()
     tensors = {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = ("meta", id(tensor)) if tensor.is_meta else (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
         if key not in seen:
             seen.add(key)
-            tensors[name] = tensor
+            tensors[name] = tensor.detach()
     return tensors
 
 
