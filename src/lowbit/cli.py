@@ -16,7 +16,7 @@ from lowbit.methods import method_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 METHOD_NAMES = ", ".join(method_names())
-METHOD_HELP = "quantization method: " + METHOD_NAMES
+METHOD_HELP = "quantization method: " + METHOD_NAMES + ", or auto (mixed precision under --memory-budget)"
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -61,8 +61,15 @@ def quantize(
     seed: int = typer.Option(0, help="seed for calibration sampling"),
     device: Optional[str] = typer.Option(None, help="where calibration runs each block, e.g. cuda (default: cpu)"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+    memory_budget: Optional[str] = typer.Option(None, help="--method auto: whole-model weight bytes, e.g. 160MB, 6GiB"),
+    base_method: str = typer.Option("hqq", help="--method auto: the method each layer is quantized with"),
+    sensitivity_windows: int = typer.Option(4, help="--method auto: calibration windows for the sensitivity pass"),
+    sensitivity_seqlen: int = typer.Option(256, help="--method auto: tokens per sensitivity window"),
 ) -> None:
-    """Quantize MODEL with a method and save it to --out (method options: -o KEY=VALUE, e.g. -o desc_act=true)."""
+    """Quantize MODEL with a method and save it to --out (method options: -o KEY=VALUE, e.g. -o desc_act=true).
+
+    --method auto chooses a bit width (2, 3, 4 or 8) per layer of --base-method within --memory-budget,
+    from each layer's measured sensitivity (lowbit.recommend.auto)."""
     from lowbit.api import quantize as quantize_model
     from lowbit.api import save
     from lowbit.calib.data import calibration_windows
@@ -71,11 +78,22 @@ def quantize(
     from lowbit.io.sources import load_model
     from lowbit.preflight import check_fits, estimate
 
-    config = method_config(method, bits, group_size, option, include, exclude)
+    auto = method == "auto"
+    if auto != (memory_budget is not None) or (auto and bits is not None):
+        raise LowbitError("--method auto needs --memory-budget (and picks the bits itself); other methods take --bits")
+    config = method_config(base_method if auto else method, bits, group_size, option, include, exclude)
+    if auto:
+        from lowbit.recommend.auto import MIXED_BITS, check_base
+        from lowbit.recommend.units import parse_size
+
+        check_base(config, MIXED_BITS)
+        budget_bytes = parse_size(memory_budget)
     check_target(out, overwrite)  # fail before the slow part
     with output_lock(out):  # held for the whole run: the work folder and the output are this process's
         loaded = load_model(model)
         check_fits(estimate(loaded.model, config, nsamples if calib else 0, calib_seqlen), out)
+        if auto:
+            config = _mixed_config(loaded, config, budget_bytes, calib, sensitivity_windows, sensitivity_seqlen, seed)
         windows = None
         if calib is not None:
             windows = calibration_windows(loaded.tokenizer, calib, nsamples, calib_seqlen, seed)
@@ -89,6 +107,17 @@ def quantize(
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
     typer.echo(f"quantized {loaded.source} with {config.name} in {seconds:.1f} s -> {out}")
+
+
+def _mixed_config(loaded, base, budget_bytes: int, calib: Optional[str], windows: int, seqlen: int, seed: int):
+    """The per-layer widths for --method auto: sensitivity on calibration text, then the knapsack."""
+    from lowbit.calib.data import calibration_windows
+    from lowbit.recommend.auto import auto_config
+
+    text = calibration_windows(loaded.tokenizer, calib or "wikitext2", windows, seqlen, seed)
+    result = auto_config(loaded.model, text, base, budget_bytes, progress=True)
+    typer.echo(result.describe())
+    return result.config
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -207,7 +236,12 @@ def info(folder: Path = typer.Argument(..., help="a lowbit output folder")) -> N
     layers = meta.get("layers", {})
     params = sum(layer["spec"]["in_features"] * layer["spec"]["out_features"] for layer in layers.values())
     packed = sum(layer["bytes"] for layer in layers.values())
-    typer.echo(f"method: {json.dumps(meta['method'])}")
+    method = {k: v for k, v in meta["method"].items() if k != "layer_bits"}
+    typer.echo(f"method: {json.dumps(method)}")
+    if "layer_bits" in meta["method"]:
+        from lowbit.methods.base import MethodConfig
+
+        typer.echo(f"bits per layer: {MethodConfig.from_dict(meta['method']).summary()}")
     typer.echo(f"source: {meta.get('source')}  model_type: {meta.get('model_type')}")
     typer.echo(f"lowbit {meta.get('lowbit_version')}, checkpoint format {meta['format_version']}")
     typer.echo(f"quantized layers: {len(layers)}, {params:,} weights in {packed:,} bytes "

@@ -26,7 +26,7 @@ from lowbit.methods.base import MethodConfig
 from lowbit.modules import MODULE_TYPES, QuantizedLinear
 from lowbit.modules.plan import prepare_kernels
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this lowbit reads; 2 adds per-layer method settings (methods.mixed)
 WEIGHTS_FILE = "model.safetensors"
 ARTIFACTS_FILE = "calibration.safetensors"  # what a calibration search found (AWQ scales/clips), to re-apply
 
@@ -49,7 +49,7 @@ def save_quantized(
             tokenizer.save_pretrained(tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         meta = {
-            "format_version": FORMAT_VERSION,
+            "format_version": config.format_version,
             "lowbit_version": __version__,
             "method": config.to_dict(),
             "source": source,
