@@ -226,6 +226,42 @@ def compare(
 
 
 @app.command()
+def recommend(
+    model: str = typer.Argument(..., help="Hugging Face folder, .gguf file, hub id, or 'demo'"),
+    memory_budget: Optional[str] = typer.Option(None, help="whole-model weight bytes, e.g. 6GB, 512MiB"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    priority: str = typer.Option("balanced", help="balanced, memory, speed, quality or simplicity"),
+    calibration_data: str = typer.Option("yes", help="yes or no: is calibration text available"),
+    allow_training: bool = typer.Option(False, help="allow methods that need a training run (qat)"),
+    max_quantization_time: Optional[str] = typer.Option(None, help="longest acceptable quantization, e.g. 30m, 2h"),
+    results: Optional[str] = typer.Option(None, help="a `lowbit compare --out` folder: measurements replace priors"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    verify: int = typer.Option(0, help="quantize and measure the top K into --results, then rank from them"),
+    mixed: Optional[str] = typer.Option(None, help="also propose mixed precision over this base method (rtn, hqq, gptq)"),
+    dtype: str = typer.Option("float32", help="dtype of the unquantized tensors: " + ", ".join(DTYPES)),
+) -> None:
+    """Rank the methods and settings for MODEL under constraints, with exact memory and the reasons."""
+    import torch
+
+    from lowbit.core.checks import check_choice
+    from lowbit.recommend.policy import Constraints
+    from lowbit.recommend.report import as_json as to_json
+    from lowbit.recommend.report import render
+    from lowbit.recommend.run import run
+    from lowbit.recommend.units import parse_duration, parse_size
+
+    check_choice(calibration_data, ("yes", "no"), "--calibration-data answer")
+    check_choice(dtype, DTYPES, "dtype")
+    constraints = Constraints(
+        budget_bytes=parse_size(memory_budget) if memory_budget else None, device=device, priority=priority,
+        calibration_data=calibration_data == "yes", allow_training=allow_training,
+        max_quantize_s=parse_duration(max_quantization_time) if max_quantization_time else None,
+    )
+    rec = run(model, constraints, results, getattr(torch, dtype), verify, mixed)
+    typer.echo(json.dumps(to_json(rec, model), indent=1) if as_json else render(rec, model))
+
+
+@app.command()
 def info(folder: Path = typer.Argument(..., help="a lowbit output folder")) -> None:
     """What a saved model holds: method, settings, source, layers and bytes."""
     from lowbit.io.checkpoint import read_metadata
