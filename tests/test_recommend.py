@@ -199,3 +199,51 @@ def test_parse_duration():
     assert parse_duration("30m") == 1800 and parse_duration("2h") == 7200 and parse_duration("90s") == 90
     with pytest.raises(LowbitError, match="cannot read duration"):
         parse_duration("soon")
+
+
+def test_cli_recommend_text_and_json(run_cli, stories_path):
+    code, out, err = run_cli("recommend", stories_path, "--memory-budget", "300KB", "--priority", "memory")
+    assert code == 0, err
+    assert "lowbit recommend:" in out and "#1 " in out and "make it: lowbit quantize" in out and "excluded:" in out
+    code, out, err = run_cli("recommend", stories_path, "--memory-budget", "300KB", "--json")
+    assert code == 0, err
+    rec = json.loads(out)
+    assert rec["ranked"] and all(e["memory_bytes"] <= 300_000 for e in rec["ranked"])
+    assert all(e["memory_origin"] == "exact" and e["quality"]["origin"] == "prior" for e in rec["ranked"])
+    assert all("over the" in e["reason"] for e in rec["excluded"] if e["memory_bytes"] and e["memory_bytes"] > 300_000)
+
+
+def test_cli_verify_measures_the_top_k_and_picks_the_best_measured(run_cli, stories_path, tmp_path):
+    """--verify 2 on stories260k: both settings measured into the store, the final choice the best of them."""
+    results = tmp_path / "res"
+    code, out, err = run_cli("recommend", stories_path, "--calibration-data", "no", "--verify", "2",
+                             "--results", results, "--json")
+    assert code == 0, err
+    rec = json.loads(out)
+    v = rec["verification"]
+    assert len(v["before"]) == 2 and not v["failed"] and sorted(v["after"]) == sorted(v["before"])
+    measured = [e for e in rec["ranked"] if e["label"] in v["before"]]
+    assert all(e["quality"]["origin"] == "measured" for e in measured)
+    assert v["final"] == rec["ranked"][0]["label"] == max(measured, key=lambda e: e["score"])["label"]
+    lines = (results / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # the unquantized baseline and the two settings
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--priority", "cheap"], "priority"),
+        (["--device", "tpu"], "device"),
+        (["--calibration-data", "maybe"], "--calibration-data answer"),
+        (["--memory-budget", "lots"], "cannot read memory size"),
+        (["--max-quantization-time", "soon"], "cannot read duration"),
+        (["--verify", "2"], "--verify needs --results DIR"),
+        (["--verify-preset", "huge"], "verify preset"),
+        (["--mixed", "rtn"], "--mixed needs --memory-budget"),
+    ],
+)
+def test_cli_recommend_errors(run_cli, stories_path, args, pattern):
+    code, _, err = run_cli("recommend", stories_path, *args)
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert pattern in lines[0], lines[0]

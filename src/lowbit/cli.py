@@ -198,7 +198,7 @@ def _split(value: Optional[str], cast=str) -> Optional[list]:
 def compare(
     model: str = typer.Argument(..., help="Hugging Face folder, .gguf file, hub id, or 'demo'"),
     out: Path = typer.Option(..., "--out", help="folder for results.jsonl and the reports"),
-    preset: str = typer.Option("quick", help="quick, standard or full"),
+    preset: str = typer.Option("quick", help="small, quick, standard or full"),
     methods: Optional[str] = typer.Option(None, help="comma-separated methods (default: the preset's)"),
     bits: Optional[str] = typer.Option(None, help="comma-separated bit widths, e.g. 2,3,4,8"),
     group_size: Optional[str] = typer.Option(None, help="comma-separated group sizes"),
@@ -237,12 +237,14 @@ def recommend(
     results: Optional[str] = typer.Option(None, help="a `lowbit compare --out` folder: measurements replace priors"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     verify: int = typer.Option(0, help="quantize and measure the top K into --results, then rank from them"),
+    verify_preset: str = typer.Option("small", help="compare preset --verify measures with: small, quick, standard or full"),
     mixed: Optional[str] = typer.Option(None, help="also propose mixed precision over this base method (rtn, hqq, gptq)"),
     dtype: str = typer.Option("float32", help="dtype of the unquantized tensors: " + ", ".join(DTYPES)),
 ) -> None:
     """Rank the methods and settings for MODEL under constraints, with exact memory and the reasons."""
     import torch
 
+    from lowbit.compare.presets import PRESETS
     from lowbit.core.checks import check_choice
     from lowbit.recommend.policy import Constraints
     from lowbit.recommend.report import as_json as to_json
@@ -252,12 +254,13 @@ def recommend(
 
     check_choice(calibration_data, ("yes", "no"), "--calibration-data answer")
     check_choice(dtype, DTYPES, "dtype")
+    check_choice(verify_preset, tuple(PRESETS), "verify preset")
     constraints = Constraints(
         budget_bytes=parse_size(memory_budget) if memory_budget else None, device=device, priority=priority,
         calibration_data=calibration_data == "yes", allow_training=allow_training,
         max_quantize_s=parse_duration(max_quantization_time) if max_quantization_time else None,
     )
-    rec = run(model, constraints, results, getattr(torch, dtype), verify, mixed)
+    rec = run(model, constraints, results, getattr(torch, dtype), verify, mixed, verify_preset)
     typer.echo(json.dumps(to_json(rec, model), indent=1) if as_json else render(rec, model))
 
 

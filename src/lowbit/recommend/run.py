@@ -127,7 +127,7 @@ def mixed_candidate(model: str, ctx: Context, base_method: str, calib: str = "wi
 
 
 def run(model: str, constraints: Constraints, results: str | None = None, dtype: torch.dtype = torch.float32,
-        verify_k: int = 0, mixed_base: str | None = None, console=None) -> Recommendation:
+        verify_k: int = 0, mixed_base: str | None = None, verify_preset: str = "small", console=None) -> Recommendation:
     """The whole `lowbit recommend`: rank, optionally with a mixed setting, optionally verified."""
     if results is not None and Path(results).exists() and not Path(results).is_dir():
         raise LowbitError(f"--results {results} is a file: give the folder a `lowbit compare --out` wrote")
@@ -141,5 +141,5 @@ def run(model: str, constraints: Constraints, results: str | None = None, dtype:
     if verify_k:
         from lowbit.recommend.verify import verify
 
-        rec = verify(ctx, rec, verify_k, results, console=console)
+        rec = verify(ctx, rec, verify_k, results, verify_preset, console)
     return rec

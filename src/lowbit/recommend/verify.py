@@ -1,7 +1,8 @@
 """`--verify K`: quantize and measure the top K on the user's model, then recommend from the measurements.
 
-The K settings run through `lowbit compare`'s runner (one protocol, the unquantized baseline in the same
-run, every record kept in the results store, so a rerun reuses them). The recommendation is then made
+The K settings run through `lowbit compare`'s runner (one protocol, by default the cheap `small` preset
+of 8 evaluation and 8 calibration windows; the unquantized baseline in the same run; every record kept
+in the results store, so a rerun reuses them). The recommendation is then made
 again with those measurements; the final choice is the best of the K by measured score. A setting whose
 measurement failed keeps its priors and cannot be the final choice.
 """
@@ -46,7 +47,7 @@ class Verification:
         return asdict(self)
 
 
-def verify(ctx: Context, first: Recommendation, k: int, results: str, preset: str = "quick",
+def verify(ctx: Context, first: Recommendation, k: int, results: str, preset: str = "small",
            console: Console | None = None) -> Recommendation:
     """Measure the top `k` of `first` into `results`, rank again from the measurements."""
     if k < 1:
