@@ -76,6 +76,16 @@ def test_sensitivity_tracks_the_real_loss_of_one_quantized_layer(stories, sens_w
     assert rho > 0.4, rho
 
 
+def test_sampled_labels_change_the_weights_not_the_errors(stories, sens_windows):
+    base = make_config("rtn", bits=2, group_size=32)
+    text = layer_sensitivity(stories.model, sens_windows, base, (2, 4))
+    sampled = layer_sensitivity(stories.model, sens_windows, base, (2, 4), labels="sampled")
+    assert sampled.error == text.error and sampled.loss != text.loss
+    assert sum(v[2] for v in sampled.loss.values()) > sum(v[4] for v in sampled.loss.values()) > 0
+    with pytest.raises(LowbitError, match="unknown sensitivity labels 'gold'"):
+        layer_sensitivity(stories.model, sens_windows, base, (2,), labels="gold")
+
+
 def _spearman(a: list[float], b: list[float]) -> float:
     ranks = [torch.tensor(v).argsort().argsort().float() for v in (a, b)]
     return float(torch.corrcoef(torch.stack(ranks))[0, 1])

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.calib.arch import linear_weight
+from lowbit.core.checks import check_choice
 from lowbit.core.hessian import accumulate_hessian
 from lowbit.methods.base import MethodConfig
 from lowbit.progress import track
@@ -38,9 +39,16 @@ class Sensitivity:
 
 
 def layer_sensitivity(
-    model: nn.Module, windows: torch.Tensor, base: MethodConfig, bits: tuple[int, ...], progress: bool = False
+    model: nn.Module, windows: torch.Tensor, base: MethodConfig, bits: tuple[int, ...], progress: bool = False,
+    labels: str = "text", seed: int = 0,
 ) -> Sensitivity:
-    """windows: (n, seqlen) token ids of calibration text (never the evaluation split)."""
+    """windows: (n, seqlen) token ids of calibration text (never the evaluation split).
+
+    labels: "text" uses the text's next tokens (the empirical Fisher: what benchmarks/mixed_precision.py
+    measured); "sampled" draws each from the model's own prediction, so the squared gradients estimate the
+    true Fisher and the loss the KL divergence from the float model (Kunstner et al., 2019).
+    """
+    check_choice(labels, ("text", "sampled"), "sensitivity labels")
     layers = find_layers(model, base)
     result = Sensitivity({}, {}, windows.shape[0] * (windows.shape[1] - 1))
     inputs: dict[str, torch.Tensor] = {}
@@ -65,7 +73,8 @@ def layer_sensitivity(
             p.requires_grad_(False)
         with torch.enable_grad():
             logits = model(windows, use_cache=False).logits[:, :-1].float()  # (n, seqlen - 1, vocab)
-            F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)).backward()
+            logits = logits.reshape(-1, logits.shape[-1])  # (n * (seqlen - 1), vocab)
+            F.cross_entropy(logits, _labels(logits, windows, labels, seed)).backward()
     finally:
         for handle in handles:
             handle.remove()
@@ -73,6 +82,14 @@ def layer_sensitivity(
             p.requires_grad_(flag)
         next(bar, None)
     return result
+
+
+@torch.no_grad()
+def _labels(logits: torch.Tensor, windows: torch.Tensor, labels: str, seed: int) -> torch.Tensor:
+    if labels == "text":
+        return windows[:, 1:].reshape(-1)
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).squeeze(1)  # (tokens,)
 
 
 @torch.no_grad()
