@@ -49,7 +49,7 @@ def check_base(base: MethodConfig, bits: tuple[int, ...]) -> None:
 
 def auto_config(
     model: nn.Module, windows: torch.Tensor, base: MethodConfig, budget_bytes: int,
-    bits: tuple[int, ...] = MIXED_BITS, progress: bool = False,
+    bits: tuple[int, ...] = MIXED_BITS, progress: bool = False, labels: str = "text",
 ) -> AutoResult:
     """The per-layer widths of `base` for `model` that fit `budget_bytes` with the least predicted loss."""
     check_base(base, bits)
@@ -58,7 +58,7 @@ def auto_config(
     if budget_bytes < smallest:
         raise LowbitError(f"a budget of {fmt_bytes(budget_bytes)} is below the smallest mixed setting: "
                           f"{fmt_bytes(smallest)} with every layer at {min(bits)} bits")
-    sensitivity = layer_sensitivity(model, windows, base, bits, progress)
+    sensitivity = layer_sensitivity(model, windows, base, bits, progress, labels)
     widths = allocate(sensitivity.loss, sizes, budget_bytes - fixed)
     config = MixedConfig(base=base.to_dict(), layer_bits=widths, include=base.include, exclude=base.exclude)
     return AutoResult(
