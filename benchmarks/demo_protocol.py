@@ -66,8 +66,9 @@ def evaluate_many(models: dict[str, nn.Module], windows: torch.Tensor, reference
             sums[name][0] += q.nll
             sums[name][1] += q.kl or 0.0
             sums[name][2] += q.top1 if q.top1 is not None else 1.0
-        if progress:
-            print(f"window {i + 1}/{windows.shape[0]}", flush=True)
+        if progress:  # running perplexities, so that a cut-off run still says something
+            running = ", ".join(f"{name} {math.exp(s[0] / (i + 1)):.3f}" for name, s in sums.items())
+            print(f"window {i + 1}/{windows.shape[0]}: ppl so far {running}", flush=True)
     k = windows.shape[0]
     return {name: {"ppl": math.exp(s[0] / k), "kl": s[1] / k, "top1": s[2] / k} for name, s in sums.items()}
 

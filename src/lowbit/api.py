@@ -61,7 +61,7 @@ def quantize(
             stats = observe_inputs(model, targets, calib, config.make_observer, progress=progress)
         for name, module in track(targets.items(), f"quantizing ({config.name})", progress):
             weight, bias = linear_weight(module)
-            model.set_submodule(name, config.quantize_layer(weight, bias, stats.get(name)))
+            model.set_submodule(name, config.layer_config(name).quantize_layer(weight, bias, stats.get(name)))
     quantize_vocab_layers(model, config.embedding_bits, config.head_bits)
     model.lowbit_config = config
     return model

@@ -16,7 +16,7 @@ from lowbit.methods import method_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 METHOD_NAMES = ", ".join(method_names())
-METHOD_HELP = "quantization method: " + METHOD_NAMES
+METHOD_HELP = "quantization method: " + METHOD_NAMES + ", or auto (mixed precision under --memory-budget)"
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -61,8 +61,15 @@ def quantize(
     seed: int = typer.Option(0, help="seed for calibration sampling"),
     device: Optional[str] = typer.Option(None, help="where calibration runs each block, e.g. cuda (default: cpu)"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+    memory_budget: Optional[str] = typer.Option(None, help="--method auto: whole-model weight bytes, e.g. 160MB, 6GiB"),
+    base_method: str = typer.Option("hqq", help="--method auto: the method each layer is quantized with"),
+    sensitivity_windows: int = typer.Option(4, help="--method auto: calibration windows for the sensitivity pass"),
+    sensitivity_seqlen: int = typer.Option(256, help="--method auto: tokens per sensitivity window"),
 ) -> None:
-    """Quantize MODEL with a method and save it to --out (method options: -o KEY=VALUE, e.g. -o desc_act=true)."""
+    """Quantize MODEL with a method and save it to --out (method options: -o KEY=VALUE, e.g. -o desc_act=true).
+
+    --method auto chooses a bit width (2, 3, 4 or 8) per layer of --base-method within --memory-budget,
+    from each layer's measured sensitivity (lowbit.recommend.auto)."""
     from lowbit.api import quantize as quantize_model
     from lowbit.api import save
     from lowbit.calib.data import calibration_windows
@@ -71,11 +78,22 @@ def quantize(
     from lowbit.io.sources import load_model
     from lowbit.preflight import check_fits, estimate
 
-    config = method_config(method, bits, group_size, option, include, exclude)
+    auto = method == "auto"
+    if auto != (memory_budget is not None) or (auto and bits is not None):
+        raise LowbitError("--method auto needs --memory-budget (and picks the bits itself); other methods take --bits")
+    config = method_config(base_method if auto else method, bits, group_size, option, include, exclude)
+    if auto:
+        from lowbit.recommend.auto import MIXED_BITS, check_base
+        from lowbit.recommend.units import parse_size
+
+        check_base(config, MIXED_BITS)
+        budget_bytes = parse_size(memory_budget)
     check_target(out, overwrite)  # fail before the slow part
     with output_lock(out):  # held for the whole run: the work folder and the output are this process's
         loaded = load_model(model)
         check_fits(estimate(loaded.model, config, nsamples if calib else 0, calib_seqlen), out)
+        if auto:
+            config = _mixed_config(loaded, config, budget_bytes, calib, sensitivity_windows, sensitivity_seqlen, seed)
         windows = None
         if calib is not None:
             windows = calibration_windows(loaded.tokenizer, calib, nsamples, calib_seqlen, seed)
@@ -89,6 +107,17 @@ def quantize(
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
     typer.echo(f"quantized {loaded.source} with {config.name} in {seconds:.1f} s -> {out}")
+
+
+def _mixed_config(loaded, base, budget_bytes: int, calib: Optional[str], windows: int, seqlen: int, seed: int):
+    """The per-layer widths for --method auto: sensitivity on calibration text, then the knapsack."""
+    from lowbit.calib.data import calibration_windows
+    from lowbit.recommend.auto import auto_config
+
+    text = calibration_windows(loaded.tokenizer, calib or "wikitext2", windows, seqlen, seed)
+    result = auto_config(loaded.model, text, base, budget_bytes, progress=True)
+    typer.echo(result.describe())
+    return result.config
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -183,7 +212,7 @@ def _split(value: Optional[str], cast=str) -> Optional[list]:
 def compare(
     model: str = typer.Argument(..., help="Hugging Face folder, .gguf file, hub id, or 'demo'"),
     out: Path = typer.Option(..., "--out", help="folder for results.jsonl and the reports"),
-    preset: str = typer.Option("quick", help="quick, standard or full"),
+    preset: str = typer.Option("quick", help="small, quick, standard or full"),
     methods: Optional[str] = typer.Option(None, help="comma-separated methods (default: the preset's)"),
     bits: Optional[str] = typer.Option(None, help="comma-separated bit widths, e.g. 2,3,4,8"),
     group_size: Optional[str] = typer.Option(None, help="comma-separated group sizes"),
@@ -261,6 +290,45 @@ def export_model(
 
 
 @app.command()
+def recommend(
+    model: str = typer.Argument(..., help="Hugging Face folder, .gguf file, hub id, or 'demo'"),
+    memory_budget: Optional[str] = typer.Option(None, help="whole-model weight bytes, e.g. 6GB, 512MiB"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    priority: str = typer.Option("balanced", help="balanced, memory, speed, quality or simplicity"),
+    calibration_data: str = typer.Option("yes", help="yes or no: is calibration text available"),
+    allow_training: bool = typer.Option(False, help="allow methods that need a training run (qat)"),
+    max_quantization_time: Optional[str] = typer.Option(None, help="longest acceptable quantization, e.g. 30m, 2h"),
+    results: Optional[str] = typer.Option(None, help="a `lowbit compare --out` folder: measurements replace priors"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    verify: int = typer.Option(0, help="quantize and measure the top K into --results, then rank from them"),
+    verify_preset: str = typer.Option("small", help="compare preset --verify measures with: small, quick, standard or full"),
+    mixed: Optional[str] = typer.Option(None, help="also propose mixed precision over this base method (rtn, hqq, gptq)"),
+    dtype: str = typer.Option("float32", help="dtype of the unquantized tensors: " + ", ".join(DTYPES)),
+) -> None:
+    """Rank the methods and settings for MODEL under constraints, with exact memory and the reasons."""
+    import torch
+
+    from lowbit.compare.presets import PRESETS
+    from lowbit.core.checks import check_choice
+    from lowbit.recommend.policy import Constraints
+    from lowbit.recommend.report import as_json as to_json
+    from lowbit.recommend.report import render
+    from lowbit.recommend.run import run
+    from lowbit.recommend.units import parse_duration, parse_size
+
+    check_choice(calibration_data, ("yes", "no"), "--calibration-data answer")
+    check_choice(dtype, DTYPES, "dtype")
+    check_choice(verify_preset, tuple(PRESETS), "verify preset")
+    constraints = Constraints(
+        budget_bytes=parse_size(memory_budget) if memory_budget else None, device=device, priority=priority,
+        calibration_data=calibration_data == "yes", allow_training=allow_training,
+        max_quantize_s=parse_duration(max_quantization_time) if max_quantization_time else None,
+    )
+    rec = run(model, constraints, results, getattr(torch, dtype), verify, mixed, verify_preset)
+    typer.echo(json.dumps(to_json(rec, model), indent=1) if as_json else render(rec, model))
+
+
+@app.command()
 def info(folder: Path = typer.Argument(..., help="a lowbit output folder")) -> None:
     """What a saved model holds: method, settings, source, layers and bytes."""
     from lowbit.io.checkpoint import read_metadata
@@ -271,7 +339,12 @@ def info(folder: Path = typer.Argument(..., help="a lowbit output folder")) -> N
     layers = meta.get("layers", {})
     params = sum(layer["spec"]["in_features"] * layer["spec"]["out_features"] for layer in layers.values())
     packed = sum(layer["bytes"] for layer in layers.values())
-    typer.echo(f"method: {json.dumps(meta['method'])}")
+    method = {k: v for k, v in meta["method"].items() if k != "layer_bits"}
+    typer.echo(f"method: {json.dumps(method)}")
+    if "layer_bits" in meta["method"]:
+        from lowbit.methods.base import MethodConfig
+
+        typer.echo(f"bits per layer: {MethodConfig.from_dict(meta['method']).summary()}")
     typer.echo(f"source: {meta.get('source')}  model_type: {meta.get('model_type')}")
     typer.echo(f"lowbit {meta.get('lowbit_version')}, checkpoint format {meta['format_version']}")
     typer.echo(f"quantized layers: {len(layers)}, {params:,} weights in {packed:,} bytes "

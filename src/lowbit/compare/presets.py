@@ -39,6 +39,8 @@ class Preset:
 
 
 PRESETS = {
+    # small: a cheap check of a few settings (what `lowbit recommend --verify K` runs by default)
+    "small": Preset(("rtn", "hqq", "nf4"), eval_windows=8, seqlen=512, nsamples=8, calib_seqlen=512),
     "quick": Preset(("rtn", "gptq", "awq", "hqq", "nf4", "int8", "eetq"), eval_windows=8, seqlen=512, nsamples=32, calib_seqlen=512),
     "standard": Preset(("rtn", "ptq", "gptq", "awq", "hqq", "nf4", "fp4", "int8", "eetq"), eval_windows=40, seqlen=512,
                        nsamples=128, calib_seqlen=512),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from lowbit.api import quantize, save
 from lowbit.assets import EVAL_TEXTS, resolve_text
 from lowbit.calib.data import calibration_windows, consecutive_windows, read_text, tokenize
 from lowbit.compare.measure import measure_speed, peak_memory
-from lowbit.compare.presets import PRESETS, build_matrix
+from lowbit.compare.presets import PRESETS, Matrix, build_matrix
 from lowbit.compare.store import ResultsStore, record_key
 from lowbit.eval.memory import memory_report
 from lowbit.eval.quality import evaluate
@@ -60,10 +61,12 @@ def run_compare(
     device: str = "cpu",
     save_models: bool = False,
     console: Console | None = None,
+    configs: list[MethodConfig] | None = None,
 ) -> CompareRun:
+    """configs: run exactly these settings instead of the methods x bits x group sizes matrix."""
     console = console or Console(stderr=True)
     settings = PRESETS[preset]
-    matrix = build_matrix(methods or list(settings.methods), bits, group_sizes)
+    matrix = Matrix(list(configs)) if configs is not None else build_matrix(methods or list(settings.methods), bits, group_sizes)
     for label, reason in matrix.skipped:
         console.print(f"[yellow]skipped[/] {label}: {reason}")
     base = load_model(model)
@@ -91,9 +94,10 @@ def run_compare(
             run.reused += 1
             console.print(f"[dim]reused[/] {done['label']} (finished in an earlier run)")
             continue
-        label = _label(config)
+        label = setting_label(config)
         console.print(f"[bold]running[/] {label}")
-        record = {"key": key, "label": label, "config": config_dict, "protocol": protocol, "lowbit": __version__}
+        record = {"key": key, "label": label, "model": base.source, "config": config_dict, "protocol": protocol,
+                  "lowbit": __version__}
         try:
             record |= _measure(ctx, config, label)
             record["status"] = "ok"
@@ -105,9 +109,12 @@ def run_compare(
     return run
 
 
-def _label(config: MethodConfig | None) -> str:
+def setting_label(config: MethodConfig | None) -> str:
+    """'unquantized', 'rtn 4-bit g64', 'nf4', 'mixed hqq g64: 2-bit x40, 4-bit x170'."""
     if config is None:
         return "unquantized"
+    if hasattr(config, "summary"):
+        return f"{config.name} {config.summary()}"
     parts = [config.name]
     for name in ("bits", "group_size"):
         if hasattr(config, name):
@@ -135,7 +142,7 @@ def _measure(ctx: _Context, config: MethodConfig | None, label: str) -> dict[str
             "samples": int(calib.shape[0]) if calib is not None else 0,
         }
         if ctx.save_models is not None:
-            save(model, ctx.save_models / label.replace(" ", "_"), ctx.base.tokenizer, source=ctx.base.source, overwrite=True)
+            save(model, ctx.save_models / re.sub(r"[^\w.+-]+", "_", label), ctx.base.tokenizer, source=ctx.base.source, overwrite=True)
     reference = None if config is None else ctx.base.model
     result["quality"] = {
         name: dataclasses.asdict(evaluate(model, windows, reference)) for name, windows in ctx.windows.items()

@@ -26,7 +26,7 @@ from lowbit.methods.base import MethodConfig
 from lowbit.modules import MODULE_TYPES, QuantizedLinear
 from lowbit.modules.plan import prepare_kernels
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this lowbit reads; 2 adds per-layer method settings (methods.mixed)
 WEIGHTS_FILE = "model.safetensors"
 ARTIFACTS_FILE = "calibration.safetensors"  # what a calibration search found (AWQ scales/clips), to re-apply
 
@@ -49,7 +49,7 @@ def save_quantized(
             tokenizer.save_pretrained(tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         meta = {
-            "format_version": FORMAT_VERSION,
+            "format_version": config.format_version,
             "lowbit_version": __version__,
             "method": config.to_dict(),
             "source": source,
@@ -69,14 +69,18 @@ def save_quantized(
 
 
 def unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with tied tensors once (the first name wins; tie_weights restores the rest)."""
-    seen: set[tuple[int, int]] = set()
+    """The state dict with tied tensors once (the first name wins; tie_weights restores the rest).
+
+    Tensors on the meta device have no storage to compare, so a tied pair is recognised as one object
+    (how tie_weights ties them); that lets memory predictions count a meta-device model like a real one.
+    """
+    seen: set[tuple] = set()
     tensors = {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = ("meta", id(tensor)) if tensor.is_meta else (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
         if key not in seen:
             seen.add(key)
-            tensors[name] = tensor
+            tensors[name] = tensor.detach()
     return tensors
 
 

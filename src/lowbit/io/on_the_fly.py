@@ -20,7 +20,7 @@ from lowbit.calib.arch import arch_spec, find_targets, linear_weight
 from lowbit.core.checks import check_finite
 from lowbit.errors import LowbitError
 from lowbit.io.checkpoint import check_complete
-from lowbit.io.sources import LoadedModel, demo_path
+from lowbit.io.sources import LoadedModel, demo_path, meta_model
 from lowbit.io.tensor_sources import iter_gguf, iter_safetensors
 from lowbit.methods.base import MethodConfig
 from lowbit.modules.base import QuantizedLinear
@@ -52,19 +52,15 @@ def load_on_the_fly(
 
 
 def skeleton(folder: Path, gguf_file: str | None, dtype: torch.dtype) -> tuple[nn.Module, object]:
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """The model with every parameter on the meta device (buffers real), and its tokenizer."""
+    from transformers import AutoTokenizer
 
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    model = meta_model(str(folder), dtype, str(folder), gguf_file)
     try:
-        hf_config = AutoConfig.from_pretrained(folder, **extra)
-        arch_spec(hf_config.model_type)
-        tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, ValueError, KeyError) as err:
-        raise LowbitError(f"cannot read the config or tokenizer of {folder}: {str(err).strip().splitlines()[0]}")
-    with init_empty_weights():  # parameters on meta; buffers such as rotary inv_freq are real
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    return model.eval(), tokenizer
+        raise LowbitError(f"cannot read the tokenizer of {folder}: {str(err).strip().splitlines()[0]}")
+    return model, tokenizer
 
 
 def _place(
@@ -81,7 +77,7 @@ def _place(
         weight, bias = linear_weight(module)
         if bias is not None and bias.is_meta:  # its bias comes later in the file
             bias = torch.zeros(bias.shape, dtype=dtype)
-        model.set_submodule(module_name, config.quantize_layer(weight, bias))
+        model.set_submodule(module_name, config.layer_config(module_name).quantize_layer(weight, bias))
         del targets[module_name]  # the float layer (now holding its weight) must not outlive this call
 
 

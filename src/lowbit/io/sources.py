@@ -42,31 +42,61 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, import_gguf: bool 
     """Load MODEL for quantization or evaluation, with one-line errors for every way it can fail.
 
     import_gguf: read a .gguf file's block-quantized weights as they are (io.gguf_import) instead of
-    dequantizing them to `dtype`.
+    dequantizing them to `dtype`. A folder quantized by another tool (GPTQ, AWQ, compressed-tensors) is
+    imported into lowbit's modules (io.importers).
     """
     if import_gguf:
         from lowbit.io.gguf_import import import_gguf as load_gguf
 
         return load_gguf(spec)
-    path = demo_path() if spec == "demo" else Path(spec).expanduser()
-    if path.is_dir() and (path / METADATA_FILE).is_file():
+    where, gguf_file, source = _resolve(spec)
+    if where is None:
         from lowbit.io.checkpoint import load_quantized
 
-        return load_quantized(path)
-    if path.is_file() and path.suffix == ".gguf":
-        return _load_hf(str(path.parent), dtype, gguf_file=path.name, source=str(path))
-    if path.is_dir():
+        return load_quantized(source)
+    if gguf_file is None and Path(where).is_dir():
         from lowbit.io.importers import import_checkpoint, quantization_config
 
-        if quantization_config(path) is not None:  # GPTQ / AWQ / compressed-tensors from another tool
-            return import_checkpoint(path)
+        if quantization_config(Path(where)) is not None:  # GPTQ / AWQ / compressed-tensors from another tool
+            return import_checkpoint(Path(where))
+    return _load_hf(where, dtype, source=source, gguf_file=gguf_file)
+
+
+def load_skeleton(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """MODEL's architecture with every parameter on the meta device (no weights read, tied like the real
+    model), for exact memory predictions; the tokenizer is not loaded."""
+    where, gguf_file, source = _resolve(spec)
+    if where is None:
+        raise LowbitError(f"{source} is already quantized by lowbit: give the original model")
+    return LoadedModel(meta_model(where, dtype, source, gguf_file), None, source)
+
+
+def meta_model(where: str, dtype: torch.dtype, source: str, gguf_file: str | None = None) -> nn.Module:
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    config = _read_config(where, source, gguf_file)
+    with init_empty_weights():  # parameters on meta; buffers such as rotary inv_freq are real
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()
+    return model.eval()
+
+
+def _resolve(spec: str) -> tuple[str | None, str | None, str]:
+    """(where transformers reads it, gguf file name or None, source); where is None for a lowbit folder."""
+    path = demo_path() if spec == "demo" else Path(spec).expanduser()
+    if path.is_dir() and (path / METADATA_FILE).is_file():
+        return None, None, str(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), path.name, str(path)
+    if path.is_dir():
         if not (path / "config.json").is_file():
             raise LowbitError(f"{path} has no config.json: give a Hugging Face model folder, a .gguf file or 'demo'")
-        return _load_hf(str(path), dtype, source=str(path))
+        return str(path), None, str(path)
     if path.exists():
         raise LowbitError(f"{path} is not a model: give a Hugging Face model folder, a .gguf file or 'demo'")
     if _looks_like_hub_id(spec):
-        return _load_hf(spec, dtype, source=spec)
+        return spec, None, spec
     raise LowbitError(f"model not found: {spec} (give a Hugging Face folder, a .gguf file, a hub id or 'demo')")
 
 
@@ -76,16 +106,10 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 
 def _load_hf(where: str, dtype: torch.dtype, source: str, gguf_file: str | None = None) -> LoadedModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from lowbit.calib.arch import arch_spec
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     extra = {"gguf_file": gguf_file} if gguf_file else {}
-    try:
-        config = AutoConfig.from_pretrained(where, **extra)
-    except (OSError, ValueError, KeyError) as err:
-        raise LowbitError(f"cannot read the model config of {source}: {_first_line(err)}")
-    arch_spec(config.model_type)  # unsupported architectures fail before the weights are read
+    _read_config(where, source, gguf_file)  # unsupported architectures fail before the weights are read
     try:
         model, info = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, output_loading_info=True, **extra)
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
@@ -99,6 +123,20 @@ def _load_hf(where: str, dtype: torch.dtype, source: str, gguf_file: str | None 
         )
     model.eval()
     return LoadedModel(model, tokenizer, source)
+
+
+def _read_config(where: str, source: str, gguf_file: str | None = None):
+    """The Hugging Face config, refused unless lowbit knows its architecture."""
+    from transformers import AutoConfig
+
+    from lowbit.calib.arch import arch_spec
+
+    try:
+        config = AutoConfig.from_pretrained(where, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError, KeyError) as err:
+        raise LowbitError(f"cannot read the model config of {source}: {_first_line(err)}")
+    arch_spec(config.model_type)
+    return config
 
 
 def _first_line(err: Exception) -> str:

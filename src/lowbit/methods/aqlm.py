@@ -29,6 +29,7 @@ from lowbit.core.aqlm import AQLMSearch, aqlm_quantize
 from lowbit.core.checks import check_choice
 from lowbit.core.threads import one_cpu_thread
 from lowbit.errors import LowbitError
+from lowbit.formats.aqlm import AQLMLayout
 from lowbit.methods.base import MethodConfig, register_method
 from lowbit.modules.aqlm_linear import AQLMLinear, AQLMTrainLinear
 
@@ -95,6 +96,10 @@ class AQLMConfig(MethodConfig):
         if stats is None:
             raise LowbitError(f"{self.name} needs calibration data: pass --calib wikitext2 (or a text file)")
         return self._quantize(weight, bias, stats).packed()
+
+    def empty_layer(self, out_features: int, in_features: int, has_bias: bool = False) -> AQLMLinear:
+        layout = AQLMLayout(out_features, in_features, self.codebooks, self.codebook_bits, self.group_size)
+        return AQLMLinear(layout, has_bias, device="meta")
 
     def _quantize(self, weight: torch.Tensor, bias: torch.Tensor | None, H: torch.Tensor) -> AQLMTrainLinear:
         with one_cpu_thread(weight.device):

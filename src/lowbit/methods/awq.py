@@ -63,6 +63,9 @@ class AWQConfig(MethodConfig):
         """Round-to-nearest with integer zeros, applied to weights already scaled and clipped by the search."""
         return IntLinear.from_weights(rtn_quantize(weight, self.bits, self.group_size, self.symmetric, True), bias)
 
+    def empty_layer(self, out_features: int, in_features: int, has_bias: bool = False) -> IntLinear:
+        return IntLinear.empty(out_features, in_features, self.bits, self.group_size, self.symmetric, has_bias)
+
     def calibrate_block(self, run: BlockRun) -> dict[str, torch.Tensor]:
         artifacts = self.awq_block(run)
         for name, module in list(run.linears.items()):

@@ -46,6 +46,7 @@ class MethodConfig:
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
+    format_version: ClassVar[int] = 1  # the checkpoint format a model quantized with this method needs
     needs_calibration: ClassVar[bool] = False
     calibrates_blocks: ClassVar[bool] = False  # True: quantized block by block by calib.engine (calibrate_block)
     quantizes: ClassVar[bool] = True  # False: a record of weights quantized elsewhere (methods.imported)
@@ -83,6 +84,15 @@ class MethodConfig:
         `work_dir` (the run's resumable work folder, if any) is where such work keeps its checkpoints."""
         return {}
 
+    def layer_config(self, name: str) -> "MethodConfig":
+        """The settings for the layer called `name` (the same for every layer, except in per-layer configs)."""
+        return self
+
+    def empty_layer(self, out_features: int, in_features: int, has_bias: bool = False) -> QuantizedLinear | None:
+        """The module `quantize_layer` makes for an (out, in) weight, empty on the meta device (for exact
+        memory predictions without quantizing); None where the method does not describe its layout."""
+        return None
+
     def make_observer(self) -> Any:
         """For methods that calibrate activations: an observer fed each layer's inputs."""
         raise NotImplementedError(f"{self.name} does not observe activations")
@@ -115,7 +125,8 @@ def make_config(method: str, **options: Any) -> MethodConfig:
         raise LowbitError(f"{method} does not take {', '.join(unknown)} (it takes {', '.join(sorted(known))})")
     for f in dataclasses.fields(cls):
         if f.name in options:
-            _check_type(method, f.name, options[f.name], f.default)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            _check_type(method, f.name, options[f.name], default)
     return cls(**options)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from lowbit.core.affine import int8_absmax
 from lowbit.errors import LowbitError
+from lowbit.formats.int8_rows import Int8RowLayout
 from lowbit.formats.nf4 import FourBitLayout
 from lowbit.methods.base import MethodConfig, register_method
 from lowbit.modules.fourbit_linear import FourBitLinear
@@ -37,6 +38,9 @@ class LLMInt8Config(MethodConfig):
         module.threshold = float(self.threshold)
         return module
 
+    def empty_layer(self, out_features: int, in_features: int, has_bias: bool = False) -> LLMInt8Linear:
+        return LLMInt8Linear(Int8RowLayout(out_features, in_features), has_bias, "meta", float(self.threshold))
+
 
 @dataclass(frozen=True, kw_only=True)
 class FourBitConfig(MethodConfig):
@@ -52,6 +56,10 @@ class FourBitConfig(MethodConfig):
         out, cols = weight.shape
         layout = FourBitLayout(out, cols, self.name, self.blocksize, self.double_quant)
         return FourBitLinear.from_float(weight, bias, layout)
+
+    def empty_layer(self, out_features: int, in_features: int, has_bias: bool = False) -> FourBitLinear:
+        layout = FourBitLayout(out_features, in_features, self.name, self.blocksize, self.double_quant)
+        return FourBitLinear(layout, has_bias, device="meta")
 
 
 @register_method("nf4")

@@ -9,6 +9,7 @@ group-wise integer format as rtn, with integer zero points.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -59,13 +60,21 @@ class GPTQSettings(MethodConfig):
         )
         return IntLinear.from_weights(w, bias)
 
-    def gptq_block(self, run: BlockRun) -> None:
-        """Quantize every linear of the block, stage by stage, each from its Hessian."""
+    def empty_layer(self, out_features: int, in_features: int, has_bias: bool = False) -> IntLinear:
+        return IntLinear.empty(out_features, in_features, self.bits, self.group_size, self.symmetric, has_bias)
+
+    def gptq_block(self, run: BlockRun, layer_config: Callable[[str], MethodConfig] | None = None) -> None:
+        """Quantize every linear of the block, stage by stage, each from its Hessian.
+
+        layer_config: full layer name -> the settings for that layer (per-layer configs such as mixed
+        precision); by default every layer takes this config's.
+        """
         groups = run.input_groups()
         for stage in [[g] for g in groups] if self.true_sequential else [groups]:
             for name, H in collect_hessians(run, stage).items():
                 weight, bias = linear_weight(run.linears[name])
-                run.replace(name, self.quantize_layer(weight, bias, H))
+                config = layer_config(run.full_name(name)) if layer_config else self
+                run.replace(name, config.quantize_layer(weight, bias, H))
 
 
 @register_method("gptq")

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from lowbit.core.affine import IntWeights, quantize_affine
+from lowbit.core.affine import IntWeights, quantize_affine, resolve_group_size
 from lowbit.core.checks import check_bits, check_group_size
 from lowbit.core.hqq import HQQSchedule, hqq_quantize
 from lowbit.errors import LowbitError
-from lowbit.formats.int_group_meta import QPARAM_NAMES, dequantize_qparam, quantize_qparam
+from lowbit.formats.int_group_meta import QPARAM_NAMES, IntGroupMetaLayout, dequantize_qparam, quantize_qparam
 from lowbit.methods.base import MethodConfig, register_method
 from lowbit.modules.base import QuantizedLinear
 from lowbit.modules.hqq_linear import HQQLinear
@@ -62,3 +62,11 @@ class HQQConfig(MethodConfig):
             scale, zero = (dequantize_qparam(**qparams8[p]) for p in QPARAM_NAMES)
             q = IntWeights(quantize_affine(w, scale, zero, q.bits, q.group_size), scale, zero, q.bits, q.group_size)
         return HQQLinear.from_weights(q, bias, self.axis, qparams8)
+
+    def empty_layer(self, out_features: int, in_features: int, has_bias: bool = False) -> QuantizedLinear:
+        if self.axis == 1 and not self.quant_qparams:
+            return IntLinear.empty(out_features, in_features, self.bits, self.group_size, False, has_bias)
+        grouped = in_features if self.axis == 1 else out_features
+        group = resolve_group_size(self.group_size, grouped)
+        layout = IntGroupMetaLayout(out_features, in_features, self.bits, group, self.axis, self.quant_qparams)
+        return HQQLinear(layout, has_bias, device="meta")

@@ -15,6 +15,7 @@ from lowbit.core.affine import int8_absmax
 from lowbit.core.checks import check_bits, check_choice
 from lowbit.core.observers import MinMaxObserver, PercentileObserver, int8_scale
 from lowbit.errors import LowbitError
+from lowbit.formats.int8_rows import Int8RowLayout
 from lowbit.methods.base import MethodConfig, register_method
 from lowbit.modules.w8a8_linear import W8A8Linear
 
@@ -45,3 +46,6 @@ class PTQConfig(MethodConfig):
             raise LowbitError("ptq needs calibrated activation ranges: pass calibration data (--calib)")
         qweight, scale = int8_absmax(weight, dim=1)  # (out, in) int8, (out, 1)
         return W8A8Linear.from_calibrated(qweight, scale, int8_scale(stats.range()), bias)
+
+    def empty_layer(self, out_features: int, in_features: int, has_bias: bool = False) -> W8A8Linear:
+        return W8A8Linear(Int8RowLayout(out_features, in_features), has_bias, device="meta")

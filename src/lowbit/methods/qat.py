@@ -105,6 +105,9 @@ class QATConfig(MethodConfig):
             raise LowbitError("qat init=gptq needs calibration data: pass --calib wikitext2 (or a text file)")
         return self.fake_quant(weight, bias, stats).packed()
 
+    def empty_layer(self, out_features: int, in_features: int, has_bias: bool = False) -> IntLinear:
+        return IntLinear.empty(out_features, in_features, self.bits, self.group_size, self.symmetric, has_bias)
+
     def calibrate_block(self, run: BlockRun) -> dict[str, torch.Tensor]:
         train = "block" in self.mode.split("+") and self.block_epochs > 0
         targets = run.forward() if train else []

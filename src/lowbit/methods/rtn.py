@@ -32,3 +32,6 @@ class RTNConfig(MethodConfig):
     def quantize_layer(self, weight: torch.Tensor, bias: torch.Tensor | None, stats=None) -> IntLinear:
         w = rtn_quantize(weight, self.bits, self.group_size, self.symmetric, self.integer_zero)
         return IntLinear.from_weights(w, bias)
+
+    def empty_layer(self, out_features: int, in_features: int, has_bias: bool = False) -> IntLinear:
+        return IntLinear.empty(out_features, in_features, self.bits, self.group_size, self.symmetric, has_bias)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.core.affine import IntWeights
+from lowbit.core.affine import IntWeights, resolve_group_size
 from lowbit.formats.int_group import IntGroupLayout, pack_int, unpack_int
 from lowbit.modules.base import QuantizedLinear
 
@@ -26,6 +26,12 @@ class IntLinear(QuantizedLinear):
         if bias is not None:
             module.bias = bias.detach().clone()
         return module
+
+    @classmethod
+    def empty(cls, out: int, cols: int, bits: int, group_size: int, symmetric: bool, has_bias: bool) -> "IntLinear":
+        """The module from_weights makes for an (out, cols) weight, empty on the meta device."""
+        layout = IntGroupLayout(out, cols, bits, resolve_group_size(group_size, cols), symmetric)
+        return cls(layout, has_bias, device="meta")
 
     def int_weights(self) -> IntWeights:
         return unpack_int(dict(self.named_buffers(recurse=False)), self.layout)

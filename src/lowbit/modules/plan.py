@@ -24,17 +24,24 @@ class KernelChoice:
 
 def layer_kernels(model: nn.Module, rows: int = 1, device: torch.device | str = "cpu") -> dict[str, KernelChoice]:
     """Layer name -> the kernel it runs for calls of `rows` activation rows on `device`."""
-    choices = {}
+    choices, seen = {}, {}
     for name, m in _quantized(model):
         ctx = m.call_context(rows, torch.device(device))
-        chosen = select(m.op, ctx, m.kernel_preference).name
-        skipped = {}
-        for cand, reason in explain(m.op, ctx):
-            if cand == chosen:
-                break
-            skipped[cand] = reason or f"not preferred ({m.kernel_preference})"
-        choices[name] = KernelChoice(m.op, chosen, skipped)
+        key = (m.op, ctx, m.kernel_preference)  # layers of one shape and format choose alike
+        if key not in seen:
+            seen[key] = _choice(m.op, ctx, m.kernel_preference)
+        choices[name] = seen[key]
     return choices
+
+
+def _choice(op: str, ctx, preference: str) -> KernelChoice:
+    chosen = select(op, ctx, preference).name
+    skipped = {}
+    for cand, reason in explain(op, ctx):
+        if cand == chosen:
+            break
+        skipped[cand] = reason or f"not preferred ({preference})"
+    return KernelChoice(op, chosen, skipped)
 
 
 def kernel_summary(model: nn.Module, rows: int = 1, device: torch.device | str = "cpu") -> dict[str, int]:
