@@ -1,5 +1,6 @@
 """lowbit compare: the matrix, the resumable store, failures recorded, reports, and numbers equal to eval."""
 
+import csv
 import json
 
 import pytest
@@ -45,12 +46,18 @@ def test_rerun_reuses_everything(compared, stories_path):
     assert [r["key"] for r in again.records] == [r["key"] for r in run.records]
 
 
-def test_report_numbers_equal_lowbit_eval(compared):
+@pytest.mark.parametrize("label", ["rtn 4-bit g64", "ptq 8-bit"])
+def test_report_numbers_equal_lowbit_eval(compared, stories_path, label):
+    """results.csv (the report) and `lowbit eval` on the saved model give the same numbers."""
     out, run = compared
-    record = run.records[1]
-    evaluated = run_eval(str(out / "models" / "rtn_4-bit_g64"), seqlen=512, windows=8)
-    assert evaluated["ppl"] == record["quality"]["wikitext2"]["ppl"]
-    assert evaluated["weight_bytes"] == record["memory"]["weight_bytes"]
+    write_reports(run.records, run.skipped, out)
+    with open(out / "results.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["label"] == label and r["eval"] == "wikitext2")
+    evaluated = run_eval(str(out / "models" / label.replace(" ", "_")), seqlen=512, windows=8, reference=str(stories_path))
+    assert float(row["ppl"]) == evaluated["ppl"]
+    assert float(row["kl"]) == evaluated["kl"] and float(row["top1"]) == evaluated["top1"]
+    assert float(row["bits_per_param"]) == evaluated["bits_per_param"]
+    assert float(row["weight_mb"]) == evaluated["weight_bytes"] / 1e6
 
 
 def test_reports_are_written(compared):
