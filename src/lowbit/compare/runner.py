@@ -126,12 +126,11 @@ def lowbit_setting(config: MethodConfig) -> Setting:
 
 
 def other_records(session: Session, own: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Finished records in the store made with this model and protocol that are not in `own` (e.g. peers')."""
+    """Records in the store made with this model and protocol that are not in `own` (e.g. peers')."""
     keys = {r["key"] for r in own}
     return [
         r for r in session.store.latest()
-        if r.get("status") == "ok" and r["key"] not in keys and r.get("protocol") == session.protocol
-        and r.get("model") == session.base.source
+        if r["key"] not in keys and r.get("protocol") == session.protocol and r.get("model") == session.base.source
     ]
 
 

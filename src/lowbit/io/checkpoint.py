@@ -73,7 +73,10 @@ def unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     seen: set[tuple[int, int]] = set()
     tensors = {}
     for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        try:
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        except RuntimeError:  # a tensor subclass (e.g. torchao's) with no storage of its own: never tied
+            key = (id(tensor), -1)
         if key not in seen:
             seen.add(key)
             tensors[name] = tensor
