@@ -154,14 +154,44 @@ def llmcompressor_quantize(model, method, bits, group, options, calib, tokenizer
         recipe = [AWQModifier(duo_scaling=True, offload_device=None, **options),
                   QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
     config_dir = tempfile.mkdtemp()  # oneshot re-reads the config from disk; a GGUF folder has no config.json
-    if hasattr(model.config, "quantization_config"):  # the GGUF file's; the loaded weights are plain fp32
-        del model.config.quantization_config
+    _drop_gguf_quantization_config(model)
     model.config.save_pretrained(config_dir)
     model.config._name_or_path = config_dir
     data = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
     oneshot(model=model, tokenizer=tokenizer, recipe=recipe, dataset=data, num_calibration_samples=calib.shape[0],
             max_seq_length=calib.shape[1], shuffle_calibration_samples=False, pipeline="sequential")
     return {"method": method, "bits": bits, "group_size": group, "symmetric": False, **options}
+
+
+def _drop_gguf_quantization_config(model: nn.Module) -> None:
+    if hasattr(model.config, "quantization_config"):  # the GGUF file's; the loaded weights are plain fp32
+        del model.config.quantization_config
+
+
+def gptqmodel_quantize(model: nn.Module, bits: int, group: int, calib: torch.Tensor, tokenizer) -> LayerBytes:
+    """GPTQModel (asymmetric, damp 0.01, no act-order) on the same windows; its packed layers replace the targets.
+
+    GPTQModel loads a model from a folder, so the float model is saved to a temporary one first.
+    """
+    import os
+
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(torch.get_num_threads()))
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    folder = tempfile.mkdtemp()
+    _drop_gguf_quantization_config(model)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    config = QuantizeConfig(bits=bits, group_size=group, sym=False, desc_act=False, damp_percent=0.01)
+    quantized = GPTQModel.load(folder, config, device="cpu")
+    quantized.quantize([{"input_ids": w.tolist(), "attention_mask": [1] * w.numel()} for w in calib], batch_size=8)
+    params = _target_params(model)
+    held = {}
+    for name, n in params.items():
+        layer = quantized.model.get_submodule(name)
+        model.set_submodule(name, layer)
+        held[name] = (sum(tensor_bytes(b) for k, b in layer.named_buffers() if k != "bias"), n)
+    return held
 
 
 def packed_int_bytes(model: nn.Module, bits: int, group_size: int) -> LayerBytes:

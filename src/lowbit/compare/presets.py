@@ -38,11 +38,6 @@ class Preset:
     speed_new_tokens: int = 32  # decode tokens
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> options it runs with here
 
-    def describe(self) -> dict[str, Any]:
-        """Everything this preset decides, for the protocol of every record it makes."""
-        return dataclasses.asdict(self) | {"methods": list(self.methods)}
-
-
 # AWQ's scale search is its cost on CPU (a forward per grid point per scaling pair per block): the quick
 # preset searches on the output of the smallest module holding each pair (as AutoAWQ does), on 8 windows,
 # with 10 grid points; the standard preset searches the whole block's output on 8 windows with 20.
