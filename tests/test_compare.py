@@ -85,6 +85,9 @@ def test_a_failing_setting_is_recorded_and_the_rest_continue(stories_path, tmp_p
     status = {r["label"]: r["status"] for r in run.records}
     assert status == {"unquantized": "ok", "rtn 3-bit g64": "failed", "rtn 8-bit g64": "ok"}
     assert "boom" in run.records[1]["error"]
+    write_reports(run.records, run.skipped, tmp_path)
+    assert "- rtn 3-bit g64: failed: RuntimeError: boom" in (tmp_path / "report.md").read_text()
+    assert "rtn 3-bit g64: failed: RuntimeError: boom" in (tmp_path / "report.html").read_text()
 
 
 def test_store_survives_a_line_cut_short(tmp_path):

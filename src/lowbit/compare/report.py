@@ -54,7 +54,7 @@ def _markdown(records, table, skipped, protocol, plots, path: Path) -> Path:
     failed = [r for r in table if "ppl" not in r]
     if failed or skipped:
         parts += ["## Not measured", ""]
-        parts += [f"- {r['label']}: failed: {r['status']}" for r in failed]
+        parts += [f"- {r['label']}: failed: {r['error']}" for r in failed]
         parts += [f"- {label}: skipped: {reason}" for label, reason in skipped]
         parts.append("")
     parts += [f"![{p.stem}]({p.name})" for p in plots]
@@ -93,7 +93,7 @@ def _html(records, table, skipped, protocol, plots, path: Path) -> Path:
         f"<figure><img alt='{p.stem}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'></figure>"
         for p in plots
     )
-    notes = "".join(f"<li>{html.escape(r['label'])}: failed: {html.escape(r['status'])}</li>" for r in table if "ppl" not in r)
+    notes = "".join(f"<li>{html.escape(r['label'])}: failed: {html.escape(r['error'])}</li>" for r in table if "ppl" not in r)
     notes += "".join(f"<li>{html.escape(label)}: skipped: {html.escape(reason)}</li>" for label, reason in skipped)
     settings = "".join(f"<li>{html.escape(r['label'])}: <code>{html.escape(_options(r['config']))}</code></li>"
                        for r in side_by_side(records))

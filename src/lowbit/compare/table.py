@@ -39,8 +39,9 @@ def rows(records: list[dict[str, Any]], eval_name: str) -> list[dict[str, Any]]:
     base = next((r for r in records if r["config"].get("method") == "unquantized" and r["status"] == "ok"), None)
     out = []
     for r in side_by_side(records):
-        row: dict[str, Any] = {"label": r["label"], "library": r["config"].get("library", "lowbit"),
-                               "status": r["status"] if r["status"] == "ok" else r.get("error", "failed")}
+        row: dict[str, Any] = {"label": r["label"], "library": r["config"].get("library", "lowbit"), "status": r["status"]}
+        if r["status"] != "ok":
+            row["error"] = r.get("error", "unknown error")
         if r["status"] != "ok":
             out.append(row)
             continue
