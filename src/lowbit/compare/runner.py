@@ -26,12 +26,13 @@ from lowbit.compare.measure import measure_speed, peak_memory
 from lowbit.compare.presets import PRESETS, Preset, build_matrix
 from lowbit.compare.store import ResultsStore, record_key
 from lowbit.eval.memory import memory_report
-from lowbit.eval.quality import evaluate
+from lowbit.eval.quality import ReferenceMemo, evaluate
 from lowbit.io.sources import LoadedModel, load_model
 from lowbit.methods.base import MethodConfig
 from lowbit.modules.plan import kernel_summary
 
 BASELINE = {"method": "unquantized"}
+REFERENCE_CACHE_BYTES = 2**30  # the unquantized model's logits on every eval window are kept when they fit
 # (model, calibration windows or None) -> None, or {layer name: (bytes, params)} for layers another library holds
 Quantizer = Callable[[nn.Module, "torch.Tensor | None"], "dict[str, tuple[int, int]] | None"]
 
@@ -63,6 +64,7 @@ class Session:
     protocol: dict[str, Any]
     store: ResultsStore
     console: Console
+    reference: nn.Module | None = None  # the unquantized model, remembering its outputs on the eval windows
     save_models: Path | None = None
     calib_windows: torch.Tensor | None = None
 
@@ -80,11 +82,14 @@ def open_session(
         "nsamples": settings.nsamples, "calib_seqlen": settings.calib_seqlen, "seed": seed,
         "prompt_tokens": settings.speed_prompt, "new_tokens": settings.speed_new_tokens, "device": device,
     }
+    windows = {name: _eval_windows(base, name, settings.seqlen, settings.eval_windows) for name in evals}
+    n_windows = sum(w.shape[0] for w in windows.values())
+    logits_bytes = 4 * n_windows * settings.seqlen * base.model.config.vocab_size
+    capacity = n_windows if logits_bytes <= REFERENCE_CACHE_BYTES else 0
     return Session(
-        base=base, windows={name: _eval_windows(base, name, settings.seqlen, settings.eval_windows) for name in evals},
-        calib=calib, seed=seed, preset=settings, device=torch.device(device), protocol=protocol,
-        store=ResultsStore(out / "results.jsonl"), console=console or Console(stderr=True),
-        save_models=out / "models" if save_models else None,
+        base=base, windows=windows, calib=calib, seed=seed, preset=settings, device=torch.device(device),
+        protocol=protocol, store=ResultsStore(out / "results.jsonl"), console=console or Console(stderr=True),
+        reference=ReferenceMemo(base.model, capacity), save_models=out / "models" if save_models else None,
     )
 
 
@@ -192,9 +197,9 @@ def _measure(session: Session, setting: Setting) -> dict[str, Any]:
         if session.save_models is not None and setting.save_as is not None:
             save(model, session.save_models / setting.label.replace(" ", "_"), session.base.tokenizer,
                  source=session.base.source, overwrite=True)
-    reference = None if setting.quantizer is None else session.base.model
+    evaluated, reference = (session.reference, None) if setting.quantizer is None else (model, session.reference)
     result["quality"] = {
-        name: dataclasses.asdict(evaluate(model, windows, reference)) for name, windows in session.windows.items()
+        name: dataclasses.asdict(evaluate(evaluated, windows, reference)) for name, windows in session.windows.items()
     }
     memory = memory_report(model, foreign)
     with peak_memory(session.device) as run_mem:
