@@ -152,12 +152,15 @@ def run_setting(session: Session, setting: Setting) -> tuple[dict[str, Any], boo
     session.console.print(f"[bold]running[/] {setting.label}")
     record = {"key": key, "label": setting.label, "model": session.base.source, "config": setting.config,
               "protocol": session.protocol, "lowbit": __version__}
+    wall, cpu = time.perf_counter(), time.process_time()
     try:
         record |= _measure(session, setting)
         record["status"] = "ok"
     except Exception as err:  # one failing setting must not end the comparison: it is recorded
         record |= {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]}
         session.console.print(f"[red]failed[/] {setting.label}: {record['error']}")
+    # the whole setting: wall time, and this process's CPU time (all threads; robust to a shared machine)
+    record |= {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
     session.store.add(record)
     return record, False
 
