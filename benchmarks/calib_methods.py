@@ -4,7 +4,7 @@ GPTQModifier / AWQModifier, side by side in one process on the same calibration 
 Protocol: eval wikitext2 test, seqlen 512, first --windows windows; perplexity and KL(fp32 || quantized)
 averaged over every predicted position; calibration: --nsamples random windows of --calib-seqlen tokens
 of the --calib calibration split (wikitext2 or ptb, seed 0). Wall time and peak resident memory (increase over the
-process's memory before the call, sampled every 20 ms) of each quantization call.
+process's memory before the call, sampled every 5 ms by lowbit.compare.measure.peak_memory) of each quantization call.
 Each finished setting is appended at once to --out (JSON lines), so a cut-short run keeps its results.
 
     PYTHONPATH=src python benchmarks/calib_methods.py --settings fp32 rtn:4:64 gptq:4:64 lc-gptq:4:64 \
@@ -22,45 +22,21 @@ import json
 import math
 import os
 import platform
-import tempfile
-import threading
 import time
 
-import psutil
 import torch
 import torch.nn.functional as F
+
+from peer_libs import llmcompressor_quantize
 
 from lowbit.api import quantize
 from lowbit.assets import EVAL_TEXTS, resolve_text
 from lowbit.calib.data import calibration_windows, consecutive_windows, read_text, tokenize
 from lowbit.cli import parse_options
+from lowbit.compare.measure import peak_memory
 from lowbit.eval.memory import memory_report
 from lowbit.io.sources import load_model
 from lowbit.methods import make_config
-
-
-class PeakRSS:
-    """Peak resident memory of this process during a `with` block, sampled by a thread."""
-
-    def __enter__(self):
-        self.proc, self.start, self.peak, self.done = psutil.Process(), 0, 0, False
-        self.start = self.peak = self.proc.memory_info().rss
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while not self.done:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.02)
-
-    def __exit__(self, *exc):
-        self.done = True
-        self.thread.join()
-
-    @property
-    def extra_mib(self) -> float:
-        return (self.peak - self.start) / 2**20
 
 
 @torch.no_grad()
@@ -87,36 +63,6 @@ def lowbit_quantize(model, method, bits, group, options, calib, tokenizer=None):
     config = make_config(method, **sizes, **extra, **options)
     quantize(model, config, calib if config.needs_calibration else None)
     return config.to_dict()
-
-
-def llmcompressor_quantize(model, method, bits, group, options, calib, tokenizer):
-    """llm-compressor oneshot with the same windows, asymmetric int weights, group `group`, lm_head kept."""
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from datasets import Dataset
-    from llmcompressor import oneshot
-    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
-    from llmcompressor.modifiers.transform.awq import AWQModifier
-
-    if not torch.cuda.is_available():  # AWQModifier pins cached inputs unconditionally, which CPU-only torch refuses;
-        from llmcompressor.pipelines.cache import IntermediatesCache  # pinning only speeds host->GPU copies
-
-        IntermediatesCache.pin_memory = lambda self, *a, **k: None
-    args = QuantizationArgs(num_bits=bits, type="int", symmetric=False, strategy="group", group_size=group)
-    groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=args)}
-    if method == "lc-gptq":
-        recipe = [GPTQModifier(config_groups=groups, ignore=["lm_head"], dampening_frac=0.01, actorder=None, **options)]
-    else:
-        recipe = [AWQModifier(duo_scaling=True, offload_device=None, **options),
-                  QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
-    config_dir = tempfile.mkdtemp()  # oneshot re-reads the config from disk; a GGUF folder has no config.json
-    if hasattr(model.config, "quantization_config"):  # the GGUF file's; the loaded weights are plain fp32
-        del model.config.quantization_config
-    model.config.save_pretrained(config_dir)
-    model.config._name_or_path = config_dir
-    data = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
-    oneshot(model=model, tokenizer=tokenizer, recipe=recipe, dataset=data, num_calibration_samples=calib.shape[0],
-            max_seq_length=calib.shape[1], shuffle_calibration_samples=False, pipeline="sequential")
-    return {"method": method, "bits": bits, "group_size": group, "symmetric": False, **options}
 
 
 def parse_setting(text: str):
@@ -185,12 +131,12 @@ def main() -> None:
         else:
             model = copy.deepcopy(fp32)
             run = llmcompressor_quantize if method.startswith("lc-") else lowbit_quantize
-            with PeakRSS() as mem:
+            with peak_memory(torch.device("cpu")) as mem:
                 t0, c0 = time.perf_counter(), time.process_time()
                 record["config"] = run(model, method, bits, group, options, calib, loaded.tokenizer)
                 record["quantize_s"] = time.perf_counter() - t0
                 record["quantize_cpu_s"] = time.process_time() - c0  # this process's CPU time, all threads
-            record["peak_extra_mib"] = mem.extra_mib
+            record["peak_extra_mib"] = mem["delta_bytes"] / 2**20
             if args.device != "cpu":
                 record["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
                 torch.cuda.reset_peak_memory_stats()

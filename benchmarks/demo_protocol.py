@@ -18,7 +18,7 @@ from torch import nn
 from lowbit.assets import EVAL_TEXTS, resolve_text
 from lowbit.calib.data import consecutive_windows, read_text, tokenize
 from lowbit.eval.memory import memory_report
-from lowbit.eval.quality import evaluate
+from lowbit.eval.quality import ReferenceMemo, evaluate
 from lowbit.io.sources import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,19 +37,6 @@ def demo_and_windows():
     return loaded.model, loaded.tokenizer, consecutive_windows(tokens, SEQLEN, WINDOWS)
 
 
-class _OneWindowMemo(nn.Module):
-    """The reference model, remembering its output for the last input (one window)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model, self.key, self.out = model, None, None
-
-    def forward(self, input_ids: torch.Tensor, **kwargs):
-        if self.key is None or not torch.equal(self.key, input_ids):
-            self.out, self.key = self.model(input_ids, **kwargs), input_ids.clone()
-        return self.out
-
-
 def evaluate_many(models: dict[str, nn.Module], windows: torch.Tensor, reference: nn.Module, progress=True) -> dict:
     """ppl, KL and top-1 vs `reference` for several models, through lowbit.eval.quality.evaluate.
 
@@ -57,7 +44,7 @@ def evaluate_many(models: dict[str, nn.Module], windows: torch.Tensor, reference
     window has the same number of predicted tokens, so the mean of per-window means is the overall
     mean). Also returns "fp32": the reference's own perplexity.
     """
-    memo = _OneWindowMemo(reference)
+    memo = ReferenceMemo(reference, capacity=1)
     sums: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in [*models, "fp32"]}
     for i in range(windows.shape[0]):
         window = windows[i : i + 1]

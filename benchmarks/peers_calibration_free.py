@@ -22,9 +22,9 @@ import warnings
 import torch
 
 from demo_protocol import RESULTS, demo_and_windows, evaluate_many, merge_results
+from peer_libs import timed_quantize_layers
 
 import lowbit
-from lowbit.calib.arch import arch_spec, find_targets
 from lowbit.methods import make_config
 
 # peer setting -> (peer kind, options, lowbit setting name in calibration_free.json, lowbit method, options)
@@ -37,69 +37,6 @@ SETTINGS = {
     "bitsandbytes LLM.int8 threshold 6.0": ("int8", {}, "int8 threshold 6.0", "int8", {"threshold": 6.0}),
 }
 COLUMNS = ["ppl", "kl", "top1", "bits_per_param", "quantize_s", "lowbit_ppl", "lowbit_kl", "ppl_gap", "lowbit_quantize_s"]
-
-
-def hqq_layer(linear, options):
-    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
-
-    layer = HQQLinear(linear, BaseQuantizeConfig(axis=1, **options), compute_dtype=torch.float32, device="cpu")
-    meta = layer.meta
-    nbytes = layer.W_q.numel() * layer.W_q.element_size()
-    nbytes += sum(meta[k].numel() * meta[k].element_size() for k in ("scale", "zero"))
-    return layer, nbytes
-
-
-def nf4_layer(linear, _options):
-    import bitsandbytes as bnb
-
-    layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                              compute_dtype=torch.float32, quant_type="nf4", compress_statistics=True)
-    layer.weight = bnb.nn.Params4bit(linear.weight.data.clone(), requires_grad=False, quant_type="nf4",
-                                     compress_statistics=True, blocksize=64)
-    layer = layer.to("cpu")  # quantizes
-    state = layer.weight.quant_state
-    parts = [layer.weight, state.absmax, state.state2.absmax, state.offset]
-    return layer, sum(t.numel() * t.element_size() for t in parts)
-
-
-def nf4_dequant_layer(linear, options):
-    """bitsandbytes' NF4 numerics with an fp32 matmul: its CPU kernel computes in reduced precision."""
-    import bitsandbytes.functional as bnb_functional
-
-    layer, nbytes = nf4_layer(linear, options)
-    dense = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-    dense.weight.data = bnb_functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
-    if linear.bias is not None:
-        dense.bias.data = linear.bias.data.clone()
-    return dense, nbytes
-
-
-def int8_layer(linear, _options):
-    import bitsandbytes as bnb
-
-    layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                has_fp16_weights=False, threshold=6.0)
-    layer.weight = bnb.nn.Int8Params(linear.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
-    layer = layer.to("cpu")  # quantizes
-    return layer, layer.weight.numel() + 4 * layer.weight.SCB.numel()
-
-
-PEERS = {"hqq": hqq_layer, "nf4": nf4_layer, "nf4_dequant": nf4_dequant_layer, "int8": int8_layer}
-
-
-@torch.no_grad()
-def quantize_with_peer(model, kind, options):
-    """Replace the targets by the peer's layers; returns (seconds, bits per parameter)."""
-    targets = find_targets(model, arch_spec(model.config.model_type))
-    start, nbytes, params = time.perf_counter(), 0, 0
-    for name, linear in targets.items():
-        params += linear.weight.numel()  # before the peer (hqq deletes the float weight)
-        layer, layer_bytes = PEERS[kind](linear, options)
-        model.set_submodule(name, layer)
-        nbytes += layer_bytes
-    seconds = time.perf_counter() - start
-    model.eval()  # new layers start in training mode, where bitsandbytes' CPU int8 skips the int8 matmul
-    return seconds, 8 * nbytes / params
 
 
 def main() -> None:
@@ -117,7 +54,7 @@ def main() -> None:
         peer_times, lowbit_times = [], []
         for _ in range(args.repeats):  # interleaved, median: slow spells of a shared CPU hit both alike
             models[name] = copy.deepcopy(reference)
-            seconds, bpp = quantize_with_peer(models[name], kind, options)
+            seconds, bpp = timed_quantize_layers(models[name], kind, options)
             ours, config = copy.deepcopy(reference), make_config(method, **lowbit_options)
             start = time.perf_counter()
             lowbit.quantize(ours, config)

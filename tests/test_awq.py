@@ -14,6 +14,7 @@ from lowbit.calib.engine import run_sequential
 from lowbit.errors import LowbitError
 from lowbit.io.checkpoint import ARTIFACTS_FILE
 from lowbit.methods import make_config
+from lowbit.methods.awq import inspected_module
 from tiny_models import TINY, stories, tiny_model, tiny_model_and_logits
 
 
@@ -22,8 +23,8 @@ class ScaleOnly:
 
     name = "awq-scale-only"
 
-    def __init__(self):
-        self.config = make_config("awq", bits=3, group_size=16, clip=False, n_grid=5)
+    def __init__(self, search_scope="block"):
+        self.config = make_config("awq", bits=3, group_size=16, clip=False, n_grid=5, search_scope=search_scope)
 
     def calibrate_block(self, run):
         return self.config.awq_block(run)
@@ -35,10 +36,11 @@ def story():
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY))
-def test_awq_scaling_leaves_the_float_model_unchanged(model_type):
+@pytest.mark.parametrize("scope", ["block", "module"])
+def test_awq_scaling_leaves_the_float_model_unchanged(model_type, scope):
     model, windows, ref = tiny_model_and_logits(model_type)
     targets = find_targets(model, arch_spec(model.config.model_type))
-    scales = run_sequential(model, targets, windows, ScaleOnly())
+    scales = run_sequential(model, targets, windows, ScaleOnly(scope))
     assert scales and any((s - 1).abs().max() > 0.05 for s in scales.values())  # something really moved
     with torch.no_grad():
         torch.testing.assert_close(model(windows).logits, ref, rtol=1e-4, atol=1e-4)
@@ -56,14 +58,17 @@ def test_v_to_o_is_skipped_under_gqa_and_used_without(story):
 def test_awq_and_awq_gptq_beat_rtn_and_the_search_reapplies(story, tmp_path):
     windows = calibration_windows(story.tokenizer, "wikitext2", 16, 128, seed=0)
     held_out = calibration_windows(story.tokenizer, "ptb", 4, 128, seed=1)
+    settings = [("rtn", dict(integer_zero=True)), ("awq", {}), ("awq+gptq", {}), ("awq", dict(search_scope="module"))]
     with torch.no_grad():
         ref = story.model(held_out).logits
         errors, models = {}, {}
-        for method, options in [("rtn", dict(integer_zero=True)), ("awq", {}), ("awq+gptq", {})]:
+        for method, options in settings:
             config = make_config(method, bits=3, group_size=32, **options)
-            models[method] = quantize(copy.deepcopy(story.model), config, windows)
-            errors[method] = float((models[method](held_out).logits - ref).pow(2).mean())
-    assert errors["awq"] < errors["rtn"] and errors["awq+gptq"] < errors["rtn"], errors
+            name = method + "".join(f" {v}" for v in options.values())
+            models[name] = quantize(copy.deepcopy(story.model), config, windows)
+            errors[name] = float((models[name](held_out).logits - ref).pow(2).mean())
+    assert errors["awq"] < errors["rtn True"] and errors["awq+gptq"] < errors["rtn True"], errors
+    assert errors["awq module"] < errors["rtn True"], errors
     save(models["awq"], tmp_path / "awq", story.tokenizer)
     search = tmp_path / "awq" / ARTIFACTS_FILE
     assert search.is_file()
@@ -77,11 +82,17 @@ def test_awq_and_awq_gptq_beat_rtn_and_the_search_reapplies(story, tmp_path):
     (dict(n_grid=0), "n_grid"),
     (dict(max_shrink=1.0), "max_shrink"),
     (dict(search_samples=-1), "search_samples"),
+    (dict(search_scope="layer"), "search_scope"),
     (dict(bits=9), "2..8 bits"),
 ])
 def test_bad_awq_options_are_one_line_errors(options, message):
     with pytest.raises(LowbitError, match=message):
         make_config("awq", **options)
+
+
+def test_module_scope_inspects_the_smallest_module_holding_the_pair():
+    spec = arch_spec("llama")
+    assert [inspected_module(p) for p in spec.scale_pairs] == ["self_attn", "self_attn.o_proj", "mlp", "mlp.down_proj"]
 
 
 def test_awq_gptq_takes_both_methods_options():

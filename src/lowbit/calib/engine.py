@@ -77,13 +77,19 @@ class BlockRun:
             for hidden, kwargs in self.inputs[:batches]:
                 pending.update(hooks)
                 try:
-                    results.append(_block_output(self.block(hidden, **kwargs)))
+                    results.append(first_output(self.block(hidden, **kwargs)))
                 except _StopForward:
                     pass
         finally:
             for handle in handles:
                 handle.remove()
         return results if outputs else []
+
+    @torch.no_grad()
+    def module_inputs(self, local: str, batches: int | None = None) -> list[tuple[tuple, dict[str, Any]]]:
+        """(args, kwargs) the block's submodule `local` receives on each recorded batch (the block stops there)."""
+        feeds = [lambda h=hidden, k=kwargs: self.block(h, **k) for hidden, kwargs in self.inputs[:batches]]
+        return record_inputs(self.block.get_submodule(local), feeds)
 
     def replace(self, local: str, module: nn.Module) -> None:
         self.block.set_submodule(local, module)
@@ -191,37 +197,45 @@ def _with_hidden(inputs: list[Batch], saved: list[torch.Tensor], device: torch.d
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook once block 0's inputs are recorded: the rest of the model is not run."""
+    """Raised by a recording hook once a module's inputs are seen: the rest of the forward is not run."""
+
+
+def record_inputs(module: nn.Module, feeds: list[Callable[[], Any]]) -> list[tuple[tuple, dict[str, Any]]]:
+    """Call each feed, recording the (args, kwargs) `module` receives and stopping the feed there."""
+    seen: list[tuple[tuple, dict[str, Any]]] = []
+
+    def catch(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen.append((args, dict(kwargs)))
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for feed in feeds:
+            try:
+                feed()
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return seen
 
 
 def capture_block_inputs(
     model: nn.Module, first_block: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device
 ) -> list[Batch]:
     """Run each batch of windows up to the first block and record its positional and keyword inputs."""
+    feeds = [lambda b=batch: model(b.to(device), use_cache=False) for batch in windows.split(batch_size)]
     batches: list[Batch] = []
-
-    def catch(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        kwargs = dict(kwargs)
+    for args, kwargs in record_inputs(first_block, feeds):
         hidden = args[0] if args else kwargs.pop("hidden_states")
         check_finite(hidden, "calibration activations entering block 0")
         batches.append((hidden, kwargs))
-        raise _StopForward
-
-    handle = first_block.register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for batch in windows.split(batch_size):
-            try:
-                model(batch.to(device), use_cache=False)
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
-    if len(batches) != len(windows.split(batch_size)):
+    if len(batches) != len(feeds):
         raise LowbitError("the model did not reach its first decoder block: its layout does not match its model_type")
     return batches
 
 
-def _block_output(out: Any) -> torch.Tensor:
+def first_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lowbit.calib.engine import Batch, BlockRun, _block_output
+from lowbit.calib.engine import Batch, BlockRun, first_output
 from lowbit.calib.train import Schedule, Trainer
 
 
@@ -42,7 +42,7 @@ def _cut(value: Any, rows: int, cut: slice) -> Any:
 def block_loss(run: BlockRun, batch: Batch, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the block's output on one batch against `target`."""
     hidden, kwargs = batch
-    return F.mse_loss(_block_output(run.block(hidden, **kwargs)).float(), target.float())
+    return F.mse_loss(first_output(run.block(hidden, **kwargs)).float(), target.float())
 
 
 @torch.no_grad()

@@ -36,14 +36,18 @@ class Preset:
     calib_seqlen: int
     speed_prompt: int = 128  # prefill tokens
     speed_new_tokens: int = 32  # decode tokens
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> options it runs with here
 
-
+# AWQ's scale search is its cost on CPU (a forward per grid point per scaling pair per block): the quick
+# preset searches on the output of the smallest module holding each pair (as AutoAWQ does), on 8 windows,
+# with 10 grid points; the standard preset searches the whole block's output on 8 windows with 20.
 PRESETS = {
     # small: a cheap check of a few settings (what `lowbit recommend --verify K` runs by default)
     "small": Preset(("rtn", "hqq", "nf4"), eval_windows=8, seqlen=512, nsamples=8, calib_seqlen=512),
-    "quick": Preset(("rtn", "gptq", "awq", "hqq", "nf4", "int8", "eetq"), eval_windows=8, seqlen=512, nsamples=32, calib_seqlen=512),
+    "quick": Preset(("rtn", "gptq", "awq", "hqq", "nf4", "int8", "eetq"), eval_windows=8, seqlen=512, nsamples=16,
+                    calib_seqlen=512, options={"awq": dict(search_scope="module", search_samples=8, n_grid=10)}),
     "standard": Preset(("rtn", "ptq", "gptq", "awq", "hqq", "nf4", "fp4", "int8", "eetq"), eval_windows=40, seqlen=512,
-                       nsamples=128, calib_seqlen=512),
+                       nsamples=128, calib_seqlen=512, options={"awq": dict(search_samples=8)}),
     "full": Preset(tuple(USUAL), eval_windows=40, seqlen=512, nsamples=128, calib_seqlen=512),
 }
 
@@ -54,18 +58,23 @@ class Matrix:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (setting, reason)
 
 
-def build_matrix(methods: list[str], bits: list[int] | None, group_sizes: list[int] | None) -> Matrix:
-    """methods x bits x group sizes, keeping what each method can do and saying why the rest is skipped."""
+def build_matrix(
+    methods: list[str], bits: list[int] | None, group_sizes: list[int] | None, options: dict[str, dict[str, Any]] | None = None
+) -> Matrix:
+    """methods x bits x group sizes, keeping what each method can do and saying why the rest is skipped.
+
+    options: method -> extra options every setting of that method runs with (a preset's choices).
+    """
     matrix = Matrix()
     known = set(method_names())
     for method in methods:
         if method not in known:
             matrix.skipped.append((method, f"not available in this lowbit (available: {', '.join(sorted(known))})"))
             continue
-        for options in _settings_for(method, bits, group_sizes):
-            label = f"{method} " + " ".join(f"{k}={v}" for k, v in options.items())
+        for setting in _settings_for(method, bits, group_sizes):
+            label = f"{method} " + " ".join(f"{k}={v}" for k, v in setting.items())
             try:
-                config = make_config(method, **options)
+                config = make_config(method, **setting, **(options or {}).get(method, {}))
             except LowbitError as err:
                 matrix.skipped.append((label.strip(), str(err)))
                 continue

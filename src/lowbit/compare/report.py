@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import json
 from pathlib import Path
 from typing import Any
 
 from lowbit.compare.plots import write_plots
-from lowbit.compare.table import COLUMNS, fmt, rows
+from lowbit.compare.table import COLUMNS, fmt, rows, side_by_side
+from lowbit.methods import make_config, method_names
 
 SECTIONS = {
-    "Overall": ["label", "saving_pct", "decode_speedup", "quality_kept_pct", "calibration", "bits_per_param"],
+    "Overall": ["label", "library", "saving_pct", "decode_speedup", "quality_kept_pct", "calibration", "bits_per_param"],
     "Memory": ["label", "bits_per_param", "weight_mb", "saving_pct", "inference_peak_mb", "quantize_peak_mb"],
     "Quality": ["label", "ppl", "quality_kept_pct", "kl", "top1"],
     "Speed": ["label", "prefill_tps", "decode_tps", "decode_speedup", "kernels", "quantize_s"],
@@ -27,7 +29,7 @@ def write_reports(records: list[dict[str, Any]], skipped: list[tuple[str, str]],
     table = rows(records, evals[0])
     plots = write_plots(table, out)
     paths = [_markdown(records, table, skipped, protocol, plots, out / "report.md")]
-    paths.append(_html(table, skipped, protocol, plots, out / "report.html"))
+    paths.append(_html(records, table, skipped, protocol, plots, out / "report.html"))
     paths.append(_csv(records, evals, out / "results.csv"))
     return paths + plots
 
@@ -46,10 +48,13 @@ def _markdown(records, table, skipped, protocol, plots, path: Path) -> Path:
     if len(evals) > 1:
         for name in evals[1:]:
             parts += [f"## Quality on {name}", "", _md_table(rows(records, name), SECTIONS["Quality"]), ""]
+    parts += ["## Settings", "", "What each setting ran with (options left at their defaults are not listed):", ""]
+    parts += [f"- {r['label']}: `{_options(r['config'])}`" for r in side_by_side(records)]
+    parts.append("")
     failed = [r for r in table if "ppl" not in r]
     if failed or skipped:
         parts += ["## Not measured", ""]
-        parts += [f"- {r['label']}: failed: {r['status']}" for r in failed]
+        parts += [f"- {r['label']}: failed: {r['error']}" for r in failed]
         parts += [f"- {label}: skipped: {reason}" for label, reason in skipped]
         parts.append("")
     parts += [f"![{p.stem}]({p.name})" for p in plots]
@@ -57,11 +62,20 @@ def _markdown(records, table, skipped, protocol, plots, path: Path) -> Path:
     return path
 
 
+def _options(config: dict[str, Any]) -> str:
+    """The config's options that differ from the method's defaults (all of them for a library's setting)."""
+    method = config.get("method")
+    if "library" in config or method not in method_names():
+        return json.dumps(config)
+    defaults = make_config(method).to_dict()
+    return json.dumps({k: v for k, v in config.items() if k == "method" or v != defaults.get(k)})
+
+
 def _protocol_line(protocol: dict[str, Any]) -> str:
     if not protocol:
         return "No settings were measured."
     return (
-        f"Protocol: eval on {', '.join(protocol['evals'])}, {protocol['windows']} windows of {protocol['seqlen']} tokens; "
+        f"Preset {protocol.get('preset', '-')}. Protocol: eval on {', '.join(protocol['evals'])}, {protocol['windows']} windows of {protocol['seqlen']} tokens; "
         f"calibration {protocol['nsamples']} windows of {protocol['calib_seqlen']} tokens of {protocol['calib']} "
         f"(seed {protocol['seed']}); speed: batch 1, {protocol['prompt_tokens']}-token prefill, "
         f"{protocol['new_tokens']} decoded tokens on {protocol['device']}. Ratios are against the unquantized model "
@@ -69,7 +83,7 @@ def _protocol_line(protocol: dict[str, Any]) -> str:
     )
 
 
-def _html(table, skipped, protocol, plots, path: Path) -> Path:
+def _html(records, table, skipped, protocol, plots, path: Path) -> Path:
     keys = [k for k, _ in COLUMNS]
     head = "".join(f"<th onclick='sortBy({i})'>{html.escape(TITLES[k])}</th>" for i, k in enumerate(keys))
     body = "".join(
@@ -79,9 +93,13 @@ def _html(table, skipped, protocol, plots, path: Path) -> Path:
         f"<figure><img alt='{p.stem}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'></figure>"
         for p in plots
     )
-    notes = "".join(f"<li>{html.escape(label)}: skipped: {html.escape(reason)}</li>" for label, reason in skipped)
+    notes = "".join(f"<li>{html.escape(r['label'])}: failed: {html.escape(r['error'])}</li>" for r in table if "ppl" not in r)
+    notes += "".join(f"<li>{html.escape(label)}: skipped: {html.escape(reason)}</li>" for label, reason in skipped)
+    settings = "".join(f"<li>{html.escape(r['label'])}: <code>{html.escape(_options(r['config']))}</code></li>"
+                       for r in side_by_side(records))
     page = _HTML.format(protocol=html.escape(_protocol_line(protocol)), head=head, body=body, images=images,
-                        notes=f"<h2>Not measured</h2><ul>{notes}</ul>" if notes else "")
+                        notes=f"<h2>Not measured</h2><ul>{notes}</ul>" if notes else "",
+                        settings=f"<h2>Settings</h2><ul>{settings}</ul>")
     path.write_text(page)
     return path
 
@@ -114,6 +132,7 @@ img {{ max-width: 640px; }}
 <p>Click a column title to sort.</p>
 <table id="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {notes}
+{settings}
 <h2>Plots</h2>{images}
 <script>
 let order = 1;

@@ -6,6 +6,7 @@ from typing import Any
 
 COLUMNS = [
     ("label", "setting"),
+    ("library", "implementation"),
     ("bits_per_param", "bits/param"),
     ("saving_pct", "memory saved vs fp16 (%)"),
     ("weight_mb", "weights (MB)"),
@@ -25,12 +26,22 @@ COLUMNS = [
 ]
 
 
+def side_by_side(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records grouped by method in order of first appearance: a reference library's row follows lowbit's."""
+    order: dict[str, int] = {}
+    for r in records:
+        order.setdefault(r["config"].get("method"), len(order))
+    return sorted(records, key=lambda r: order[r["config"].get("method")])
+
+
 def rows(records: list[dict[str, Any]], eval_name: str) -> list[dict[str, Any]]:
     """One row per record; quality columns for `eval_name`; ratios against the unquantized record."""
     base = next((r for r in records if r["config"].get("method") == "unquantized" and r["status"] == "ok"), None)
     out = []
-    for r in records:
-        row: dict[str, Any] = {"label": r["label"], "status": r["status"] if r["status"] == "ok" else r.get("error", "failed")}
+    for r in side_by_side(records):
+        row: dict[str, Any] = {"label": r["label"], "library": r["config"].get("library", "lowbit"), "status": r["status"]}
+        if r["status"] != "ok":
+            row["error"] = r.get("error", "unknown error")
         if r["status"] != "ok":
             out.append(row)
             continue

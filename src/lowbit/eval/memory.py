@@ -38,15 +38,20 @@ class MemoryReport:
         return 1 - self.weight_bytes / self.fp16_bytes
 
 
-def memory_report(model: nn.Module) -> MemoryReport:
-    """Counts each stored tensor once (tied embeddings once); non-persistent buffers are not weights."""
+def memory_report(model: nn.Module, foreign: dict[str, tuple[int, int]] | None = None) -> MemoryReport:
+    """Counts each stored tensor once (tied embeddings once); non-persistent buffers are not weights.
+
+    foreign: layer name -> (bytes, weights) for quantized layers another library holds (its own count);
+    their tensors are not counted again.
+    """
+    foreign = foreign or {}
     quantized = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
     packed_names = {f"{name}.{buf}" for name, m in quantized.items() for buf, _ in m.named_buffers() if buf != "bias"}
-    q_params = sum(m.in_features * m.out_features for m in quantized.values())
-    q_bytes = sum(m.packed_bytes() for m in quantized.values())
+    q_params = sum(m.in_features * m.out_features for m in quantized.values()) + sum(p for _, p in foreign.values())
+    q_bytes = sum(m.packed_bytes() for m in quantized.values()) + sum(b for b, _ in foreign.values())
     other_bytes, other_numel = 0, 0
     for name, tensor in unique_tensors(model).items():
-        if name in packed_names or not tensor.is_floating_point():
+        if name in packed_names or not tensor.is_floating_point() or _held_by(name, foreign):
             continue
         other_bytes += tensor.numel() * tensor.element_size()
         other_numel += tensor.numel()
@@ -58,3 +63,9 @@ def memory_report(model: nn.Module) -> MemoryReport:
         quantized_fp16_bytes=2 * q_params,
         kernel_cache_bytes=sum(m.kernel_cache_bytes() for m in quantized.values()),
     )
+
+
+def _held_by(name: str, layers: dict) -> bool:
+    """Whether tensor `name` belongs to one of `layers` (module names), at any depth below it."""
+    parts = name.split(".")
+    return any(".".join(parts[:i]) in layers for i in range(1, len(parts)))

@@ -77,7 +77,13 @@ def unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     seen: set[tuple] = set()
     tensors = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
-        key = ("meta", id(tensor)) if tensor.is_meta else (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if tensor.is_meta:
+            key = ("meta", id(tensor))
+        else:
+            try:
+                key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+            except RuntimeError:  # a tensor subclass (e.g. torchao's) with no storage of its own: never tied
+                key = (id(tensor), -1)
         if key not in seen:
             seen.add(key)
             tensors[name] = tensor.detach()

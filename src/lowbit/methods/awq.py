@@ -2,8 +2,10 @@
 
 Per block, in float: for each scaling pair of the architecture table (input norm -> q/k/v, v -> o where
 GQA allows, post-attention norm -> gate/up, up -> down), grid-search the exponent of the activation-aware
-scale on the block's output error (each candidate fake-quantizes that pair's linears), then move the best
-scale between the layers; then search per-group clipping thresholds on each linear's own output error.
+scale on the output error (each candidate fake-quantizes that pair's linears) of the whole block
+(search_scope="block") or of the smallest module holding the pair's linears, as AutoAWQ does
+(search_scope="module": self_attn for q/k/v, o_proj, mlp for gate/up, down_proj; about 3x cheaper), then
+move the best scale between the layers; then search per-group clipping thresholds on each linear's own output error.
 The scaled, clipped weights are quantized group-wise by round-to-nearest (awq) or GPTQ (awq+gptq) into the
 shared integer format. The searched scales and clips are returned as artifacts (saved beside the
 checkpoint as calibration.safetensors) and `load_search` re-applies them without searching.
@@ -13,21 +15,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lowbit.calib.arch import ScalePair, linear_weight
-from lowbit.calib.engine import BlockRun
+from lowbit.calib.engine import BlockRun, first_output
 from lowbit.calib.scaling import pair_fits, scale_pair
 from lowbit.core.affine import rtn_quantize
 from lowbit.core.awq import apply_clip, awq_scale, clip_search, fake_quantize, weight_group_mean
-from lowbit.core.checks import check_bits, check_group_size
+from lowbit.core.checks import check_bits, check_choice, check_group_size
 from lowbit.errors import LowbitError
 from lowbit.methods.base import MethodConfig, register_method
 from lowbit.methods.gptq import GPTQSettings
 from lowbit.modules.int_linear import IntLinear
+
+SEARCH_SCOPES = ("block", "module")
 
 
 @register_method("awq")
@@ -45,6 +50,7 @@ class AWQConfig(MethodConfig):
     max_shrink: float = 0.5  # clipping tries max|w| * (1 - k/n_grid) down to (1 - max_shrink)
     clip_tokens: int = 512  # input tokens sampled per linear for the clipping search
     search_samples: int = 0  # calibration windows used by the searches (0: all)
+    search_scope: str = "block"  # whose output error the scale search measures: "block" or "module"
     load_search: str | None = None  # calibration.safetensors of an earlier run: re-apply, do not search
 
     def __post_init__(self) -> None:
@@ -58,6 +64,7 @@ class AWQConfig(MethodConfig):
             raise LowbitError(f"max_shrink must be in [0, 1), got {self.max_shrink}")
         if not isinstance(self.search_samples, int) or self.search_samples < 0:
             raise LowbitError(f"search_samples must be 0 (all) or a positive integer, got {self.search_samples!r}")
+        check_choice(self.search_scope, SEARCH_SCOPES, "search_scope")
 
     def quantize_layer(self, weight: torch.Tensor, bias: torch.Tensor | None, stats=None) -> IntLinear:
         """Round-to-nearest with integer zeros, applied to weights already scaled and clipped by the search."""
@@ -79,18 +86,23 @@ class AWQConfig(MethodConfig):
         batches = _search_batches(run, self.search_samples)
         pairs = [p for p in run.spec.scale_pairs if all(n in run.linears for n in p.nexts) and pair_fits(run.block, p)]
         x_means = _input_abs_means(run, pairs, batches) if saved is None else {}
-        target = run.forward(batches=batches) if saved is None else []
+        block_target = run.forward(batches=batches) if saved is None and self.search_scope == "block" else []
         artifacts = {}
         for pair in pairs:
             key = f"{run.full_name(pair.prev)}.awq_scale"
-            s = _saved(saved, key) if saved is not None else self._search_scale(run, pair, x_means[pair.prev], target, batches)
+            s = _saved(saved, key) if saved is not None else self._search_scale(run, pair, x_means[pair.prev], block_target, batches)
             scale_pair(run.block, pair, s, run.spec.norm_offset)
             artifacts[key] = s.cpu()
         if self.clip:
             artifacts |= self._clip(run, saved, batches)
         return artifacts
 
-    def _search_scale(self, run: BlockRun, pair: ScalePair, x_mean, target, batches) -> torch.Tensor:
+    def _search_scale(self, run: BlockRun, pair: ScalePair, x_mean, block_target, batches) -> torch.Tensor:
+        if self.search_scope == "block":
+            outputs, target = (lambda: run.forward(batches=batches)), block_target
+        else:
+            outputs = _module_outputs(run, inspected_module(pair), batches)
+            target = outputs()
         weights = {n: linear_weight(run.linears[n])[0] for n in pair.nexts}
         originals = {n: w.clone() for n, w in weights.items()}
         w_mean = weight_group_mean(list(originals.values()), self.group_size) if self.duo_scaling else None
@@ -99,7 +111,7 @@ class AWQConfig(MethodConfig):
             s = awq_scale(x_mean, w_mean, step / self.n_grid)  # (in,)
             for n, w in weights.items():
                 w.copy_(fake_quantize(originals[n] * s, self.bits, self.group_size, self.symmetric) / s)
-            loss = sum(float((o - t).float().pow(2).sum()) for o, t in zip(run.forward(batches=batches), target))
+            loss = sum(float((o - t).float().pow(2).sum()) for o, t in zip(outputs(), target))
             if loss < best_loss:
                 best, best_loss = s, loss
         for n, w in weights.items():
@@ -133,6 +145,21 @@ class AWQGPTQConfig(AWQConfig, GPTQSettings):
         artifacts = self.awq_block(run)
         self.gptq_block(run)
         return artifacts
+
+
+def inspected_module(pair: ScalePair) -> str:
+    """The smallest module holding all of the pair's linears: their common dotted prefix, or the linear itself."""
+    parts = [n.split(".") for n in pair.nexts]
+    common = [p[0] for p in zip(*parts) if len(set(p)) == 1] if len(parts) > 1 else parts[0]
+    return ".".join(common)
+
+
+def _module_outputs(run: BlockRun, name: str, batches) -> Callable[[], list[torch.Tensor]]:
+    """A function feeding `name` (or the block, if name is "") its recorded inputs -> its outputs per batch."""
+    if not name:
+        return lambda: run.forward(batches=batches)
+    module, inputs = run.block.get_submodule(name), run.module_inputs(name, batches)
+    return lambda: [first_output(module(*args, **kwargs)) for args, kwargs in inputs]
 
 
 def _search_batches(run: BlockRun, samples: int) -> int | None:
