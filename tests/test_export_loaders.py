@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import pytest
 import torch
@@ -18,6 +19,15 @@ from export_fixture import SETTINGS, assert_close_logits, lowbit_logits, make_fo
 from lowbit.io.export import export
 
 FP32_REL, FP16_REL = 1e-3, 2e-2
+
+
+@pytest.fixture(autouse=True)
+def same_triton_mode(monkeypatch):
+    """Triton decorates its own helpers when first imported: after the kernel tests imported it under the
+    interpreter (no GPU), a library that imports more of Triton later (gptqmodel, through transformers'
+    GPTQ/AWQ loaders) must find the interpreter on too, or Triton's import-time checks fail."""
+    if not torch.cuda.is_available() and "triton" in sys.modules:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 def needs(*modules: str) -> None:
