@@ -11,7 +11,7 @@ fits chase). Splitting it with an auxiliary error term W_e and alternating, from
 
 stopping early once the mean absolute error |W - s (q - z)| stops falling; the qparams with the lowest
 error seen are kept. (Returning the last step's zero instead, as the hqq package's loop does, measured
-worse on the demo model: ppl 37.31 / 259.3 / 369,600 against 37.27 / 259.0 / 301,600 at 4 / 3 / 2 bits.)
+no better on the demo model at 4 and 3 bits, ppl 37.31 / 259.3, and worse at 2 bits, 369,600 against 304,400.)
 
 With `optimize_scale`, the scale is refit each step by least squares of W - W_e on the codes (an
 extension the paper mentions; off by default). Groups run along the input axis of the (out, in) weight.
