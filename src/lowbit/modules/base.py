@@ -65,12 +65,13 @@ class QuantizedLinear(nn.Module):
         rows = x.numel() // x.shape[-1]
         return select(self.op, self.call_context(rows, x.device, x.dtype), self.kernel_preference)
 
-    def run_kernel(self, flat: torch.Tensor) -> torch.Tensor:
-        """flat (rows, in) -> (rows, out) through the selected kernel."""
+    def run_kernel(self, flat: torch.Tensor, *settings: Any) -> torch.Tensor:
+        """flat (rows, in) -> (rows, out) through the selected kernel; `settings` (e.g. LLM.int8's threshold)
+        go between the weights and the bias: fn(x, *weights, *settings, bias)."""
         candidate = self.kernel(flat)
         if candidate.prepare is None:
-            return candidate.fn(flat, *self.weight_args(), self.bias)
-        return candidate.fn(flat, self.prepared(candidate.name, candidate.prepare, flat.device), self.bias)
+            return candidate.fn(flat, *self.weight_args(), *settings, self.bias)
+        return candidate.fn(flat, self.prepared(candidate.name, candidate.prepare, flat.device), *settings, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> (..., out) through `run_kernel` (subclasses with other call shapes override it)."""

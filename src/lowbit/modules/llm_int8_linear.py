@@ -35,8 +35,5 @@ class LLMInt8Linear(Int8Linear):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        candidate = self.kernel(flat)
-        weights = (self.qweight, self.scale) if candidate.prepare is None else (self.prepared(candidate.name, candidate.prepare, flat.device),)
-        y = candidate.fn(flat, *weights, self.threshold, self.bias)
+        y = self.run_kernel(x.reshape(-1, self.in_features), self.threshold)
         return y.reshape(*x.shape[:-1], self.out_features)
