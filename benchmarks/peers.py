@@ -21,7 +21,7 @@ from typing import Any, Callable
 from peer_libs import gptqmodel_quantize, llmcompressor_quantize, packed_int_bytes, quanto_quantize, quantize_layers, torchao_quantize
 
 from lowbit.compare.report import write_reports
-from lowbit.compare.runner import BASELINE, Setting, open_session, other_records, run_setting
+from lowbit.compare.runner import Setting, baseline_setting, open_session, other_records, run_setting
 from lowbit.compare.presets import PRESETS
 
 
@@ -88,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")  # once per call otherwise
     session = open_session(args.model, args.out, args.preset)
-    run_setting(session, Setting("unquantized", BASELINE, None))
+    run_setting(session, baseline_setting(session))
     awq_samples = PRESETS[args.preset].options.get("awq", {}).get("search_samples") or PRESETS[args.preset].nsamples
     chosen = set(args.only.split(",")) if args.only else None
     candidates = peers(session.base.tokenizer, awq_samples) + untrusted(session.base.tokenizer)

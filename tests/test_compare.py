@@ -9,7 +9,7 @@ from lowbit.calib.arch import arch_spec, find_targets
 from lowbit.compare.plots import pareto_front
 from lowbit.compare.presets import build_matrix
 from lowbit.compare.report import write_reports
-from lowbit.compare.runner import Setting, open_session, run_compare, run_setting
+from lowbit.compare.runner import Setting, baseline_setting, open_session, run_compare, run_setting
 from lowbit.compare.store import ResultsStore
 from lowbit.eval.run import run_eval
 from lowbit.methods.rtn import RTNConfig
@@ -125,3 +125,9 @@ def test_another_implementation_is_recorded_and_reported_beside_its_twin(stories
         table = [(r["label"], r["library"]) for r in csv.DictReader(f)]
     assert table == [("unquantized", "lowbit"), ("rtn 8-bit g64", "lowbit"), ("rtn-like bf16 (other)", "other 1.0"),
                      ("eetq", "lowbit")]
+
+
+def test_a_quantized_model_is_labelled_as_loaded_not_unquantized(compared, tmp_path):
+    out, _ = compared
+    session = open_session(str(out / "models" / "rtn_4-bit_g64"), tmp_path, preset="small")
+    assert baseline_setting(session).label == "as loaded (lowbit rtn 4-bit g64)"

@@ -120,12 +120,21 @@ def run_compare(
     for label, reason in matrix.skipped:
         session.console.print(f"[yellow]skipped[/] {label}: {reason}")
     run = CompareRun(records=[], skipped=matrix.skipped)
-    for setting in [Setting("unquantized", BASELINE, None), *map(lowbit_setting, matrix.configs)]:
+    for setting in [baseline_setting(session), *map(lowbit_setting, matrix.configs)]:
         record, reused = run_setting(session, setting)
         run.records.append(record)
         run.reused += reused
     run.records += other_records(session, run.records)
     return run
+
+
+def baseline_setting(session: Session) -> Setting:
+    """The model as loaded: 'unquantized', or 'as loaded (gptq checkpoint)' for a quantized folder or GGUF."""
+    config = getattr(session.base.model, "lowbit_config", None)
+    if config is None:
+        return Setting("unquantized", BASELINE, None)
+    what = f"{config.source_format} checkpoint" if config.name == "imported" else f"lowbit {setting_label(config)}"
+    return Setting(f"as loaded ({what})", BASELINE, None)
 
 
 def lowbit_setting(config: MethodConfig) -> Setting:
