@@ -64,7 +64,7 @@ def main() -> None:
     table = "\n".join([
         "# lowbit recommend --verify 3 on the demo model (4-bit-sized budget)", "",
         f"Command: `{command}`. Machine: {machine()}. Budget: {budget:,} bytes (rtn 4-bit g64, exact). "
-        f"Wall time {seconds:.0f} s (nice 19 on 2 shared cores: noisy).", "",
+        f"Wall time {seconds:.0f} s (2 shared cores, other jobs at nice 19: indicative).", "",
         "| setting | ppl ratio | KL | decode x unquantized | predicted bytes | measured bytes | quantize s | score |",
         "|---|---|---|---|---|---|---|---|", *rows, "", "```", text, "```",
     ])
