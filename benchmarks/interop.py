@@ -10,7 +10,7 @@ Parts (--part, default all):
   (every tensor dequantized to fp32, the `demo` model): largest |weight difference| over the imported layers
   and perplexity / KL / top-1 with lowbit's reference kernel (fp32: KL should be 0) and its automatic kernels.
 - import: stories260k quantized by llm-compressor (GPTQ W4A16) and by GPTQModel, each evaluated by its own
-  tool (transformers) and by lowbit after import, on the first windows of wikitext2 (512 tokens).
+  tool (transformers for llm-compressor, GPTQModel's loader for GPTQModel) and by lowbit after import, on the first windows of wikitext2 (512 tokens).
 
 Protocol: wikitext2-test, 512-token windows, the first --windows (40). Results in
 benchmarks/results/interop.{json,md}.
@@ -126,14 +126,15 @@ def import_part(windows_n: int, work: Path) -> dict:
     tokenizer = load_model(str(stories)).tokenizer
     windows = consecutive_windows(tokenize(tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS))), 512, windows_n)
     records = {}
-    for name, maker in MAKERS.items():
+    for name, (maker, their_loader) in MAKERS.items():
         try:
             folder = maker(stories, work / name)
+            theirs = their_loader(folder)
         except Exception as err:  # a tool that cannot run here: record why, never a number
             records[f"import {name}"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
             continue
         ours = load_model(str(folder)).model
-        records[f"import {name}"] = {"ppl_their_tool": ppl(hf_model(folder), windows), "ppl_lowbit": ppl(ours, windows),
+        records[f"import {name}"] = {"ppl_their_tool": ppl(theirs, windows), "ppl_lowbit": ppl(ours, windows),
                                      "detail": ours.lowbit_config.detail}
         print(name, records[f"import {name}"], flush=True)
     return records

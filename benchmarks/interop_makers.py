@@ -52,4 +52,23 @@ def gptqmodel(stories: Path, out: Path) -> Path:
     return out
 
 
-MAKERS = {"llm-compressor GPTQ W4A16 g32": llm_compressor, "GPTQModel GPTQ 4-bit g32 asym": gptqmodel}
+def transformers_loader(folder: Path):
+    """llm-compressor's folders are loaded by transformers (compressed-tensors), its documented consumer."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), device_map="cpu").eval()
+
+
+def gptqmodel_loader(folder: Path):
+    """GPTQModel's own loader: it honours the folder's per-module `dynamic` rules (the MLP left in float),
+    which transformers' GPTQ integration does not."""
+    from gptqmodel import GPTQModel
+
+    return GPTQModel.load(str(folder), device="cpu").model.eval()
+
+
+# name -> (maker, the tool's own loader)
+MAKERS = {
+    "llm-compressor GPTQ W4A16 g32": (llm_compressor, transformers_loader),
+    "GPTQModel GPTQ 4-bit g32 asym": (gptqmodel, gptqmodel_loader),
+}
