@@ -51,12 +51,22 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
 
 
 def hqq_quantize(
-    w: torch.Tensor, bits: int, group_size: int, schedule: HQQSchedule = HQQSchedule(), optimize_scale: bool = False
+    w: torch.Tensor,
+    bits: int,
+    group_size: int,
+    schedule: HQQSchedule = HQQSchedule(),
+    optimize_scale: bool = False,
+    round_zero: bool = False,
 ) -> IntWeights:
-    """(out, in) float weight -> IntWeights with HQQ-optimised fractional zeros (and scales)."""
+    """(out, in) float weight -> IntWeights with HQQ-optimised fractional zeros (and scales).
+
+    round_zero: start from the min-max zero rounded to an integer (the hqq package's 4-bit default).
+    """
     cols = w.shape[1]
     group_size = resolve_group_size(group_size, cols)
     scale16, zero16 = affine_qparams(w, bits, group_size, symmetric=False)  # min-max start, (out, n_groups)
+    if round_zero:
+        zero16 = zero16.round()
     g = to_groups(w.float(), group_size)  # (out, n_groups, group_size)
     scale, zero = _optimize(g, bits, _group_mean(cols, group_size, g.device), scale16, zero16, schedule, optimize_scale)
     scale16 = scale.squeeze(2).clamp(min=torch.finfo(QPARAM_DTYPE).tiny).to(QPARAM_DTYPE)
