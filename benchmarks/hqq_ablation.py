@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import sys
 
 import torch
@@ -29,7 +30,8 @@ from lowbit.core.affine import IntWeights, quantize_affine, rtn_quantize
 from lowbit.core.hessian import accumulate_hessian
 from lowbit.core.hqq import hqq_quantize
 
-COLUMNS = ["ppl", "kl", "top1", "weight_err", "output_err", "zero_frac"]
+COLUMNS = ["ppl", "kl", "top1", "weight_err", "output_err", "bias_err", "zero_frac"]
+METRICS = ["weight_err", "output_err", "bias_err", "zero_frac"]
 
 
 def package(w, bits, group, round_zero=None, fp16=False):
@@ -46,6 +48,12 @@ def package(w, bits, group, round_zero=None, fp16=False):
     return IntWeights(q.view(w.shape).to(torch.uint8), scale, zero, bits, group)
 
 
+def integer_zeros(q: IntWeights, w: torch.Tensor) -> IntWeights:
+    """q with its zeros rounded to integers and the codes re-derived against them."""
+    zero = q.zero.round()
+    return IntWeights(quantize_affine(w, q.scale, zero, q.bits, q.group_size), q.scale, zero, q.bits, q.group_size)
+
+
 VARIANTS = {
     "package (BaseQuantizeConfig defaults)": lambda w, b, g: package(w, b, g),
     "package, fp16 qparams": lambda w, b, g: package(w, b, g, fp16=True),
@@ -53,6 +61,7 @@ VARIANTS = {
     "package, round_zero=True": lambda w, b, g: package(w, b, g, round_zero=True),
     "lowbit": lambda w, b, g: hqq_quantize(w, b, g),
     "lowbit, round_zero start": lambda w, b, g: hqq_quantize(w, b, g, round_zero=True),
+    "lowbit, round_zero start, final zeros rounded": lambda w, b, g: integer_zeros(hqq_quantize(w, b, g, round_zero=True), w),
     "rtn, float zero": lambda w, b, g: rtn_quantize(w, b, g, symmetric=False),
     "rtn, integer zero": lambda w, b, g: rtn_quantize(w, b, g, symmetric=False, integer_zero=True),
 }
@@ -68,19 +77,22 @@ class GramObserver:
         self.H, self.n = accumulate_hessian(x, self.H, self.n)
 
 
-def layer_errors(w: torch.Tensor, q: IntWeights, H: torch.Tensor) -> tuple[float, float, float]:
-    """(relative weight error, relative output error under H, mean distance of the zeros to an integer)."""
+def layer_errors(w: torch.Tensor, q: IntWeights, H: torch.Tensor) -> tuple[float, ...]:
+    """Relative weight error, relative output error under H, relative error of the per-group means of the
+    error (the part of W - W_hat that is a constant offset per group), mean distance of the zeros to an integer."""
     dw = w - q.dequantize()  # (out, in)
     out_err = float(((dw @ H) * dw).sum() / ((w @ H) * w).sum()) ** 0.5
+    group_means = dw.view(w.shape[0], -1, q.group_size).mean(dim=2)  # (out, in // group): the layers here divide
+    bias_err = float(group_means.norm() * q.group_size**0.5 / w.norm())
     zero_frac = float((q.zero.float() - q.zero.float().round()).abs().mean()) if q.zero is not None else 0.0
-    return float(dw.norm() / w.norm()), out_err, zero_frac
+    return float(dw.norm() / w.norm()), out_err, bias_err, zero_frac
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=64)
-    parser.add_argument("--windows", type=int, default=40)
+    parser.add_argument("--windows", type=int, default=40, help="0: error metrics only, no perplexity")
     parser.add_argument("--only", nargs="*", help="variants to run (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -92,19 +104,20 @@ def main() -> None:
     models, records = {}, {}
     for name in args.only or VARIANTS:
         models[name] = model = copy.deepcopy(reference)
-        sums = torch.zeros(3)
+        sums = torch.zeros(len(METRICS))
         for layer_name, linear in find_targets(model, arch_spec(model.config.model_type)).items():
             w = linear.weight.data.float()
             q = VARIANTS[name](w, args.bits, args.group_size)
             sums += torch.tensor(layer_errors(w, q, grams[layer_name].H))
             linear.weight.data = q.dequantize().to(linear.weight.dtype)
-        records[name] = dict(zip(["weight_err", "output_err", "zero_frac"], (sums / len(targets)).tolist()))
+        records[name] = dict(zip(METRICS, (sums / len(targets)).tolist()))
         print(name, records[name], flush=True)
-    for name, quality in evaluate_many(models, windows[: args.windows], reference).items():
+    suffix = "_weights" if args.windows == 0 else ""  # --windows 0: the error metrics alone, in their own file
+    for name, quality in (evaluate_many(models, windows[: args.windows], reference) if args.windows else {}).items():
         records[name] = quality | records.get(name, {})
-    command = "PYTHONPATH=src python benchmarks/hqq_ablation.py " + " ".join(sys.argv[1:])
+    command = "PYTHONPATH=src python benchmarks/hqq_ablation.py " + shlex.join(sys.argv[1:])
     title = f"hqq ablation, {args.bits}-bit g{args.group_size}, first {args.windows} windows"
-    merge_results(f"hqq_ablation_{args.bits}bit_g{args.group_size}", records, COLUMNS, title, command.strip())
+    merge_results(f"hqq_ablation_{args.bits}bit_g{args.group_size}{suffix}", records, COLUMNS, title, command.strip())
 
 
 if __name__ == "__main__":

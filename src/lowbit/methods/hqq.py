@@ -35,6 +35,7 @@ class HQQConfig(MethodConfig):
     kappa: float = 1.01
     iters: int = 20
     optimize_scale: bool = False
+    round_zero: bool = True  # start from the integer-rounded min-max zero (the hqq package's 4-bit default)
     quant_qparams: bool = False  # store scales and zeros in 8 bits (axis 1 only)
 
     def __post_init__(self) -> None:
@@ -53,7 +54,7 @@ class HQQConfig(MethodConfig):
     def quantize_layer(self, weight: torch.Tensor, bias: torch.Tensor | None, stats=None) -> QuantizedLinear:
         w = weight if self.axis == 1 else weight.t().contiguous()  # (rows, cols), groups along cols
         schedule = HQQSchedule(self.lp_norm, self.beta, self.kappa, self.iters)
-        q = hqq_quantize(w, self.bits, self.group_size, schedule, self.optimize_scale)
+        q = hqq_quantize(w, self.bits, self.group_size, schedule, self.optimize_scale, self.round_zero)
         if self.axis == 1 and not self.quant_qparams:
             return IntLinear.from_weights(q, bias)
         qparams8 = None
