@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import sys
 import time
 
@@ -52,7 +53,7 @@ def main() -> None:
         print(name, records[name], flush=True)
     for name, quality in evaluate_many(models, windows, reference).items():
         records[name] = quality | records.get(name, {"bits_per_param": 32.0})
-    command = "PYTHONPATH=src python benchmarks/calibration_free.py " + " ".join(sys.argv[1:])
+    command = "PYTHONPATH=src python benchmarks/calibration_free.py " + shlex.join(sys.argv[1:])
     title = "lowbit calibration-free methods on the demo model"
     merge_results("calibration_free", records, COLUMNS, title, command.strip())
     print(open(f"{__file__.rsplit('/', 1)[0]}/results/calibration_free.md").read())

@@ -1,6 +1,6 @@
 """The reference libraries side by side with lowbit on the demo model: hqq, bitsandbytes NF4 and LLM.int8.
 
-    PYTHONPATH=src python benchmarks/peers_calibration_free.py [--threads N]
+    PYTHONPATH=src python benchmarks/peers_calibration_free.py [--threads N] [--only SETTING ...] [--repeats N] [--timing-only]
 
 Needs `pip install --no-deps hqq termcolor bitsandbytes` (all run on CPU). Each peer replaces the same
 target linears as lowbit; quantization time is measured for the peer and for lowbit's equivalent setting
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -44,6 +45,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", help="peer settings to run (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="quantization timings per setting (median)")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="time the quantizations only; keep the peers' quality figures of the last full run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")  # once per call otherwise
@@ -64,7 +67,11 @@ def main() -> None:
         records[name] = {"quantize_s": statistics.median(peer_times), "bits_per_param": bpp, "lowbit_setting": lowbit_name,
                          "lowbit_quantize_s": statistics.median(lowbit_times)}
         print(name, records[name], flush=True)
-    qualities = evaluate_many(models, windows, reference)
+    if args.timing_only:  # the peers' quality is deterministic: the stored figures of the last full run
+        stored = json.loads((RESULTS / "peers_calibration_free.json").read_text())["results"]
+        qualities = {name: {k: stored[name][k] for k in ("ppl", "kl", "top1")} for name in records}
+    else:
+        qualities = evaluate_many(models, windows, reference)
     lowbit_path = RESULTS / "calibration_free.json"  # read now: that benchmark may still be running at start
     lowbit_results = json.loads(lowbit_path.read_text())["results"] if lowbit_path.is_file() else {}
     for name, quality in qualities.items():
@@ -74,7 +81,7 @@ def main() -> None:
         if record.get("lowbit_ppl") is not None:
             record["ppl_gap"] = f"{100 * (record['lowbit_ppl'] / record['ppl'] - 1):+.2f}%"
         records[name] = record
-    command = "PYTHONPATH=src python benchmarks/peers_calibration_free.py " + " ".join(sys.argv[1:])
+    command = "PYTHONPATH=src python benchmarks/peers_calibration_free.py " + shlex.join(sys.argv[1:])
     title = "Reference libraries vs lowbit on the demo model (ppl_gap: lowbit ppl relative to the peer's)"
     merge_results("peers_calibration_free", records, COLUMNS, title, command.strip())
     print((RESULTS / "peers_calibration_free.md").read_text())
