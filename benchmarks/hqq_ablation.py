@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import shlex
 import sys
 
@@ -30,8 +31,8 @@ from lowbit.core.affine import IntWeights, quantize_affine, rtn_quantize
 from lowbit.core.hessian import accumulate_hessian
 from lowbit.core.hqq import hqq_quantize
 
-COLUMNS = ["ppl", "kl", "top1", "weight_err", "output_err", "bias_err", "zero_frac"]
-METRICS = ["weight_err", "output_err", "bias_err", "zero_frac"]
+METRICS = ["weight_err", "output_err", "mean_output_err", "bias_err", "zero_frac"]
+COLUMNS = ["ppl", "kl", "top1", *METRICS]
 
 
 def package(w, bits, group, round_zero=None, fp16=False):
@@ -68,24 +69,28 @@ VARIANTS = {
 
 
 class GramObserver:
-    """Running H = 2/n X^T X of a layer's inputs (core.hessian)."""
+    """Running H = 2/n X^T X of a layer's inputs (core.hessian) and their sum over tokens."""
 
     def __init__(self):
-        self.H, self.n = None, 0
+        self.H, self.n, self.sum = None, 0, 0.0
 
     def update(self, x: torch.Tensor) -> None:
         self.H, self.n = accumulate_hessian(x, self.H, self.n)
+        self.sum = self.sum + x.reshape(-1, x.shape[-1]).float().sum(dim=0)  # (in,)
 
 
-def layer_errors(w: torch.Tensor, q: IntWeights, H: torch.Tensor) -> tuple[float, ...]:
-    """Relative weight error, relative output error under H, relative error of the per-group means of the
-    error (the part of W - W_hat that is a constant offset per group), mean distance of the zeros to an integer."""
-    dw = w - q.dequantize()  # (out, in)
+def layer_errors(w: torch.Tensor, q: IntWeights, stats: GramObserver) -> tuple[float, ...]:
+    """Relative weight error; relative output error under H; relative error of the output for the mean
+    input (the part of the output error shared by every token); relative error of the per-group means of
+    the error (the part of W - W_hat that is a constant offset per group); mean distance of the zeros to
+    an integer."""
+    dw, H, mean_x = w - q.dequantize(), stats.H, stats.sum / stats.n  # (out, in), (in, in), (in,)
     out_err = float(((dw @ H) * dw).sum() / ((w @ H) * w).sum()) ** 0.5
+    mean_out_err = float((dw @ mean_x).norm() / (w @ mean_x).norm())
     group_means = dw.view(w.shape[0], -1, q.group_size).mean(dim=2)  # (out, in // group): the layers here divide
     bias_err = float(group_means.norm() * q.group_size**0.5 / w.norm())
     zero_frac = float((q.zero.float() - q.zero.float().round()).abs().mean()) if q.zero is not None else 0.0
-    return float(dw.norm() / w.norm()), out_err, bias_err, zero_frac
+    return float(dw.norm() / w.norm()), out_err, mean_out_err, bias_err, zero_frac
 
 
 def main() -> None:
@@ -95,6 +100,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=40, help="0: error metrics only, no perplexity")
     parser.add_argument("--only", nargs="*", help="variants to run (default: all)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--layers", default="", help="regex: only these target layers (with --windows 0)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reference, tokenizer, windows = demo_and_windows()
@@ -105,12 +111,13 @@ def main() -> None:
     for name in args.only or VARIANTS:
         models[name] = model = copy.deepcopy(reference)
         sums = torch.zeros(len(METRICS))
-        for layer_name, linear in find_targets(model, arch_spec(model.config.model_type)).items():
+        chosen = {k: v for k, v in find_targets(model, arch_spec(model.config.model_type)).items() if re.search(args.layers, k)}
+        for layer_name, linear in chosen.items():
             w = linear.weight.data.float()
             q = VARIANTS[name](w, args.bits, args.group_size)
-            sums += torch.tensor(layer_errors(w, q, grams[layer_name].H))
+            sums += torch.tensor(layer_errors(w, q, grams[layer_name]))
             linear.weight.data = q.dequantize().to(linear.weight.dtype)
-        records[name] = dict(zip(METRICS, (sums / len(targets)).tolist()))
+        records[name] = dict(zip(METRICS, (sums / len(chosen)).tolist()))
         print(name, records[name], flush=True)
     suffix = "_weights" if args.windows == 0 else ""  # --windows 0: the error metrics alone, in their own file
     for name, quality in (evaluate_many(models, windows[: args.windows], reference) if args.windows else {}).items():
