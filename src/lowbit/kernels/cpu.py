@@ -38,13 +38,14 @@ Triton kernel (few rows, see kernels/select.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from lowbit.core.affine import n_groups, symmetric_zero
 from lowbit.formats.bitpack import unpack_bits
-from lowbit.kernels import reference
+from lowbit.kernels import cpp_ops, reference
 
 KERNEL_DTYPE = torch.bfloat16
 INT4_GROUPS = (256, 128, 64, 32)  # group sizes _weight_int4pack_mm_for_cpu accepts, largest first
@@ -198,8 +199,24 @@ def llm_int8_cpu_linear(
 ) -> torch.Tensor:
     """LLM.int8 (reference.llm_int8_linear) with its int8 x int8 part on the int8 weight-only kernel:
     faster than _int_mm at decode sizes on CPU, with the bf16 output rounding of int8_cpu."""
-    scale = w.scale.reshape(-1, 1)
-    return reference.llm_int8_linear(x, w.qweight, scale, threshold, bias, _int8pack_mm, codes_dtype=KERNEL_DTYPE)
+    int8_matmul = partial(reference.int8_rows_matmul, int8_mm=_int8pack_mm, codes_dtype=KERNEL_DTYPE)
+    return reference.llm_int8_linear(x, w.qweight, w.scale.reshape(-1, 1), threshold, bias, int8_matmul)
+
+
+def llm_int8_cpp_linear(
+    x: torch.Tensor, w: Int8CpuWeights, threshold: float, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """llm_int8_cpu_linear with activation quantization, int8 kernel, row scales and bias in one C++ op
+    (kernels/int8_rows.cpp, the same arithmetic); outlier columns, when a call has any, as before."""
+    op = torch.ops.lowbit_cpu.int8_rows_linear
+    outliers = reference.outlier_columns(x, threshold)
+    if outliers is None:
+        return op(x, w.qweight, w.scale, bias, x.dtype)
+
+    def int8_matmul(x_regular: torch.Tensor, qweight: torch.Tensor, _scale: torch.Tensor) -> torch.Tensor:
+        return op(x_regular, qweight, w.scale, None, torch.float32)
+
+    return reference.llm_int8_parts(x, w.qweight, w.scale.reshape(-1, 1), outliers, bias, int8_matmul)
 
 
 def _cpu_op_missing(ctx, op: str) -> str | None:
@@ -271,3 +288,8 @@ def int8_cpu_unavailable(ctx) -> str | None:
     if ctx.in_features % INT8_K_MULTIPLE:
         return f"in_features {ctx.in_features} is not a multiple of {INT8_K_MULTIPLE} (bf16 int8 kernel)"
     return None
+
+
+def int8_cpp_unavailable(ctx) -> str | None:
+    """The C++ op calls the same int8 kernel: int8_cpu's conditions, and a built library."""
+    return int8_cpu_unavailable(ctx) or (cpp_ops.build_failure() if ctx.device.type == "cpu" else None)
