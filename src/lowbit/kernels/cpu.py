@@ -30,6 +30,11 @@ slower, measured on AVX-512 with torch 2.13), so inputs are cast to bf16 and the
 paths are W4A16 / W8A16 in the usual sense, with bf16 rounding of the activations. Repacking happens once
 per layer (`prepare_*`, cached by the module); the checkpoint keeps the canonical format.
 
+LLM.int8 (int8 x int8) runs on the same int8 kernel with its activation codes held in bf16 (exact for
+|q| <= 127). `int8_cpp` does the per-row activation quantization, the kernel call, the row scales and the
+bias in one C++ op (kernels/int8_rows.cpp, built by kernels/cpp_ops.py): at one row the eager sequence of
+about ten small ops (`int8_cpu`) cost as much as the matmul itself (torch.profiler, demo model).
+
 On CUDA the same repacking feeds `_weight_int4pack_mm` (tinygemm, what gpt-fast and torchao run), bf16
 activations only, codes of up to 4 bits: the selector takes it where it measured faster than lowbit's
 Triton kernel (few rows, see kernels/select.py).
