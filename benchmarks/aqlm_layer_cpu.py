@@ -10,12 +10,10 @@ Best of 10 batches of 20 calls, bf16 activations.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 
-from int8_rows_layer import SHAPES, best_us
+from int8_rows_layer import SHAPES, best_us, layer_args
 from lowbit.core.aqlm import AQLMWeights
 from lowbit.modules.aqlm_linear import AQLMLinear
 
@@ -32,11 +30,7 @@ def random_aqlm(out_f: int, in_f: int, m: int, bits: int) -> AQLMLinear:
 
 @torch.inference_mode()
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = layer_args(__doc__)
     print("| out x in | bf16 dense us | " + " | ".join(f"aqlm {f} us (kernel)" for f in FORMATS) + " |")
     print("|---|---|" + "---|" * len(FORMATS))
     for out_f, in_f in SHAPES:

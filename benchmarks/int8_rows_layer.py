@@ -32,13 +32,19 @@ def best_us(fn, calls: int = 100, batches: int = 30) -> float:
     return best
 
 
-@torch.inference_mode()
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def layer_args(doc: str) -> argparse.Namespace:
+    """--rows and --threads of the per-layer benchmarks; sets torch's thread count."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--rows", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    return args
+
+
+@torch.inference_mode()
+def main() -> None:
+    args = layer_args(__doc__)
     if cpp_ops.build_failure():
         raise SystemExit(f"the C++ op is not available: {cpp_ops.build_failure()}")
     print("| out x in | eetq W8A16 (int8_cpu) us | LLM.int8 eager (int8_cpu) us | LLM.int8 C++ (int8_cpp) us |")
