@@ -297,4 +297,4 @@ def int8_cpu_unavailable(ctx) -> str | None:
 
 def int8_cpp_unavailable(ctx) -> str | None:
     """The C++ op calls the same int8 kernel: int8_cpu's conditions, and a built library."""
-    return int8_cpu_unavailable(ctx) or (cpp_ops.build_failure() if ctx.device.type == "cpu" else None)
+    return int8_cpu_unavailable(ctx) or cpp_ops.build_failure()
