@@ -29,6 +29,10 @@ from pathlib import Path
 
 import torch
 
+# AQLM's search on the CPU takes many minutes per model even with its fast preset; decode speed depends on
+# the format (codebooks x bits, group size) and not on how well the codes were searched, so the speed rows
+# quantize with one short search round and no fine-tuning (their perplexity is not meaningful).
+AQLM_CHEAP = {"preset": "fast", "rounds": 1, "kmeans_iters": 2, "cg_iters": 2, "finetune_epochs": 0}
 # The usual setting of each method, by registered name; methods not registered here are skipped.
 USUAL = {
     "rtn": {"bits": 4, "group_size": 64},
@@ -41,14 +45,18 @@ USUAL = {
     "ptq": {},
     "nf4": {},
     "fp4": {},
-    "aqlm": {},
+    "aqlm": {"codebooks": 2, "codebook_bits": 8, "group_size": 8, **AQLM_CHEAP},  # 2x8
 }
-# Further rows: other bit widths of the shared format, and the embedding/head option.
+# Further rows: other bit widths of the shared format, the embedding/head option, AQLM 1x16, LLM.int8 eager.
 EXTRA = {
     "rtn-8bit": ("rtn", {"bits": 8, "group_size": 64}),
     "rtn-3bit": ("rtn", {"bits": 3, "group_size": 64}),
     "rtn-4bit+vocab4": ("rtn", {"bits": 4, "group_size": 64, "head_bits": 4, "embedding_bits": 4}),
+    "aqlm-1x16": ("aqlm", {"codebooks": 1, "codebook_bits": 16, "group_size": 8, **AQLM_CHEAP}),
+    "int8-eager": ("int8", {"threshold": 0.0}),
 }
+# Rows that ask the selector for a named kernel (set_kernel_preference), to compare two paths of one format.
+KERNEL = {"int8-eager": "int8_cpu"}  # LLM.int8's eager path, beside the int8 row's C++ op (int8_cpp)
 DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16"}
 CALIB_WINDOWS, CALIB_SEQLEN = 8, 256  # speed does not depend on calibration quality: keep it short
 
@@ -85,15 +93,17 @@ def generate(model, ids: torch.Tensor, new: int) -> tuple[float, float]:
     return t1 - t0, time.perf_counter() - t1
 
 
-def worker(folder: str, dtype: str, prompt: int, new: int, threads: int) -> None:
+def worker(folder: str, dtype: str, prompt: int, new: int, threads: int, kernel: str) -> None:
     """Load one setting, warm up, then time one generation per line read from stdin."""
     torch.set_num_threads(threads)
     base = rss_mib("VmRSS")
     import lowbit
     from lowbit.eval.memory import memory_report
+    from lowbit.modules import set_kernel_preference
     from lowbit.modules.plan import kernel_summary
 
     loaded = lowbit.load(folder, dtype=getattr(torch, dtype))
+    set_kernel_preference(loaded.model, kernel)
     ids = prompt_ids(loaded.tokenizer, prompt)
     generate(loaded.model, ids, 4)  # warm-up (and kernel repacking, if load did not do it)
     mem = memory_report(loaded.model)
@@ -139,7 +149,8 @@ def prepare(work: Path, rest_dtype: str, settings: dict, prompt: int) -> dict[st
                 calib = calibration_windows(src.tokenizer, "wikitext2", CALIB_WINDOWS, CALIB_SEQLEN, seed=0)
             model = lowbit.quantize(copy.deepcopy(src.model), config, calib)
             lowbit.save(model, work / name, src.tokenizer)
-            plan[name] = {"folder": str(work / name), "dtype": rest_dtype, "config": config.to_dict()}
+            plan[name] = {"folder": str(work / name), "dtype": rest_dtype, "config": config.to_dict(),
+                          "kernel": KERNEL.get(name, "auto")}
             del model
         except LowbitError as err:
             plan[name] = {"skipped": f"{method} {options}: {err}"}
@@ -149,6 +160,7 @@ def prepare(work: Path, rest_dtype: str, settings: dict, prompt: int) -> dict[st
 def start(args, spec: dict) -> tuple[subprocess.Popen, dict]:
     cmd = [sys.executable, __file__, "--worker", spec["folder"], "--dtype", spec["dtype"]]
     cmd += ["--prompt", str(args.prompt), "--new", str(args.new), "--threads", str(args.threads)]
+    cmd += ["--kernel", spec.get("kernel", "auto")]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ)
     return proc, read_json(proc)
 
@@ -241,13 +253,14 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/cpu_decode.json")
     parser.add_argument("--only", nargs="+", help="run only these settings (names of USUAL / EXTRA)")
     parser.add_argument("--worker")
+    parser.add_argument("--kernel", default="auto", help=argparse.SUPPRESS)  # a worker's kernel preference
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)  # a worker's model dtype
     parser.add_argument("--rest-dtype", default="bfloat16", choices=("bfloat16", "float32"),
                         help="dtype of a quantized model's unquantized layers")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per worker")
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.dtype, args.prompt, args.new, args.threads)
+        worker(args.worker, args.dtype, args.prompt, args.new, args.threads, args.kernel)
         return
     report = run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
 from lowbit.core.affine import int8_absmax, rtn_quantize
-from lowbit.kernels import reference
+from lowbit.kernels import cpp_ops, reference
 from lowbit.kernels.cpu import int4_kernel_group
 from lowbit.kernels.select import CallContext, explain, select
 from lowbit.modules import Int8Linear, IntLinear, LLMInt8Linear
@@ -82,18 +84,81 @@ def test_int8_cpu_matches_reference(out_f, in_f):
         assert rel_err(y, ref) < REL_TOL
 
 
+def needs_cpp(kernel: str) -> None:
+    if kernel == "int8_cpp" and cpp_ops.build_failure():
+        pytest.skip(f"C++ ops not built: {cpp_ops.build_failure()}")
+
+
+def llm_int8_layer(out_f: int, in_f: int, threshold: float, bias: bool = True) -> LLMInt8Linear:
+    gen = torch.Generator().manual_seed(out_f * in_f)
+    q, s = int8_absmax(torch.randn(out_f, in_f, generator=gen), dim=1)
+    m = LLMInt8Linear.from_int8(q, s, torch.randn(out_f, generator=gen) if bias else None)
+    m.threshold = threshold
+    return m
+
+
+def outlier_input(rows: int, in_f: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    x = torch.randn(rows, in_f, generator=torch.Generator().manual_seed(rows))  # (rows, in)
+    x[:, 3] *= 20  # an outlier column: the float path when threshold is 6.0
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("kernel", ["int8_cpp", "int8_cpu"])
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
 @pytest.mark.parametrize("out_f,in_f", [(7, 48), (33, 64), (16, 176)])
-def test_llm_int8_cpu_matches_reference(out_f, in_f, threshold):
-    q, s = int8_absmax(torch.randn(out_f, in_f), dim=1)
-    m = LLMInt8Linear.from_int8(q, s, torch.randn(out_f))
-    m.threshold = threshold
+def test_llm_int8_cpu_matches_reference(out_f, in_f, threshold, kernel):
+    needs_cpp(kernel)
+    m = llm_int8_layer(out_f, in_f, threshold)
     for rows in ROWS:
-        x = torch.randn(rows, in_f, generator=torch.Generator().manual_seed(rows))
-        x[:, 3] *= 20  # an outlier column: the float path when threshold is 6.0
-        name, y, ref = both_paths(m, x)
-        assert name == "int8_cpu"
-        assert rel_err(y, ref) < REL_TOL, (rows, rel_err(y, ref))
+        x = outlier_input(rows, in_f)
+        m.kernel_preference = "reference"
+        ref = m(x)
+        m.kernel_preference = kernel
+        assert m.kernel(x).name == kernel
+        assert rel_err(m(x), ref) < REL_TOL, (rows, rel_err(m(x), ref))
+
+
+def test_llm_int8_auto_takes_the_cpp_op():
+    needs_cpp("int8_cpp")
+    assert select("llm_int8_linear", CallContext(CPU, 1, 64, 16)).name == "int8_cpp"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("threshold,bias", [(0.0, True), (0.0, False), (6.0, True)])
+def test_int8_cpp_equals_eager_int8_cpu(dtype, threshold, bias):
+    """The C++ op does the eager path's arithmetic in the same order: equal bit for bit."""
+    needs_cpp("int8_cpp")
+    m = llm_int8_layer(40, 96, threshold, bias)
+    for rows in ROWS:
+        x = outlier_input(rows, 96, dtype)
+        x[0] = 0  # an all-zero row: the smallest scale
+        if rows > 1:
+            x[1, 5] = 1e7  # a row whose scale saturates at fp16's max (inf in an fp16 input)
+        outputs = []
+        for kernel in ("int8_cpp", "int8_cpu"):
+            m.kernel_preference = kernel
+            outputs.append(m(x))
+        assert outputs[0].dtype == dtype
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+def test_int8_cpp_falls_back_with_a_reason(monkeypatch):
+    monkeypatch.setattr(cpp_ops, "build_failure", lambda: "no C++ compiler (c++) on PATH")
+    ctx = CallContext(CPU, 1, 64, 16)
+    assert dict(explain("llm_int8_linear", ctx))["int8_cpp"] == "no C++ compiler (c++) on PATH"
+    assert select("llm_int8_linear", ctx).name == "int8_cpu"
+    m = llm_int8_layer(16, 64, 0.0)
+    m.kernel_preference = "int8_cpp"  # named but unable: the selector's auto choice, under its own name
+    assert m.kernel(torch.randn(1, 64)).name == "int8_cpu"
+
+
+@pytest.mark.parametrize("env,reason", [({"CXX": "/nonexistent/c++"}, "no C++ compiler"), ({"LOWBIT_NO_CPP": "1"}, "LOWBIT_NO_CPP")])
+def test_cpp_build_failure_is_logged(monkeypatch, caplog, env, reason):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with caplog.at_level(logging.WARNING, logger="lowbit.kernels.cpp_ops"):
+        assert reason in cpp_ops.build_failure.__wrapped__()
+    assert reason in caplog.text and "eager int8_cpu path" in caplog.text
 
 
 def test_w8a8_int_mm_matches_emulated():

@@ -17,7 +17,7 @@ from lowbit.recommend.units import parse_duration, parse_size
 # TinyLlama-1.1B's shapes (a Llama of 1.1B parameters): read as a meta-device skeleton, no weights exist.
 LLAMA_1B = dict(model_type="llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                 num_attention_heads=32, num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False)
-FAST_CPU = {"int4_cpu", "int4x2_cpu", "int8_cpu", "torch_int_mm"}
+FAST_CPU = {"int4_cpu", "int4x2_cpu", "int8_cpp", "int8_cpu", "torch_int_mm"}
 
 
 @pytest.fixture(scope="module")

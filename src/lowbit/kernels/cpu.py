@@ -30,6 +30,11 @@ slower, measured on AVX-512 with torch 2.13), so inputs are cast to bf16 and the
 paths are W4A16 / W8A16 in the usual sense, with bf16 rounding of the activations. Repacking happens once
 per layer (`prepare_*`, cached by the module); the checkpoint keeps the canonical format.
 
+LLM.int8 (int8 x int8) runs on the same int8 kernel with its activation codes held in bf16 (exact for
+|q| <= 127). `int8_cpp` does the per-row activation quantization, the kernel call, the row scales and the
+bias in one C++ op (kernels/int8_rows.cpp, built by kernels/cpp_ops.py): at one row the eager sequence of
+about ten small ops (`int8_cpu`) cost as much as the matmul itself (torch.profiler, demo model).
+
 On CUDA the same repacking feeds `_weight_int4pack_mm` (tinygemm, what gpt-fast and torchao run), bf16
 activations only, codes of up to 4 bits: the selector takes it where it measured faster than lowbit's
 Triton kernel (few rows, see kernels/select.py).
@@ -38,13 +43,14 @@ Triton kernel (few rows, see kernels/select.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from lowbit.core.affine import n_groups, symmetric_zero
 from lowbit.formats.bitpack import unpack_bits
-from lowbit.kernels import reference
+from lowbit.kernels import cpp_ops, reference
 
 KERNEL_DTYPE = torch.bfloat16
 INT4_GROUPS = (256, 128, 64, 32)  # group sizes _weight_int4pack_mm_for_cpu accepts, largest first
@@ -198,8 +204,24 @@ def llm_int8_cpu_linear(
 ) -> torch.Tensor:
     """LLM.int8 (reference.llm_int8_linear) with its int8 x int8 part on the int8 weight-only kernel:
     faster than _int_mm at decode sizes on CPU, with the bf16 output rounding of int8_cpu."""
-    scale = w.scale.reshape(-1, 1)
-    return reference.llm_int8_linear(x, w.qweight, scale, threshold, bias, _int8pack_mm, codes_dtype=KERNEL_DTYPE)
+    int8_matmul = partial(reference.int8_rows_matmul, int8_mm=_int8pack_mm, codes_dtype=KERNEL_DTYPE)
+    return reference.llm_int8_linear(x, w.qweight, w.scale.reshape(-1, 1), threshold, bias, int8_matmul)
+
+
+def llm_int8_cpp_linear(
+    x: torch.Tensor, w: Int8CpuWeights, threshold: float, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """llm_int8_cpu_linear with activation quantization, int8 kernel, row scales and bias in one C++ op
+    (kernels/int8_rows.cpp, the same arithmetic); outlier columns, when a call has any, as before."""
+    op = torch.ops.lowbit_cpu.int8_rows_linear
+    outliers = reference.outlier_columns(x, threshold)
+    if outliers is None:
+        return op(x, w.qweight, w.scale, bias, x.dtype)
+
+    def int8_matmul(x_regular: torch.Tensor, qweight: torch.Tensor, _scale: torch.Tensor) -> torch.Tensor:
+        return op(x_regular, qweight, w.scale, None, torch.float32)
+
+    return reference.llm_int8_parts(x, w.qweight, w.scale.reshape(-1, 1), outliers, bias, int8_matmul)
 
 
 def _cpu_op_missing(ctx, op: str) -> str | None:
@@ -271,3 +293,8 @@ def int8_cpu_unavailable(ctx) -> str | None:
     if ctx.in_features % INT8_K_MULTIPLE:
         return f"in_features {ctx.in_features} is not a multiple of {INT8_K_MULTIPLE} (bf16 int8 kernel)"
     return None
+
+
+def int8_cpp_unavailable(ctx) -> str | None:
+    """The C++ op calls the same int8 kernel: int8_cpu's conditions, and a built library."""
+    return int8_cpu_unavailable(ctx) or cpp_ops.build_failure()

@@ -86,28 +86,57 @@ def int_group_linear_t(
     return y + bias.to(x.dtype) if bias is not None else y
 
 
+def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor | None:
+    """LLM.int8's outlier input columns: (in,) bool where any |x| > threshold; None for threshold 0 or none."""
+    if threshold <= 0:
+        return None
+    outliers = (x.abs() > threshold).any(dim=0)  # (in,) bool
+    return outliers if outliers.any() else None
+
+
+def int8_rows_matmul(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    int8_mm: Callable = w8a8_linear_emulated,
+    codes_dtype: torch.dtype = torch.int8,
+) -> torch.Tensor:
+    """x (rows, in) quantized per row (vector-wise absmax), then int8 x int8 by `int8_mm`: (rows, out) float32.
+    codes_dtype: what `int8_mm` takes."""
+    x_q, x_scale = int8_absmax(x, dim=1, saturate=True, codes_dtype=codes_dtype)  # (rows, in), (rows, 1)
+    return int8_mm(x_q, x_scale, qweight, scale)
+
+
 def llm_int8_linear(
     x: torch.Tensor,
     qweight: torch.Tensor,
     scale: torch.Tensor,
     threshold: float,
     bias: torch.Tensor | None,
-    int8_mm: Callable = w8a8_linear_emulated,
-    codes_dtype: torch.dtype = torch.int8,
+    int8_matmul: Callable = int8_rows_matmul,
 ) -> torch.Tensor:
     """LLM.int8 (Dettmers et al., 2022): x (rows, in) float, qweight (out, in) int8, scale (out, 1).
 
     Input columns where any |x| > threshold (threshold > 0) take a float matmul with the matching
-    dequantized weight columns; the rest are quantized per row (vector-wise absmax) and multiplied
-    int8 x int8 by `int8_mm` (exact either way: float64 here, torch._int_mm in the selector's fast
-    candidate). threshold 0: every column takes the int8 path. codes_dtype: what `int8_mm` takes.
+    dequantized weight columns; the rest are quantized per row and multiplied int8 x int8 by
+    `int8_matmul(x_regular, qweight, scale) -> (rows, out) float32` (exact either way: float64 here,
+    torch._int_mm or the CPU int8 kernel in the selector's fast candidates). threshold 0: every column
+    takes the int8 path.
     """
-    outliers = (x.abs() > threshold).any(dim=0) if threshold > 0 else None  # (in,) bool
-    if outliers is not None and not outliers.any():
-        outliers = None
+    return llm_int8_parts(x, qweight, scale, outlier_columns(x, threshold), bias, int8_matmul)
+
+
+def llm_int8_parts(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    outliers: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    int8_matmul: Callable,
+) -> torch.Tensor:
+    """llm_int8_linear once its outlier columns (outlier_columns) are known."""
     x_regular = x if outliers is None else x.masked_fill(outliers, 0)  # (rows, in)
-    x_q, x_scale = int8_absmax(x_regular, dim=1, saturate=True, codes_dtype=codes_dtype)  # (rows, in), (rows, 1)
-    y = int8_mm(x_q, x_scale, qweight, scale)  # (rows, out) float32
+    y = int8_matmul(x_regular, qweight, scale)  # (rows, out) float32
     if outliers is not None:
         w_out = qweight[:, outliers].float() * scale.float()  # (out, n_outliers)
         y = y + x[:, outliers].float() @ w_out.t()

@@ -91,6 +91,8 @@ def _triton_w8a8(ctx: CallContext) -> str | None:
     return triton_ops.triton_unavailable(ctx.device)
 
 
+_int8_rows_int_mm = partial(reference.int8_rows_matmul, int8_mm=reference.w8a8_linear_int_mm)
+
 # Fastest first; the last entry of each op is the reference path and runs everywhere.
 _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int_group_linear": (
@@ -122,10 +124,9 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     # LLM.int8 (outlier columns in float, the rest int8 x int8): fn(x, qweight, scale, threshold, bias),
     # or fn(x, packed, threshold, bias) for a candidate with `prepare`
     "llm_int8_linear": (
+        Candidate("int8_cpp", cpu.llm_int8_cpp_linear, cpu.int8_cpp_unavailable, prepare=cpu.prepare_int8_cpu),
         Candidate("int8_cpu", cpu.llm_int8_cpu_linear, cpu.int8_cpu_unavailable, prepare=cpu.prepare_int8_cpu),
-        Candidate(
-            "torch_int_mm", partial(reference.llm_int8_linear, int8_mm=reference.w8a8_linear_int_mm), _int_mm_unavailable
-        ),
+        Candidate("torch_int_mm", partial(reference.llm_int8_linear, int8_matmul=_int8_rows_int_mm), _int_mm_unavailable),
         Candidate("reference", reference.llm_int8_linear, always),
     ),
     "w8a8_linear": (

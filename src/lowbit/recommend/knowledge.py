@@ -157,6 +157,8 @@ KERNEL_SPEED: dict[tuple, Prior] = {
     ("cpu", "int4x2_cpu"): Prior(1.30, "benchmarks/results/cpu_decode_1thread.md: rtn 8-bit g64 vs fp32"),
     ("cpu", "torch_int_mm"): Prior(1.46, "benchmarks/results/cpu_decode_1thread.md: ptq W8A8 vs fp32"),
     ("cpu", "int8_cpu"): Prior(1.5, "assumed like the other CPU int8 path (torch_int_mm, 1.46x)"),
+    ("cpu", "int8_cpp"): Prior(1.6, "assumed close to eetq's 1.65x on the same int8 kernel (docs/issue11.md): the C++ op "
+                                   "takes LLM.int8's activation quantization off the eager path (docs/int8cpu11.md)"),
     ("cpu", "reference"): Prior(0.5, "assumed: the reference path dequantizes every weight on every call"),
     ("cpu", "dense"): Prior(1.0, "the unquantized model"),
     ("cuda", "triton int-group", 4): Prior(1.4, "docs/issue6.md: int4 g128 at 1 row, 1.15-1.95x bf16 (H100)"),
