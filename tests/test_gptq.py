@@ -84,6 +84,19 @@ def test_static_groups_match_llmcompressor_gptq_exactly(down_proj_inputs):
     assert torch.equal(ours.dequantize(), theirs[0])
 
 
+@pytest.mark.parametrize("bits", [3, 4])
+def test_default_gptq_beats_the_reference_choice_on_a_real_layer(down_proj_inputs, bits):
+    """The default (act-order + static groups + mse qparams) against desc_act/static_groups off, min-max qparams."""
+    x, w = down_proj_inputs
+    H, _ = accumulate_hessian(x, None, 0)
+    default = make_config("gptq", bits=bits, group_size=32)
+    reference = make_config("gptq", bits=bits, group_size=32, desc_act=False, static_groups=False, qparams="minmax")
+    assert (default.desc_act, default.static_groups, default.qparams) == (True, True, "mse")
+    with torch.no_grad():
+        errors = [float((c.quantize_layer(w, None, H)(x) - x @ w.t()).pow(2).mean()) for c in (default, reference)]
+    assert errors[0] < errors[1], errors
+
+
 def test_mse_qparams_never_worse_than_minmax_in_their_norm():
     w = torch.randn(16, 100) * torch.rand(16, 1)
     w[3, 7] = 8.0  # an outlier the search can clip
@@ -106,7 +119,7 @@ def test_dampening_is_raised_with_a_warning_when_cholesky_fails():
 
 
 @pytest.mark.parametrize("options,message", [
-    (dict(desc_act=True), "static_groups"),
+    (dict(static_groups=False), "desc_act=true needs static_groups=true"),
     (dict(bits=1), "2..8 bits"),
     (dict(damp=0.0), "damp"),
     (dict(block_size=0), "block_size"),
