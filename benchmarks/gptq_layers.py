@@ -75,15 +75,15 @@ def main() -> None:
              "| bits | variant | mean rel. output error | vs rtn | layers better than reference GPTQ | s |",
              "|---|---|---|---|---|---|"]
     for bits in args.bits:
-        rtn = {n: relative_error(w := model.get_submodule(n).weight.detach(), rtn_quantize(w, bits, args.group_size, False, True).dequantize(), hessians[n]) for n in names}
-        rtn_mean = sum(rtn.values()) / len(names)
+        weights = {n: model.get_submodule(n).weight.detach() for n in names}
+        rtn = [relative_error(w, rtn_quantize(w, bits, args.group_size, False, True).dequantize(), hessians[n]) for n, w in weights.items()]
+        rtn_mean = sum(rtn) / len(names)
         lines.append(f"| {bits} | rtn (integer zeros) | {rtn_mean:.5f} | 1.000 | - | - |")
         reference = None
         for variant, options in VARIANTS.items():
             start = time.perf_counter()
             errors = {}
-            for n in names:
-                w = model.get_submodule(n).weight.detach()
+            for n, w in weights.items():
                 q = gptq_quantize(w, hessians[n], bits, args.group_size, False, **options).dequantize()
                 errors[n] = relative_error(w, q, hessians[n])
             seconds = time.perf_counter() - start

@@ -72,8 +72,11 @@ def _gptq(w, H, bits, group_size, symmetric, damp, block_size, desc_act, static_
     W[:, dead] = 0
     scale = torch.empty(out, n_groups(cols, gs), dtype=torch.float16, device=W.device)  # (out, n_groups)
     zero = None if symmetric else torch.empty_like(scale)
-    if static_groups:
-        _set_all_qparams(choose(W, bits, gs, symmetric, integer_zero=True), scale, zero)
+    if static_groups:  # every group's qparams from the unquantized weight, before any column moves
+        s, z = choose(W, bits, gs, symmetric, integer_zero=True)
+        scale.copy_(s)
+        if zero is not None:
+            zero.copy_(z)
     perm = torch.argsort(torch.diag(H), descending=True) if desc_act else torch.arange(cols, device=W.device)
     W, H = W[:, perm], H[perm][:, perm]
     U = inverse_hessian_factor(H, damp)
@@ -104,10 +107,3 @@ def _gptq(w, H, bits, group_size, symmetric, damp, block_size, desc_act, static_
     codes = codes[:, torch.argsort(perm)]  # back to natural column order
     return IntWeights(codes, scale, zero, bits, gs)
 
-
-def _set_all_qparams(qparams, scale, zero) -> None:
-    """Static groups: every group's qparams from the unquantized weight, before any column moves."""
-    s, z = qparams
-    scale.copy_(s)
-    if zero is not None:
-        zero.copy_(z)
