@@ -3,7 +3,7 @@ GPTQModifier / AWQModifier, side by side in one process on the same calibration 
 
 Protocol: eval wikitext2 test, seqlen 512, first --windows windows; perplexity and KL(fp32 || quantized)
 averaged over every predicted position; calibration: --nsamples random windows of --calib-seqlen tokens
-of the --calib calibration split (wikitext2 or ptb, seed 0). Wall time and peak resident memory (increase over the
+of the --calib calibration split (wikitext2 or ptb, seed --seed, 0 by default). Wall time and peak resident memory (increase over the
 process's memory before the call, sampled every 5 ms by lowbit.compare.measure.peak_memory) of each quantization call.
 Each finished setting is appended at once to --out (JSON lines), so a cut-short run keeps its results.
 
@@ -104,8 +104,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=40)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--calib", default="wikitext2", choices=("wikitext2", "ptb"))
+    parser.add_argument("--seed", type=int, default=0, help="calibration windows' seed (another seed: a run-to-run spread)")
     parser.add_argument("--out")
-    parser.add_argument("--device", default="cpu", help="cuda: quantize and evaluate on the GPU (lowbit methods only)")
+    parser.add_argument("--device", default="cpu", help="cuda: quantize and evaluate on the GPU")
     args = parser.parse_args()
     if args.table:
         print(table(args.table))
@@ -116,12 +117,12 @@ def main() -> None:
     fp32 = loaded.model.to(args.device)
     tokens = tokenize(loaded.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS)))
     windows = consecutive_windows(tokens, args.seqlen, args.windows).to(args.device)
-    calib = calibration_windows(loaded.tokenizer, args.calib, args.nsamples, args.calib_seqlen, seed=0)
+    calib = calibration_windows(loaded.tokenizer, args.calib, args.nsamples, args.calib_seqlen, seed=args.seed)
     start = time.perf_counter()
     reference = [log_probs(fp32, w) for w in windows]  # (seqlen-1, vocab) each, reused for every KL
     fp32_eval_s = time.perf_counter() - start
     common = {"model": args.model, "eval": f"wikitext2 test, {args.windows} x {args.seqlen}",
-              "calib": f"{args.calib} calibration split, {args.nsamples} x {args.calib_seqlen}, seed 0",
+              "calib": f"{args.calib} calibration split, {args.nsamples} x {args.calib_seqlen}, seed {args.seed}",
               "machine": machine(args.device)}
     for setting in args.settings:
         method, bits, group, options = parse_setting(setting)

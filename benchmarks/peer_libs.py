@@ -146,10 +146,13 @@ def llmcompressor_quantize(model, method, bits, group, options, calib, tokenizer
         from llmcompressor.pipelines.cache import IntermediatesCache  # pinning only speeds host->GPU copies
 
         IntermediatesCache.pin_memory = lambda self, *a, **k: None
-    args = QuantizationArgs(num_bits=bits, type="int", symmetric=False, strategy="group", group_size=group)
+    options = dict(options)
+    observer = {"observer": options.pop("observer")} if "observer" in options else {}  # e.g. mse: weight-range grid search
+    args = QuantizationArgs(num_bits=bits, type="int", symmetric=False, strategy="group", group_size=group, **observer)
     groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=args)}
     if method == "lc-gptq":
-        recipe = [GPTQModifier(config_groups=groups, ignore=["lm_head"], dampening_frac=0.01, actorder=None, **options)]
+        gptq = {"dampening_frac": 0.01, "actorder": None} | options
+        recipe = [GPTQModifier(config_groups=groups, ignore=["lm_head"], **gptq)]
     else:
         recipe = [AWQModifier(duo_scaling=True, offload_device=None, **options),
                   QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
@@ -160,7 +163,7 @@ def llmcompressor_quantize(model, method, bits, group, options, calib, tokenizer
     data = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": torch.ones_like(calib).tolist()})
     oneshot(model=model, tokenizer=tokenizer, recipe=recipe, dataset=data, num_calibration_samples=calib.shape[0],
             max_seq_length=calib.shape[1], shuffle_calibration_samples=False, pipeline="sequential")
-    return {"method": method, "bits": bits, "group_size": group, "symmetric": False, **options}
+    return {"method": method, "bits": bits, "group_size": group, "symmetric": False, **observer, **options}
 
 
 def _drop_gguf_quantization_config(model: nn.Module) -> None:

@@ -10,7 +10,7 @@ import torch
 from lowbit.api import load, quantize, save
 from lowbit.calib.arch import ARCHITECTURES
 from lowbit.calib.data import calibration_windows
-from lowbit.core.affine import rtn_quantize
+from lowbit.core.affine import affine_qparams, dequantize_affine, mse_qparams, quantize_affine, rtn_quantize
 from lowbit.core.gptq import gptq_quantize, inverse_hessian_factor
 from lowbit.core.hessian import accumulate_hessian
 from lowbit.errors import LowbitError
@@ -68,6 +68,48 @@ def test_act_order_static_groups_also_beats_rtn(down_proj_inputs):
     assert (x @ (w - gptq.dequantize()).t()).pow(2).mean() < (x @ (w - rtn.dequantize()).t()).pow(2).mean()
 
 
+def test_static_groups_match_llmcompressor_gptq_exactly(down_proj_inputs):
+    """With the same group qparams, lowbit's column loop is llm-compressor 0.14's quantize_weight, bit for bit."""
+    pytest.importorskip("llmcompressor")
+    from compressed_tensors.quantization import QuantizationArgs
+    from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
+
+    x, w = down_proj_inputs
+    w = w[:, :128]  # llm-compressor needs groups that divide the layer
+    H, _ = accumulate_hessian(x[:, :128], None, 0)
+    ours = gptq_quantize(w, H, 4, 32, False, static_groups=True)
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=False, strategy="group", group_size=32)
+    zero = (ours.zero.float() - 8).to(torch.int8)  # llm-compressor's signed zero point
+    theirs, *_ = quantize_weight(w[None].clone(), H[None].clone(), ours.scale.float()[None], zero[None], None, args, 128, 0.01)
+    assert torch.equal(ours.dequantize(), theirs[0])
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_default_gptq_beats_the_reference_choice_on_a_real_layer(down_proj_inputs, bits):
+    """The default (act-order + static groups + mse qparams) against desc_act/static_groups off, min-max qparams."""
+    x, w = down_proj_inputs
+    H, _ = accumulate_hessian(x, None, 0)
+    default = make_config("gptq", bits=bits, group_size=32)
+    reference = make_config("gptq", bits=bits, group_size=32, desc_act=False, static_groups=False, qparams="minmax")
+    assert (default.desc_act, default.static_groups, default.qparams) == (True, True, "mse")
+    with torch.no_grad():
+        errors = [float((c.quantize_layer(w, None, H)(x) - x @ w.t()).pow(2).mean()) for c in (default, reference)]
+    assert errors[0] < errors[1], errors
+
+
+def test_mse_qparams_never_worse_than_minmax_in_their_norm():
+    w = torch.randn(16, 100) * torch.rand(16, 1)
+    w[3, 7] = 8.0  # an outlier the search can clip
+    for symmetric in (False, True):
+        errors = []
+        for choose in (affine_qparams, mse_qparams):
+            scale, zero = choose(w, 3, 32, symmetric, integer_zero=True)  # 100 = 3 x 32 + 4: padded last group
+            assert scale.shape == (16, 4) and (zero is None) == symmetric
+            q = dequantize_affine(quantize_affine(w, scale, zero, 3, 32), scale, zero, 3, 32)
+            errors.append((q - w).abs().pow(2.4).sum())
+        assert errors[1] < errors[0], errors
+
+
 def test_dampening_is_raised_with_a_warning_when_cholesky_fails():
     q, _ = torch.linalg.qr(torch.randn(16, 16))
     H = q @ torch.diag(torch.cat([torch.full((15,), 1.0), torch.tensor([-0.5])])) @ q.t()  # indefinite
@@ -77,10 +119,11 @@ def test_dampening_is_raised_with_a_warning_when_cholesky_fails():
 
 
 @pytest.mark.parametrize("options,message", [
-    (dict(desc_act=True), "static_groups"),
+    (dict(static_groups=False), "desc_act=true needs static_groups=true"),
     (dict(bits=1), "2..8 bits"),
     (dict(damp=0.0), "damp"),
     (dict(block_size=0), "block_size"),
+    (dict(qparams="percentile"), "qparams must be one of minmax, mse"),
 ])
 def test_bad_gptq_options_are_one_line_errors(options, message):
     with pytest.raises(LowbitError, match=message):

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from lowbit.errors import LowbitError
 
@@ -76,11 +77,17 @@ def affine_qparams(
     Symmetric: restricted range +-(2**(bits-1) - 1) steps around the implicit zero 2**(bits-1).
     """
     g = to_groups(w.float(), group_size)
+    return range_qparams(g.amin(dim=2), g.amax(dim=2), bits, symmetric, integer_zero)
+
+
+def range_qparams(
+    lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool, integer_zero: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """affine_qparams from per-group minima and maxima (out, n_groups) instead of the weights."""
     maxq = 2**bits - 1
     if symmetric:
-        absmax = g.abs().amax(dim=2)
+        absmax = torch.maximum(lo.abs(), hi.abs())
         return _storable_scale(absmax / max(symmetric_zero(bits) - 1, 1)), None
-    lo, hi = g.amin(dim=2), g.amax(dim=2)
     if integer_zero:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     scale = _storable_scale((hi - lo) / maxq)
@@ -88,6 +95,31 @@ def affine_qparams(
     if integer_zero:
         zero = torch.round(zero).clamp(0, maxq)
     return scale, zero.to(QPARAM_DTYPE)
+
+
+def mse_qparams(
+    w: torch.Tensor, bits: int, group_size: int, symmetric: bool, integer_zero: bool = False,
+    grid: int = 100, max_shrink: float = 0.8, norm: float = 2.4,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-group qparams of the range shrunk by the factor in {1, 1 - 1/grid, ..., 1 - max_shrink} that
+    minimises sum |w - dequant(quant(w))|^norm: the `mse` option of the GPTQ reference code (Frantar et al.,
+    2022; GPTQModel's `mse`), which trades clipped outliers for a finer grid. Same shapes as affine_qparams."""
+    w = w.float()
+    g = to_groups(w, group_size)  # (out, n_groups, group_size)
+    lo, hi = g.amin(dim=2), g.amax(dim=2)
+    best = torch.full_like(lo, float("inf"))
+    scale, zero = range_qparams(lo, hi, bits, symmetric, integer_zero)
+    pad = lo.shape[1] * group_size - w.shape[1]  # the last group's padding adds no error
+    for step in range(int(max_shrink * grid)):
+        p = 1 - step / grid
+        s, z = range_qparams(p * lo, p * hi, bits, symmetric, integer_zero)
+        diff = dequantize_affine(quantize_affine(w, s, z, bits, group_size), s, z, bits, group_size) - w
+        err = F.pad(diff.abs_().pow_(norm), (0, pad)).reshape(lo.shape + (group_size,)).sum(dim=2)  # (out, n_groups)
+        better = err < best
+        best = torch.where(better, err, best)
+        scale = torch.where(better, s, scale)
+        zero = None if z is None else torch.where(better, z, zero)
+    return scale, zero
 
 
 def _storable_scale(scale: torch.Tensor) -> torch.Tensor:

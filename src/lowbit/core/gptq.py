@@ -13,11 +13,12 @@ import warnings
 
 import torch
 
-from lowbit.core.affine import IntWeights, affine_qparams, n_groups, resolve_group_size, symmetric_zero
+from lowbit.core.affine import IntWeights, affine_qparams, mse_qparams, n_groups, resolve_group_size, symmetric_zero
 from lowbit.core.threads import one_cpu_thread
 from lowbit.errors import LowbitError
 
 MAX_DAMP = 10.0  # give up when even 10x the mean diagonal cannot make H positive definite
+QPARAMS = {"minmax": affine_qparams, "mse": mse_qparams}  # how a group's scale and zero are chosen
 
 
 def inverse_hessian_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
@@ -47,13 +48,19 @@ def gptq_quantize(
     block_size: int = 128,
     desc_act: bool = False,
     static_groups: bool = False,
+    qparams: str = "minmax",
 ) -> IntWeights:
-    """(out, in) weight + (in, in) Hessian of its inputs -> IntWeights with natural-order groups."""
+    """(out, in) weight + (in, in) Hessian of its inputs -> IntWeights with natural-order groups.
+
+    static_groups: every group's qparams from the unquantized weight before any column moves (as
+    llm-compressor's GPTQModifier does); otherwise from the updated columns when the group starts (as
+    the reference code). qparams: "minmax" (range widened to hold 0) or "mse" (shrunk-range grid search).
+    """
     with one_cpu_thread(w.device):
-        return _gptq(w, H, bits, group_size, symmetric, damp, block_size, desc_act, static_groups)
+        return _gptq(w, H, bits, group_size, symmetric, damp, block_size, desc_act, static_groups, QPARAMS[qparams])
 
 
-def _gptq(w, H, bits, group_size, symmetric, damp, block_size, desc_act, static_groups) -> IntWeights:
+def _gptq(w, H, bits, group_size, symmetric, damp, block_size, desc_act, static_groups, choose) -> IntWeights:
     if desc_act and not static_groups:
         raise LowbitError("desc_act needs static_groups=true (lowbit's format keeps groups in column order)")
     W = w.detach().float().clone()  # (out, in), updated in place as columns are quantized
@@ -65,8 +72,11 @@ def _gptq(w, H, bits, group_size, symmetric, damp, block_size, desc_act, static_
     W[:, dead] = 0
     scale = torch.empty(out, n_groups(cols, gs), dtype=torch.float16, device=W.device)  # (out, n_groups)
     zero = None if symmetric else torch.empty_like(scale)
-    if static_groups:
-        _set_all_qparams(W, bits, gs, symmetric, scale, zero)
+    if static_groups:  # every group's qparams from the unquantized weight, before any column moves
+        s, z = choose(W, bits, gs, symmetric, integer_zero=True)
+        scale.copy_(s)
+        if zero is not None:
+            zero.copy_(z)
     perm = torch.argsort(torch.diag(H), descending=True) if desc_act else torch.arange(cols, device=W.device)
     W, H = W[:, perm], H[perm][:, perm]
     U = inverse_hessian_factor(H, damp)
@@ -82,7 +92,7 @@ def _gptq(w, H, bits, group_size, symmetric, damp, block_size, desc_act, static_
             g = col // gs
             if not static_groups and col % gs == 0:  # natural order: the group's columns are next
                 current = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :gs]
-                s, z = affine_qparams(current, bits, current.shape[1], symmetric, integer_zero=True)
+                s, z = choose(current, bits, current.shape[1], symmetric, integer_zero=True)
                 scale[:, g : g + 1] = s
                 if zero is not None:
                     zero[:, g : g + 1] = z
@@ -97,10 +107,3 @@ def _gptq(w, H, bits, group_size, symmetric, damp, block_size, desc_act, static_
     codes = codes[:, torch.argsort(perm)]  # back to natural column order
     return IntWeights(codes, scale, zero, bits, gs)
 
-
-def _set_all_qparams(W, bits, gs, symmetric, scale, zero) -> None:
-    """Static groups: every group's qparams from the unquantized weight, before any column moves."""
-    s, z = affine_qparams(W, bits, gs, symmetric, integer_zero=True)
-    scale.copy_(s)
-    if zero is not None:
-        zero.copy_(z)

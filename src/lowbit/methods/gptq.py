@@ -17,7 +17,7 @@ from lowbit.calib.arch import linear_weight
 from lowbit.calib.engine import BlockRun
 from lowbit.calib.stats import collect_hessians
 from lowbit.core.checks import check_bits, check_group_size
-from lowbit.core.gptq import gptq_quantize
+from lowbit.core.gptq import QPARAMS, gptq_quantize
 from lowbit.errors import LowbitError
 from lowbit.methods.base import MethodConfig, register_method
 from lowbit.modules.int_linear import IntLinear
@@ -35,9 +35,13 @@ class GPTQSettings(MethodConfig):
     symmetric: bool = False
     damp: float = 0.01  # fraction of the mean Hessian diagonal added to it (raised automatically if needed)
     block_size: int = 128  # columns per lazy batch update
-    desc_act: bool = False  # quantize columns in order of decreasing Hessian diagonal (needs static_groups)
-    static_groups: bool = False  # fix every group's qparams from the unquantized weight
+    # Defaults: act-order + static groups + mse qparams, what GPTQModel and llm-compressor offer for low bit
+    # widths. On the demo model at 3-bit g64 this gave ppl 46.2 against 75.4 for the reference GPTQ choice
+    # (desc_act=false, static_groups=false, qparams=minmax), which these options keep (docs/gptq3.md).
+    desc_act: bool = True  # quantize columns in order of decreasing Hessian diagonal (needs static_groups)
+    static_groups: bool = True  # fix every group's qparams from the unquantized weight
     true_sequential: bool = True
+    qparams: str = "mse"  # group scale/zero: "mse" (shrunk-range grid search, core.affine.mse_qparams) or "minmax"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,7 +52,10 @@ class GPTQSettings(MethodConfig):
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise LowbitError(f"block_size must be a positive integer, got {self.block_size!r}")
         if self.desc_act and not self.static_groups:
-            raise LowbitError("desc_act needs static_groups=true (lowbit's format keeps groups in column order)")
+            raise LowbitError("desc_act=true needs static_groups=true (lowbit's format keeps groups in column order): "
+                              "pass desc_act=false with static_groups=false")
+        if self.qparams not in QPARAMS:
+            raise LowbitError(f"qparams must be one of {', '.join(QPARAMS)}, got {self.qparams!r}")
 
     def quantize_layer(self, weight: torch.Tensor, bias: torch.Tensor | None, stats=None) -> IntLinear:
         """stats: the (in, in) Hessian of the layer's inputs."""
@@ -56,7 +63,7 @@ class GPTQSettings(MethodConfig):
             raise LowbitError(f"{self.name} needs calibration data: pass --calib wikitext2 (or a text file)")
         w = gptq_quantize(
             weight, stats, self.bits, self.group_size, self.symmetric,
-            self.damp, self.block_size, self.desc_act, self.static_groups,
+            self.damp, self.block_size, self.desc_act, self.static_groups, self.qparams,
         )
         return IntLinear.from_weights(w, bias)
 
