@@ -19,6 +19,8 @@ TRITON_BITS = (2, 3, 4, 8)
 _FLOAT16 = (torch.float16, torch.bfloat16)
 GEMV_MAX_ROWS = 1  # the CUDA-core matrix-vector kernel up to this many rows, tensor cores above (H100: at 4
 # rows it ran 0.88x bf16 against the tensor-core kernel's 1.64x, benchmarks/results/issue6-h100-run4-sweep-decode.log)
+FOURBIT_MAX_ROWS = 16  # the NF4/FP4 and AQLM matrix-vector kernels up to this many rows, the reference path
+AQLM_MAX_ROWS = 16  # (dequantize + cuBLAS) above: each row re-reads the codes
 
 
 def gemv_tile_units(bits: int, group_size: int, in_features: int, target_k: int = 128) -> int | None:
@@ -127,3 +129,69 @@ def int_group_linear_mv(x, qweight, scale, zero, bits, group_size, bias):
 
 def int8_weight_linear_mv(x, qweight, scale, bias):
     return int8_weight_mm(x, qweight, scale, bias, "mv")
+
+
+def fourbit_unavailable(device: torch.device, dtype: torch.dtype | None, in_features: int, blocksize: int) -> str | None:
+    """Why the NF4/FP4 matrix-vector kernel cannot run a call, or None."""
+    if dtype not in _FLOAT16:
+        return f"Triton kernels take fp16/bf16 activations, not {dtype}"
+    if in_features % 8 or blocksize % 8:
+        return f"in_features ({in_features}) and blocksize ({blocksize}) must be multiples of 8"
+    return triton_unavailable(device)
+
+
+def aqlm_unavailable(device: torch.device, dtype: torch.dtype | None, kernel: str, nbits: int, group_size: int) -> str | None:
+    """Why the AQLM kernel `kernel` ("lut" or "gather") cannot run a call, or None."""
+    if dtype not in _FLOAT16:
+        return f"Triton kernels take fp16/bf16 activations, not {dtype}"
+    if kernel == "lut" and nbits > 8:
+        return f"a lookup table per call is for codebooks of <= 8 bits, not {nbits}"
+    if group_size & (group_size - 1) or group_size > 64:
+        return f"codeword length {group_size} is not a power of 2 up to 64"
+    return triton_unavailable(device)
+
+
+@torch.library.custom_op("lowbit::fourbit_mm", mutates_args=())
+def fourbit_mm(
+    x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, absmax_scale: Optional[torch.Tensor],
+    absmax_mean: Optional[torch.Tensor], code: torch.Tensor, blocksize: int, out_features: int,
+    bias: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W)^T + bias -> (rows, out); absmax fp32, or int8 with its
+    double-quantization scale and mean; code the (256, 2) byte table of core.codebook.byte_table."""
+    from lowbit.kernels.triton_fourbit import fourbit_gemv
+
+    return fourbit_gemv(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias)
+
+
+@fourbit_mm.register_fake
+def _(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
+    return x.new_empty((x.shape[0], out_features))
+
+
+@torch.library.custom_op("lowbit::aqlm_mm", mutates_args=())
+def aqlm_mm(
+    x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor],
+    kernel: str = "lut",
+) -> torch.Tensor:
+    """AQLM (formats.aqlm): x (rows, in) @ W^T + bias -> (rows, out); kernel "lut" (tables per call) or "gather"."""
+    from lowbit.kernels.triton_aqlm import aqlm_gemv
+
+    return aqlm_gemv(x, codes, codebooks, scales, bias, kernel)
+
+
+@aqlm_mm.register_fake
+def _(x, codes, codebooks, scales, bias, kernel="lut"):
+    return x.new_empty((x.shape[0], codes.shape[0]))
+
+
+def fourbit_linear(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
+    return fourbit_mm(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias)
+
+
+def aqlm_linear_lut(x, codes, codebooks, scales, bias):
+    return aqlm_mm(x, codes, codebooks, scales, bias, "lut")
+
+
+def aqlm_linear_gather(x, codes, codebooks, scales, bias):
+    return aqlm_mm(x, codes, codebooks, scales, bias, "gather")
