@@ -180,7 +180,7 @@ def test_fourbit_kernel_matches_reference(quant_type, double_quant, blocksize):
     layer = FourBitLinear.from_float(torch.randn(OUT, IN8), torch.randn(OUT),
                                      FourBitLayout(OUT, IN8, quant_type, blocksize, double_quant)).to(DEVICE)
     layer.kernel_preference = "triton_mv"  # also above FOURBIT_MAX_ROWS, where auto takes the reference path
-    table = layer.byte_table(DEVICE)
+    table = layer.code_table(DEVICE)
     for rows in ROWS_CODEBOOK:
         for dtype in DTYPES:
             x = torch.randn(rows, IN8, device=DEVICE, dtype=dtype)
@@ -229,7 +229,7 @@ def test_codebook_kernels_auto_choice_and_fallback():
 def test_codebook_custom_ops_pass_opcheck():
     fourbit = FourBitLinear.from_float(torch.randn(OUT, IN8), None, FourBitLayout(OUT, IN8, "nf4", 64, True)).to(DEVICE)
     x = torch.randn(2, IN8, device=DEVICE, dtype=torch.float16)
-    args = (x, *fourbit.weight_args(), fourbit.byte_table(DEVICE), 64, OUT, None)
+    args = (x, *fourbit.weight_args(), fourbit.code_table(DEVICE), 64, OUT, None)
     torch.library.opcheck(triton_ops.fourbit_mm, args, test_utils=("test_schema", "test_faketensor"))
     aqlm = _aqlm_layer(2, 8, 8)
     xa = torch.randn(2, aqlm.in_features, device=DEVICE, dtype=torch.float16)

@@ -36,12 +36,6 @@ def code_table(quant_type: str, device: torch.device | str = "cpu") -> torch.Ten
     return torch.tensor(CODES[quant_type], dtype=torch.float32, device=device)  # (16,)
 
 
-def byte_table(code: torch.Tensor) -> torch.Tensor:
-    """(16,) code table -> (256, 2): the values of a packed byte's high and low nibble (formats.nf4's order),
-    so a kernel looks up two weights at once; byte_table(code)[::16, 0] is `code` again."""
-    return torch.stack([code.repeat_interleave(16), code.repeat(16)], dim=1)  # (256, 2)
-
-
 def _to_blocks(flat: torch.Tensor, blocksize: int) -> torch.Tensor:
     """(n,) -> (ceil(n / blocksize), blocksize), zero-padded (zeros leave every absmax unchanged)."""
     pad = math.ceil(flat.numel() / blocksize) * blocksize - flat.numel()

@@ -128,11 +128,11 @@ def fourbit_linear(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W) (out, in)^T + bias; absmax (n_blocks,) float32, or
-    int8 double-quantized with absmax_scale and absmax_mean; code the (256, 2) core.codebook.byte_table."""
+    int8 double-quantized with absmax_scale and absmax_mean; code the (16,) code table."""
     if absmax_scale is not None:
         absmax = double_dequantize(absmax, absmax_scale, absmax_mean)
     n = out_features * x.shape[-1]
-    w = codebook_dequantize(unpack_nibbles(qweight, n), absmax, code[::16, 0], blocksize)
+    w = codebook_dequantize(unpack_nibbles(qweight, n), absmax, code, blocksize)
     return F.linear(x, w.view(out_features, -1).to(x.dtype), bias)
 
 

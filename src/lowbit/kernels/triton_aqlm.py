@@ -58,7 +58,7 @@ def _aqlm_gemv(x_ptr, codes_ptr, table_ptr, scales_ptr, bias_ptr, y_ptr, part_pt
         book, group = cols % M, cols // M
         if LUT:
             row = table_ptr + m * stride_t + (book * G + group) * KC  # (BC,)
-            acc += _load(row[None, :] + codes, valid, EVEN)
+            acc += _load(row[None, :] + codes, valid, EVEN).to(tl.float32)
         else:
             d = tl.arange(0, GS)  # (GS,)
             k = group[:, None] * GS + d[None, :]  # (BC, GS)
@@ -73,16 +73,16 @@ def _aqlm_gemv(x_ptr, codes_ptr, table_ptr, scales_ptr, bias_ptr, y_ptr, part_pt
            pid_n + m * tl.num_programs(0), pid_k, tl.num_programs(1) * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
 
 
-AQLM_CONFIG = {"lut": {"BN": 64, "BC": 64, "num_warps": 4, "num_stages": 1, "waves": 4},
+AQLM_CONFIG = {"lut": {"BN": 128, "BC": 16, "num_warps": 4, "num_stages": 1, "waves": 4, "LUT16": False},
                "gather": {"BN": 32, "BC": 32, "num_warps": 4, "num_stages": 1, "waves": 4}}
 
 
-def lookup_table(x: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
-    """x (rows, in), codebooks (M, K, g) -> lut (rows, M, G, K) fp32: every x slice dot every codeword."""
+def lookup_table(x: torch.Tensor, codebooks: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """x (rows, in), codebooks (M, K, g) -> lut (rows, M, G, K) in `dtype`: every x slice dot every codeword."""
     rows, cols = x.shape
     m, _, g = codebooks.shape
-    xg = F.pad(x.float(), (0, -cols % g)).view(rows, 1, -1, g)  # (rows, 1, G, g), zero-padded
-    return torch.matmul(xg, codebooks.float().transpose(1, 2)).contiguous()  # (rows, M, G, K)
+    xg = F.pad(x.to(dtype), (0, -cols % g)).view(rows, 1, -1, g)  # (rows, 1, G, g), zero-padded
+    return torch.matmul(xg, codebooks.to(dtype).transpose(1, 2)).contiguous()  # (rows, M, G, K)
 
 
 def aqlm_gemv(
@@ -96,7 +96,8 @@ def aqlm_gemv(
     kc, g = codebooks.shape[1:]
     cfg = dict(AQLM_CONFIG[kernel] | (config or {}))
     waves, split = cfg.pop("waves"), cfg.pop("SPLIT_K", None)
-    table = lookup_table(x, codebooks) if kernel == "lut" else codebooks.contiguous()
+    lut_dtype = torch.float16 if cfg.pop("LUT16", False) else torch.float32
+    table = lookup_table(x, codebooks, lut_dtype) if kernel == "lut" else codebooks.contiguous()
     c = groups * m
     c_tiles = math.ceil(c / cfg["BC"])
     n_tiles = math.ceil(out_features / cfg["BN"])

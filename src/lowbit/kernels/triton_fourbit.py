@@ -11,8 +11,9 @@ in_features are multiples of 8), so a tile of words is viewed as (BN rows, NBLK 
 With in_features a multiple of B a group of WPB words lies in one absmax block: the absmax, and with
 double quantization its second level (absmax_q * absmax_scale[block // 256] + mean), is read and applied
 once per group; otherwise (blocks spanning rows) WPB = 1 and it is applied per word. The 16-entry table
-is looked up a byte at a time (two weights) in core.codebook.byte_table read as 256 int64 (2 KB that stay in
-L1): one 8-byte load per two weights, split into its two fp32 halves in registers. Split-K partials are summed as in triton_gemv
+is a gather from 64 bytes, one L1 line: a warp's 32 lookups cost one L1 wavefront. (A table of byte pairs,
+one 8-byte lookup for two weights, ran 0.86-1.04x bf16 on the H100: its 2 KB span 16 lines, so a warp's
+random lookups took up to 16 wavefronts, and the L1, not the instruction count, bound the kernel.) Split-K partials are summed as in triton_gemv
 (triton_splitk). Importing this module imports Triton: callers import it lazily.
 """
 
@@ -71,13 +72,11 @@ def _fourbit_gemv(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr
                                   NBLK, WPB, DOUBLE, EVEN)
         wcol = t * (NBLK * WPB) + tl.arange(0, NBLK)[:, None] * WPB + tl.arange(0, WPB)[None, :]  # (NBLK, WPB)
         p = tl.zeros([BN, NBLK, WPB], dtype=tl.float32)
-        for i in tl.static_range(4):  # byte i of each word: codes 2i (high nibble) and 2i + 1
-            pair = tl.load(table_ptr + ((words >> (8 * i)) & 255))  # (BN, NBLK, WPB) int64: two fp32 values
-            k = wcol * 8 + 2 * i  # (NBLK, WPB)
-            x0 = _load(x_ptr + m * stride_x + k, k < K, EVEN).to(tl.float32)
-            x1 = _load(x_ptr + m * stride_x + k + 1, k < K, EVEN).to(tl.float32)
-            p += pair.to(tl.int32).to(tl.float32, bitcast=True) * x0[None, :, :]  # low word: the high nibble
-            p += (pair >> 32).to(tl.int32).to(tl.float32, bitcast=True) * x1[None, :, :]
+        for j in tl.static_range(8):  # code j of a word: byte j // 2, the high nibble first
+            value = tl.load(table_ptr + ((words >> (8 * (j // 2) + 4 * (1 - j % 2))) & 15))  # (BN, NBLK, WPB)
+            k = wcol * 8 + j  # (NBLK, WPB)
+            xj = _load(x_ptr + m * stride_x + k, k < K, EVEN).to(tl.float32)
+            p += value * xj[None, :, :]  # (BN, NBLK, WPB)
         acc += absmax * tl.sum(p, axis=2)
         words, absmax = nxt, absmax_next
     y = tl.sum(acc, axis=1)  # (BN,)
@@ -101,7 +100,7 @@ def fourbit_gemv(
     absmax_mean: torch.Tensor | None, table: torch.Tensor, blocksize: int, out_features: int,
     bias: torch.Tensor | None, config: dict | None = None,
 ) -> torch.Tensor:
-    """x (rows, in) fp16/bf16 @ dequant(W)^T + bias -> (rows, out) in x's dtype; table (256, 2) fp32 (the byte
+    """x (rows, in) fp16/bf16 @ dequant(W)^T + bias -> (rows, out) in x's dtype; table (16,) fp32 (the code
     table); absmax fp32, or int8 with absmax_scale (n_blocks / 256,) and absmax_mean (1,) under double
     quantization."""
     assert DOUBLE_QUANT_BLOCK == 256  # the kernel's block // 256
@@ -120,7 +119,7 @@ def fourbit_gemv(
     part, counters, fix = split_buffers(y, split, n_tiles * rows, cfg.pop("FIXUP", True))
     double = absmax_scale is not None
     _fourbit_gemv[(n_tiles, rows, split)](
-        x, words, absmax, absmax_scale if double else absmax, absmax_mean if double else absmax, table.view(torch.int64),
+        x, words, absmax, absmax_scale if double else absmax, absmax_mean if double else absmax, table,
         bias if bias is not None else absmax, y, part, counters, out_features, cols, wpr, blocksize, x.stride(0),
         out_features, K_TILES=k_tiles, NBLK=nblk, WPB=wpb, SPLIT_K=split, DOUBLE=double,
         HAS_BIAS=bias is not None, EVEN=even, **fix, **cfg)

@@ -158,7 +158,7 @@ def fourbit_mm(
     bias: Optional[torch.Tensor],
 ) -> torch.Tensor:
     """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W)^T + bias -> (rows, out); absmax fp32, or int8 with its
-    double-quantization scale and mean; code the (256, 2) byte table of core.codebook.byte_table."""
+    double-quantization scale and mean; code the (16,) code table."""
     from lowbit.kernels.triton_fourbit import fourbit_gemv
 
     return fourbit_gemv(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias)
@@ -172,16 +172,18 @@ def _(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_featur
 @torch.library.custom_op("lowbit::aqlm_mm", mutates_args=())
 def aqlm_mm(
     x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor],
-    kernel: str = "lut",
+    path: str,
 ) -> torch.Tensor:
-    """AQLM (formats.aqlm): x (rows, in) @ W^T + bias -> (rows, out); kernel "lut" (tables per call) or "gather"."""
+    """AQLM (formats.aqlm): x (rows, in) @ W^T + bias -> (rows, out); path "lut" (tables per call) or "gather".
+
+    (Not named `kernel`: Inductor's fallback for custom ops takes that keyword itself.)"""
     from lowbit.kernels.triton_aqlm import aqlm_gemv
 
-    return aqlm_gemv(x, codes, codebooks, scales, bias, kernel)
+    return aqlm_gemv(x, codes, codebooks, scales, bias, path)
 
 
 @aqlm_mm.register_fake
-def _(x, codes, codebooks, scales, bias, kernel="lut"):
+def _(x, codes, codebooks, scales, bias, path):
     return x.new_empty((x.shape[0], codes.shape[0]))
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from lowbit.core.codebook import byte_table, code_table, codebook_quantize, double_quantize
+from lowbit.core.codebook import code_table, codebook_quantize, double_quantize
 from lowbit.formats.nf4 import FourBitLayout, pack_nibbles
 from lowbit.modules.base import QuantizedLinear
 
@@ -40,16 +40,16 @@ class FourBitLinear(QuantizedLinear):
     def format_context(self) -> dict[str, Any]:
         return {"bits": 4, "group_size": self.layout.blocksize}
 
-    def byte_table(self, device: torch.device) -> torch.Tensor:
-        """The (256, 2) float32 byte table (core.codebook) on `device`, made once per device (no host copy per
-        call, none inside a CUDA graph capture)."""
-        tables = self.__dict__.setdefault("_byte_tables", {})
+    def code_table(self, device: torch.device) -> torch.Tensor:
+        """The (16,) float32 code table on `device`, made once per device (no host copy per call, none inside a
+        CUDA graph capture)."""
+        tables = self.__dict__.setdefault("_code_tables", {})
         if device not in tables:
-            tables[device] = byte_table(code_table(self.layout.quant_type, device))
+            tables[device] = code_table(self.layout.quant_type, device)
         return tables[device]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lay = self.layout
         flat = x.reshape(-1, lay.in_features)
-        y = self.run_kernel(flat, self.byte_table(x.device), lay.blocksize, lay.out_features)
+        y = self.run_kernel(flat, self.code_table(x.device), lay.blocksize, lay.out_features)
         return y.reshape(*x.shape[:-1], lay.out_features)
