@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from kernels import _bf16_variant, _copies, _time_per_call, aqlm_weights, fourbit_weights
+from kernels import _bf16_variant, _copies, _time_per_call, aqlm_weights, cuda_device, fourbit_weights
 
-NF4_GRID = {"BN": (128, 256, 512), "BKW": (4, 8), "num_warps": (4, 8)}
+NF4_GRID = {"mv": {"BN": (128, 256, 512), "BKW": (4, 8), "num_warps": (4, 8)},
+            "tc": {"BN": (32, 64, 128), "BKW": (8, 16), "num_stages": (1, 2)}}
 AQLM_GRID = {"lut": {"BN": (64, 128, 256), "BC": (16, 32, 64), "LUT16": (False, True)},
              "gather": {"BN": (16, 32, 64), "BC": (16, 32), "num_warps": (4,)}}
 
@@ -30,21 +31,25 @@ def _grid(space: dict) -> list[dict]:
 def _kernels(cols, out, dev):
     """(name, weights, call(x, weights, config)) for each kernel swept."""
     from lowbit.kernels.triton_aqlm import aqlm_gemv
-    from lowbit.kernels.triton_fourbit import fourbit_gemv
+    from lowbit.kernels.triton_fourbit import fourbit_matmul
 
-    yield "nf4", fourbit_weights(cols, out, dev), NF4_GRID, lambda x, w, c: fourbit_gemv(x, *w, None, config=c)
+    for path in ("mv", "tc"):
+        yield (f"nf4_{path}", fourbit_weights(cols, out, dev), NF4_GRID[path],
+               lambda x, w, c, p=path: fourbit_matmul(x, *w, None, p, config=c))
     for label, m, nbits, kernel in (("aqlm_2x8_lut", 2, 8, "lut"), ("aqlm_2x8_gather", 2, 8, "gather"),
                                     ("aqlm_1x16_gather", 1, 16, "gather")):
         yield (label, aqlm_weights(cols, out, dev, m, nbits), AQLM_GRID[kernel],
                lambda x, w, c, k=kernel: aqlm_gemv(x, *w, None, k, config=c))
 
 
-def sweep_cell(cols, out, rows, dev) -> list[dict]:
+def sweep_cell(cols, out, rows, dev, only: set[str]) -> list[dict]:
     x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
     call, copies, _, _ = _bf16_variant(cols, out, dev)
     bf16 = _time_per_call(lambda i: call(x, i), copies)
     records = []
     for label, (args, nbytes), space, run in _kernels(cols, out, dev):
+        if only and label not in only:
+            continue
         n = _copies(nbytes)
         ws = [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in range(n)]
         for cfg in _grid(space):
@@ -65,16 +70,16 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, nargs="+", default=[1])
     p.add_argument("--shapes", nargs="+", default=["4096x4096", "4096x14336"], help="INxOUT")
     p.add_argument("--out", type=Path)
+    p.add_argument("--kernels", nargs="+", help="only these (nf4_mv, nf4_tc, aqlm_2x8_lut, aqlm_2x8_gather, "
+                   "aqlm_1x16_gather)")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("this benchmark needs a CUDA GPU", file=sys.stderr)
+    dev = cuda_device()
+    if dev is None:
         return 2
-    dev = torch.device("cuda")
-    torch.manual_seed(0)
     records = []
     for shape, rows in itertools.product(args.shapes, args.rows):
         cols, out = map(int, shape.split("x"))
-        records += sweep_cell(cols, out, rows, dev)
+        records += sweep_cell(cols, out, rows, dev, set(args.kernels or ()))
     if args.out:
         args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "records": records}, indent=1))
     best = {}

@@ -160,7 +160,8 @@ def variants(cols, out, rows, dev):
     yield "nf4_dq_b64", lambda: _nf4(cols, out, rows, dev)
     yield "aqlm_2x8", lambda: _aqlm(cols, out, rows, dev, 2, 8)
     yield "aqlm_1x16", lambda: _aqlm(cols, out, rows, dev, 1, 16)
-    if rows == 1:  # the other AQLM kernel on 2x8 codes
+    if rows == 1:  # the kernels auto does not take at one row
+        yield "nf4_dq_b64_tc", lambda: _nf4(cols, out, rows, dev, "triton_tc")
         yield "aqlm_2x8_gather", lambda: _aqlm(cols, out, rows, dev, 2, 8, "triton_gather")
     else:  # the matrix-vector kernels above their row limit, against the reference path (dequantize + cuBLAS)
         yield "nf4_dq_b64_ref", lambda: _nf4(cols, out, rows, dev, "reference")
@@ -221,6 +222,15 @@ def copy_bandwidth(dev) -> float:
     return 2 * src.numel() / (ms * 1e-3) / 1e9
 
 
+def cuda_device() -> torch.device | None:
+    """The CUDA device, seeded, or None (with a message) where there is none."""
+    if not torch.cuda.is_available():
+        print("this benchmark needs a CUDA GPU", file=sys.stderr)
+        return None
+    torch.manual_seed(0)
+    return torch.device("cuda")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, nargs="+", default=ROWS)
@@ -228,11 +238,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="JSON file for every record")
     p.add_argument("--variants", nargs="+", help="only these variants (besides bf16 and torch_int4_g128)")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("this benchmark needs a CUDA GPU", file=sys.stderr)
+    dev = cuda_device()
+    if dev is None:
         return 2
-    dev = torch.device("cuda")
-    torch.manual_seed(0)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": __import__("triton").__version__, "copy_GBps": copy_bandwidth(dev)}
     print(json.dumps(meta), flush=True)

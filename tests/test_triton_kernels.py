@@ -6,6 +6,7 @@ On a CUDA machine they run compiled at larger sizes; elsewhere under Triton's in
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -179,16 +180,15 @@ def test_fourbit_kernel_matches_reference(quant_type, double_quant, blocksize):
     seed = _seed()
     layer = FourBitLinear.from_float(torch.randn(OUT, IN8), torch.randn(OUT),
                                      FourBitLayout(OUT, IN8, quant_type, blocksize, double_quant)).to(DEVICE)
-    layer.kernel_preference = "triton_mv"  # also above FOURBIT_MAX_ROWS, where auto takes the reference path
     table = layer.code_table(DEVICE)
-    for rows in ROWS_CODEBOOK:
-        for dtype in DTYPES:
-            x = torch.randn(rows, IN8, device=DEVICE, dtype=dtype)
-            ref = reference.fourbit_linear(x.double(), *layer.weight_args(), table, blocksize, OUT, layer.bias.double())
-            _poison(rows, OUT)
-            assert layer.kernel(x).name == "triton_mv"
-            err = _rel_err(layer(x), ref)
-            assert err < TOL[dtype], f"{quant_type} rows={rows} err={err:.2e} seed={seed}"
+    for kernel, rows, dtype in itertools.product(("triton_mv", "triton_tc"), ROWS_CODEBOOK, DTYPES):
+        layer.kernel_preference = kernel  # either kernel at every row count
+        x = torch.randn(rows, IN8, device=DEVICE, dtype=dtype)
+        ref = reference.fourbit_linear(x.double(), *layer.weight_args(), table, blocksize, OUT, layer.bias.double())
+        _poison(rows, OUT)
+        assert layer.kernel(x).name == kernel
+        err = _rel_err(layer(x), ref)
+        assert err < TOL[dtype], f"{quant_type} {kernel} rows={rows} err={err:.2e} seed={seed}"
 
 
 def _aqlm_layer(m: int, nbits: int, g: int) -> AQLMLinear:
@@ -215,7 +215,8 @@ def test_aqlm_kernels_match_reference(m, nbits, g, kernel):
 
 
 def test_codebook_kernels_auto_choice_and_fallback():
-    """auto: the lookup-table kernel for 8-bit codebooks, gathers for 16-bit ones, reference above the row limit."""
+    """auto: AQLM's lookup-table kernel for 8-bit codebooks, gathers for 16-bit ones, reference above the row
+    limit; NF4 on CUDA cores at one row, tensor cores above; the reference where a layout does not fit."""
     assert _aqlm_layer(2, 8, 8).kernel(torch.randn(1, IN + 3, device=DEVICE, dtype=torch.float16)).name == "triton_lut"
     layer = _aqlm_layer(1, 16, 8)
     assert layer.kernel(torch.randn(1, IN + 3, device=DEVICE, dtype=torch.float16)).name == "triton_gather"
@@ -224,13 +225,18 @@ def test_codebook_kernels_auto_choice_and_fallback():
     odd = FourBitLinear.from_float(torch.randn(8, 60), None, FourBitLayout(8, 60, "nf4", 64, True)).to(DEVICE)
     odd.kernel_preference = "triton"
     assert odd.kernel(torch.randn(1, 60, device=DEVICE, dtype=torch.float16)).name == "reference"  # 60 % 8
+    nf4 = FourBitLinear.from_float(torch.randn(8, 64), None, FourBitLayout(8, 64, "nf4", 64, True)).to(DEVICE)
+    for rows in (1, 2):
+        name = nf4.kernel(torch.randn(rows, 64, device=DEVICE, dtype=torch.float16)).name
+        assert name == ("triton_mv" if rows <= triton_ops.FOURBIT_MV_ROWS else "triton_tc")
 
 
 def test_codebook_custom_ops_pass_opcheck():
     fourbit = FourBitLinear.from_float(torch.randn(OUT, IN8), None, FourBitLayout(OUT, IN8, "nf4", 64, True)).to(DEVICE)
     x = torch.randn(2, IN8, device=DEVICE, dtype=torch.float16)
-    args = (x, *fourbit.weight_args(), fourbit.code_table(DEVICE), 64, OUT, None)
-    torch.library.opcheck(triton_ops.fourbit_mm, args, test_utils=("test_schema", "test_faketensor"))
+    for path in ("mv", "tc"):
+        args = (x, *fourbit.weight_args(), fourbit.code_table(DEVICE), 64, OUT, None, path)
+        torch.library.opcheck(triton_ops.fourbit_mm, args, test_utils=("test_schema", "test_faketensor"))
     aqlm = _aqlm_layer(2, 8, 8)
     xa = torch.randn(2, aqlm.in_features, device=DEVICE, dtype=torch.float16)
     for kernel in ("lut", "gather"):
@@ -241,7 +247,8 @@ def test_codebook_custom_ops_pass_opcheck():
 @pytest.mark.skipif(not CUDA, reason="torch.compile and CUDA graphs of the kernels need a CUDA GPU")
 def test_codebook_kernels_compile_and_capture():
     fourbit = FourBitLinear.from_float(torch.randn(OUT, IN8), None, FourBitLayout(OUT, IN8, "nf4", 64, True)).to(DEVICE)
-    _compile_and_capture(fourbit, torch.randn(3, IN8, device=DEVICE, dtype=torch.bfloat16))
+    for rows in (1, 3):  # the matrix-vector and the tensor-core kernel
+        _compile_and_capture(fourbit, torch.randn(rows, IN8, device=DEVICE, dtype=torch.bfloat16))
     for m, nbits in ((2, 8), (1, 16)):
         layer = _aqlm_layer(m, nbits, 8)
         _compile_and_capture(layer, torch.randn(3, layer.in_features, device=DEVICE, dtype=torch.bfloat16))

@@ -100,8 +100,8 @@ def _triton_aqlm(kernel: str, ctx: CallContext) -> str | None:
 
 
 def _few_rows_fourbit(ctx: CallContext) -> str | None:
-    if ctx.rows > triton_ops.FOURBIT_MAX_ROWS:
-        return f"more than {triton_ops.FOURBIT_MAX_ROWS} rows: dequantizing for cuBLAS is faster"
+    if ctx.rows > triton_ops.FOURBIT_MV_ROWS:
+        return f"more than {triton_ops.FOURBIT_MV_ROWS} rows: the tensor-core kernel is faster"
     return None
 
 
@@ -142,7 +142,8 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     ),
     "int_group_linear_t": (Candidate("reference", reference.int_group_linear_t, always),),
     "fourbit_linear": (
-        Candidate("triton_mv", triton_ops.fourbit_linear, _triton_fourbit, _few_rows_fourbit),
+        Candidate("triton_mv", triton_ops.fourbit_linear_mv, _triton_fourbit, _few_rows_fourbit),
+        Candidate("triton_tc", triton_ops.fourbit_linear_tc, _triton_fourbit),
         Candidate("reference", reference.fourbit_linear, always),
     ),
     "aqlm_linear": (

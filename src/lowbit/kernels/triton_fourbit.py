@@ -50,6 +50,12 @@ def _words(w_ptr, absmax_ptr, dq_scale_ptr, dq_mean, offs_n, mask_n, t, N, K, WP
 
 
 @triton.jit
+def _code(words, table_ptr, J: tl.constexpr):
+    """The table value of code J of every word (byte J // 2, the high nibble first)."""
+    return tl.load(table_ptr + ((words >> (8 * (J // 2) + 4 * (1 - J % 2))) & 15))
+
+
+@triton.jit
 def _fourbit_gemv(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr, bias_ptr, y_ptr, part_ptr,
                   count_ptr, N, K, WPR, B, stride_x, stride_y,
                   K_TILES: tl.constexpr, NBLK: tl.constexpr, WPB: tl.constexpr, BN: tl.constexpr,
@@ -72,8 +78,8 @@ def _fourbit_gemv(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr
                                   NBLK, WPB, DOUBLE, EVEN)
         wcol = t * (NBLK * WPB) + tl.arange(0, NBLK)[:, None] * WPB + tl.arange(0, WPB)[None, :]  # (NBLK, WPB)
         p = tl.zeros([BN, NBLK, WPB], dtype=tl.float32)
-        for j in tl.static_range(8):  # code j of a word: byte j // 2, the high nibble first
-            value = tl.load(table_ptr + ((words >> (8 * (j // 2) + 4 * (1 - j % 2))) & 15))  # (BN, NBLK, WPB)
+        for j in tl.static_range(8):
+            value = _code(words, table_ptr, j)  # (BN, NBLK, WPB)
             k = wcol * 8 + j  # (NBLK, WPB)
             xj = _load(x_ptr + m * stride_x + k, k < K, EVEN).to(tl.float32)
             p += value * xj[None, :, :]  # (BN, NBLK, WPB)
@@ -84,7 +90,46 @@ def _fourbit_gemv(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr
            pid_n + m * tl.num_programs(0), pid_k, tl.num_programs(1) * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
 
 
+@triton.jit
+def _fourbit_tc(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr, bias_ptr, y_ptr, part_ptr,
+                count_ptr, ROWS, N, K, WPR, B, stride_x, stride_y,
+                K_TILES: tl.constexpr, NBLK: tl.constexpr, WPB: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+                SPLIT_K: tl.constexpr, DOUBLE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr,
+                FIXUP: tl.constexpr, FENCE: tl.constexpr):
+    """Tensor cores: y[offs_m, offs_n] (or a K slice's partial); grid (N / BN, rows / BM, SPLIT_K).
+
+    Each weight tile is looked up once for all BM rows, scaled by its absmax, interleaved back into input
+    order (tl.join of codes j and j + 4, then + 2, then + 1) and multiplied by the x tile with tl.dot."""
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    mask_n = offs_n < N
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    mask_m = offs_m < ROWS
+    BK: tl.constexpr = NBLK * WPB * 8
+    dq_mean = 0.0
+    if DOUBLE:
+        dq_mean = tl.load(dq_mean_ptr).to(tl.float32)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for t0 in range(0, K_TILES, SPLIT_K):
+        t = t0 + pid_k
+        words, absmax = _words(w_ptr, absmax_ptr, dq_scale_ptr, dq_mean, offs_n, mask_n, t, N, K, WPR, B, NBLK,
+                               WPB, DOUBLE, EVEN)
+        w = tl.join(tl.join(tl.join(_code(words, table_ptr, 0), _code(words, table_ptr, 4)),
+                            tl.join(_code(words, table_ptr, 2), _code(words, table_ptr, 6))),
+                    tl.join(tl.join(_code(words, table_ptr, 1), _code(words, table_ptr, 5)),
+                            tl.join(_code(words, table_ptr, 3), _code(words, table_ptr, 7))))  # [..., a, b, c]: 4a+2b+c
+        w = tl.reshape(w * absmax[:, :, None, None, None, None], (BN, BK))  # (BN, BK) in input order
+        k = t * BK + tl.arange(0, BK)
+        xt = tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :], mask=mask_m[:, None] & (k < K)[None, :],
+                     other=0.0)  # (BM, BK)
+        acc += tl.dot(xt, tl.trans(w.to(xt.dtype)))
+    _store(y_ptr, part_ptr, count_ptr, bias_ptr, acc, offs_m[:, None] * stride_y + offs_n[None, :],
+           mask_m[:, None] & mask_n[None, :], offs_n[None, :], mask_n[None, :], pid_n + pid_m * tl.num_programs(0),
+           pid_k, ROWS * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
+
+
 FOURBIT_CONFIG = {"BN": 256, "BKW": 4, "num_warps": 4, "num_stages": 1, "waves": 4}
+FOURBIT_TC_CONFIG = {"BN": 64, "BM": 16, "BKW": 16, "num_warps": 4, "num_stages": 2, "waves": 4}
 
 
 def _groups(in_features: int, blocksize: int, bkw: int) -> tuple[int, int]:
@@ -95,32 +140,37 @@ def _groups(in_features: int, blocksize: int, bkw: int) -> tuple[int, int]:
     return bkw // wpb, wpb
 
 
-def fourbit_gemv(
+def fourbit_matmul(
     x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, absmax_scale: torch.Tensor | None,
     absmax_mean: torch.Tensor | None, table: torch.Tensor, blocksize: int, out_features: int,
-    bias: torch.Tensor | None, config: dict | None = None,
+    bias: torch.Tensor | None, path: str = "mv", config: dict | None = None,
 ) -> torch.Tensor:
     """x (rows, in) fp16/bf16 @ dequant(W)^T + bias -> (rows, out) in x's dtype; table (16,) fp32 (the code
     table); absmax fp32, or int8 with absmax_scale (n_blocks / 256,) and absmax_mean (1,) under double
-    quantization."""
+    quantization. path "mv": one program row per x row (CUDA cores); "tc": BM rows per program (tensor cores)."""
     assert DOUBLE_QUANT_BLOCK == 256  # the kernel's block // 256
     x = x.contiguous()
     rows, cols = x.shape
-    cfg = dict(FOURBIT_CONFIG | (config or {}))
+    cfg = dict((FOURBIT_CONFIG if path == "mv" else FOURBIT_TC_CONFIG) | (config or {}))
     waves, bkw, split = cfg.pop("waves"), cfg.pop("BKW"), cfg.pop("SPLIT_K", None)
     nblk, wpb = _groups(cols, blocksize, bkw)
     words = qweight.view(torch.int32)  # (out * in / 8,): eight codes per word, row-major
     wpr = cols // 8
     k_tiles = math.ceil(wpr / bkw)
     n_tiles = math.ceil(out_features / cfg["BN"])
-    split = split or split_k(n_tiles * rows, k_tiles, x.device, waves)
+    m_tiles = rows if path == "mv" else math.ceil(rows / cfg["BM"])
+    split = split or split_k(n_tiles * m_tiles, k_tiles, x.device, waves)
     even = out_features % cfg["BN"] == 0 and wpr % bkw == 0 and k_tiles % split == 0
     y = torch.empty((rows, out_features), dtype=x.dtype, device=x.device)  # (rows, out)
-    part, counters, fix = split_buffers(y, split, n_tiles * rows, cfg.pop("FIXUP", True))
+    part, counters, fix = split_buffers(y, split, n_tiles * m_tiles, cfg.pop("FIXUP", True))
     double = absmax_scale is not None
-    _fourbit_gemv[(n_tiles, rows, split)](
-        x, words, absmax, absmax_scale if double else absmax, absmax_mean if double else absmax, table,
-        bias if bias is not None else absmax, y, part, counters, out_features, cols, wpr, blocksize, x.stride(0),
-        out_features, K_TILES=k_tiles, NBLK=nblk, WPB=wpb, SPLIT_K=split, DOUBLE=double,
-        HAS_BIAS=bias is not None, EVEN=even, **fix, **cfg)
+    args = (x, words, absmax, absmax_scale if double else absmax, absmax_mean if double else absmax, table,
+            bias if bias is not None else absmax, y, part, counters)
+    sizes = (out_features, cols, wpr, blocksize, x.stride(0), out_features)
+    flags = dict(K_TILES=k_tiles, NBLK=nblk, WPB=wpb, SPLIT_K=split, DOUBLE=double, HAS_BIAS=bias is not None,
+                 EVEN=even, **fix, **cfg)
+    if path == "mv":
+        _fourbit_gemv[(n_tiles, rows, split)](*args, *sizes, **flags)
+    else:
+        _fourbit_tc[(n_tiles, m_tiles, split)](*args, rows, *sizes, **flags)
     return finish(y, part, bias, split, fix)

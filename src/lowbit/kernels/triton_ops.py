@@ -19,8 +19,8 @@ TRITON_BITS = (2, 3, 4, 8)
 _FLOAT16 = (torch.float16, torch.bfloat16)
 GEMV_MAX_ROWS = 1  # the CUDA-core matrix-vector kernel up to this many rows, tensor cores above (H100: at 4
 # rows it ran 0.88x bf16 against the tensor-core kernel's 1.64x, benchmarks/results/issue6-h100-run4-sweep-decode.log)
-FOURBIT_MAX_ROWS = 16  # the NF4/FP4 and AQLM matrix-vector kernels up to this many rows, the reference path
-AQLM_MAX_ROWS = 16  # (dequantize + cuBLAS) above: each row re-reads the codes
+FOURBIT_MV_ROWS = 1  # NF4/FP4: the matrix-vector kernel up to this many rows, then tensor cores
+AQLM_MAX_ROWS = 16  # the AQLM kernels up to this many rows (each row re-reads the codes), the reference path above
 
 
 def gemv_tile_units(bits: int, group_size: int, in_features: int, target_k: int = 128) -> int | None:
@@ -155,17 +155,17 @@ def aqlm_unavailable(device: torch.device, dtype: torch.dtype | None, kernel: st
 def fourbit_mm(
     x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, absmax_scale: Optional[torch.Tensor],
     absmax_mean: Optional[torch.Tensor], code: torch.Tensor, blocksize: int, out_features: int,
-    bias: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor], path: str,
 ) -> torch.Tensor:
     """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W)^T + bias -> (rows, out); absmax fp32, or int8 with its
-    double-quantization scale and mean; code the (16,) code table."""
-    from lowbit.kernels.triton_fourbit import fourbit_gemv
+    double-quantization scale and mean; code the (16,) code table; path "mv" or "tc"."""
+    from lowbit.kernels.triton_fourbit import fourbit_matmul
 
-    return fourbit_gemv(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias)
+    return fourbit_matmul(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, path)
 
 
 @fourbit_mm.register_fake
-def _(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
+def _(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, path):
     return x.new_empty((x.shape[0], out_features))
 
 
@@ -187,8 +187,12 @@ def _(x, codes, codebooks, scales, bias, path):
     return x.new_empty((x.shape[0], codes.shape[0]))
 
 
-def fourbit_linear(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
-    return fourbit_mm(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias)
+def fourbit_linear_mv(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
+    return fourbit_mm(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, "mv")
+
+
+def fourbit_linear_tc(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
+    return fourbit_mm(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, "tc")
 
 
 def aqlm_linear_lut(x, codes, codebooks, scales, bias):
