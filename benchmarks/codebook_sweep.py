@@ -42,7 +42,7 @@ def _kernels(cols, out, dev):
                lambda x, w, c, k=kernel: aqlm_gemv(x, *w, None, k, config=c))
 
 
-def sweep_cell(cols, out, rows, dev, only: set[str]) -> list[dict]:
+def sweep_cell(cols, out, rows, dev, only: set[str], waves: list[int] | None = None) -> list[dict]:
     x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
     call, copies, _, _ = _bf16_variant(cols, out, dev)
     bf16 = _time_per_call(lambda i: call(x, i), copies)
@@ -52,7 +52,7 @@ def sweep_cell(cols, out, rows, dev, only: set[str]) -> list[dict]:
             continue
         n = _copies(nbytes)
         ws = [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in range(n)]
-        for cfg in _grid(space):
+        for cfg in _grid({"waves": tuple(waves)} if waves else space):
             rec = {"kernel": label, "shape": f"{cols}x{out}", "rows": rows, "config": cfg}
             try:
                 sec = _time_per_call(lambda i: run(x, ws[i], dict(cfg)), n)
@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, nargs="+", default=[1])
     p.add_argument("--shapes", nargs="+", default=["4096x4096", "4096x14336"], help="INxOUT")
     p.add_argument("--out", type=Path)
+    p.add_argument("--waves", type=int, nargs="+", help="sweep only these program waves per SM, default configs")
     p.add_argument("--kernels", nargs="+", help="only these (nf4_mv, nf4_tc, aqlm_2x8_lut, aqlm_2x8_gather, "
                    "aqlm_1x16_gather)")
     args = p.parse_args(argv)
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     records = []
     for shape, rows in itertools.product(args.shapes, args.rows):
         cols, out = map(int, shape.split("x"))
-        records += sweep_cell(cols, out, rows, dev, set(args.kernels or ()))
+        records += sweep_cell(cols, out, rows, dev, set(args.kernels or ()), args.waves)
     if args.out:
         args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "records": records}, indent=1))
     best = {}

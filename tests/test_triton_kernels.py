@@ -22,6 +22,7 @@ if not CUDA:  # back off again, so that other test modules keep the reference pa
 
 from lowbit.core.affine import int8_absmax, rtn_quantize  # noqa: E402
 from lowbit.kernels import reference, triton_ops  # noqa: E402
+from lowbit.kernels.select import CallContext, select  # noqa: E402
 from lowbit.core.aqlm import AQLMWeights  # noqa: E402
 from lowbit.formats.nf4 import FourBitLayout  # noqa: E402
 from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A8Linear  # noqa: E402
@@ -215,9 +216,12 @@ def test_aqlm_kernels_match_reference(m, nbits, g, kernel):
 
 
 def test_codebook_kernels_auto_choice_and_fallback():
-    """auto: AQLM's lookup-table kernel for 8-bit codebooks, gathers for 16-bit ones, reference above the row
-    limit; NF4 on CUDA cores at one row, tensor cores above; the reference where a layout does not fit."""
-    assert _aqlm_layer(2, 8, 8).kernel(torch.randn(1, IN + 3, device=DEVICE, dtype=torch.float16)).name == "triton_lut"
+    """auto: AQLM's lookup-table kernel for 8-bit codebooks and wide outputs, gathers otherwise, reference above
+    the row limit; NF4 on CUDA cores at one row, tensor cores above; the reference where a layout does not fit."""
+    small = _aqlm_layer(2, 8, 8)  # fewer outputs than AQLM_LUT_MIN_OUT
+    assert small.kernel(torch.randn(1, IN + 3, device=DEVICE, dtype=torch.float16)).name == "triton_gather"
+    wide = CallContext(DEVICE, 1, 4096, triton_ops.AQLM_LUT_MIN_OUT, torch.float16, 8, 8)
+    assert select("aqlm_linear", wide).name == "triton_lut"
     layer = _aqlm_layer(1, 16, 8)
     assert layer.kernel(torch.randn(1, IN + 3, device=DEVICE, dtype=torch.float16)).name == "triton_gather"
     many = torch.randn(triton_ops.AQLM_MAX_ROWS + 1, IN + 3, device=DEVICE, dtype=torch.float16)

@@ -111,6 +111,12 @@ def _few_rows_aqlm(ctx: CallContext) -> str | None:
     return None
 
 
+def _lut_unsuited(ctx: CallContext) -> str | None:
+    if ctx.out_features < triton_ops.AQLM_LUT_MIN_OUT:
+        return f"fewer than {triton_ops.AQLM_LUT_MIN_OUT} outputs: building the table costs more than it saves"
+    return _few_rows_aqlm(ctx)
+
+
 def _triton_w8a8(ctx: CallContext) -> str | None:
     return triton_ops.triton_unavailable(ctx.device)
 
@@ -147,7 +153,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
         Candidate("reference", reference.fourbit_linear, always),
     ),
     "aqlm_linear": (
-        Candidate("triton_lut", triton_ops.aqlm_linear_lut, partial(_triton_aqlm, "lut"), _few_rows_aqlm),
+        Candidate("triton_lut", triton_ops.aqlm_linear_lut, partial(_triton_aqlm, "lut"), _lut_unsuited),
         Candidate("triton_gather", triton_ops.aqlm_linear_gather, partial(_triton_aqlm, "gather"), _few_rows_aqlm),
         Candidate("reference", reference.aqlm_linear, always),
     ),

@@ -4,8 +4,10 @@
 
 Two ways to get the inner dot products, as in AQLM's own kernels:
 - lookup tables ("lut", K = 2**B <= 256 codewords, e.g. 2x8): once per call, every codeword's dot with
-  every x slice, lut[r, m, j, c] (rows, M, G, K) fp32 (one batched matmul); the kernel then sums one
-  table entry per code, a 4-byte gather from a table that a program's K tile keeps in L1/L2;
+  every x slice, lut[r, m, j, c] (rows, M, G, K) in x's dtype (one batched matmul, fp32 accumulation);
+  the kernel then sums one table entry per code, a 2-byte gather. The code tile is BC = 16 columns wide,
+  so a warp's lanes hold 32 rows of the same columns and one load instruction's lookups all fall in one
+  column's 512-byte table (a few L1 lines) instead of 32 different ones;
 - direct gathers ("gather", any K, e.g. 1x16 whose 65536 codewords make a table per call too large):
   each code fetches its codeword (g fp16 values, one 16-byte load at g = 8) from the L2-resident
   codebook and dots it with the x slice.
@@ -73,7 +75,9 @@ def _aqlm_gemv(x_ptr, codes_ptr, table_ptr, scales_ptr, bias_ptr, y_ptr, part_pt
            pid_n + m * tl.num_programs(0), pid_k, tl.num_programs(1) * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
 
 
-AQLM_CONFIG = {"lut": {"BN": 128, "BC": 16, "num_warps": 4, "num_stages": 1, "waves": 4, "LUT16": False},
+# H100 sweep (benchmarks/results/sweep-h100-kern6-run2.json), 1 row: 16-bit tables and BC 16 (a warp's
+# lanes on 32 rows of one column, so one instruction's lookups share one 512-byte table) were best for 2x8
+AQLM_CONFIG = {"lut": {"BN": 256, "BC": 16, "num_warps": 4, "num_stages": 1, "waves": 4, "LUT16": True},
                "gather": {"BN": 32, "BC": 32, "num_warps": 4, "num_stages": 1, "waves": 4}}
 
 
@@ -96,7 +100,7 @@ def aqlm_gemv(
     kc, g = codebooks.shape[1:]
     cfg = dict(AQLM_CONFIG[kernel] | (config or {}))
     waves, split = cfg.pop("waves"), cfg.pop("SPLIT_K", None)
-    lut_dtype = torch.float16 if cfg.pop("LUT16", False) else torch.float32
+    lut_dtype = x.dtype if cfg.pop("LUT16", False) else torch.float32  # 16-bit: half the table bytes
     table = lookup_table(x, codebooks, lut_dtype) if kernel == "lut" else codebooks.contiguous()
     c = groups * m
     c_tiles = math.ceil(c / cfg["BC"])

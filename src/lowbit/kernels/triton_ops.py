@@ -21,6 +21,7 @@ GEMV_MAX_ROWS = 1  # the CUDA-core matrix-vector kernel up to this many rows, te
 # rows it ran 0.88x bf16 against the tensor-core kernel's 1.64x, benchmarks/results/issue6-h100-run4-sweep-decode.log)
 FOURBIT_MV_ROWS = 1  # NF4/FP4: the matrix-vector kernel up to this many rows, then tensor cores
 AQLM_MAX_ROWS = 16  # the AQLM kernels up to this many rows (each row re-reads the codes), the reference path above
+AQLM_LUT_MIN_OUT = 4096  # per-call tables from this many outputs (H100, 1 row, 4096x1024: 0.47x bf16 vs gathers' 1.10x)
 
 
 def gemv_tile_units(bits: int, group_size: int, in_features: int, target_k: int = 128) -> int | None:
