@@ -105,6 +105,12 @@ def _few_rows_fourbit(ctx: CallContext) -> str | None:
     return None
 
 
+def _fourbit_tc_rows(ctx: CallContext) -> str | None:
+    if ctx.rows > triton_ops.FOURBIT_TC_ROWS:
+        return f"more than {triton_ops.FOURBIT_TC_ROWS} rows: dequantizing once for cuBLAS is faster"
+    return None
+
+
 def _few_rows_aqlm(ctx: CallContext) -> str | None:
     if ctx.rows > triton_ops.AQLM_MAX_ROWS:
         return f"more than {triton_ops.AQLM_MAX_ROWS} rows: dequantizing for cuBLAS is faster"
@@ -149,7 +155,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int_group_linear_t": (Candidate("reference", reference.int_group_linear_t, always),),
     "fourbit_linear": (
         Candidate("triton_mv", triton_ops.fourbit_linear_mv, _triton_fourbit, _few_rows_fourbit),
-        Candidate("triton_tc", triton_ops.fourbit_linear_tc, _triton_fourbit),
+        Candidate("triton_tc", triton_ops.fourbit_linear_tc, _triton_fourbit, _fourbit_tc_rows),
         Candidate("reference", reference.fourbit_linear, always),
     ),
     "aqlm_linear": (

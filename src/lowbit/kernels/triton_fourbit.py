@@ -1,4 +1,4 @@
-"""CUDA-core matrix-vector kernel for few activation rows over the NF4/FP4 format (formats.nf4).
+"""Triton kernels over the NF4/FP4 format (formats.nf4): CUDA-core matrix-vector for one row, tensor cores above.
 
 QLoRA's 4-bit weights (Dettmers et al., 2023): w[i] = code_table[code[i]] * absmax[i // B] over the
 row-major flattened weight. At one activation row the product is bound by the weight bytes, so, as in
@@ -11,10 +11,11 @@ in_features are multiples of 8), so a tile of words is viewed as (BN rows, NBLK 
 With in_features a multiple of B a group of WPB words lies in one absmax block: the absmax, and with
 double quantization its second level (absmax_q * absmax_scale[block // 256] + mean), is read and applied
 once per group; otherwise (blocks spanning rows) WPB = 1 and it is applied per word. The 16-entry table
-is a gather from 64 bytes, one L1 line: a warp's 32 lookups cost one L1 wavefront. (A table of byte pairs,
-one 8-byte lookup for two weights, ran 0.86-1.04x bf16 on the H100: its 2 KB span 16 lines, so a warp's
-random lookups took up to 16 wavefronts, and the L1, not the instruction count, bound the kernel.) Split-K partials are summed as in triton_gemv
-(triton_splitk). Importing this module imports Triton: callers import it lazily.
+is a gather per code from 64 bytes (one L1 line; a 2 KB table of byte pairs, one lookup per two weights, ran
+slower on the H100). That gather bounds the kernel: Nsight Compute saw most stall cycles waiting on L1TEX
+(docs/kern6.md). Split-K partials are summed as in triton_gemv (triton_splitk). For more rows `_fourbit_tc`
+looks each tile up once for BM rows and multiplies on tensor cores. Importing this module imports Triton:
+callers import it lazily.
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ TRITON_BITS = (2, 3, 4, 8)
 _FLOAT16 = (torch.float16, torch.bfloat16)
 GEMV_MAX_ROWS = 1  # the CUDA-core matrix-vector kernel up to this many rows, tensor cores above (H100: at 4
 # rows it ran 0.88x bf16 against the tensor-core kernel's 1.64x, benchmarks/results/issue6-h100-run4-sweep-decode.log)
-FOURBIT_MV_ROWS = 1  # NF4/FP4: the matrix-vector kernel up to this many rows, then tensor cores
+FOURBIT_MV_ROWS = 1  # NF4/FP4: the matrix-vector kernel up to this many rows, then tensor cores up to
+FOURBIT_TC_ROWS = 128  # this many (each 16 rows decode the weights again; at 16 rows it took 1/11 of the reference
+# path's time on the H100, so the reference, dequantize + cuBLAS, is estimated faster from about 180 rows)
 AQLM_MAX_ROWS = 16  # the AQLM kernels up to this many rows (each row re-reads the codes), the reference path above
 AQLM_LUT_MIN_OUT = 4096  # per-call tables from this many outputs (H100, 1 row, 4096x1024: 0.47x bf16 vs gathers' 1.10x)
 
@@ -132,7 +134,9 @@ def int8_weight_linear_mv(x, qweight, scale, bias):
     return int8_weight_mm(x, qweight, scale, bias, "mv")
 
 
-def fourbit_unavailable(device: torch.device, dtype: torch.dtype | None, in_features: int, blocksize: int) -> str | None:
+def fourbit_unavailable(
+    device: torch.device, dtype: torch.dtype | None, in_features: int, blocksize: int
+) -> str | None:
     """Why the NF4/FP4 matrix-vector kernel cannot run a call, or None."""
     if dtype not in _FLOAT16:
         return f"Triton kernels take fp16/bf16 activations, not {dtype}"
@@ -141,7 +145,9 @@ def fourbit_unavailable(device: torch.device, dtype: torch.dtype | None, in_feat
     return triton_unavailable(device)
 
 
-def aqlm_unavailable(device: torch.device, dtype: torch.dtype | None, kernel: str, nbits: int, group_size: int) -> str | None:
+def aqlm_unavailable(
+    device: torch.device, dtype: torch.dtype | None, kernel: str, nbits: int, group_size: int
+) -> str | None:
     """Why the AQLM kernel `kernel` ("lut" or "gather") cannot run a call, or None."""
     if dtype not in _FLOAT16:
         return f"Triton kernels take fp16/bf16 activations, not {dtype}"
