@@ -233,6 +233,8 @@ def test_codebook_kernels_auto_choice_and_fallback():
     for rows in (1, 2):
         name = nf4.kernel(torch.randn(rows, 64, device=DEVICE, dtype=torch.float16)).name
         assert name == ("triton_mv" if rows <= triton_ops.FOURBIT_MV_ROWS else "triton_tc")
+    many_nf4 = CallContext(DEVICE, triton_ops.FOURBIT_TC_ROWS + 1, 64, 8, torch.float16, 4, 64)
+    assert select("fourbit_linear", many_nf4).name == "reference"
 
 
 def test_codebook_custom_ops_pass_opcheck():
