@@ -20,8 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.core.affine import int8_absmax
+from lowbit.core.codebook import code_table, double_quantize
+from lowbit.formats.aqlm import AQLMLayout
 from lowbit.formats.bitpack import pack_bits
 from lowbit.formats.int_group import IntGroupLayout
+from lowbit.formats.nf4 import FourBitLayout
 from lowbit.kernels.select import CallContext, select
 
 SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096), (4096, 128256)]  # (in, out)
@@ -94,6 +97,45 @@ def _w8a8_variant(cols, out, rows, dev):
     return call, n, q.numel() + 2 * out, kernel.name
 
 
+def fourbit_weights(cols, out, dev) -> tuple[tuple, int]:
+    """NF4, blocksize 64, double-quantized absmax (QLoRA's setting), random codes: (the op's weight and setting
+    arguments, packed bytes)."""
+    layout = FourBitLayout(out, cols, "nf4", 64, True)
+    qweight = torch.randint(0, 256, (out * cols // 2,), dtype=torch.uint8, device=dev)  # (out * in / 2,)
+    absmax_q, absmax_scale, absmax_mean = double_quantize(torch.rand(layout.n_blocks, device=dev) * 0.1 + 0.01)
+    table = code_table("nf4", dev)  # (16,)
+    return (qweight, absmax_q, absmax_scale, absmax_mean, table, 64, out), layout.nbytes()
+
+
+def aqlm_weights(cols, out, dev, m, nbits) -> tuple[tuple, int]:
+    """AQLM with M codebooks of 2**nbits codewords of 8 inputs, random codes: ((codes, codebooks, scales), bytes)."""
+    layout = AQLMLayout(out, cols, m, nbits, 8)
+    codes = torch.randint(0, 2**nbits, (out, layout.n_groups, m), device=dev)  # (out, G, M)
+    codes = (codes - (2**16 if nbits > 8 else 0) * (codes >= 2**15)).to(layout.code_dtype)
+    codebooks = (torch.randn(m, 2**nbits, 8, device=dev) * 0.01).half()  # (M, K, g)
+    scales = torch.rand(out, 1, device=dev).half()  # (out, 1)
+    return (codes, codebooks, scales), layout.nbytes()
+
+
+def _codebook_variant(op, weights, ctx, preference="auto"):
+    """A codebook format (fourbit_linear or aqlm_linear) through the selector, over enough weight copies."""
+    args, nbytes = weights
+    n = _copies(nbytes)
+    ws = [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in range(n)]
+    call, name = _candidate_call(op, ctx, preference, ws)
+    return call, n, nbytes, name
+
+
+def _nf4(cols, out, rows, dev, preference="auto"):
+    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, 4, 64)
+    return _codebook_variant("fourbit_linear", fourbit_weights(cols, out, dev), ctx, preference)
+
+
+def _aqlm(cols, out, rows, dev, m, nbits, preference="auto"):
+    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, nbits, 8)
+    return _codebook_variant("aqlm_linear", aqlm_weights(cols, out, dev, m, nbits), ctx, preference)
+
+
 def _bf16_variant(cols, out, dev):
     w = torch.randn(out, cols, device=dev, dtype=torch.bfloat16)
     n = _copies(w.numel() * 2)
@@ -114,6 +156,23 @@ def _torch_int4_variant(cols, out, dev):
 
 def variants(cols, out, rows, dev):
     """(label, builder) for every variant of one cell; builders return (call, copies, weight bytes, kernel)."""
+    yield from _int_variants(cols, out, rows, dev)
+    yield "nf4_dq_b64", lambda: _nf4(cols, out, rows, dev)
+    yield "aqlm_2x8", lambda: _aqlm(cols, out, rows, dev, 2, 8)
+    yield "aqlm_1x16", lambda: _aqlm(cols, out, rows, dev, 1, 16)
+    if rows == 1:  # the kernels auto does not take at one row
+        yield "nf4_dq_b64_tc", lambda: _nf4(cols, out, rows, dev, "triton_tc")
+        yield "aqlm_2x8_gather", lambda: _aqlm(cols, out, rows, dev, 2, 8, "triton_gather")
+    else:  # the matrix-vector kernels above their row limit, against the reference path (dequantize + cuBLAS)
+        yield "nf4_dq_b64_ref", lambda: _nf4(cols, out, rows, dev, "reference")
+        yield "nf4_dq_b64_mv", lambda: _nf4(cols, out, rows, dev, "triton_mv")
+        yield "aqlm_2x8_ref", lambda: _aqlm(cols, out, rows, dev, 2, 8, "reference")
+        yield "aqlm_2x8_lut", lambda: _aqlm(cols, out, rows, dev, 2, 8, "triton_lut")
+        yield "aqlm_1x16_gather", lambda: _aqlm(cols, out, rows, dev, 1, 16, "triton_gather")
+
+
+def _int_variants(cols, out, rows, dev):
+    """The dense baselines and the integer formats."""
     yield "bf16", lambda: _bf16_variant(cols, out, dev)
     yield "torch_int4_g128", lambda: _torch_int4_variant(cols, out, dev)
     yield "int4_g128", lambda: _int_group_variant(cols, out, 4, rows, dev)
@@ -126,10 +185,12 @@ def variants(cols, out, rows, dev):
     yield "w8a8", lambda: _w8a8_variant(cols, out, rows, dev)
 
 
-def bench_cell(cols, out, rows, dev) -> list[dict]:
+def bench_cell(cols, out, rows, dev, only: set[str] | None = None) -> list[dict]:
     x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
     results = []
     for label, build in variants(cols, out, rows, dev):
+        if only and label not in only | {"bf16", "torch_int4_g128"}:  # the baselines always run
+            continue
         record = {"shape": f"{cols}x{out}", "in": cols, "out": out, "rows": rows, "variant": label}
         try:
             call, copies, wbytes, kernel = build()
@@ -161,17 +222,25 @@ def copy_bandwidth(dev) -> float:
     return 2 * src.numel() / (ms * 1e-3) / 1e9
 
 
+def cuda_device() -> torch.device | None:
+    """The CUDA device, seeded, or None (with a message) where there is none."""
+    if not torch.cuda.is_available():
+        print("this benchmark needs a CUDA GPU", file=sys.stderr)
+        return None
+    torch.manual_seed(0)
+    return torch.device("cuda")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, nargs="+", default=ROWS)
     p.add_argument("--shapes", nargs="+", default=[f"{a}x{b}" for a, b in SHAPES], help="INxOUT")
     p.add_argument("--out", type=Path, help="JSON file for every record")
+    p.add_argument("--variants", nargs="+", help="only these variants (besides bf16 and torch_int4_g128)")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("this benchmark needs a CUDA GPU", file=sys.stderr)
+    dev = cuda_device()
+    if dev is None:
         return 2
-    dev = torch.device("cuda")
-    torch.manual_seed(0)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": __import__("triton").__version__, "copy_GBps": copy_bandwidth(dev)}
     print(json.dumps(meta), flush=True)
@@ -179,7 +248,7 @@ def main(argv=None) -> int:
     for shape in args.shapes:
         cols, out = map(int, shape.split("x"))
         for rows in args.rows:
-            cell = bench_cell(cols, out, rows, dev)
+            cell = bench_cell(cols, out, rows, dev, set(args.variants or ()))
             records += cell
             for r in cell:
                 print(json.dumps(r), flush=True)

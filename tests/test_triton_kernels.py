@@ -6,6 +6,7 @@ On a CUDA machine they run compiled at larger sizes; elsewhere under Triton's in
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -21,7 +22,10 @@ if not CUDA:  # back off again, so that other test modules keep the reference pa
 
 from lowbit.core.affine import int8_absmax, rtn_quantize  # noqa: E402
 from lowbit.kernels import reference, triton_ops  # noqa: E402
-from lowbit.modules import Int8Linear, IntLinear, W8A8Linear  # noqa: E402
+from lowbit.kernels.select import CallContext, select  # noqa: E402
+from lowbit.core.aqlm import AQLMWeights  # noqa: E402
+from lowbit.formats.nf4 import FourBitLayout  # noqa: E402
+from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A8Linear  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 IN, OUT = (2100, 333) if CUDA else (200, 37)  # not multiples of any block or of the group size
@@ -164,3 +168,93 @@ def _compile_and_capture(layer, x):
     x.copy_(torch.randn_like(x))
     graph.replay()
     assert torch.allclose(captured.float(), layer(x).float(), rtol=1e-2, atol=1e-2)
+
+
+ROWS_CODEBOOK = ROWS[:-1] if CUDA else (1, 2, 7)  # the interpreter runs one program per row: a few on the CPU
+IN8 = IN - IN % 8  # the NF4/FP4 kernel reads eight codes per int32 word of a row
+
+
+@pytest.mark.parametrize("quant_type,double_quant,blocksize", [
+    ("nf4", True, 64), ("nf4", False, 64), ("fp4", True, 64), ("nf4", True, 40),  # 40: blocks span rows
+])
+def test_fourbit_kernel_matches_reference(quant_type, double_quant, blocksize):
+    seed = _seed()
+    layer = FourBitLinear.from_float(torch.randn(OUT, IN8), torch.randn(OUT),
+                                     FourBitLayout(OUT, IN8, quant_type, blocksize, double_quant)).to(DEVICE)
+    table = layer.code_table(DEVICE)
+    for kernel, rows, dtype in itertools.product(("triton_mv", "triton_tc"), ROWS_CODEBOOK, DTYPES):
+        layer.kernel_preference = kernel  # either kernel at every row count
+        x = torch.randn(rows, IN8, device=DEVICE, dtype=dtype)
+        ref = reference.fourbit_linear(x.double(), *layer.weight_args(), table, blocksize, OUT, layer.bias.double())
+        _poison(rows, OUT)
+        assert layer.kernel(x).name == kernel
+        err = _rel_err(layer(x), ref)
+        assert err < TOL[dtype], f"{quant_type} {kernel} rows={rows} err={err:.2e} seed={seed}"
+
+
+def _aqlm_layer(m: int, nbits: int, g: int) -> AQLMLinear:
+    cols = IN + 3  # a partial last group
+    codes = torch.randint(0, 2**nbits, (OUT, -(-cols // g), m))  # (out, G, M)
+    w = AQLMWeights(codes, torch.randn(m, 2**nbits, g) / m, torch.rand(OUT, 1) + 0.5, cols)
+    return AQLMLinear.from_weights(w, torch.randn(OUT)).to(DEVICE)
+
+
+@pytest.mark.parametrize("m,nbits,g,kernel", [(2, 8, 8, "triton_lut"), (2, 8, 8, "triton_gather"),
+                                              (1, 16, 8, "triton_gather"), (1, 8, 4, "triton_lut")])
+def test_aqlm_kernels_match_reference(m, nbits, g, kernel):
+    seed = _seed()
+    layer = _aqlm_layer(m, nbits, g)
+    layer.kernel_preference = kernel
+    for rows in ROWS_CODEBOOK:
+        for dtype in DTYPES:
+            x = torch.randn(rows, layer.in_features, device=DEVICE, dtype=dtype)
+            ref = reference.aqlm_linear(x.double(), *layer.weight_args(), layer.bias.double())
+            _poison(rows, OUT)
+            assert layer.kernel(x).name == kernel
+            err = _rel_err(layer(x), ref)
+            assert err < TOL[dtype], f"{m}x{nbits} {kernel} rows={rows} err={err:.2e} seed={seed}"
+
+
+def test_codebook_kernels_auto_choice_and_fallback():
+    """auto: AQLM's lookup-table kernel for 8-bit codebooks and wide outputs, gathers otherwise, reference above
+    the row limit; NF4 on CUDA cores at one row, tensor cores above; the reference where a layout does not fit."""
+    small = _aqlm_layer(2, 8, 8)  # fewer outputs than AQLM_LUT_MIN_OUT
+    assert small.kernel(torch.randn(1, IN + 3, device=DEVICE, dtype=torch.float16)).name == "triton_gather"
+    wide = CallContext(DEVICE, 1, 4096, triton_ops.AQLM_LUT_MIN_OUT, torch.float16, 8, 8)
+    assert select("aqlm_linear", wide).name == "triton_lut"
+    layer = _aqlm_layer(1, 16, 8)
+    assert layer.kernel(torch.randn(1, IN + 3, device=DEVICE, dtype=torch.float16)).name == "triton_gather"
+    many = torch.randn(triton_ops.AQLM_MAX_ROWS + 1, IN + 3, device=DEVICE, dtype=torch.float16)
+    assert layer.kernel(many).name == "reference"
+    odd = FourBitLinear.from_float(torch.randn(8, 60), None, FourBitLayout(8, 60, "nf4", 64, True)).to(DEVICE)
+    odd.kernel_preference = "triton"
+    assert odd.kernel(torch.randn(1, 60, device=DEVICE, dtype=torch.float16)).name == "reference"  # 60 % 8
+    nf4 = FourBitLinear.from_float(torch.randn(8, 64), None, FourBitLayout(8, 64, "nf4", 64, True)).to(DEVICE)
+    for rows in (1, 2):
+        name = nf4.kernel(torch.randn(rows, 64, device=DEVICE, dtype=torch.float16)).name
+        assert name == ("triton_mv" if rows <= triton_ops.FOURBIT_MV_ROWS else "triton_tc")
+    many_nf4 = CallContext(DEVICE, triton_ops.FOURBIT_TC_ROWS + 1, 64, 8, torch.float16, 4, 64)
+    assert select("fourbit_linear", many_nf4).name == "reference"
+
+
+def test_codebook_custom_ops_pass_opcheck():
+    fourbit = FourBitLinear.from_float(torch.randn(OUT, IN8), None, FourBitLayout(OUT, IN8, "nf4", 64, True)).to(DEVICE)
+    x = torch.randn(2, IN8, device=DEVICE, dtype=torch.float16)
+    for path in ("mv", "tc"):
+        args = (x, *fourbit.weight_args(), fourbit.code_table(DEVICE), 64, OUT, None, path)
+        torch.library.opcheck(triton_ops.fourbit_mm, args, test_utils=("test_schema", "test_faketensor"))
+    aqlm = _aqlm_layer(2, 8, 8)
+    xa = torch.randn(2, aqlm.in_features, device=DEVICE, dtype=torch.float16)
+    for kernel in ("lut", "gather"):
+        torch.library.opcheck(triton_ops.aqlm_mm, (xa, *aqlm.weight_args(), None, kernel),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.skipif(not CUDA, reason="torch.compile and CUDA graphs of the kernels need a CUDA GPU")
+def test_codebook_kernels_compile_and_capture():
+    fourbit = FourBitLinear.from_float(torch.randn(OUT, IN8), None, FourBitLayout(OUT, IN8, "nf4", 64, True)).to(DEVICE)
+    for rows in (1, 3):  # the matrix-vector and the tensor-core kernel
+        _compile_and_capture(fourbit, torch.randn(rows, IN8, device=DEVICE, dtype=torch.bfloat16))
+    for m, nbits in ((2, 8), (1, 16)):
+        layer = _aqlm_layer(m, nbits, 8)
+        _compile_and_capture(layer, torch.randn(3, layer.in_features, device=DEVICE, dtype=torch.bfloat16))

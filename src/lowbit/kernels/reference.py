@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lowbit.core.affine import dequantize_affine, dequantize_offset, int8_absmax
 from lowbit.core.aqlm import aqlm_decode
-from lowbit.core.codebook import codebook_dequantize
+from lowbit.core.codebook import codebook_dequantize, double_dequantize
 from lowbit.formats.aqlm import unpack_codes
 from lowbit.formats.bitpack import unpack_bits
 from lowbit.formats.nf4 import unpack_nibbles
@@ -149,12 +149,17 @@ def fourbit_linear(
     x: torch.Tensor,
     qweight: torch.Tensor,
     absmax: torch.Tensor,
+    absmax_scale: torch.Tensor | None,
+    absmax_mean: torch.Tensor | None,
     code: torch.Tensor,
     blocksize: int,
     out_features: int,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W) (out, in)^T + bias; absmax (n_blocks,) float32."""
+    """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W) (out, in)^T + bias; absmax (n_blocks,) float32, or
+    int8 double-quantized with absmax_scale and absmax_mean; code the (16,) code table."""
+    if absmax_scale is not None:
+        absmax = double_dequantize(absmax, absmax_scale, absmax_mean)
     n = out_features * x.shape[-1]
     w = codebook_dequantize(unpack_nibbles(qweight, n), absmax, code, blocksize)
     return F.linear(x, w.view(out_features, -1).to(x.dtype), bias)

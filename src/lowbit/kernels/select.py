@@ -61,10 +61,14 @@ def _int_mm_unavailable(ctx: CallContext) -> str | None:
     return None
 
 
-def _triton_int_group(ctx: CallContext) -> str | None:
+def _int32_index(ctx: CallContext) -> str | None:
     if ctx.out_features * ctx.in_features >= 2**31:
         return "2**31 weights or more: the Triton kernels index with int32"
-    return triton_ops.int_group_unavailable(ctx.device, ctx.dtype, ctx.bits)
+    return None
+
+
+def _triton_int_group(ctx: CallContext) -> str | None:
+    return _int32_index(ctx) or triton_ops.int_group_unavailable(ctx.device, ctx.dtype, ctx.bits)
 
 
 def _triton_mv_int_group(ctx: CallContext) -> str | None:
@@ -82,9 +86,41 @@ def _few_rows(ctx: CallContext) -> str | None:
 def _triton_int8_weight(ctx: CallContext) -> str | None:
     if ctx.in_features % 4:
         return "int8 rows are read as int32 words: in_features must be a multiple of 4"
-    if ctx.out_features * ctx.in_features >= 2**31:
-        return "2**31 weights or more: the Triton kernels index with int32"
-    return triton_ops.int_group_unavailable(ctx.device, ctx.dtype, 8)
+    return _int32_index(ctx) or triton_ops.int_group_unavailable(ctx.device, ctx.dtype, 8)
+
+
+def _triton_fourbit(ctx: CallContext) -> str | None:
+    return _int32_index(ctx) or triton_ops.fourbit_unavailable(ctx.device, ctx.dtype, ctx.in_features,
+                                                               ctx.group_size or 0)
+
+
+def _triton_aqlm(kernel: str, ctx: CallContext) -> str | None:
+    return _int32_index(ctx) or triton_ops.aqlm_unavailable(ctx.device, ctx.dtype, kernel, ctx.bits or 0,
+                                                            ctx.group_size or 0)
+
+
+def _few_rows_fourbit(ctx: CallContext) -> str | None:
+    if ctx.rows > triton_ops.FOURBIT_MV_ROWS:
+        return f"more than {triton_ops.FOURBIT_MV_ROWS} rows: the tensor-core kernel is faster"
+    return None
+
+
+def _fourbit_tc_rows(ctx: CallContext) -> str | None:
+    if ctx.rows > triton_ops.FOURBIT_TC_ROWS:
+        return f"more than {triton_ops.FOURBIT_TC_ROWS} rows: dequantizing once for cuBLAS is faster"
+    return None
+
+
+def _few_rows_aqlm(ctx: CallContext) -> str | None:
+    if ctx.rows > triton_ops.AQLM_MAX_ROWS:
+        return f"more than {triton_ops.AQLM_MAX_ROWS} rows: dequantizing for cuBLAS is faster"
+    return None
+
+
+def _lut_unsuited(ctx: CallContext) -> str | None:
+    if ctx.out_features < triton_ops.AQLM_LUT_MIN_OUT:
+        return f"fewer than {triton_ops.AQLM_LUT_MIN_OUT} outputs: building the table costs more than it saves"
+    return _few_rows_aqlm(ctx)
 
 
 def _triton_w8a8(ctx: CallContext) -> str | None:
@@ -119,8 +155,16 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
         Candidate("reference", reference.int8_weight_linear, always),
     ),
     "int_group_linear_t": (Candidate("reference", reference.int_group_linear_t, always),),
-    "fourbit_linear": (Candidate("reference", reference.fourbit_linear, always),),
-    "aqlm_linear": (Candidate("reference", reference.aqlm_linear, always),),  # GPU kernel: the kernels issue
+    "fourbit_linear": (
+        Candidate("triton_mv", triton_ops.fourbit_linear_mv, _triton_fourbit, _few_rows_fourbit),
+        Candidate("triton_tc", triton_ops.fourbit_linear_tc, _triton_fourbit, _fourbit_tc_rows),
+        Candidate("reference", reference.fourbit_linear, always),
+    ),
+    "aqlm_linear": (
+        Candidate("triton_lut", triton_ops.aqlm_linear_lut, partial(_triton_aqlm, "lut"), _lut_unsuited),
+        Candidate("triton_gather", triton_ops.aqlm_linear_gather, partial(_triton_aqlm, "gather"), _few_rows_aqlm),
+        Candidate("reference", reference.aqlm_linear, always),
+    ),
     # LLM.int8 (outlier columns in float, the rest int8 x int8): fn(x, qweight, scale, threshold, bias),
     # or fn(x, packed, threshold, bias) for a candidate with `prepare`
     "llm_int8_linear": (

@@ -19,6 +19,11 @@ TRITON_BITS = (2, 3, 4, 8)
 _FLOAT16 = (torch.float16, torch.bfloat16)
 GEMV_MAX_ROWS = 1  # the CUDA-core matrix-vector kernel up to this many rows, tensor cores above (H100: at 4
 # rows it ran 0.88x bf16 against the tensor-core kernel's 1.64x, benchmarks/results/issue6-h100-run4-sweep-decode.log)
+FOURBIT_MV_ROWS = 1  # NF4/FP4: the matrix-vector kernel up to this many rows, then tensor cores up to
+FOURBIT_TC_ROWS = 128  # this many (each 16 rows decode the weights again; at 16 rows it took 1/11 of the reference
+# path's time on the H100, so the reference, dequantize + cuBLAS, is estimated faster from about 180 rows)
+AQLM_MAX_ROWS = 16  # the AQLM kernels up to this many rows (each row re-reads the codes), the reference path above
+AQLM_LUT_MIN_OUT = 4096  # per-call tables from this many outputs (H100, 1 row, 4096x1024: 0.47x bf16 vs gathers' 1.10x)
 
 
 def gemv_tile_units(bits: int, group_size: int, in_features: int, target_k: int = 128) -> int | None:
@@ -127,3 +132,79 @@ def int_group_linear_mv(x, qweight, scale, zero, bits, group_size, bias):
 
 def int8_weight_linear_mv(x, qweight, scale, bias):
     return int8_weight_mm(x, qweight, scale, bias, "mv")
+
+
+def fourbit_unavailable(
+    device: torch.device, dtype: torch.dtype | None, in_features: int, blocksize: int
+) -> str | None:
+    """Why the NF4/FP4 matrix-vector kernel cannot run a call, or None."""
+    if dtype not in _FLOAT16:
+        return f"Triton kernels take fp16/bf16 activations, not {dtype}"
+    if in_features % 8 or blocksize % 8:
+        return f"in_features ({in_features}) and blocksize ({blocksize}) must be multiples of 8"
+    return triton_unavailable(device)
+
+
+def aqlm_unavailable(
+    device: torch.device, dtype: torch.dtype | None, kernel: str, nbits: int, group_size: int
+) -> str | None:
+    """Why the AQLM kernel `kernel` ("lut" or "gather") cannot run a call, or None."""
+    if dtype not in _FLOAT16:
+        return f"Triton kernels take fp16/bf16 activations, not {dtype}"
+    if kernel == "lut" and nbits > 8:
+        return f"a lookup table per call is for codebooks of <= 8 bits, not {nbits}"
+    if group_size & (group_size - 1) or group_size > 64:
+        return f"codeword length {group_size} is not a power of 2 up to 64"
+    return triton_unavailable(device)
+
+
+@torch.library.custom_op("lowbit::fourbit_mm", mutates_args=())
+def fourbit_mm(
+    x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, absmax_scale: Optional[torch.Tensor],
+    absmax_mean: Optional[torch.Tensor], code: torch.Tensor, blocksize: int, out_features: int,
+    bias: Optional[torch.Tensor], path: str,
+) -> torch.Tensor:
+    """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W)^T + bias -> (rows, out); absmax fp32, or int8 with its
+    double-quantization scale and mean; code the (16,) code table; path "mv" or "tc"."""
+    from lowbit.kernels.triton_fourbit import fourbit_matmul
+
+    return fourbit_matmul(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, path)
+
+
+@fourbit_mm.register_fake
+def _(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, path):
+    return x.new_empty((x.shape[0], out_features))
+
+
+@torch.library.custom_op("lowbit::aqlm_mm", mutates_args=())
+def aqlm_mm(
+    x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor],
+    path: str,
+) -> torch.Tensor:
+    """AQLM (formats.aqlm): x (rows, in) @ W^T + bias -> (rows, out); path "lut" (tables per call) or "gather".
+
+    (Not named `kernel`: Inductor's fallback for custom ops takes that keyword itself.)"""
+    from lowbit.kernels.triton_aqlm import aqlm_gemv
+
+    return aqlm_gemv(x, codes, codebooks, scales, bias, path)
+
+
+@aqlm_mm.register_fake
+def _(x, codes, codebooks, scales, bias, path):
+    return x.new_empty((x.shape[0], codes.shape[0]))
+
+
+def fourbit_linear_mv(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
+    return fourbit_mm(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, "mv")
+
+
+def fourbit_linear_tc(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
+    return fourbit_mm(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, "tc")
+
+
+def aqlm_linear_lut(x, codes, codebooks, scales, bias):
+    return aqlm_mm(x, codes, codebooks, scales, bias, "lut")
+
+
+def aqlm_linear_gather(x, codes, codebooks, scales, bias):
+    return aqlm_mm(x, codes, codebooks, scales, bias, "gather")

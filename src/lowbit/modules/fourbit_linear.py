@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
 
 import torch
 
-from lowbit.core.codebook import code_table, codebook_quantize, double_dequantize, double_quantize
+from lowbit.core.codebook import code_table, codebook_quantize, double_quantize
 from lowbit.formats.nf4 import FourBitLayout, pack_nibbles
 from lowbit.modules.base import QuantizedLinear
 
@@ -30,15 +31,25 @@ class FourBitLinear(QuantizedLinear):
             module.bias = bias.detach().clone()
         return module
 
-    def block_absmax(self) -> torch.Tensor:
-        """(n_blocks,) float32 absmax, double-dequantized where it is stored so."""
+    def weight_args(self) -> tuple:
+        """(qweight, absmax, None, None), or (qweight, absmax_q, absmax_scale, absmax_mean) double-quantized."""
         if self.layout.double_quant:
-            return double_dequantize(self.absmax_q, self.absmax_scale, self.absmax_mean)
-        return self.absmax
+            return (self.qweight, self.absmax_q, self.absmax_scale, self.absmax_mean)
+        return (self.qweight, self.absmax, None, None)
+
+    def format_context(self) -> dict[str, Any]:
+        return {"bits": 4, "group_size": self.layout.blocksize}
+
+    def code_table(self, device: torch.device) -> torch.Tensor:
+        """The (16,) float32 code table on `device`, made once per device (no host copy per call, none inside a
+        CUDA graph capture)."""
+        tables = self.__dict__.setdefault("_code_tables", {})
+        if device not in tables:
+            tables[device] = code_table(self.layout.quant_type, device)
+        return tables[device]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lay = self.layout
         flat = x.reshape(-1, lay.in_features)
-        code = code_table(lay.quant_type, x.device)
-        y = self.kernel(x).fn(flat, self.qweight, self.block_absmax(), code, lay.blocksize, lay.out_features, self.bias)
+        y = self.run_kernel(flat, self.code_table(x.device), lay.blocksize, lay.out_features)
         return y.reshape(*x.shape[:-1], lay.out_features)
