@@ -104,22 +104,33 @@ def mse_qparams(
     """Per-group qparams of the range shrunk by the factor in {1, 1 - 1/grid, ..., 1 - max_shrink} that
     minimises sum |w - dequant(quant(w))|^norm: the `mse` option of the GPTQ reference code (Frantar et al.,
     2022; GPTQModel's `mse`), which trades clipped outliers for a finer grid. Same shapes as affine_qparams."""
-    w = w.float()
-    g = to_groups(w, group_size)  # (out, n_groups, group_size)
+    g = to_groups(w.float(), group_size)  # (out, n_groups, group_size)
     lo, hi = g.amin(dim=2), g.amax(dim=2)
     best = torch.full_like(lo, float("inf"))
     scale, zero = range_qparams(lo, hi, bits, symmetric, integer_zero)
-    pad = lo.shape[1] * group_size - w.shape[1]  # the last group's padding adds no error
+    real = _real_columns(w.shape[1], group_size, g.device)  # None, or 1/0 per column of the padded groups
+    err = torch.empty_like(g)  # |w - dequant(quant(w))|^norm of one candidate, computed in place
     for step in range(int(max_shrink * grid)):
         p = 1 - step / grid
         s, z = range_qparams(p * lo, p * hi, bits, symmetric, integer_zero)
-        diff = dequantize_affine(quantize_affine(w, s, z, bits, group_size), s, z, bits, group_size) - w
-        err = F.pad(diff.abs_().pow_(norm), (0, pad)).reshape(lo.shape + (group_size,)).sum(dim=2)  # (out, n_groups)
-        better = err < best
-        best = torch.where(better, err, best)
+        s3 = s.float().unsqueeze(2)
+        z3 = symmetric_zero(bits) if z is None else z.float().unsqueeze(2)
+        torch.div(g, s3, out=err).add_(z3).round_().clamp_(0, 2**bits - 1)  # codes, as quantize_affine
+        err.sub_(z3).mul_(s3).sub_(g).abs_().pow_(norm)  # as dequantize_affine, then the error
+        total = (err if real is None else err.mul_(real)).sum(dim=2)  # (out, n_groups); padding adds nothing
+        better = total < best
+        best = torch.where(better, total, best)
         scale = torch.where(better, s, scale)
         zero = None if z is None else torch.where(better, z, zero)
     return scale, zero
+
+
+def _real_columns(cols: int, group_size: int, device: torch.device) -> torch.Tensor | None:
+    """(1, n_groups, group_size) mask: 1 on the row's columns, 0 on to_groups' padding; None without padding."""
+    groups = n_groups(cols, group_size)
+    if groups * group_size == cols:
+        return None
+    return (torch.arange(groups * group_size, device=device) < cols).float().view(1, groups, group_size)
 
 
 def _storable_scale(scale: torch.Tensor) -> torch.Tensor:
