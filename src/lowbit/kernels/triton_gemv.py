@@ -9,9 +9,10 @@ sum per program at the end.
 
 Codes become fp32 without an int -> float conversion. Code c shifted to mantissa bits [p, p + b) and OR-ed
 with the exponent of 2**(23 - p) reads as exactly 2**(23 - p) + c (FasterTransformer's "magic number"
-conversion, Kim et al. 2022, moved to fp32). One shift places up to 12 // b neighbouring codes at once
-(offsets 2**b, 2**2b, ... up to 4096, small enough that fp32 sums stay far below bf16 rounding), so a
-code costs about one LOP3 and one FFMA. The offsets, zero and scale are applied once per word column and
+conversion, Kim et al. 2022, moved to fp32). Codes already inside the window of small offsets (up to
+4096; 32768 for 8-bit codes), small enough that fp32 sums stay far below bf16 rounding, need no shift, and
+one shift places each further chunk of neighbours (`_place`: int4 two shifts per word), so a code costs
+about one LOP3 and one FFMA. The offsets, zero and scale are applied once per word column and
 K tile (one tile lies in one quantization group):
 
     y[n] += s[n] * sum_w (sum_j (off_j + c[n, w, j]) x[w, j] - sum_j off_j x[w, j] - z[n] sum_j x[w, j]).
