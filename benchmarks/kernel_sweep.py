@@ -49,12 +49,11 @@ def tc_space(rows: int):
 
 
 def mv_space(rows: int):
-    """Candidate _gemv configurations (BN, num_warps, waves), likeliest first; the last one without LOP3 asm."""
-    for bn, nw, waves in [(256, 4, 4), (128, 4, 4), (256, 8, 4), (128, 4, 8), (256, 4, 8), (64, 4, 4), (128, 2, 4),
-                          (512, 8, 4)]:
-        yield {"BN": bn, "BK": 128, "num_warps": nw, "num_stages": 1, "waves": waves}
+    """Candidate _gemv configurations (BN, num_warps, waves, XMODE), likeliest first; then without LOP3 asm."""
+    for bn, nw, waves, xm in [(128, 4, 4, 2), (128, 4, 4, 1), (128, 4, 4, 0), (64, 4, 4, 2), (128, 2, 4, 2),
+                              (256, 8, 4, 2), (128, 4, 8, 2), (128, 4, 2, 2), (64, 2, 4, 2)]:
+        yield {"BN": bn, "BK": 128, "num_warps": nw, "num_stages": 1, "waves": waves, "XMODE": xm}
     yield {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "ASM": False}
-    yield {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "FIXUP": False}
 
 
 def _weights(cols, out, bits, dev):

@@ -258,3 +258,30 @@ def test_codebook_kernels_compile_and_capture():
     for m, nbits in ((2, 8), (1, 16)):
         layer = _aqlm_layer(m, nbits, 8)
         _compile_and_capture(layer, torch.randn(3, layer.in_features, device=DEVICE, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("bits,shifts", [(2, 2), (3, 6), (4, 2), (8, 3)])
+def test_gemv_code_placement_decodes_every_code(bits, shifts):
+    """The matrix-vector kernel's shift plan: off_j + code read back exactly from fp32, with few shifts per unit."""
+    import numpy as np
+
+    from lowbit.kernels.triton_gemv import _code_offset, _place
+    from lowbit.kernels.triton_int import unit_shape
+
+    uc, uw = unit_shape(bits)
+    rng = np.random.default_rng(_seed())
+    words = rng.integers(0, 2**32, size=(64, uw), dtype=np.uint64)  # (samples, words of one unit)
+    bitstream = sum(words[:, i].astype(object) << (32 * i) for i in range(uw))
+    used = set()
+    for j in range(uc):
+        if (bits * j) % 32 + bits > 32:
+            continue  # codes straddling two words take their own path
+        word, shift, pos = _place(bits, j)
+        used.add((word, shift)) if shift else None
+        assert 11 - 3 * (bits == 8) <= pos <= 23 - bits
+        w = words[:, word].astype(np.int64) - (words[:, word] >= 2**31) * 2**32  # signed, as in the kernel
+        v = (w << shift) if shift >= 0 else (w >> -shift)
+        f = (((v & (((1 << bits) - 1) << pos)) | ((150 - pos) << 23)) & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
+        code = np.array([(b >> (bits * j)) & ((1 << bits) - 1) for b in bitstream], dtype=np.float64)
+        np.testing.assert_array_equal(f.astype(np.float64) - _code_offset(bits, j), code)
+    assert len(used) == shifts
