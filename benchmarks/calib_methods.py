@@ -73,7 +73,7 @@ def parse_setting(text: str):
 
 def table(paths: list[str]) -> str:
     """Markdown table of the records in the JSON-lines files (increase over the fp32 row of the same file)."""
-    lines = ["| setting | calibration | ppl | ppl vs fp32 | KL to fp32 | bits/param | quantize s | peak extra MiB |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | calibration | ppl | ppl vs fp32 | KL to fp32 | bits/param | quantize s | peak extra MiB | GPU peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for path in paths:
         records = [json.loads(line) for line in open(path)]
         fp32 = next((r["ppl"] for r in records if r["setting"] == "fp32"), None)
@@ -85,7 +85,8 @@ def table(paths: list[str]) -> str:
             seconds = f"{r['quantize_s']:.0f}" if "quantize_s" in r else "-"
             peak = f"{r['peak_extra_mib']:.0f}" if "peak_extra_mib" in r else "-"
             bits = f"{r['bits_per_param']:.2f}" if "bits_per_param" in r else "-"
-            lines.append(f"| {r['setting']} | {calib} | {r['ppl']:.3f} | {increase} | {r['kl']:.4f} | {bits} | {seconds} | {peak} |")
+            gpu = f"{r['gpu_peak_mib']:.0f}" if "gpu_peak_mib" in r else "-"
+            lines.append(f"| {r['setting']} | {calib} | {r['ppl']:.3f} | {increase} | {r['kl']:.4f} | {bits} | {seconds} | {peak} | {gpu} |")
     return "\n".join(lines)
 
 
@@ -132,6 +133,8 @@ def main() -> None:
         else:
             model = copy.deepcopy(fp32)
             run = llmcompressor_quantize if method.startswith("lc-") else lowbit_quantize
+            if args.device != "cpu":
+                torch.cuda.reset_peak_memory_stats()  # the peak below: quantization alone (plus what stays resident)
             with peak_memory(torch.device("cpu")) as mem:
                 t0, c0 = time.perf_counter(), time.process_time()
                 record["config"] = run(model, method, bits, group, options, calib, loaded.tokenizer)
@@ -140,7 +143,6 @@ def main() -> None:
             record["peak_extra_mib"] = mem["delta_bytes"] / 2**20
             if args.device != "cpu":
                 record["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-                torch.cuda.reset_peak_memory_stats()
             if not method.startswith("lc-"):
                 record["bits_per_param"] = memory_report(model).bits_per_param
             record |= evaluate(model, windows, reference)
