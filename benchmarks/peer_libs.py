@@ -33,7 +33,12 @@ def tensor_bytes(t: torch.Tensor) -> int:
 def hqq_layer(linear: nn.Linear, options: dict) -> tuple[nn.Module, int]:
     from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 
-    layer = HQQLinear(linear, BaseQuantizeConfig(axis=1, **options), compute_dtype=torch.float32, device="cpu")
+    options = dict(options)
+    round_zero = options.pop("round_zero", None)  # None: the package's own choice (on at 4 bits only)
+    config = BaseQuantizeConfig(axis=1, **options)
+    if round_zero is not None:
+        config["weight_quant_params"]["round_zero"] = round_zero
+    layer = HQQLinear(linear, config, compute_dtype=torch.float32, device="cpu")
     meta = layer.meta
     nbytes = layer.W_q.numel() * layer.W_q.element_size()
     nbytes += sum(meta[k].numel() * meta[k].element_size() for k in ("scale", "zero"))

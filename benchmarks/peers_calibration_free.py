@@ -33,6 +33,9 @@ SETTINGS = {
     "hqq package 4-bit g64": ("hqq", {"nbits": 4, "group_size": 64}, "hqq 4-bit g64", "hqq", {"bits": 4, "group_size": 64}),
     "hqq package 3-bit g64": ("hqq", {"nbits": 3, "group_size": 64}, "hqq 3-bit g64", "hqq", {"bits": 3, "group_size": 64}),
     "hqq package 2-bit g32": ("hqq", {"nbits": 2, "group_size": 32}, "hqq 2-bit g32", "hqq", {"bits": 2, "group_size": 32}),
+    # the same loop with the rounded zero start lowbit uses at every width (the package: at 4 bits only)
+    "hqq package 3-bit g64, round_zero": ("hqq", {"nbits": 3, "group_size": 64, "round_zero": True}, "hqq 3-bit g64", "hqq", {"bits": 3, "group_size": 64}),
+    "hqq package 2-bit g32, round_zero": ("hqq", {"nbits": 2, "group_size": 32, "round_zero": True}, "hqq 2-bit g32", "hqq", {"bits": 2, "group_size": 32}),
     "bitsandbytes nf4 (double quant)": ("nf4", {}, "nf4 (double quant)", "nf4", {}),
     "bitsandbytes nf4 (double quant), dequantized + fp32 matmul": ("nf4_dequant", {}, "nf4 (double quant)", "nf4", {}),
     "bitsandbytes LLM.int8 threshold 6.0": ("int8", {}, "int8 threshold 6.0", "int8", {"threshold": 6.0}),
