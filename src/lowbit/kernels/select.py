@@ -77,10 +77,14 @@ def _triton_mv_int_group(ctx: CallContext) -> str | None:
     return _triton_int_group(ctx)
 
 
-def _few_rows(ctx: CallContext) -> str | None:
-    if ctx.rows > triton_ops.GEMV_MAX_ROWS:
-        return f"more than {triton_ops.GEMV_MAX_ROWS} rows: the tensor-core kernel is faster"
+def _more_rows_than(limit: int, faster: str, ctx: CallContext) -> str | None:
+    """Unsuited above `limit` activation rows, where `faster` says what wins instead."""
+    if ctx.rows > limit:
+        return f"more than {limit} rows: {faster}"
     return None
+
+
+_few_rows = partial(_more_rows_than, triton_ops.GEMV_MAX_ROWS, "the tensor-core kernel is faster")
 
 
 def _triton_int8_weight(ctx: CallContext) -> str | None:
@@ -99,22 +103,9 @@ def _triton_aqlm(kernel: str, ctx: CallContext) -> str | None:
                                                             ctx.group_size or 0)
 
 
-def _few_rows_fourbit(ctx: CallContext) -> str | None:
-    if ctx.rows > triton_ops.FOURBIT_MV_ROWS:
-        return f"more than {triton_ops.FOURBIT_MV_ROWS} rows: the tensor-core kernel is faster"
-    return None
-
-
-def _fourbit_tc_rows(ctx: CallContext) -> str | None:
-    if ctx.rows > triton_ops.FOURBIT_TC_ROWS:
-        return f"more than {triton_ops.FOURBIT_TC_ROWS} rows: dequantizing once for cuBLAS is faster"
-    return None
-
-
-def _few_rows_aqlm(ctx: CallContext) -> str | None:
-    if ctx.rows > triton_ops.AQLM_MAX_ROWS:
-        return f"more than {triton_ops.AQLM_MAX_ROWS} rows: dequantizing for cuBLAS is faster"
-    return None
+_few_rows_fourbit = partial(_more_rows_than, triton_ops.FOURBIT_MV_ROWS, "the tensor-core kernel is faster")
+_fourbit_tc_rows = partial(_more_rows_than, triton_ops.FOURBIT_TC_ROWS, "dequantizing once for cuBLAS is faster")
+_few_rows_aqlm = partial(_more_rows_than, triton_ops.AQLM_MAX_ROWS, "dequantizing for cuBLAS is faster")
 
 
 def _lut_unsuited(ctx: CallContext) -> str | None:
