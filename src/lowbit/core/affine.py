@@ -108,7 +108,7 @@ def mse_qparams(
     lo, hi = g.amin(dim=2), g.amax(dim=2)
     best = torch.full_like(lo, float("inf"))
     scale, zero = range_qparams(lo, hi, bits, symmetric, integer_zero)
-    real = _real_columns(w.shape[1], group_size, g.device)  # None, or 1/0 per column of the padded groups
+    real = real_columns(w.shape[1], group_size, g.device)  # None, or 1/0 per column of the padded groups
     err = torch.empty_like(g)  # |w - dequant(quant(w))|^norm of one candidate, computed in place
     for step in range(int(max_shrink * grid)):
         p = 1 - step / grid
@@ -125,7 +125,7 @@ def mse_qparams(
     return scale, zero
 
 
-def _real_columns(cols: int, group_size: int, device: torch.device) -> torch.Tensor | None:
+def real_columns(cols: int, group_size: int, device: torch.device) -> torch.Tensor | None:
     """(1, n_groups, group_size) mask: 1 on the row's columns, 0 on to_groups' padding; None without padding."""
     groups = n_groups(cols, group_size)
     if groups * group_size == cols:

@@ -32,8 +32,8 @@ from lowbit.core.affine import (
     QPARAM_DTYPE,
     IntWeights,
     affine_qparams,
-    n_groups,
     quantize_affine,
+    real_columns,
     resolve_group_size,
     to_groups,
 )
@@ -107,10 +107,9 @@ def _optimize(g, bits, mean, scale16, zero16, schedule, optimize_scale):
 
 def _group_mean(cols: int, group_size: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """x (out, n_groups, group_size) -> its mean over each group's real columns, (out, n_groups, 1)."""
-    idx = torch.arange(n_groups(cols, group_size) * group_size, device=device)
-    if idx.numel() == cols:
+    mask = real_columns(cols, group_size, device)  # (1, n_groups, group_size) or None without padding
+    if mask is None:
         return lambda x: x.mean(dim=2, keepdim=True)
-    mask = (idx < cols).float().view(1, -1, group_size)
     counts = mask.sum(dim=2, keepdim=True)
     return lambda x: (x * mask).sum(dim=2, keepdim=True) / counts
 
