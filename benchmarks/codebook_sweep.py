@@ -2,7 +2,7 @@
 
     PYTHONPATH=src:benchmarks python benchmarks/codebook_sweep.py --rows 1 --out sweep.json
 
-Times every config with benchmarks/kernels.py's method (a CUDA graph over weight copies that do not fit in
+Times every config with benchmarks/kernel_bench.py's method (a CUDA graph over weight copies that do not fit in
 L2, do_bench median) and prints the best config per (kernel, shape, rows) with its ratio to bf16.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from kernels import _bf16_variant, _copies, _time_per_call, aqlm_weights, cuda_device, fourbit_weights
+from kernel_bench import _bf16_variant, _copies, _time_per_call, aqlm_weights, cuda_device, fourbit_weights
 
 NF4_GRID = {"mv": {"BN": (128, 256, 512), "BKW": (4, 8), "num_warps": (4, 8)},
             "tc": {"BN": (32, 64, 128), "BKW": (8, 16), "num_stages": (1, 2)}}

@@ -4,7 +4,7 @@
 
 For each (shape, rows) cell it times bf16 cuBLAS, torch's int4 kernel and every candidate configuration
 of `_mm_tc` (--path tc) or of the matrix-vector `_gemv` (--path mv; --bits 8 --signed8 is the int8
-weight-only layout) side by side (benchmarks/kernels.py's timing: CUDA graph over weight copies that
+weight-only layout) side by side (benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that
 overflow L2, do_bench median), checks each configuration once against an fp32 reference, and prints the
 best per cell. The tuned table in kernels/triton_int.py (tc_config) comes from its output.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from kernels import _bf16_variant, _copies, _time_per_call, _torch_int4_variant, copy_bandwidth
+from kernel_bench import _bf16_variant, _copies, _time_per_call, _torch_int4_variant, copy_bandwidth
 from lowbit.formats.bitpack import pack_bits
 from lowbit.formats.int_group import IntGroupLayout
 from lowbit.kernels.reference import int_group_linear

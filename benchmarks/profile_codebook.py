@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from kernels import aqlm_weights, fourbit_weights
+from kernel_bench import aqlm_weights, fourbit_weights
 from lowbit.kernels.triton_aqlm import aqlm_gemv
 from lowbit.kernels.triton_fourbit import fourbit_matmul
 

@@ -1,6 +1,9 @@
 """Kernel benchmark: lowbit's packed formats vs bf16 cuBLAS and torch's int4 kernel, Llama-3-8B layer shapes.
 
-    PYTHONPATH=src python benchmarks/kernels.py --out benchmarks/results/kernels-h100.json
+    PYTHONPATH=src python benchmarks/kernel_bench.py --out benchmarks/results/kernels-h100.json
+
+(Named kernel_bench, not kernels: a benchmarks/kernels.py would shadow the `kernels` package that
+transformers >= 5.25 imports whenever it loads a model from a script in this folder.)
 
 Every variant of one (shape, rows) cell is timed in the same run: a CUDA graph runs the op once over each
 of several weight copies (enough that the copies do not fit in L2), its replays are timed with
