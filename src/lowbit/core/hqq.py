@@ -24,7 +24,6 @@ extension the paper mentions; off by default). Groups run along the input axis o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -32,6 +31,7 @@ from lowbit.core.affine import (
     QPARAM_DTYPE,
     IntWeights,
     affine_qparams,
+    n_groups,
     quantize_affine,
     real_columns,
     resolve_group_size,
@@ -72,46 +72,74 @@ def hqq_quantize(
     if round_zero:
         zero16 = zero16.round()
     g = to_groups(w.float(), group_size)  # (out, n_groups, group_size)
-    scale, zero = _optimize(g, bits, _group_mean(cols, group_size, g.device), scale16, zero16, schedule, optimize_scale)
+    scale, zero = _optimize(g, bits, _Groups.of(cols, group_size, g.device), scale16, zero16, schedule, optimize_scale)
     scale16 = scale.squeeze(2).clamp(min=torch.finfo(QPARAM_DTYPE).tiny).to(QPARAM_DTYPE)
     zero16 = zero.squeeze(2).to(QPARAM_DTYPE)
     return IntWeights(quantize_affine(w, scale16, zero16, bits, group_size), scale16, zero16, bits, group_size)
 
 
-def _optimize(g, bits, mean, scale16, zero16, schedule, optimize_scale):
+def _optimize(g, bits, groups, scale16, zero16, schedule, optimize_scale):
     """The proximal loop on grouped weights g (out, n_groups, group_size); returns scale, zero (out, n_groups, 1).
 
-    Works in preallocated buffers (codes, residual, |residual|); the shrink runs only when some residual
-    exceeds its threshold beta**(-1 / (2 - p)) (below it the prox is exactly zero).
+    Each step makes a few dense passes in preallocated buffers: t = g / s + z, the codes q = clamp(round(t)),
+    and the residual in code units r = t - q (so W - s (q - z) = s r). The shrink is exactly zero wherever
+    s |r| is at most beta**(-1 / (2 - p)), so it runs only on the few groups that hold such an entry.
     """
     scale, zero = scale16.float().unsqueeze(2), zero16.float().unsqueeze(2)  # (out, n_groups, 1)
-    q, diff, mag = torch.empty_like(g), torch.empty_like(g), torch.empty_like(g)
-    g_mean, maxq, beta = mean(g), 2**bits - 1, schedule.beta
+    t, q, r, mag = (torch.empty_like(g) for _ in range(4))
+    g_mean, maxq, beta = groups.mean(g), 2**bits - 1, schedule.beta
     best = (float("inf"), scale, zero)
     for _ in range(schedule.iters):
-        torch.mul(g, scale.reciprocal(), out=q).add_(zero).round_().clamp_(0, maxq)  # codes
-        torch.sub(q, zero, out=diff).mul_(scale).neg_().add_(g)  # W - s (q - z)
-        torch.abs(diff, out=mag)
-        error = float(mean(mag).mean())
+        torch.mul(g, scale.reciprocal(), out=t).add_(zero)  # g / s + z
+        torch.round(t, out=q).clamp_(0, maxq)  # codes
+        torch.sub(t, q, out=r)
+        torch.abs(r, out=mag)
+        error = float((groups.mean(mag) * scale).mean())  # mean |W - s (q - z)|
         if error >= best[0]:
             break
         best = (error, scale, zero)  # scale and zero are replaced below, never changed in place
-        w_e = shrink_lp(diff, beta, schedule.lp_norm) if float(mag.amax()) > beta ** (-1 / (2 - schedule.lp_norm)) else None
-        target_mean = g_mean if w_e is None else g_mean - mean(w_e)  # mean of W - W_e
+        threshold = beta ** (-1 / (2 - schedule.lp_norm))
+        hit = (mag.amax(dim=2) * scale.squeeze(2) > threshold).view(-1).nonzero().squeeze(1)  # groups with W_e != 0
+        w_e = shrink_lp(r.view(-1, g.shape[2])[hit] * scale.view(-1, 1)[hit], beta, schedule.lp_norm)  # (hits, group)
         if optimize_scale:
-            scale = _refit_scale(q, g if w_e is None else g - w_e, mean, scale)
-        zero = mean(q) - target_mean / scale
+            target = g.clone()  # W - W_e
+            target.view(-1, g.shape[2])[hit] -= w_e
+            scale = _refit_scale(q, target, groups.mean, scale)
+        zero = groups.mean(q) - (g_mean - groups.mean_of_rows(hit, w_e, zero)) / scale
         beta *= schedule.kappa
     return best[1], best[2]
 
 
-def _group_mean(cols: int, group_size: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x (out, n_groups, group_size) -> its mean over each group's real columns, (out, n_groups, 1)."""
-    mask = real_columns(cols, group_size, device)  # (1, n_groups, group_size) or None without padding
-    if mask is None:
-        return lambda x: x.mean(dim=2, keepdim=True)
-    counts = mask.sum(dim=2, keepdim=True)
-    return lambda x: (x * mask).sum(dim=2, keepdim=True) / counts
+@dataclass(frozen=True)
+class _Groups:
+    """Means over each group's real columns of (out, n_groups, group_size) tensors: to_groups pads the last
+    group of a row with copies of its last column, which must count for nothing."""
+
+    mask: torch.Tensor | None  # (1, n_groups, group_size) 1 on real columns, None without padding
+    counts: torch.Tensor  # (n_groups,) real columns per group
+
+    @staticmethod
+    def of(cols: int, group_size: int, device: torch.device) -> _Groups:
+        mask = real_columns(cols, group_size, device)
+        if mask is None:
+            return _Groups(None, torch.full((n_groups(cols, group_size),), float(group_size), device=device))
+        return _Groups(mask, mask.sum(dim=2).view(-1))
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """(out, n_groups, group_size) -> (out, n_groups, 1)."""
+        if self.mask is None:
+            return x.mean(dim=2, keepdim=True)
+        return (x * self.mask).sum(dim=2, keepdim=True) / self.counts.view(1, -1, 1)
+
+    def mean_of_rows(self, hit: torch.Tensor, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Group means, shaped as `like` (out, n_groups, 1), of a grouped tensor that is zero except in the
+        groups `hit` (flat group indices), whose values are `rows` (hits, group_size)."""
+        n = self.counts.numel()
+        if self.mask is not None:
+            rows = rows * self.mask.view(n, -1)[hit % n]
+        means = torch.zeros_like(like).view(-1)
+        means[hit] = rows.sum(dim=1) / self.counts[hit % n]
+        return means.view_as(like)
 
 
 def _refit_scale(q: torch.Tensor, target: torch.Tensor, mean, scale: torch.Tensor) -> torch.Tensor:
