@@ -25,6 +25,7 @@ SETTINGS = {
     "hqq 4-bit g64": ("hqq", {"bits": 4, "group_size": 64}),
     "hqq 3-bit g64": ("hqq", {"bits": 3, "group_size": 64}),
     "hqq 2-bit g32": ("hqq", {"bits": 2, "group_size": 32}),
+    "hqq 2-bit g32, round_zero=false": ("hqq", {"bits": 2, "group_size": 32, "round_zero": False}),
     "nf4 (double quant)": ("nf4", {"double_quant": True}),
     "nf4 (no double quant)": ("nf4", {"double_quant": False}),
     "fp4 (double quant)": ("fp4", {"double_quant": True}),

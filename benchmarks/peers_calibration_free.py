@@ -4,7 +4,8 @@
 
 Needs `pip install --no-deps hqq termcolor bitsandbytes` (all run on CPU). Each peer replaces the same
 target linears as lowbit; quantization time is measured for the peer and for lowbit's equivalent setting
-in this same run, one after the other; quality with the protocol of benchmarks/demo_protocol.py. lowbit's
+in this same run, one after the other, as wall time and as this process's CPU time (the fairer figure on a
+machine shared with other jobs, with --threads 1); quality with the protocol of benchmarks/demo_protocol.py. lowbit's
 own quality figures come from calibration_free.json (same protocol, deterministic) and are shown beside.
 Results: benchmarks/results/peers_calibration_free.{json,md}.
 """
@@ -36,11 +37,15 @@ SETTINGS = {
     # the same loop with the rounded zero start lowbit uses at every width (the package: at 4 bits only)
     "hqq package 3-bit g64, round_zero": ("hqq", {"nbits": 3, "group_size": 64, "round_zero": True}, "hqq 3-bit g64", "hqq", {"bits": 3, "group_size": 64}),
     "hqq package 2-bit g32, round_zero": ("hqq", {"nbits": 2, "group_size": 32, "round_zero": True}, "hqq 2-bit g32", "hqq", {"bits": 2, "group_size": 32}),
+    # and the other way round: lowbit without the rounded start, as the package's 2-bit default
+    "hqq package 2-bit g32 vs lowbit round_zero=false": ("hqq", {"nbits": 2, "group_size": 32}, "hqq 2-bit g32, round_zero=false",
+                                                         "hqq", {"bits": 2, "group_size": 32, "round_zero": False}),
     "bitsandbytes nf4 (double quant)": ("nf4", {}, "nf4 (double quant)", "nf4", {}),
     "bitsandbytes nf4 (double quant), dequantized + fp32 matmul": ("nf4_dequant", {}, "nf4 (double quant)", "nf4", {}),
     "bitsandbytes LLM.int8 threshold 6.0": ("int8", {}, "int8 threshold 6.0", "int8", {"threshold": 6.0}),
 }
-COLUMNS = ["ppl", "kl", "top1", "bits_per_param", "quantize_s", "lowbit_ppl", "lowbit_kl", "ppl_gap", "lowbit_quantize_s"]
+COLUMNS = ["ppl", "kl", "top1", "bits_per_param", "quantize_s", "quantize_cpu_s", "lowbit_ppl", "lowbit_kl", "ppl_gap",
+           "lowbit_quantize_s", "lowbit_quantize_cpu_s"]
 
 
 def main() -> None:
@@ -57,18 +62,17 @@ def main() -> None:
     models, records = {}, {}
     chosen = {k: v for k, v in SETTINGS.items() if not args.only or k in args.only}
     for name, (kind, options, lowbit_name, method, lowbit_options) in chosen.items():
-        peer_times, lowbit_times = [], []
+        times: dict[str, list[float]] = {k: [] for k in ("quantize_s", "quantize_cpu_s", "lowbit_quantize_s", "lowbit_quantize_cpu_s")}
         for _ in range(args.repeats):  # interleaved, median: slow spells of a shared CPU hit both alike
             models[name] = copy.deepcopy(reference)
-            seconds, bpp = timed_quantize_layers(models[name], kind, options)
+            seconds, cpu_seconds, bpp = timed_quantize_layers(models[name], kind, options)
             ours, config = copy.deepcopy(reference), make_config(method, **lowbit_options)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             lowbit.quantize(ours, config)
-            lowbit_times.append(time.perf_counter() - start)
-            peer_times.append(seconds)
+            for key, value in zip(times, (seconds, cpu_seconds, time.perf_counter() - start, time.process_time() - cpu)):
+                times[key].append(value)
             del ours
-        records[name] = {"quantize_s": statistics.median(peer_times), "bits_per_param": bpp, "lowbit_setting": lowbit_name,
-                         "lowbit_quantize_s": statistics.median(lowbit_times)}
+        records[name] = {"bits_per_param": bpp, "lowbit_setting": lowbit_name} | {k: statistics.median(v) for k, v in times.items()}
         print(name, records[name], flush=True)
     if args.timing_only:  # the peers' quality is deterministic: the stored figures of the last full run
         stored = json.loads((RESULTS / "peers_calibration_free.json").read_text())["results"]
