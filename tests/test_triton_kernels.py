@@ -150,17 +150,52 @@ def test_custom_ops_pass_opcheck():
         torch.library.opcheck(op, op_args, test_utils=("test_schema", "test_faketensor"))
 
 
+def _int8_layer() -> Int8Linear:
+    q8, s8 = int8_absmax(torch.randn(OUT, IN - IN % 4))  # int8 rows are read as int32 words
+    return Int8Linear.from_int8(q8, s8, None).to(DEVICE)
+
+
+_TRACED = {  # one layer per Triton op family
+    "int4": lambda: _int_layer(4, 128, False)[0],
+    "int8": _int8_layer,
+    "nf4": lambda: FourBitLinear.from_float(torch.randn(OUT, IN8), None,
+                                            FourBitLayout(OUT, IN8, "nf4", 64, True)).to(DEVICE),
+    "aqlm": lambda: _aqlm_layer(2, 8, 8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TRACED))
+def test_quantized_forward_traces_as_one_graph(name):
+    """torch.compile sees the automatic kernel choice and the custom op as one graph at 1 row (matrix-vector
+    kernels) and 2 rows (the selector logs the candidates it skips): no graph break (kern6 saw one in run_kernel)."""
+    layer = _TRACED[name]()
+    dtype = torch.bfloat16 if CUDA else torch.float16
+    for rows in (1, 2):
+        x = torch.randn(rows, layer.in_features, device=DEVICE, dtype=dtype)
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(layer)(x)
+        assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+        assert explained.graph_count == 1
+        compiled = torch.compile(layer, fullgraph=True, backend="inductor" if CUDA else "aot_eager")(x)
+        assert torch.allclose(compiled.float(), layer(x).float(), rtol=1e-2, atol=1e-2)
+
+
 @pytest.mark.skipif(not CUDA, reason="torch.compile and CUDA graphs of the kernels need a CUDA GPU")
 def test_torch_compile_and_cuda_graph_capture():
     layer, ref_w = _int_layer(4, 128, False)
     layer.kernel_preference = "triton"
-    for rows in (3, 16):  # the matrix-vector and the tensor-core kernel
+    for rows in (1, 16):  # the matrix-vector and the tensor-core kernel
         _compile_and_capture(layer, torch.randn(rows, IN, device=DEVICE, dtype=torch.bfloat16))
+    int8 = _int8_layer()
+    int8.kernel_preference = "triton"
+    for rows in (1, 16):
+        _compile_and_capture(int8, torch.randn(rows, int8.in_features, device=DEVICE, dtype=torch.bfloat16))
 
 
 def _compile_and_capture(layer, x):
     eager = layer(x)
-    compiled = torch.compile(layer)(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)(x)
     assert torch.allclose(compiled.float(), eager.float(), rtol=1e-2, atol=1e-2)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
