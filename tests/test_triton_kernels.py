@@ -92,6 +92,24 @@ def test_int_group_kernels_match_reference(bits, group, symmetric):
                 assert ran == (kernel if mv_fits else "triton_tc")
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_gemv_prefetch_depths_and_splits_match_reference(bits):
+    """The matrix-vector kernel with one or two tiles loaded ahead, K whole in one program or split in three
+    (rounds that overrun K, clamped prefetches), partial last tile (IN is no multiple of the group)."""
+    from lowbit.kernels.triton_gemv import int_group_gemv
+
+    seed = _seed()
+    layer, ref_w = _int_layer(bits, 64, False)
+    for prefetch, split in itertools.product((1, 2), (1, 3)):
+        x = torch.randn(1, IN, device=DEVICE, dtype=torch.float16)
+        ref = x.double() @ ref_w.t() + layer.bias.double()
+        _poison(1, OUT)
+        y = int_group_gemv(x, layer.qweight, layer.scale, layer.zero, layer.bias, bits, 64,
+                           config={"PREFETCH": prefetch, "SPLIT_K": split})
+        err = _rel_err(y, ref)
+        assert err < TOL[torch.float16], f"bits={bits} prefetch={prefetch} split={split} err={err:.2e} seed={seed}"
+
+
 @pytest.mark.parametrize("rows", ROWS)
 def test_int4_every_row_count_with_auto_choice(rows):
     seed = _seed()
