@@ -31,7 +31,7 @@ SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096), (4096, 12825
 ROWS = [1, 4, 16, 64, 128, 512]
 L2_FLUSH_BYTES = 256 * 2**20  # weight copies per variant add up to at least this (H100 L2: 50 MB)
 MAX_COPIES = 64
-ONE_TILE_AHEAD = {"PREFETCH": 1}  # triton_gemv's prefetch depth before kern8
+TWO_TILES_AHEAD = {"PREFETCH": 2}  # triton_gemv with two K tiles loaded ahead instead of one (kern8)
 
 
 def _copies(nbytes: int) -> int:
@@ -194,9 +194,9 @@ def _int_variants(cols, out, rows, dev):
     if rows == 1:  # the selector takes the matrix-vector kernel there: the tensor-core one for comparison
         yield "int4_g128_tc", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton_tc")
         yield "int3_g128_tc", lambda: _int_group_variant(cols, out, 3, rows, dev, "triton_tc")
-        # the matrix-vector kernel as it was before kern8: one tile loaded ahead instead of two
-        yield "int4_g128_pf1", lambda: _int_group_variant(cols, out, 4, rows, dev, gemv_config=ONE_TILE_AHEAD)
-        yield "int8_weight_only_pf1", lambda: _int8_variant(cols, out, rows, dev, gemv_config=ONE_TILE_AHEAD)
+        # the matrix-vector kernel with two tiles loaded ahead (its default loads one)
+        yield "int4_g128_pf2", lambda: _int_group_variant(cols, out, 4, rows, dev, gemv_config=TWO_TILES_AHEAD)
+        yield "int8_weight_only_pf2", lambda: _int8_variant(cols, out, rows, dev, gemv_config=TWO_TILES_AHEAD)
     yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, dev)
     yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, dev)
     yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)

@@ -243,10 +243,10 @@ def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_pt
            pid_n + m * tl.num_programs(0), pid_k, tl.num_programs(1) * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
 
 
-# H100 sweep, int4 g128 (kern7). PREFETCH 2 (kern8): each program waits on memory latency between tiles, and
-# a second tile ahead fits the same 128 registers (sm_90 SASS), so the 4 programs per SM keep twice the bytes in
-# flight; PREFETCH 1 is the kernel before.
-GEMV_CONFIG = {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "PREFETCH": 2}
+# H100 sweep, int4 g128 (kern7). PREFETCH 2 (kern8, not yet timed on a GPU: docs/kern8.md): each program waits on
+# memory latency between tiles, and a second tile ahead fits the same 128 registers (sm_90 SASS), so the 4
+# programs per SM would keep twice the weight bytes in flight; benchmarks/kernels.py times it as *_pf2.
+GEMV_CONFIG = {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "PREFETCH": 1}
 GEMV_CONFIG_8BIT = {"BN": 64}  # int8 codes: more bytes per code, fewer outputs per program
 
 
@@ -278,5 +278,5 @@ def int_group_gemv(
         counters, out_features, cols, wpr, scale.shape[1], group_size, x.stride(0), out_features, K_TILES=k_tiles,
         BITS=bits, UC=uc, UW=uw, BU=bu, SPLIT_K=split, HAS_ZERO=zero is not None, HAS_BIAS=bias is not None,
         SIGNED8=signed8, EVEN=even, ASM=cfg.pop("ASM", not interpreting()), XMODE=xmode,
-        PREFETCH=cfg.pop("PREFETCH", 1), **fix, **cfg)
+        PREFETCH=cfg.pop("PREFETCH"), **fix, **cfg)
     return finish(y, part, bias, split, fix)
