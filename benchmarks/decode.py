@@ -1,6 +1,6 @@
 """Decode tokens/s of a Llama-3-8B-shaped model with random weights: bf16 vs lowbit's packed formats (GPU).
 
-    PYTHONPATH=src python benchmarks/decode.py --batch 1 16 --out decode.json
+    PYTHONPATH=src python benchmarks/decode.py --batch 1 16 --modes eager compiled --out decode.json
 
 No checkpoint: every linear layer (q, k, v, o, gate, up, down of 32 blocks, and the output head) is built
 directly in its format with random codes and qparams on the GPU; the token embedding, norms and KV cache
@@ -8,6 +8,11 @@ stay bf16 in every variant. One decode step (greedy: the argmax token feeds the 
 advances on the device) is captured in a CUDA graph over a static KV cache of --cache tokens; attention
 reads the whole cache under a mask, so its cost does not grow with the position. tokens/s = batch * steps /
 time of `steps` graph replays (CUDA events), after warm-up; each variant's model is freed before the next.
+
+Modes (every format runs with the same settings): `eager` captures the uncompiled step; `compiled` first
+compiles each decoder block with torch.compile (regional compilation: the 32 blocks share one graph), so
+Inductor fuses the glue around the matmuls (norms, RoPE, residuals, SiLU), then captures the step the same
+way. `--fused` merges q/k/v and gate/up into one linear layer each (fewer, larger matmuls), in every format.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,6 +35,7 @@ from lowbit.modules.plan import kernel_summary
 
 LLAMA3_8B = dict(hidden=4096, inter=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
 FORMATS = ["bf16", "int4_g128", "int3_g128", "int2_g128", "int8_weight_only", "w8a8", "torch_int4_g128"]
+MODES = ["eager", "compiled"]
 
 
 class TorchInt4Linear(nn.Module):
@@ -73,13 +80,18 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
 
 
 class Block(nn.Module):
-    def __init__(self, fmt: str, cfg: dict, batch: int, cache: int, dev: torch.device):
+    def __init__(self, fmt: str, cfg: dict, batch: int, cache: int, dev: torch.device, fused: bool = False):
         super().__init__()
         h, hd, kv = cfg["hidden"], cfg["head_dim"], cfg["kv_heads"]
-        self.heads, self.kv, self.hd = cfg["heads"], kv, hd
-        self.q, self.k, self.v = (make_linear(fmt, h, n * hd, dev) for n in (cfg["heads"], kv, kv))
+        self.heads, self.kv, self.hd, self.fused = cfg["heads"], kv, hd, fused
+        self.qkv_sizes = (cfg["heads"] * hd, kv * hd, kv * hd)
+        if fused:
+            self.qkv = make_linear(fmt, h, sum(self.qkv_sizes), dev)
+            self.gate_up = make_linear(fmt, h, 2 * cfg["inter"], dev)
+        else:
+            self.q, self.k, self.v = (make_linear(fmt, h, n, dev) for n in self.qkv_sizes)
+            self.gate, self.up = make_linear(fmt, h, cfg["inter"], dev), make_linear(fmt, h, cfg["inter"], dev)
         self.o = make_linear(fmt, h, h, dev)
-        self.gate, self.up = make_linear(fmt, h, cfg["inter"], dev), make_linear(fmt, h, cfg["inter"], dev)
         self.down = make_linear(fmt, cfg["inter"], h, dev)
         self.norm1 = torch.ones(h, dtype=torch.bfloat16, device=dev)
         self.norm2 = torch.ones(h, dtype=torch.bfloat16, device=dev)
@@ -90,15 +102,23 @@ class Block(nn.Module):
     def forward(self, h, pos, cos, sin, mask):
         b = h.shape[0]
         x = F.rms_norm(h, (h.shape[-1],), self.norm1, 1e-5)
+        q, k, v = self._qkv(x)
         # grouped-query attention without copying K/V: a group's query heads act as its query positions
-        q = _rope(self.q(x).view(b, self.kv, self.heads // self.kv, self.hd), cos, sin)  # (b, kv, group, hd)
-        k = _rope(self.k(x).view(b, self.kv, 1, self.hd), cos, sin)
+        q = _rope(q.view(b, self.kv, self.heads // self.kv, self.hd), cos, sin)  # (b, kv, group, hd)
+        k = _rope(k.view(b, self.kv, 1, self.hd), cos, sin)
         self.k_cache.index_copy_(2, pos, k)
-        self.v_cache.index_copy_(2, pos, self.v(x).view(b, self.kv, 1, self.hd))
+        self.v_cache.index_copy_(2, pos, v.view(b, self.kv, 1, self.hd))
         a = F.scaled_dot_product_attention(q, self.k_cache, self.v_cache, attn_mask=mask)  # (b, kv, group, hd)
         h = h + self.o(a.reshape(b, -1))
         x = F.rms_norm(h, (h.shape[-1],), self.norm2, 1e-5)
-        return h + self.down(F.silu(self.gate(x)) * self.up(x))
+        gate, up = self.gate_up(x).chunk(2, dim=-1) if self.fused else (self.gate(x), self.up(x))
+        return h + self.down(F.silu(gate) * up)
+
+    def _qkv(self, x):
+        """x (b, hidden) -> q (b, heads * hd), k and v (b, kv * hd)."""
+        if self.fused:
+            return self.qkv(x).split(self.qkv_sizes, dim=-1)
+        return self.q(x), self.k(x), self.v(x)
 
 
 def _rope(t, cos, sin):
@@ -108,10 +128,10 @@ def _rope(t, cos, sin):
 
 
 class Decoder(nn.Module):
-    def __init__(self, fmt: str, cfg: dict, batch: int, cache: int, dev: torch.device):
+    def __init__(self, fmt: str, cfg: dict, batch: int, cache: int, dev: torch.device, fused: bool = False):
         super().__init__()
         self.embed = (torch.randn(cfg["vocab"], cfg["hidden"], device=dev) * 0.02).to(torch.bfloat16)
-        self.blocks = nn.ModuleList(Block(fmt, cfg, batch, cache, dev) for _ in range(cfg["layers"]))
+        self.blocks = nn.ModuleList(Block(fmt, cfg, batch, cache, dev, fused) for _ in range(cfg["layers"]))
         self.norm = torch.ones(cfg["hidden"], dtype=torch.bfloat16, device=dev)
         self.head = make_linear(fmt, cfg["hidden"], cfg["vocab"], dev)
         inv = 1.0 / 500000 ** (torch.arange(0, cfg["head_dim"], 2, device=dev).float() / cfg["head_dim"])
@@ -139,12 +159,26 @@ def weight_bytes(model: Decoder) -> int:
     return sum(b.numel() * b.element_size() for m in linear for b in list(m.buffers()) + list(m.parameters()))
 
 
-def run_variant(fmt: str, batch: int, cfg: dict, cache: int, steps: int, dev: torch.device) -> dict:
-    torch.manual_seed(0)
-    model = Decoder(fmt, cfg, batch, cache, dev)
-    for _ in range(2):  # compile the Triton kernels and warm up outside the capture
+def compile_blocks(model: Decoder, mode: str) -> None:
+    """torch.compile each block in place; blocks of one structure reuse one compiled graph."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # graphs and graph breaks are counted per variant
+    for block in model.blocks:
+        block.compile(mode=mode)
+
+
+def warm_up(model: Decoder, steps: int = 2) -> float:
+    """Run `steps` eager steps (compiling kernels, and the blocks when compiled); returns their seconds."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
         model.step()
     torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_graph(model: Decoder, steps: int) -> float:
+    """Capture one step in a CUDA graph; seconds per replay over `steps` replays from position 0."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         model.step()
@@ -158,14 +192,47 @@ def run_variant(fmt: str, batch: int, cfg: dict, cache: int, steps: int, dev: to
         graph.replay()
     end.record()
     end.synchronize()
-    seconds = start.elapsed_time(end) * 1e-3
-    record = {"format": fmt, "batch": batch, "steps": steps, "cache": cache, "ms_per_step": seconds / steps * 1e3,
-              "tokens_per_s": batch * steps / seconds, "weight_GB": weight_bytes(model) / 1e9,
-              "kernels": kernel_summary(model, rows=batch, device=dev)}
-    record["weight_GBps"] = record["weight_GB"] / (seconds / steps)
-    del graph, model
+    return start.elapsed_time(end) * 1e-3 / steps
+
+
+def run_variant(fmt: str, batch: int, cfg: dict, args: argparse.Namespace, mode: str, dev: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = Decoder(fmt, cfg, batch, args.cache, dev, args.fused)
+    record = {"format": fmt, "batch": batch, "mode": mode, "fused": args.fused, "steps": args.steps,
+              "cache": args.cache}
+    if mode == "compiled":
+        compile_blocks(model, args.compile_mode)
+        record["compile_mode"] = args.compile_mode
+    record["warm_up_s"] = warm_up(model)
+    if mode == "compiled":
+        counters = torch._dynamo.utils.counters
+        record["graphs"] = counters["stats"]["unique_graphs"]
+        record["graph_breaks"] = sum(counters["graph_break"].values())
+    seconds = time_graph(model, args.steps)
+    record.update(ms_per_step=seconds * 1e3, tokens_per_s=batch / seconds, weight_GB=weight_bytes(model) / 1e9,
+                  kernels=kernel_summary(model, rows=batch, device=dev, dtype=torch.bfloat16))
+    record["weight_GBps"] = record["weight_GB"] / seconds
+    del model
+    torch._dynamo.reset()
     torch.cuda.empty_cache()
     return record
+
+
+def print_table(records: list[dict]) -> None:
+    """One line per variant; x bf16 against bf16 of the same batch and mode."""
+    base = {(r["batch"], r["mode"]): r["tokens_per_s"] for r in records
+            if r["format"] == "bf16" and "tokens_per_s" in r}
+    print(f"{'format':>18} {'mode':>8} {'batch':>5} {'tok/s':>9} {'x bf16':>7} {'ms/step':>8} {'weights GB':>10} "
+          f"{'GB/s':>6}")
+    for r in records:
+        if "error" in r:
+            print(f"{r['format']:>18} {r['mode']:>8} {r['batch']:>5}  ERROR {r['error']}")
+            continue
+        bf16 = base.get((r["batch"], r["mode"]))
+        r["x_bf16"] = r["tokens_per_s"] / bf16 if bf16 else None
+        ratio = f"{r['x_bf16']:7.2f}" if r["x_bf16"] else f"{'-':>7}"
+        print(f"{r['format']:>18} {r['mode']:>8} {r['batch']:>5} {r['tokens_per_s']:9.1f} {ratio} "
+              f"{r['ms_per_step']:8.2f} {r['weight_GB']:10.2f} {r['weight_GBps']:6.0f}")
 
 
 def main(argv=None) -> int:
@@ -175,6 +242,9 @@ def main(argv=None) -> int:
     p.add_argument("--cache", type=int, default=256, help="static KV cache length (tokens)")
     p.add_argument("--steps", type=int, default=64, help="timed decode steps (< cache)")
     p.add_argument("--layers", type=int, default=LLAMA3_8B["layers"])
+    p.add_argument("--modes", nargs="+", default=["eager"], choices=MODES)
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled blocks")
+    p.add_argument("--fused", action="store_true", help="one q/k/v and one gate/up linear layer per block")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -182,31 +252,31 @@ def main(argv=None) -> int:
         return 2
     dev = torch.device("cuda")
     cfg = dict(LLAMA3_8B, layers=args.layers)
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": cfg, "cache": args.cache}
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": cfg, "cache": args.cache,
+            "fused": args.fused}
     print(json.dumps(meta), flush=True)
     records = []
     for batch in args.batch:
-        for fmt in args.formats:
-            try:
-                rec = run_variant(fmt, batch, cfg, args.cache, args.steps, dev)
-            except Exception as err:  # reported, never skipped silently
-                rec = {"format": fmt, "batch": batch, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
-                torch.cuda.empty_cache()
-            records.append(rec)
-            print(json.dumps(rec), flush=True)
-    base = {r["batch"]: r["tokens_per_s"] for r in records if r["format"] == "bf16" and "tokens_per_s" in r}
-    print(f"{'format':>18} {'batch':>5} {'tok/s':>9} {'x bf16':>7} {'ms/step':>8} {'weights GB':>10} {'GB/s':>6}")
-    for r in records:
-        if "error" in r:
-            print(f"{r['format']:>18} {r['batch']:>5}  ERROR {r['error']}")
-            continue
-        r["x_bf16"] = r["tokens_per_s"] / base[r["batch"]] if r["batch"] in base else None
-        ratio = f"{r['x_bf16']:7.2f}" if r["x_bf16"] else f"{'-':>7}"
-        print(f"{r['format']:>18} {r['batch']:>5} {r['tokens_per_s']:9.1f} {ratio} {r['ms_per_step']:8.2f} "
-              f"{r['weight_GB']:10.2f} {r['weight_GBps']:6.0f}")
-    if args.out:
-        args.out.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+        for mode in args.modes:
+            for fmt in args.formats:
+                try:
+                    rec = run_variant(fmt, batch, cfg, args, mode, dev)
+                except Exception as err:  # reported, never skipped silently
+                    rec = {"format": fmt, "batch": batch, "mode": mode,
+                           "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+                    torch._dynamo.reset()
+                    torch.cuda.empty_cache()
+                records.append(rec)
+                print(json.dumps(rec), flush=True)
+                save(args.out, meta, records)  # after every variant: a run cut short keeps what it measured
+    print_table(records)
+    save(args.out, meta, records)
     return 0
+
+
+def save(path: Path | None, meta: dict, records: list[dict]) -> None:
+    if path:
+        path.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
 
 
 if __name__ == "__main__":

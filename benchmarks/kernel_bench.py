@@ -34,6 +34,7 @@ SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096), (4096, 12825
 ROWS = [1, 4, 16, 64, 128, 512]
 L2_FLUSH_BYTES = 256 * 2**20  # weight copies per variant add up to at least this (H100 L2: 50 MB)
 MAX_COPIES = 64
+TWO_TILES_AHEAD = {"PREFETCH": 2}  # triton_gemv with two K tiles loaded ahead instead of one (kern8)
 
 
 def _copies(nbytes: int) -> int:
@@ -64,8 +65,9 @@ def _candidate_call(op, ctx, preference, weights):
     return (lambda x, i: cand.fn(x, packed[i], None)), cand.name
 
 
-def _int_group_variant(cols, out, bits, rows, dev, preference="auto"):
-    """Random codes and qparams in the group-wise format (group 128, asymmetric), through the selector."""
+def _int_group_variant(cols, out, bits, rows, dev, preference="auto", gemv_config=None):
+    """Random codes and qparams in the group-wise format (group 128, asymmetric), through the selector, or
+    straight to the matrix-vector kernel with `gemv_config` (launch settings other than its defaults)."""
     layout = IntGroupLayout(out, cols, bits, 128, symmetric=False)
     codes = torch.randint(0, 2**bits, (out, cols), dtype=torch.uint8, device=dev)  # (out, in)
     qweight = pack_bits(codes, bits)  # (out, words)
@@ -73,15 +75,28 @@ def _int_group_variant(cols, out, bits, rows, dev, preference="auto"):
     zero = (torch.rand(out, layout.n_groups, device=dev) * (2**bits - 1)).half()
     n = _copies(layout.nbytes())
     ws = [(qweight.clone(), scale.clone(), zero.clone(), bits, 128) for _ in range(n)]
+    if gemv_config is not None:
+        args = [(q, s, z, None, bits, 128) for q, s, z, _, _ in ws]  # no bias
+        return _gemv_call(args, gemv_config), n, layout.nbytes(), "triton_mv"
     ctx = CallContext(dev, rows, cols, out, torch.bfloat16, bits, 128)
     call, name = _candidate_call("int_group_linear", ctx, preference, ws)
     return call, n, layout.nbytes(), name
 
 
-def _int8_variant(cols, out, rows, dev):
+def _gemv_call(args, config, signed8=False):
+    """call(x, i) of triton_gemv.int_group_gemv over weight copy i (its arguments after x) with `config`."""
+    from lowbit.kernels.triton_gemv import int_group_gemv
+
+    return lambda x, i: int_group_gemv(x, *args[i], signed8=signed8, config=config)
+
+
+def _int8_variant(cols, out, rows, dev, gemv_config=None):
     q, s = int8_absmax(torch.randn(out, cols, device=dev))  # (out, in) int8, (out, 1)
     n = _copies(q.numel() + 2 * out)
     ws = [(q.clone(), s.clone()) for _ in range(n)]
+    if gemv_config is not None:  # as the int8_weight_mm op calls it: int32 words of four codes
+        args = [(q.view(torch.int32), s, None, None, 8, cols) for q, s in ws]
+        return _gemv_call(args, gemv_config, signed8=True), n, q.numel() + 2 * out, "triton_mv"
     call, name = _candidate_call("int8_weight_linear", CallContext(dev, rows, cols, out, torch.bfloat16, 8), "auto", ws)
     return call, n, q.numel() + 2 * out, name
 
@@ -182,6 +197,9 @@ def _int_variants(cols, out, rows, dev):
     if rows == 1:  # the selector takes the matrix-vector kernel there: the tensor-core one for comparison
         yield "int4_g128_tc", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton_tc")
         yield "int3_g128_tc", lambda: _int_group_variant(cols, out, 3, rows, dev, "triton_tc")
+        # the matrix-vector kernel with two tiles loaded ahead (its default loads one)
+        yield "int4_g128_pf2", lambda: _int_group_variant(cols, out, 4, rows, dev, gemv_config=TWO_TILES_AHEAD)
+        yield "int8_weight_only_pf2", lambda: _int8_variant(cols, out, rows, dev, gemv_config=TWO_TILES_AHEAD)
     yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, dev)
     yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, dev)
     yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)

@@ -49,10 +49,12 @@ def tc_space(rows: int):
 
 
 def mv_space(rows: int):
-    """Candidate _gemv configurations (BN, num_warps, waves, XMODE), likeliest first; then without LOP3 asm."""
-    for bn, nw, waves, xm in [(128, 4, 4, 2), (128, 4, 4, 1), (128, 4, 4, 0), (64, 4, 4, 2), (128, 2, 4, 2),
-                              (256, 8, 4, 2), (128, 4, 8, 2), (128, 4, 2, 2), (64, 2, 4, 2)]:
-        yield {"BN": bn, "BK": 128, "num_warps": nw, "num_stages": 1, "waves": waves, "XMODE": xm}
+    """Candidate _gemv configurations (BN, num_warps, waves, XMODE, PREFETCH), likeliest first; then without
+    LOP3 asm."""
+    for bn, nw, waves, xm, pf in [(128, 4, 4, 2, 2), (128, 4, 4, 2, 1), (64, 4, 4, 2, 2), (64, 4, 4, 2, 1),
+                                  (128, 4, 8, 2, 2), (128, 4, 2, 2, 2), (128, 4, 4, 1, 2), (128, 4, 4, 0, 2),
+                                  (128, 2, 4, 2, 2), (256, 8, 4, 2, 2), (64, 2, 4, 2, 2)]:
+        yield {"BN": bn, "BK": 128, "num_warps": nw, "num_stages": 1, "waves": waves, "XMODE": xm, "PREFETCH": pf}
     yield {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "ASM": False}
 
 

@@ -92,6 +92,24 @@ def test_int_group_kernels_match_reference(bits, group, symmetric):
                 assert ran == (kernel if mv_fits else "triton_tc")
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_gemv_prefetch_depths_and_splits_match_reference(bits):
+    """The matrix-vector kernel with one or two tiles loaded ahead, K whole in one program or split in three
+    (rounds that overrun K, clamped prefetches), partial last tile (IN is no multiple of the group)."""
+    from lowbit.kernels.triton_gemv import int_group_gemv
+
+    seed = _seed()
+    layer, ref_w = _int_layer(bits, 64, False)
+    for prefetch, split in itertools.product((1, 2), (1, 3)):
+        x = torch.randn(1, IN, device=DEVICE, dtype=torch.float16)
+        ref = x.double() @ ref_w.t() + layer.bias.double()
+        _poison(1, OUT)
+        y = int_group_gemv(x, layer.qweight, layer.scale, layer.zero, layer.bias, bits, 64,
+                           config={"PREFETCH": prefetch, "SPLIT_K": split})
+        err = _rel_err(y, ref)
+        assert err < TOL[torch.float16], f"bits={bits} prefetch={prefetch} split={split} err={err:.2e} seed={seed}"
+
+
 @pytest.mark.parametrize("rows", ROWS)
 def test_int4_every_row_count_with_auto_choice(rows):
     seed = _seed()
@@ -150,17 +168,52 @@ def test_custom_ops_pass_opcheck():
         torch.library.opcheck(op, op_args, test_utils=("test_schema", "test_faketensor"))
 
 
+def _int8_layer() -> Int8Linear:
+    q8, s8 = int8_absmax(torch.randn(OUT, IN - IN % 4))  # int8 rows are read as int32 words
+    return Int8Linear.from_int8(q8, s8, None).to(DEVICE)
+
+
+_TRACED = {  # one layer per Triton op family
+    "int4": lambda: _int_layer(4, 128, False)[0],
+    "int8": _int8_layer,
+    "nf4": lambda: FourBitLinear.from_float(torch.randn(OUT, IN8), None,
+                                            FourBitLayout(OUT, IN8, "nf4", 64, True)).to(DEVICE),
+    "aqlm": lambda: _aqlm_layer(2, 8, 8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TRACED))
+def test_quantized_forward_traces_as_one_graph(name):
+    """torch.compile sees the automatic kernel choice and the custom op as one graph at 1 row (matrix-vector
+    kernels) and 2 rows (the selector logs the candidates it skips): no graph break (kern6 saw one in run_kernel)."""
+    layer = _TRACED[name]()
+    dtype = torch.bfloat16 if CUDA else torch.float16
+    for rows in (1, 2):
+        x = torch.randn(rows, layer.in_features, device=DEVICE, dtype=dtype)
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(layer)(x)
+        assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+        assert explained.graph_count == 1
+        compiled = torch.compile(layer, fullgraph=True, backend="inductor" if CUDA else "aot_eager")(x)
+        assert torch.allclose(compiled.float(), layer(x).float(), rtol=1e-2, atol=1e-2)
+
+
 @pytest.mark.skipif(not CUDA, reason="torch.compile and CUDA graphs of the kernels need a CUDA GPU")
 def test_torch_compile_and_cuda_graph_capture():
     layer, ref_w = _int_layer(4, 128, False)
     layer.kernel_preference = "triton"
-    for rows in (3, 16):  # the matrix-vector and the tensor-core kernel
+    for rows in (1, 16):  # the matrix-vector and the tensor-core kernel
         _compile_and_capture(layer, torch.randn(rows, IN, device=DEVICE, dtype=torch.bfloat16))
+    int8 = _int8_layer()
+    int8.kernel_preference = "triton"
+    for rows in (1, 16):
+        _compile_and_capture(int8, torch.randn(rows, int8.in_features, device=DEVICE, dtype=torch.bfloat16))
 
 
 def _compile_and_capture(layer, x):
     eager = layer(x)
-    compiled = torch.compile(layer)(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)(x)
     assert torch.allclose(compiled.float(), eager.float(), rtol=1e-2, atol=1e-2)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

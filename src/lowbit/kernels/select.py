@@ -190,6 +190,12 @@ def explain(op: str, ctx: CallContext) -> list[tuple[str, str | None]]:
     return [(c.name, c.unavailable(ctx)) for c in _CANDIDATES[op]]
 
 
+def _log(level: int, msg: str, *args) -> None:
+    """Log, except while torch.compile traces a forward (a logger call there would break the graph)."""
+    if not torch.compiler.is_compiling():
+        log.log(level, msg, *args)
+
+
 def select(op: str, ctx: CallContext, preference: str = "auto") -> Candidate:
     """The fastest candidate able to run `ctx`; `preference` is 'auto', 'reference', a family or a kernel name.
 
@@ -208,10 +214,11 @@ def select(op: str, ctx: CallContext, preference: str = "auto") -> Candidate:
         suited = [c for c in able if len(named) == 1 or c.unsuited(ctx) is None]
         if able:
             return (suited or able)[0]
-        log.info("kernel %s cannot run %s (%s); using auto choice", preference, op, named[-1].unavailable(ctx))
+        reason = named[-1].unavailable(ctx)
+        _log(logging.INFO, "kernel %s cannot run %s (%s); using auto choice", preference, op, reason)
     for candidate in candidates:
         reason = candidate.unavailable(ctx) or candidate.unsuited(ctx)
         if reason is None:
             return candidate
-        log.debug("kernel %s skipped for %s: %s", candidate.name, op, reason)
+        _log(logging.DEBUG, "kernel %s skipped for %s: %s", candidate.name, op, reason)
     raise AssertionError("unreachable: the reference candidate is always available")

@@ -179,12 +179,13 @@ def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_pt
           K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr, BN: tl.constexpr,
           BU: tl.constexpr, SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
           SIGNED8: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr,
-          XMODE: tl.constexpr):
+          XMODE: tl.constexpr, PREFETCH: tl.constexpr):
     """y[m, offs_n] (or this K slice's fp32 partial) for one row m; grid (N / BN, rows, SPLIT_K).
 
-    The next tile's words and qparams are loaded before this tile is computed (registers, not shared
-    memory: Triton's pipeliner leaves loads that feed no tl.dot alone). Inputs: XMODE 0 loads them one by
-    one, 1 as int64 words of four (whole tiles, aligned rows), 2 as int64 words prefetched with the weights."""
+    The next PREFETCH (1 or 2) tiles' words and qparams are loaded before this tile is computed (registers,
+    not shared memory: Triton's pipeliner leaves loads that feed no tl.dot alone). Inputs: XMODE 0 loads them
+    one by one, 1 as int64 words of four (whole tiles, aligned rows), 2 as int64 words prefetched with the
+    weights (one tile ahead)."""
     pid_n, m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BN + tl.arange(0, BN)
     mask_n = offs_n < N
@@ -192,16 +193,20 @@ def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_pt
     acc = tl.zeros([BN, BU], dtype=tl.float32)
     w0, w1, w2, s, z = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, pid_k, BITS, UW, BU,
                              BK, HAS_ZERO, EVEN)
+    if PREFETCH == 2:  # the tile after: (f0, f1, f2, s_f, z_f) moves to the next tile each round
+        t_f = tl.minimum(pid_k + SPLIT_K, K_TILES - 1)
+        f0, f1, f2, s_f, z_f = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t_f, BITS, UW,
+                                     BU, BK, HAS_ZERO, EVEN)
     x_row = x_ptr + m * stride_x
     if XMODE == 2:
         xa, xb, xc, xd = _xwords(x_row, pid_k, BU, UC)
     for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
         t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
-        t_next = tl.minimum(t + SPLIT_K, K_TILES - 1)  # clamped: the last prefetch is never used
+        t_next = tl.minimum(t + PREFETCH * SPLIT_K, K_TILES - 1)  # clamped: the last prefetches are never used
         n0, n1, n2, s_next, z_next = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t_next,
                                            BITS, UW, BU, BK, HAS_ZERO, EVEN)
         if XMODE == 2:
-            na, nb, nc, nd = _xwords(x_row, t_next, BU, UC)
+            na, nb, nc, nd = _xwords(x_row, tl.minimum(t + SPLIT_K, K_TILES - 1), BU, UC)
         if SIGNED8:  # int8 codes q -> q + 128 in every byte
             w0 = w0 ^ -2139062144  # 0x80808080
         units = t * BU + tl.arange(0, BU)  # (BU,)
@@ -226,7 +231,11 @@ def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_pt
             xs += xj
             xoff += _code_offset(BITS, j) * xj
         acc += s[:, None] * (p - xoff[None, :] - z[:, None] * xs[None, :])
-        w0, w1, w2, s, z = n0, n1, n2, s_next, z_next
+        if PREFETCH == 2:
+            w0, w1, w2, s, z = f0, f1, f2, s_f, z_f
+            f0, f1, f2, s_f, z_f = n0, n1, n2, s_next, z_next
+        else:
+            w0, w1, w2, s, z = n0, n1, n2, s_next, z_next
         if XMODE == 2:
             xa, xb, xc, xd = na, nb, nc, nd
     y = tl.sum(acc, axis=1)  # (BN,)
@@ -234,7 +243,10 @@ def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_pt
            pid_n + m * tl.num_programs(0), pid_k, tl.num_programs(1) * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
 
 
-GEMV_CONFIG = {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4}  # H100 sweep, int4 g128
+# H100 sweep, int4 g128 (kern7). PREFETCH 2 (kern8, not yet timed on a GPU: docs/kern8.md): each program waits on
+# memory latency between tiles, and a second tile ahead fits the same 128 registers (sm_90 SASS), so the 4
+# programs per SM would keep twice the weight bytes in flight; benchmarks/kernels.py times it as *_pf2.
+GEMV_CONFIG = {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "PREFETCH": 1}
 GEMV_CONFIG_8BIT = {"BN": 64}  # int8 codes: more bytes per code, fewer outputs per program
 
 
@@ -265,5 +277,6 @@ def int_group_gemv(
         x, qweight, scale, zero if zero is not None else scale, bias if bias is not None else scale, y, part,
         counters, out_features, cols, wpr, scale.shape[1], group_size, x.stride(0), out_features, K_TILES=k_tiles,
         BITS=bits, UC=uc, UW=uw, BU=bu, SPLIT_K=split, HAS_ZERO=zero is not None, HAS_BIAS=bias is not None,
-        SIGNED8=signed8, EVEN=even, ASM=cfg.pop("ASM", not interpreting()), XMODE=xmode, **fix, **cfg)
+        SIGNED8=signed8, EVEN=even, ASM=cfg.pop("ASM", not interpreting()), XMODE=xmode,
+        PREFETCH=cfg.pop("PREFETCH"), **fix, **cfg)
     return finish(y, part, bias, split, fix)

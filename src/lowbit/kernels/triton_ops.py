@@ -45,15 +45,26 @@ def _cuda_capability(index: int) -> tuple[int, int]:
 
 def triton_unavailable(device: torch.device) -> str | None:
     """None when Triton kernels can run on `device`, else the reason."""
+    return _platform_unavailable(device.type, device.index or 0)
+
+
+def _platform_unavailable(device_type: str, index: int) -> str | None:
+    """triton_unavailable's answer; torch.compile evaluates it once while tracing and keeps it as a constant
+    (Dynamo cannot trace importlib or the CUDA capability query without a graph break)."""
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
-    if device.type == "cuda":
-        if _cuda_capability(device.index or 0) < (8, 0):
+    if device_type == "cuda":
+        if _cuda_capability(index) < (8, 0):
             return "Triton kernels need compute capability 8.0 or newer (bf16 tensor cores)"
         return None
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+    if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         return None
-    return f"Triton kernels run on CUDA devices (or under TRITON_INTERPRET=1), not {device.type}"
+    return f"Triton kernels run on CUDA devices (or under TRITON_INTERPRET=1), not {device_type}"
+
+
+# What torch.compiler.assume_constant_result sets, set here directly: the decorator imports Dynamo (and with it
+# Triton) when lowbit is imported.
+_platform_unavailable._dynamo_marked_constant = True
 
 
 def int_group_unavailable(device: torch.device, dtype: torch.dtype | None, bits: int | None) -> str | None:
@@ -65,9 +76,9 @@ def int_group_unavailable(device: torch.device, dtype: torch.dtype | None, bits:
     return triton_unavailable(device)
 
 
-def _matmul(kernel: str):
-    """The Triton entry point for `kernel`: "mv" (CUDA-core matrix-vector) or "tc" (tensor cores)."""
-    if kernel == "mv":
+def _matmul(path: str):
+    """The Triton entry point for `path`: "mv" (CUDA-core matrix-vector) or "tc" (tensor cores)."""
+    if path == "mv":
         from lowbit.kernels.triton_gemv import int_group_gemv
 
         return int_group_gemv
@@ -76,31 +87,33 @@ def _matmul(kernel: str):
     return int_group_matmul
 
 
+# The kernel argument is `path`, as in fourbit_mm and aqlm_mm: Inductor's fallback for custom ops takes a
+# `kernel` keyword itself and fails to compile an op with an argument of that name.
 @torch.library.custom_op("lowbit::int_group_mm", mutates_args=())
 def int_group_mm(
     x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor], bits: int, group_size: int, kernel: str = "tc",
+    bias: Optional[torch.Tensor], bits: int, group_size: int, path: str = "tc",
 ) -> torch.Tensor:
-    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out); kernel "tc" or "mv"."""
-    return _matmul(kernel)(x, qweight, scale, zero, bias, bits, group_size)
+    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out); path "tc" or "mv"."""
+    return _matmul(path)(x, qweight, scale, zero, bias, bits, group_size)
 
 
 @int_group_mm.register_fake
-def _(x, qweight, scale, zero, bias, bits, group_size, kernel="tc"):
+def _(x, qweight, scale, zero, bias, bits, group_size, path="tc"):
     return x.new_empty((x.shape[0], qweight.shape[0]))
 
 
 @torch.library.custom_op("lowbit::int8_weight_mm", mutates_args=())
 def int8_weight_mm(
-    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], kernel: str = "tc"
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], path: str = "tc"
 ) -> torch.Tensor:
     """W8A16: x (rows, in) @ (qweight (out, in) int8 * scale (out, 1))^T + bias -> (rows, out)."""
     words = qweight.contiguous().view(torch.int32)  # (out, in / 4): four int8 codes per word, low byte first
-    return _matmul(kernel)(x, words, scale, None, bias, 8, qweight.shape[1], signed8=True)
+    return _matmul(path)(x, words, scale, None, bias, 8, qweight.shape[1], signed8=True)
 
 
 @int8_weight_mm.register_fake
-def _(x, qweight, scale, bias, kernel="tc"):
+def _(x, qweight, scale, bias, path="tc"):
     return x.new_empty((x.shape[0], qweight.shape[0]))
 
 
@@ -181,9 +194,7 @@ def aqlm_mm(
     x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor],
     path: str,
 ) -> torch.Tensor:
-    """AQLM (formats.aqlm): x (rows, in) @ W^T + bias -> (rows, out); path "lut" (tables per call) or "gather".
-
-    (Not named `kernel`: Inductor's fallback for custom ops takes that keyword itself.)"""
+    """AQLM (formats.aqlm): x (rows, in) @ W^T + bias -> (rows, out); path "lut" (tables per call) or "gather"."""
     from lowbit.kernels.triton_aqlm import aqlm_gemv
 
     return aqlm_gemv(x, codes, codebooks, scales, bias, path)

@@ -79,9 +79,14 @@ class QuantizedLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def prepared(self, name: str, prepare: Callable, device: torch.device) -> Any:
-        """The canonical buffers repacked by `prepare`, computed once and cached under `name`."""
-        source = tuple(b.data_ptr() for b in self.weight_args() if isinstance(b, torch.Tensor))
+        """The canonical buffers repacked by `prepare`, computed once and cached under `name`.
+
+        While torch.compile traces, a cached layout is taken as is (Dynamo cannot compare data pointers without
+        a graph break): repack before compiling (`plan.prepare_kernels`, or one eager call)."""
         cached = self._kernel_cache.get(name)
+        if cached is not None and torch.compiler.is_compiling():
+            return cached[1]
+        source = tuple(b.data_ptr() for b in self.weight_args() if isinstance(b, torch.Tensor))
         if cached is None or cached[0] != source:
             cached = (source, prepare(self.call_context(1, device), *self.weight_args()))
             self._kernel_cache[name] = cached

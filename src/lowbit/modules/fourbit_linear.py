@@ -17,6 +17,10 @@ class FourBitLinear(QuantizedLinear):
     layout_type = FourBitLayout
     op = "fourbit_linear"
 
+    def __init__(self, layout: FourBitLayout, has_bias: bool, device: torch.device | str | None = None):
+        super().__init__(layout, has_bias, device)
+        self._code_tables: dict[torch.device, torch.Tensor] = {}  # device -> (16,) code table, see code_table()
+
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, layout: FourBitLayout) -> "FourBitLinear":
         """Quantize an (out, in) weight into `layout` (whose sizes must match it)."""
@@ -42,11 +46,10 @@ class FourBitLinear(QuantizedLinear):
 
     def code_table(self, device: torch.device) -> torch.Tensor:
         """The (16,) float32 code table on `device`, made once per device (no host copy per call, none inside a
-        CUDA graph capture)."""
-        tables = self.__dict__.setdefault("_code_tables", {})
-        if device not in tables:
-            tables[device] = code_table(self.layout.quant_type, device)
-        return tables[device]
+        CUDA graph capture; a plain dict, which torch.compile traces without a graph break)."""
+        if device not in self._code_tables:
+            self._code_tables[device] = code_table(self.layout.quant_type, device)
+        return self._code_tables[device]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lay = self.layout

@@ -22,11 +22,14 @@ class KernelChoice:
     skipped: dict[str, str] = field(default_factory=dict)  # faster candidate -> why it cannot run
 
 
-def layer_kernels(model: nn.Module, rows: int = 1, device: torch.device | str = "cpu") -> dict[str, KernelChoice]:
-    """Layer name -> the kernel it runs for calls of `rows` activation rows on `device`."""
+def layer_kernels(
+    model: nn.Module, rows: int = 1, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> dict[str, KernelChoice]:
+    """Layer name -> the kernel it runs for calls of `rows` activation rows of `dtype` on `device` (kernels
+    that check the activation dtype, the Triton ones, count as unable to run when `dtype` is None)."""
     choices, seen = {}, {}
     for name, m in _quantized(model):
-        ctx = m.call_context(rows, torch.device(device))
+        ctx = m.call_context(rows, torch.device(device), dtype)
         key = (m.op, ctx, m.kernel_preference)  # layers of one shape and format choose alike
         if key not in seen:
             seen[key] = _choice(m.op, ctx, m.kernel_preference)
@@ -44,10 +47,12 @@ def _choice(op: str, ctx, preference: str) -> KernelChoice:
     return KernelChoice(op, chosen, skipped)
 
 
-def kernel_summary(model: nn.Module, rows: int = 1, device: torch.device | str = "cpu") -> dict[str, int]:
+def kernel_summary(
+    model: nn.Module, rows: int = 1, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> dict[str, int]:
     """Kernel name -> number of layers running it (one line of a report)."""
     counts: dict[str, int] = {}
-    for choice in layer_kernels(model, rows, device).values():
+    for choice in layer_kernels(model, rows, device, dtype).values():
         counts[choice.kernel] = counts.get(choice.kernel, 0) + 1
     return counts
 
