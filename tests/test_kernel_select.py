@@ -43,3 +43,21 @@ def test_set_kernel_preference_reaches_every_layer():
     assert set_kernel_preference(model, "reference") == 1 and layer.kernel_preference == "reference"
     with pytest.raises(LowbitError):
         set_kernel_preference(model, "fast")
+
+
+def test_reported_kernel_is_the_one_a_call_selects(monkeypatch):
+    """kernel_summary without a dtype reports for the model's own activation dtype (bf16 here: a Triton kernel
+    under the interpreter), the kernel a real call of that dtype selects, not the float32-only reference."""
+    from lowbit.modules.plan import kernel_summary
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    layer = IntLinear.from_weights(rtn_quantize(torch.randn(32, 64), 4, 32, False), None)
+
+    class Model(torch.nn.Sequential):
+        dtype = torch.bfloat16  # as transformers' PreTrainedModel.dtype
+
+    model = Model(layer.to(torch.bfloat16))
+    chosen = layer.kernel(torch.randn(1, 64, dtype=torch.bfloat16)).name
+    assert chosen.startswith("triton")
+    assert kernel_summary(model, rows=1) == {chosen: 1}

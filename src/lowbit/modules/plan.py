@@ -25,8 +25,9 @@ class KernelChoice:
 def layer_kernels(
     model: nn.Module, rows: int = 1, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> dict[str, KernelChoice]:
-    """Layer name -> the kernel it runs for calls of `rows` activation rows of `dtype` on `device` (kernels
-    that check the activation dtype, the Triton ones, count as unable to run when `dtype` is None)."""
+    """Layer name -> the kernel it runs for calls of `rows` activation rows of `dtype` on `device`; `dtype`
+    None means the model's own dtype (what its layers receive), as the Triton kernels check it."""
+    dtype = dtype or getattr(model, "dtype", None)
     choices, seen = {}, {}
     for name, m in _quantized(model):
         ctx = m.call_context(rows, torch.device(device), dtype)
