@@ -52,3 +52,21 @@ def test_weight_error_matches_the_hqq_package(bits, group, round_zero):
     theirs = ((codes - meta["zero"]) * meta["scale"]).view(w.shape)
     ours = hqq_quantize(w, bits, group, round_zero=round_zero).dequantize()
     assert relative_error(w, ours) == pytest.approx(relative_error(w, theirs), rel=0.01)
+
+
+def test_tol_stops_at_the_first_step_that_gains_less():
+    """A step that lowers the error by less than tol of it ends the loop with that step's qparams kept."""
+    w = torch.randn(64, 256, generator=seeded(14))
+    two_steps = hqq_quantize(w, 3, 64, HQQSchedule(iters=2, tol=0.0), round_zero=True)
+    coarse = hqq_quantize(w, 3, 64, HQQSchedule(tol=0.5), round_zero=True)  # step 2 gains < 50%: stop there
+    assert torch.equal(coarse.zero, two_steps.zero)
+    full = hqq_quantize(w, 3, 64, HQQSchedule(tol=0.0), round_zero=True)
+    assert not torch.equal(full.zero, coarse.zero)
+    err = lambda q: (w - q.dequantize()).abs().mean()  # noqa: E731
+    assert err(full) <= err(hqq_quantize(w, 3, 64, round_zero=True)) <= err(coarse)
+
+
+@pytest.mark.parametrize("tol", [-0.1, 1.0])
+def test_bad_tol_is_a_one_line_error(tol):
+    with pytest.raises(LowbitError, match="tol"):
+        make_config("hqq", tol=tol)

@@ -9,8 +9,10 @@ fits chase). Splitting it with an auxiliary error term W_e and alternating, from
     z   = mean_group(q - (W - W_e) / s)                 closed-form zero update
     beta <- kappa * beta
 
-stopping early once the mean absolute error |W - s (q - z)| stops falling; the qparams with the lowest
-error seen are kept. (Returning the last step's zero instead, as the hqq package's loop does, measured
+stopping early once the mean absolute error |W - s (q - z)| stops falling, or falls by less than a fraction
+`tol` of itself in a step (as the tolerance of the hqq package's newer loop); the qparams with the lowest error
+seen are kept. On the demo model's linears the error is within 0.2% of its 20-step value after 5 steps at 2 bits
+and within 0.03% after 7 at 4 bits (docs/hqq5.md): tol 1e-3 stops there, tol 0 runs until the error rises. (Returning the last step's zero instead, as the hqq package's loop does, measured
 no better on the demo model at 4 and 3 bits, ppl 37.31 / 259.3, and worse at 2 bits, 369,600 against 304,400.)
 
 `round_zero` starts from the min-max zero rounded to an integer (the hqq package's `round_zero`, on in its
@@ -45,6 +47,7 @@ class HQQSchedule:
     beta: float = 10.0
     kappa: float = 1.01
     iters: int = 20
+    tol: float = 1e-3  # stop once a step lowers the error by less than this fraction of it
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
@@ -97,7 +100,10 @@ def _optimize(g, bits, groups, scale16, zero16, schedule, optimize_scale):
         error = float((groups.mean(mag) * scale).mean())  # mean |W - s (q - z)|
         if error >= best[0]:
             break
+        plateau = error > best[0] * (1 - schedule.tol)
         best = (error, scale, zero)  # scale and zero are replaced below, never changed in place
+        if plateau:
+            break
         threshold = beta ** (-1 / (2 - schedule.lp_norm))
         hit = (mag.amax(dim=2) * scale.squeeze(2) > threshold).view(-1).nonzero().squeeze(1)  # groups with W_e != 0
         w_e = shrink_lp(r.view(-1, g.shape[2])[hit] * scale.view(-1, 1)[hit], beta, schedule.lp_norm)  # (hits, group)

@@ -34,6 +34,7 @@ class HQQConfig(MethodConfig):
     beta: float = 10.0
     kappa: float = 1.01
     iters: int = 20
+    tol: float = 1e-3  # stop once a step lowers the weight error by less than this fraction (0: only when it rises)
     optimize_scale: bool = False
     round_zero: bool = True  # start from the integer-rounded min-max zero (the hqq package's 4-bit default)
     quant_qparams: bool = False  # store scales and zeros in 8 bits (axis 1 only)
@@ -50,10 +51,12 @@ class HQQConfig(MethodConfig):
             raise LowbitError(f"hqq lp_norm must be in (0, 1], got {self.lp_norm}")
         if self.beta <= 0 or self.kappa < 1 or self.iters < 1:
             raise LowbitError("hqq needs beta > 0, kappa >= 1 and iters >= 1")
+        if not 0 <= self.tol < 1:
+            raise LowbitError(f"hqq tol must be in [0, 1), got {self.tol}")
 
     def quantize_layer(self, weight: torch.Tensor, bias: torch.Tensor | None, stats=None) -> QuantizedLinear:
         w = weight if self.axis == 1 else weight.t().contiguous()  # (rows, cols), groups along cols
-        schedule = HQQSchedule(self.lp_norm, self.beta, self.kappa, self.iters)
+        schedule = HQQSchedule(self.lp_norm, self.beta, self.kappa, self.iters, self.tol)
         q = hqq_quantize(w, self.bits, self.group_size, schedule, self.optimize_scale, self.round_zero)
         if self.axis == 1 and not self.quant_qparams:
             return IntLinear.from_weights(q, bias)
