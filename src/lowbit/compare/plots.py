@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -31,39 +33,54 @@ def write_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
 
 def _quality_vs_memory(rows: list[dict[str, Any]], path: Path) -> Path:
-    """One colour and marker per implementation; labels of points that nearly coincide are stacked."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    """Quantized settings as numbered points (one colour and marker per implementation), keyed beside the axes;
+    the baseline as a horizontal line, so that its much larger size does not squeeze the rest into one corner."""
+    baseline = [r for r in rows if r.get("baseline")]
+    rows = [r for r in rows if not r.get("baseline")]
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     points = [(r["weight_mb"], r["ppl"]) for r in rows]
     libraries = list(dict.fromkeys(r.get("library", "lowbit") for r in rows))
     for i, library in enumerate(libraries):
         mine = [p for p, r in zip(points, rows) if r.get("library", "lowbit") == library]
         ax.scatter(*zip(*mine), color=f"C{i}", marker="os^DvP*X"[i % 8], zorder=3, label=library)
-    stacked: dict[tuple[int, int], int] = {}
-    for r, (x, y) in zip(rows, points):
-        cell = _cell(x, y, points)
-        stacked[cell] = stacked.get(cell, -1) + 1
-        ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 3 + 9 * stacked[cell]), fontsize=7)
+    for (x, y), numbers in _coinciding(points).items():
+        ax.annotate(",".join(map(str, numbers)), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    for r in baseline:
+        ax.axhline(r["ppl"], color="grey", linestyle=":", label=f"{r['label']} ({r['weight_mb']:.0f} MB)")
     front = pareto_front(points)
     if len(front) > 1:
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="tab:red", label="Pareto front")
-    if points and max(y for _, y in points) > 10 * min(y for _, y in points):
+    ys = [y for _, y in points] + [r["ppl"] for r in baseline]
+    if ys and max(ys) > 3 * min(ys):
         ax.set_yscale("log")
-    ax.legend(fontsize=8)
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="lower left", bbox_to_anchor=(0.70, 0.04))
+    key = "\n".join(f"{n:>2}  {r['label']}" for n, r in enumerate(rows, 1))
+    fig.text(0.70, 0.94, key, fontsize=7, va="top", family="monospace")
     ax.set_xlabel("weights (MB)")
     ax.set_ylabel("perplexity (lower is better)")
     ax.set_title("Quality vs memory")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout(rect=(0, 0, 0.69, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _cell(x: float, y: float, points: list[tuple[float, float]]) -> tuple[int, int]:
-    """A coarse grid cell (1/40 of each axis' range): points in one cell would print their labels on top of each other."""
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
+def _coinciding(points: list[tuple[float, float]]) -> dict[tuple[float, float], list[int]]:
+    """Point -> the 1-based numbers of the points within 1/60 of the axes' ranges of it (log scale for y),
+    so that one label lists them instead of printing them on top of each other."""
+    if not points:
+        return {}
+    xs, ys = [p[0] for p in points], [math.log(p[1]) for p in points]
     dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
-    return round(40 * (x - min(xs)) / dx), round(40 * (y - min(ys)) / dy)
+    groups: dict[tuple[float, float], list[int]] = {}
+    for n, (x, y) in enumerate(points, 1):
+        near = next((g for g in groups if abs(g[0] - x) < dx / 60 and abs(math.log(g[1]) - math.log(y)) < dy / 60), None)
+        groups.setdefault(near or (x, y), []).append(n)
+    return groups
 
 
 def _bars(rows: list[dict[str, Any]], key: str, title: str, path: Path) -> Path:

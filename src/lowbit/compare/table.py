@@ -39,7 +39,8 @@ def rows(records: list[dict[str, Any]], eval_name: str) -> list[dict[str, Any]]:
     base = next((r for r in records if r["config"].get("method") == "unquantized" and r["status"] == "ok"), None)
     out = []
     for r in side_by_side(records):
-        row: dict[str, Any] = {"label": r["label"], "library": r["config"].get("library", "lowbit"), "status": r["status"]}
+        row: dict[str, Any] = {"label": r["label"], "library": r["config"].get("library", "lowbit"), "status": r["status"],
+                               "baseline": r["config"].get("method") == "unquantized"}
         if r["status"] != "ok":
             row["error"] = r.get("error", "unknown error")
         if r["status"] != "ok":
