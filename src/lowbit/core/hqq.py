@@ -12,8 +12,9 @@ fits chase). Splitting it with an auxiliary error term W_e and alternating, from
 stopping early once the mean absolute error |W - s (q - z)| stops falling, or falls by less than a fraction
 `tol` of itself in a step (as the tolerance of the hqq package's newer loop); the qparams with the lowest error
 seen are kept. On the demo model's linears the error is within 0.2% of its 20-step value after 5 steps at 2 bits
-and within 0.03% after 7 at 4 bits (docs/hqq5.md): tol 1e-3 stops there, tol 0 runs until the error rises. (Returning the last step's zero instead, as the hqq package's loop does, measured
-no better on the demo model at 4 and 3 bits, ppl 37.31 / 259.3, and worse at 2 bits, 369,600 against 304,400.)
+and within 0.03% after 7 at 4 bits (docs/hqq5.md): tol 1e-3 stops there, tol 0 runs until the error rises.
+(Returning the last step's zero instead, as the hqq package's loop does, measured no better on the demo model
+at 4 and 3 bits, ppl 37.31 / 259.3, and worse at 2 bits, 369,600 against 304,400.)
 
 `round_zero` starts from the min-max zero rounded to an integer (the hqq package's `round_zero`, on in its
 4-bit BaseQuantizeConfig). The loop then ends at a different point, zeros nearer integers and a slightly
