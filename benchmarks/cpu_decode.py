@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 
 # AQLM's search on the CPU takes many minutes per model even with its fast preset; decode speed depends on
 # the format (codebooks x bits, group size) and not on how well the codes were searched, so the speed rows
@@ -222,7 +223,7 @@ def run(args) -> dict:
             row["decode_vs_bf16"] = row["decode_tok_s"] / bf16
     return {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "threads": args.threads, "torch": torch.__version__,
+                    "threads": args.threads, "torch": torch.__version__, "transformers": transformers.__version__,
                     "load_avg_at_rounds_start": load_start, "load_avg_at_end": os.getloadavg()},
         "protocol": {"model": "demo (SmolLM2-135M-Instruct)", "batch": 1, "prompt_tokens": args.prompt,
                      "new_tokens": args.new, "repeats": args.repeats, "statistic": "median over interleaved repeats"},
