@@ -27,6 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from common import stopwatch
 from peer_libs import llmcompressor_quantize
 
 from lowbit.api import quantize
@@ -135,11 +136,9 @@ def main() -> None:
             run = llmcompressor_quantize if method.startswith("lc-") else lowbit_quantize
             if args.device != "cpu":
                 torch.cuda.reset_peak_memory_stats()  # the peak below: quantization alone (plus what stays resident)
-            with peak_memory(torch.device("cpu")) as mem:
-                t0, c0 = time.perf_counter(), time.process_time()
+            with peak_memory(torch.device("cpu")) as mem, stopwatch() as timing:
                 record["config"] = run(model, method, bits, group, options, calib, loaded.tokenizer)
-                record["quantize_s"] = time.perf_counter() - t0
-                record["quantize_cpu_s"] = time.process_time() - c0  # this process's CPU time, all threads
+            record["quantize_s"], record["quantize_cpu_s"] = timing["seconds"], timing["cpu_seconds"]
             record["peak_extra_mib"] = mem["delta_bytes"] / 2**20
             if args.device != "cpu":
                 record["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20

@@ -12,11 +12,11 @@ torchao llmcompressor compressed-tensors gptqmodel autoawq` plus the small deps 
 from __future__ import annotations
 
 import tempfile
-import time
 
 import torch
 from torch import nn
 
+from common import stopwatch
 from lowbit.calib.arch import arch_spec, find_targets
 
 LayerBytes = dict[str, tuple[int, int]]  # layer name -> (bytes held, weights)
@@ -98,10 +98,10 @@ def quantize_layers(model: nn.Module, kind: str, options: dict) -> LayerBytes:
 
 def timed_quantize_layers(model: nn.Module, kind: str, options: dict) -> tuple[float, float, float]:
     """(wall seconds, this process's CPU seconds, bits per weight of the replaced layers)."""
-    start, cpu = time.perf_counter(), time.process_time()
-    held = quantize_layers(model, kind, options)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-    return seconds, cpu_seconds, 8 * sum(b for b, _ in held.values()) / sum(p for _, p in held.values())
+    with stopwatch() as timing:
+        held = quantize_layers(model, kind, options)
+    bits = 8 * sum(b for b, _ in held.values()) / sum(p for _, p in held.values())
+    return timing["seconds"], timing["cpu_seconds"], bits
 
 
 def _targets_held(model: nn.Module, params: dict[str, int]) -> LayerBytes:

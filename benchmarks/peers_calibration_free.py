@@ -18,11 +18,11 @@ import json
 import shlex
 import statistics
 import sys
-import time
 import warnings
 
 import torch
 
+from common import stopwatch
 from demo_protocol import RESULTS, demo_and_windows, evaluate_many, merge_results
 from peer_libs import timed_quantize_layers
 
@@ -67,9 +67,9 @@ def main() -> None:
             models[name] = copy.deepcopy(reference)
             seconds, cpu_seconds, bpp = timed_quantize_layers(models[name], kind, options)
             ours, config = copy.deepcopy(reference), make_config(method, **lowbit_options)
-            start, cpu = time.perf_counter(), time.process_time()
-            lowbit.quantize(ours, config)
-            for key, value in zip(times, (seconds, cpu_seconds, time.perf_counter() - start, time.process_time() - cpu)):
+            with stopwatch() as ours_timing:
+                lowbit.quantize(ours, config)
+            for key, value in zip(times, (seconds, cpu_seconds, ours_timing["seconds"], ours_timing["cpu_seconds"])):
                 times[key].append(value)
             del ours
         records[name] = {"bits_per_param": bpp, "lowbit_setting": lowbit_name} | {k: statistics.median(v) for k, v in times.items()}
