@@ -141,11 +141,11 @@ class _Groups:
     def mean_of_rows(self, hit: torch.Tensor, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Group means, shaped as `like` (out, n_groups, 1), of a grouped tensor that is zero except in the
         groups `hit` (flat group indices), whose values are `rows` (hits, group_size)."""
-        n = self.counts.numel()
+        group = hit % self.counts.numel()  # each hit's group index within its row
         if self.mask is not None:
-            rows = rows * self.mask.view(n, -1)[hit % n]
+            rows = rows * self.mask.view(len(self.counts), -1)[group]
         means = torch.zeros_like(like).view(-1)
-        means[hit] = rows.sum(dim=1) / self.counts[hit % n]
+        means[hit] = rows.sum(dim=1) / self.counts[group]
         return means.view_as(like)
 
 
