@@ -92,22 +92,30 @@ def test_int_group_kernels_match_reference(bits, group, symmetric):
                 assert ran == (kernel if mv_fits else "triton_tc")
 
 
+LOAD_SCHEDULES = ({"STAGES": 0, "PREFETCH": 1}, {"STAGES": 0, "PREFETCH": 2}, {"STAGES": 2}, {"STAGES": 4})
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_gemv_prefetch_depths_and_splits_match_reference(bits):
-    """The matrix-vector kernel with one or two tiles loaded ahead, K whole in one program or split in three
-    (rounds that overrun K, clamped prefetches), partial last tile (IN is no multiple of the group)."""
+@pytest.mark.parametrize("width", [IN, 2048 if CUDA else 256])
+def test_gemv_load_schedules_and_splits_match_reference(bits, width):
+    """The matrix-vector kernel with every load schedule (one or two tiles ahead in registers, or 1 and 3
+    tiles ahead through the software pipeliner), K whole or split in two or three (rounds that overrun K,
+    clamped prefetches), a partial last tile (width IN is no multiple of the group) or whole tiles (inputs
+    loaded as int64 words)."""
     from lowbit.kernels.triton_gemv import int_group_gemv
 
     seed = _seed()
-    layer, ref_w = _int_layer(bits, 64, False)
-    for prefetch, split in itertools.product((1, 2), (1, 3)):
-        x = torch.randn(1, IN, device=DEVICE, dtype=torch.float16)
+    q = rtn_quantize(torch.randn(OUT, width), bits, 64, False)
+    layer = IntLinear.from_weights(q, torch.randn(OUT)).to(DEVICE)
+    ref_w = q.dequantize().double().to(DEVICE)  # (out, width)
+    for schedule, split in itertools.product(LOAD_SCHEDULES, (1, 2, 3)):
+        x = torch.randn(1, width, device=DEVICE, dtype=torch.float16)
         ref = x.double() @ ref_w.t() + layer.bias.double()
         _poison(1, OUT)
         y = int_group_gemv(x, layer.qweight, layer.scale, layer.zero, layer.bias, bits, 64,
-                           config={"PREFETCH": prefetch, "SPLIT_K": split})
+                           config=schedule | {"SPLIT_K": split})
         err = _rel_err(y, ref)
-        assert err < TOL[torch.float16], f"bits={bits} prefetch={prefetch} split={split} err={err:.2e} seed={seed}"
+        assert err < TOL[torch.float16], f"bits={bits} {schedule} split={split} err={err:.2e} seed={seed}"
 
 
 @pytest.mark.parametrize("rows", ROWS)

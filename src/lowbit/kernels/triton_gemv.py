@@ -174,69 +174,98 @@ def _xwords(x_row, t, BU: tl.constexpr, UC: tl.constexpr):
 
 
 @triton.jit
+def _no_xwords(BU: tl.constexpr):
+    """Placeholders for _xwords' words when the inputs are loaded inside the tile (XMODE 0 and 1)."""
+    xw = tl.zeros([BU], dtype=tl.int64)
+    return xw, xw, xw, xw
+
+
+@triton.jit
+def _tile_sum(acc, w0, w1, w2, s, z, xa, xb, xc, xd, x_row, t, K, BITS: tl.constexpr, UC: tl.constexpr,
+              BU: tl.constexpr, SIGNED8: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr, XMODE: tl.constexpr):
+    """acc (BN, BU) plus K tile t's products: words w0..w2 (BN, BU), scale and zero (BN,); inputs as int64
+    words xa..xd (XMODE 2), loaded here as words (1) or one by one (0)."""
+    if SIGNED8:  # int8 codes q -> q + 128 in every byte
+        w0 = w0 ^ -2139062144  # 0x80808080
+    units = t * BU + tl.arange(0, BU)  # (BU,)
+    p = tl.zeros(acc.shape, dtype=tl.float32)
+    xs = tl.zeros([BU], dtype=tl.float32)
+    xoff = tl.zeros([BU], dtype=tl.float32)
+    xw = tl.zeros([BU], dtype=tl.int64)
+    for j in tl.static_range(UC):
+        if XMODE == 1 and j % 4 == 0:
+            xw = tl.load(x_row.to(tl.pointer_type(tl.int64)) + units * (UC // 4) + j // 4)
+        if XMODE == 2:
+            if j // 4 == 0:
+                xw = xa
+            elif j // 4 == 1:
+                xw = xb
+            elif j // 4 == 2:
+                xw = xc
+            else:
+                xw = xd
+        xj = _x_f32(x_row, xw, units * UC + j, K, j, XMODE > 0, EVEN)
+        p += _code_f32(w0, w1, w2, j, BITS, ASM) * xj[None, :]
+        xs += xj
+        xoff += _code_offset(BITS, j) * xj
+    return acc + s[:, None] * (p - xoff[None, :] - z[:, None] * xs[None, :])
+
+
+@triton.jit
 def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, N, K, wpr, n_groups, G,
           stride_x, stride_y,
           K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr, BN: tl.constexpr,
           BU: tl.constexpr, SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
           SIGNED8: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr,
-          XMODE: tl.constexpr, PREFETCH: tl.constexpr):
+          XMODE: tl.constexpr, PREFETCH: tl.constexpr, STAGES: tl.constexpr):
     """y[m, offs_n] (or this K slice's fp32 partial) for one row m; grid (N / BN, rows, SPLIT_K).
 
-    The next PREFETCH (1 or 2) tiles' words and qparams are loaded before this tile is computed (registers,
-    not shared memory: Triton's pipeliner leaves loads that feed no tl.dot alone). Inputs: XMODE 0 loads them
-    one by one, 1 as int64 words of four (whole tiles, aligned rows), 2 as int64 words prefetched with the
-    weights (one tile ahead)."""
+    STAGES > 0: Triton's software pipeliner copies the next STAGES - 1 tiles' words, qparams and inputs
+    into shared memory with cp.async while this one is computed (no registers held for tiles in flight).
+    STAGES 0: the next PREFETCH (1 or 2) tiles are loaded ahead into registers. Inputs: XMODE 0 loads them
+    one by one, 1 as int64 words of four (whole tiles, aligned rows), 2 as int64 words loaded with the
+    weights."""
     pid_n, m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BN + tl.arange(0, BN)
     mask_n = offs_n < N
     BK: tl.constexpr = BU * UC
     acc = tl.zeros([BN, BU], dtype=tl.float32)
-    w0, w1, w2, s, z = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, pid_k, BITS, UW, BU,
-                             BK, HAS_ZERO, EVEN)
-    if PREFETCH == 2:  # the tile after: (f0, f1, f2, s_f, z_f) moves to the next tile each round
-        t_f = tl.minimum(pid_k + SPLIT_K, K_TILES - 1)
-        f0, f1, f2, s_f, z_f = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t_f, BITS, UW,
-                                     BU, BK, HAS_ZERO, EVEN)
     x_row = x_ptr + m * stride_x
-    if XMODE == 2:
-        xa, xb, xc, xd = _xwords(x_row, pid_k, BU, UC)
-    for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
-        t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
-        t_next = tl.minimum(t + PREFETCH * SPLIT_K, K_TILES - 1)  # clamped: the last prefetches are never used
-        n0, n1, n2, s_next, z_next = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t_next,
-                                           BITS, UW, BU, BK, HAS_ZERO, EVEN)
-        if XMODE == 2:
-            na, nb, nc, nd = _xwords(x_row, tl.minimum(t + SPLIT_K, K_TILES - 1), BU, UC)
-        if SIGNED8:  # int8 codes q -> q + 128 in every byte
-            w0 = w0 ^ -2139062144  # 0x80808080
-        units = t * BU + tl.arange(0, BU)  # (BU,)
-        p = tl.zeros([BN, BU], dtype=tl.float32)
-        xs = tl.zeros([BU], dtype=tl.float32)
-        xoff = tl.zeros([BU], dtype=tl.float32)
-        xw = tl.zeros([BU], dtype=tl.int64)
-        for j in tl.static_range(UC):
-            if XMODE == 1 and j % 4 == 0:
-                xw = tl.load(x_row.to(tl.pointer_type(tl.int64)) + units * (UC // 4) + j // 4)
+    if STAGES > 0:
+        for t0 in tl.range(0, K_TILES, SPLIT_K, num_stages=STAGES):  # constant bounds (Triton's interpreter)
+            t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
+            w0, w1, w2, s, z = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t, BITS, UW, BU,
+                                     BK, HAS_ZERO, EVEN)
+            xa, xb, xc, xd = _no_xwords(BU)
             if XMODE == 2:
-                if j // 4 == 0:
-                    xw = xa
-                elif j // 4 == 1:
-                    xw = xb
-                elif j // 4 == 2:
-                    xw = xc
-                else:
-                    xw = xd
-            xj = _x_f32(x_row, xw, units * UC + j, K, j, XMODE > 0, EVEN)
-            p += _code_f32(w0, w1, w2, j, BITS, ASM) * xj[None, :]
-            xs += xj
-            xoff += _code_offset(BITS, j) * xj
-        acc += s[:, None] * (p - xoff[None, :] - z[:, None] * xs[None, :])
-        if PREFETCH == 2:
-            w0, w1, w2, s, z = f0, f1, f2, s_f, z_f
-            f0, f1, f2, s_f, z_f = n0, n1, n2, s_next, z_next
-        else:
-            w0, w1, w2, s, z = n0, n1, n2, s_next, z_next
+                xa, xb, xc, xd = _xwords(x_row, t, BU, UC)
+            acc = _tile_sum(acc, w0, w1, w2, s, z, xa, xb, xc, xd, x_row, t, K, BITS, UC, BU, SIGNED8, EVEN, ASM,
+                            XMODE)
+    else:
+        w0, w1, w2, s, z = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, pid_k, BITS, UW,
+                                 BU, BK, HAS_ZERO, EVEN)
+        if PREFETCH == 2:  # the tile after: (f0, f1, f2, s_f, z_f) moves to the next tile each round
+            t_f = tl.minimum(pid_k + SPLIT_K, K_TILES - 1)
+            f0, f1, f2, s_f, z_f = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t_f, BITS,
+                                         UW, BU, BK, HAS_ZERO, EVEN)
+        xa, xb, xc, xd = _no_xwords(BU)
         if XMODE == 2:
+            xa, xb, xc, xd = _xwords(x_row, pid_k, BU, UC)
+        for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
+            t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
+            t_next = tl.minimum(t + PREFETCH * SPLIT_K, K_TILES - 1)  # clamped: the last prefetches are never used
+            n0, n1, n2, s_next, z_next = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G,
+                                               t_next, BITS, UW, BU, BK, HAS_ZERO, EVEN)
+            na, nb, nc, nd = xa, xb, xc, xd
+            if XMODE == 2:
+                na, nb, nc, nd = _xwords(x_row, tl.minimum(t + SPLIT_K, K_TILES - 1), BU, UC)
+            acc = _tile_sum(acc, w0, w1, w2, s, z, xa, xb, xc, xd, x_row, t, K, BITS, UC, BU, SIGNED8, EVEN, ASM,
+                            XMODE)
+            if PREFETCH == 2:
+                w0, w1, w2, s, z = f0, f1, f2, s_f, z_f
+                f0, f1, f2, s_f, z_f = n0, n1, n2, s_next, z_next
+            else:
+                w0, w1, w2, s, z = n0, n1, n2, s_next, z_next
             xa, xb, xc, xd = na, nb, nc, nd
     y = tl.sum(acc, axis=1)  # (BN,)
     _store(y_ptr, part_ptr, count_ptr, bias_ptr, y, m * stride_y + offs_n, mask_n, offs_n, mask_n,
@@ -246,7 +275,7 @@ def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_pt
 # H100 sweep, int4 g128 (kern7). PREFETCH 2 (kern8, not yet timed on a GPU: docs/kern8.md): each program waits on
 # memory latency between tiles, and a second tile ahead fits the same 128 registers (sm_90 SASS), so the 4
 # programs per SM would keep twice the weight bytes in flight; benchmarks/kernels.py times it as *_pf2.
-GEMV_CONFIG = {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "PREFETCH": 1}
+GEMV_CONFIG = {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "PREFETCH": 1, "STAGES": 0}
 GEMV_CONFIG_8BIT = {"BN": 64}  # int8 codes: more bytes per code, fewer outputs per program
 
 
@@ -278,5 +307,5 @@ def int_group_gemv(
         counters, out_features, cols, wpr, scale.shape[1], group_size, x.stride(0), out_features, K_TILES=k_tiles,
         BITS=bits, UC=uc, UW=uw, BU=bu, SPLIT_K=split, HAS_ZERO=zero is not None, HAS_BIAS=bias is not None,
         SIGNED8=signed8, EVEN=even, ASM=cfg.pop("ASM", not interpreting()), XMODE=xmode,
-        PREFETCH=cfg.pop("PREFETCH"), **fix, **cfg)
+        PREFETCH=cfg.pop("PREFETCH"), STAGES=cfg.pop("STAGES"), **fix, **cfg)
     return finish(y, part, bias, split, fix)
