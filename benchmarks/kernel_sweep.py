@@ -49,13 +49,17 @@ def tc_space(rows: int):
 
 
 def mv_space(rows: int):
-    """Candidate _gemv configurations (BN, num_warps, waves, XMODE, PREFETCH), likeliest first; then without
-    LOP3 asm."""
-    for bn, nw, waves, xm, pf in [(128, 4, 4, 2, 2), (128, 4, 4, 2, 1), (64, 4, 4, 2, 2), (64, 4, 4, 2, 1),
-                                  (128, 4, 8, 2, 2), (128, 4, 2, 2, 2), (128, 4, 4, 1, 2), (128, 4, 4, 0, 2),
-                                  (128, 2, 4, 2, 2), (256, 8, 4, 2, 2), (64, 2, 4, 2, 2)]:
-        yield {"BN": bn, "BK": 128, "num_warps": nw, "num_stages": 1, "waves": waves, "XMODE": xm, "PREFETCH": pf}
-    yield {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "ASM": False}
+    """Candidate _gemv configurations, likeliest first (a cell's time budget may cut the tail): the register
+    prefetch that was the default (STAGES 0, one tile ahead; BN 128 for int4, 64 for int8), then
+    (BN, num_warps, waves, STAGES) through the software pipeliner, two tiles ahead in registers, no LOP3 asm."""
+    base = {"BK": 128, "num_stages": 1}
+    yield base | {"BN": 128, "num_warps": 4, "waves": 4, "STAGES": 0, "PREFETCH": 1}
+    yield base | {"BN": 64, "num_warps": 4, "waves": 4, "STAGES": 0, "PREFETCH": 1}
+    for bn, nw, waves, stages in [(128, 4, 4, 4), (128, 4, 4, 3), (128, 4, 8, 4), (64, 4, 4, 4), (64, 4, 8, 4),
+                                  (128, 4, 4, 6), (256, 8, 4, 4), (64, 2, 8, 4), (128, 4, 2, 4)]:
+        yield base | {"BN": bn, "num_warps": nw, "waves": waves, "STAGES": stages}
+    yield base | {"BN": 128, "num_warps": 4, "waves": 4, "STAGES": 0, "PREFETCH": 2}
+    yield base | {"BN": 128, "num_warps": 4, "waves": 4, "STAGES": 4, "ASM": False}
 
 
 def _weights(cols, out, bits, dev):
