@@ -1,7 +1,8 @@
-"""One int4 g128 _mm_tc call per row count, for Nsight Compute (ncu) to profile on the GPU.
+"""One call per row count of the group-wise integer kernels (int4 g128 unless --bits), for Nsight Compute.
 
-    ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \\
-        python benchmarks/profile_kernel.py --shape 4096x14336 --rows 1 128
+    ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \\
+        python benchmarks/profile_kernel.py --shape 4096x14336 --rows 1 128          # tensor cores (_mm_tc)
+    ncu ... -k regex:_gemv python benchmarks/profile_kernel.py --path mv --rows 1    # matrix-vector (_gemv)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import torch
 
 from kernel_sweep import _weights
+from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
 
 
@@ -18,13 +20,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="4096x14336")
     p.add_argument("--rows", type=int, nargs="+", default=[1, 128])
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--path", choices=["tc", "mv"], default="tc")
     args = p.parse_args()
     cols, out = map(int, args.shape.split("x"))
-    (qweight, scale, zero), _ = _weights(cols, out, 4, torch.device("cuda"))
+    (qweight, scale, zero), _ = _weights(cols, out, args.bits, torch.device("cuda"))
+    kernel = int_group_gemv if args.path == "mv" else int_group_matmul
     for rows in args.rows:
         x = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16)  # (rows, in)
         for _ in range(2):
-            int_group_matmul(x, qweight, scale, zero, None, 4, 128)
+            kernel(x, qweight, scale, zero, None, args.bits, 128)
     torch.cuda.synchronize()
 
 
