@@ -78,7 +78,7 @@ def _int8_weights(cols, out, dev):
     return (q.view(torch.int32), scale, None), q.numel() + 2 * out
 
 
-def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False) -> list[dict]:
+def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, configs=None) -> list[dict]:
     x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
     (qweight, scale, zero), nbytes = _int8_weights(cols, out, dev) if signed8 else _weights(cols, out, bits, dev)
     group = cols if signed8 else 128
@@ -95,7 +95,7 @@ def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False) -
         out_rows.append({"variant": label, "us": _time_per_call(lambda i: call(x, i), copies) * 1e6})
         del call
     start = time.time()
-    for space in ((mv_space if path == "mv" else tc_space)(rows),):
+    for space in (configs or (mv_space if path == "mv" else tc_space)(rows),):
         for cfg in space:
             if time.time() - start > budget_s:
                 out_rows.append({"variant": "budget", "error": "cell time budget spent, rest skipped"})
@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--signed8", action="store_true", help="int8 weight-only layout (implies --bits 8)")
     p.add_argument("--path", choices=["tc", "mv"], default="tc")
     p.add_argument("--cell-budget", type=float, default=40.0, help="seconds per cell")
+    p.add_argument("--configs", type=json.loads, help="a JSON list of configurations to time instead of the space")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     dev = torch.device("cuda")
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     for shape, rows in itertools.product(args.shapes, args.rows):
         cols, out = map(int, shape.split("x"))
         bits = 8 if args.signed8 else args.bits
-        cell = sweep_cell(cols, out, rows, bits, dev, args.cell_budget, args.path, args.signed8)
+        cell = sweep_cell(cols, out, rows, bits, dev, args.cell_budget, args.path, args.signed8, args.configs)
         records += cell
         for r in cell:
             print(json.dumps(r), flush=True)

@@ -3,6 +3,7 @@
     ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \\
         python benchmarks/profile_kernel.py --shape 4096x14336 --rows 1 128          # tensor cores (_mm_tc)
     ncu ... -k regex:_gemv python benchmarks/profile_kernel.py --path mv --rows 1    # matrix-vector (_gemv)
+    ncu ... -k regex:tinygemm python benchmarks/profile_kernel.py --path tinygemm --rows 1  # torch's int4 kernel
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 
 import torch
 
+from kernel_bench import _torch_int4_variant
 from kernel_sweep import _weights
 from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
@@ -21,15 +23,21 @@ def main() -> None:
     p.add_argument("--shape", default="4096x14336")
     p.add_argument("--rows", type=int, nargs="+", default=[1, 128])
     p.add_argument("--bits", type=int, default=4)
-    p.add_argument("--path", choices=["tc", "mv"], default="tc")
+    p.add_argument("--path", choices=["tc", "mv", "tinygemm"], default="tc")
     args = p.parse_args()
     cols, out = map(int, args.shape.split("x"))
-    (qweight, scale, zero), _ = _weights(cols, out, args.bits, torch.device("cuda"))
-    kernel = int_group_gemv if args.path == "mv" else int_group_matmul
+    dev = torch.device("cuda")
+    if args.path == "tinygemm":  # int4 g128 only
+        tinygemm = _torch_int4_variant(cols, out, dev)[0]
+        call = lambda x: tinygemm(x, 0)
+    else:
+        (qweight, scale, zero), _ = _weights(cols, out, args.bits, dev)
+        kernel = int_group_gemv if args.path == "mv" else int_group_matmul
+        call = lambda x: kernel(x, qweight, scale, zero, None, args.bits, 128)
     for rows in args.rows:
-        x = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16)  # (rows, in)
+        x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
         for _ in range(2):
-            kernel(x, qweight, scale, zero, None, args.bits, 128)
+            call(x)
     torch.cuda.synchronize()
 
 
