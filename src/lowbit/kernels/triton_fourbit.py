@@ -122,6 +122,17 @@ def _lookup4(sel, shifted, planes, ASM: tl.constexpr):
 
 
 @triton.jit
+def _shr(x, S: tl.constexpr):
+    """x >> S, logical (S < 32), as the high word of x * 2**(32 - S): ptxas keeps that an IMAD.HI, on the FMA
+    pipe, where a shift would add to the ALU pipe (half the issue rate on sm_90) that the PRMTs and LOP3s
+    already fill: per word of codes 19 ALU instructions instead of 22, 3 IMADs beside 16 FFMA/HADD2."""
+    if S == 0:
+        return x
+    factor = tl.full(x.shape, 1 << (32 - S), tl.uint32)
+    return tl.umulhi(x.to(tl.uint32, bitcast=True), factor).to(tl.int32, bitcast=True)
+
+
+@triton.jit
 def _pair_f32(words, planes, J: tl.constexpr, ASM: tl.constexpr):
     """Table values (fp16-rounded, as fp32) of codes J and J + 1 (J even) of every word, without memory access.
 
@@ -130,7 +141,7 @@ def _pair_f32(words, planes, J: tl.constexpr, ASM: tl.constexpr):
     pair's bytes into two fp16 halves (code J in the high one: it is the high nibble of its byte)."""
     HALF: tl.constexpr = J // 4
     index = words & 0x77777777  # code & 7 in every nibble, both halves in one LOP3
-    low, high = _lookup4(index >> (16 * HALF), words >> (16 * HALF + 1), planes, ASM)
+    low, high = _lookup4(_shr(index, 16 * HALF), _shr(words, 16 * HALF + 1), planes, ASM)
     halves = _prmt(low, high, 0x5140 + 0x2222 * (J % 4 // 2), ASM)  # bytes 2p, 2p + 4 | 2p + 1, 2p + 5
     if ASM:  # one HADD2.F32 each (ptxas re-pairs halves of two registers when LLVM sees the conversions)
         return tl.inline_asm_elementwise(
