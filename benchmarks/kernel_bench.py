@@ -38,8 +38,9 @@ TWO_TILES_AHEAD = {"PREFETCH": 2}  # triton_gemv with two K tiles loaded ahead i
 NF4_MV_CONFIGS = {  # triton_fourbit's matrix-vector kernel at one row beside its default (byte-permute lookup)
     "gather": {"LOOKUP": "gather"},  # the table gathered from memory, as before the byte permutes
     "st3": {"STAGES": 3},  # Triton's software pipeliner, two tiles in flight through shared memory
-    "bn512": {"BN": 512},  # twice the rows per program: each input converted once for 4 rows, not 2
+    "bn512": {"BN": 512},  # 4 rows a thread, not 2: each input converted once for 4 rows (126 registers)
     "bn512_st3": {"BN": 512, "STAGES": 3},
+    "w2": {"num_warps": 2},  # 4 rows a thread as bn512, with as many programs as the default
 }
 
 

@@ -270,7 +270,10 @@ def _fourbit_tc(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr, 
 
 # H100 sweeps (benchmarks/results/sweep-h100-kern6-run2*.json): the matrix-vector kernel with the gather ran
 # 0.93-1.10x bf16 over every config tried; the tensor-core one 0.37-0.57x at 16 rows with one stage, 0.16-0.21x
-# with two. LOOKUP "prmt" and STAGES 3 are not yet timed on a GPU (kernel_bench.py: nf4_dq_b64_gather, _st3).
+# with two. LOOKUP "prmt", STAGES and 4 rows a thread are not yet timed on a GPU (kernel_bench.py at one row:
+# nf4_dq_b64 beside nf4_dq_b64_gather, _st3, _bn512, _bn512_st3, _w2). sm_90 SASS per weight in the K loop
+# (benchmarks/sass_stats.py, 4096 inputs, bf16): gather 7.78, prmt 6.78 (40 registers), STAGES 3 6.72 (56),
+# BN 512 5.85 (126 registers, no spills; 2 rows a thread -> 4 halves the input conversions per weight).
 FOURBIT_CONFIG = {"BN": 256, "BKW": 4, "num_warps": 4, "num_stages": 1, "waves": 4, "LOOKUP": "prmt", "STAGES": 0}
 FOURBIT_TC_CONFIG = {"BN": 64, "BM": 16, "BKW": 16, "num_warps": 4, "num_stages": 1, "waves": 4}
 
