@@ -142,7 +142,7 @@ def _pair_f32(words, planes, J: tl.constexpr, ASM: tl.constexpr):
     HALF: tl.constexpr = J // 4
     index = words & 0x77777777  # code & 7 in every nibble, both halves in one LOP3
     low, high = _lookup4(_shr(index, 16 * HALF), _shr(words, 16 * HALF + 1), planes, ASM)
-    halves = _prmt(low, high, 0x5140 + 0x2222 * (J % 4 // 2), ASM)  # bytes 2p, 2p + 4 | 2p + 1, 2p + 5
+    halves = _prmt(low, high, 0x5140 + 0x2222 * (J % 4 // 2), ASM)  # fp16 of code J << 16 | fp16 of code J + 1
     if ASM:  # one HADD2.F32 each (ptxas re-pairs halves of two registers when LLVM sees the conversions)
         return tl.inline_asm_elementwise(
             "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.f32.f16 $0, hi; cvt.f32.f16 $1, lo; }", "=r,=r,r",
@@ -195,9 +195,10 @@ def _fourbit_gemv(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr
                   X64: tl.constexpr, STAGES: tl.constexpr):
     """y[m, offs_n] (or this K slice's fp32 partial) for one row m; grid (N / BN, rows, SPLIT_K).
 
-    LOOKUP "prmt": codes become fp16 table values in registers (_lookup4), "gather": loads from the table.
-    STAGES > 0: Triton's software pipeliner copies the next STAGES - 1 tiles' words and absmax into shared
-    memory with cp.async while this one is computed; STAGES 0: the next tile is loaded ahead into registers."""
+    LOOKUP "prmt": codes become fp16 table values in registers (_pair_f32), "gather": loads from the table.
+    X64: inputs read as int64 words of four (triton_gemv._x_f32), else one by one. STAGES > 0: Triton's
+    software pipeliner copies the next STAGES - 1 tiles' words and absmax into shared memory with cp.async
+    while this one is computed; STAGES 0: the next tile is loaded ahead into registers."""
     pid_n, m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BN + tl.arange(0, BN)
     mask_n = offs_n < N
