@@ -35,6 +35,13 @@ ROWS = [1, 4, 16, 64, 128, 512]
 L2_FLUSH_BYTES = 256 * 2**20  # weight copies per variant add up to at least this (H100 L2: 50 MB)
 MAX_COPIES = 64
 TWO_TILES_AHEAD = {"PREFETCH": 2}  # triton_gemv with two K tiles loaded ahead instead of one (kern8)
+NF4_MV_CONFIGS = {  # triton_fourbit's matrix-vector kernel at one row beside its default (byte-permute lookup)
+    "gather": {"LOOKUP": "gather"},  # the table gathered from memory, as before the byte permutes
+    "st3": {"STAGES": 3},  # Triton's software pipeliner, two tiles in flight through shared memory
+    "bn512": {"BN": 512},  # 4 rows a thread, not 2: each input converted once for 4 rows (126 registers)
+    "bn512_st3": {"BN": 512, "STAGES": 3},
+    "w2": {"num_warps": 2},  # 4 rows a thread as bn512, with as many programs as the default
+}
 
 
 def _copies(nbytes: int) -> int:
@@ -149,6 +156,17 @@ def _nf4(cols, out, rows, dev, preference="auto"):
     return _codebook_variant("fourbit_linear", fourbit_weights(cols, out, dev), ctx, preference)
 
 
+def _nf4_mv(cols, out, dev, mv_config):
+    """NF4 straight to triton_fourbit's matrix-vector kernel with `mv_config` (launch settings other than its
+    defaults), over enough weight copies."""
+    from lowbit.kernels.triton_fourbit import fourbit_matmul
+
+    args, nbytes = fourbit_weights(cols, out, dev)
+    n = _copies(nbytes)
+    ws = [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in range(n)]
+    return (lambda x, i: fourbit_matmul(x, *ws[i], None, "mv", config=mv_config)), n, nbytes, "triton_mv"
+
+
 def _aqlm(cols, out, rows, dev, m, nbits, preference="auto"):
     ctx = CallContext(dev, rows, cols, out, torch.bfloat16, nbits, 8)
     return _codebook_variant("aqlm_linear", aqlm_weights(cols, out, dev, m, nbits), ctx, preference)
@@ -180,6 +198,8 @@ def variants(cols, out, rows, dev):
     yield "aqlm_1x16", lambda: _aqlm(cols, out, rows, dev, 1, 16)
     if rows == 1:  # the kernels auto does not take at one row
         yield "nf4_dq_b64_tc", lambda: _nf4(cols, out, rows, dev, "triton_tc")
+        for name, mv_config in NF4_MV_CONFIGS.items():
+            yield f"nf4_dq_b64_{name}", lambda c=mv_config: _nf4_mv(cols, out, dev, c)
         yield "aqlm_2x8_gather", lambda: _aqlm(cols, out, rows, dev, 2, 8, "triton_gather")
     else:  # the matrix-vector kernels above their row limit, against the reference path (dequantize + cuBLAS)
         yield "nf4_dq_b64_ref", lambda: _nf4(cols, out, rows, dev, "reference")

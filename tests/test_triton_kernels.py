@@ -235,9 +235,10 @@ ROWS_CODEBOOK = ROWS[:-1] if CUDA else (1, 2, 7)  # the interpreter runs one pro
 IN8 = IN - IN % 8  # the NF4/FP4 kernel reads eight codes per int32 word of a row
 
 
-@pytest.mark.parametrize("quant_type,double_quant,blocksize", [
-    ("nf4", True, 64), ("nf4", False, 64), ("fp4", True, 64), ("nf4", True, 40),  # 40: blocks span rows
-])
+FOURBIT_LAYOUTS = [("nf4", True, 64), ("nf4", False, 64), ("fp4", True, 64), ("nf4", True, 40)]  # 40: blocks span rows
+
+
+@pytest.mark.parametrize("quant_type,double_quant,blocksize", FOURBIT_LAYOUTS)
 def test_fourbit_kernel_matches_reference(quant_type, double_quant, blocksize):
     seed = _seed()
     layer = FourBitLinear.from_float(torch.randn(OUT, IN8), torch.randn(OUT),
@@ -251,6 +252,84 @@ def test_fourbit_kernel_matches_reference(quant_type, double_quant, blocksize):
         assert layer.kernel(x).name == kernel
         err = _rel_err(layer(x), ref)
         assert err < TOL[dtype], f"{quant_type} {kernel} rows={rows} err={err:.2e} seed={seed}"
+
+
+FOURBIT_SCHEDULES = ({"LOOKUP": "gather", "STAGES": 0}, {"LOOKUP": "gather", "STAGES": 3},
+                     {"LOOKUP": "prmt", "STAGES": 0}, {"LOOKUP": "prmt", "STAGES": 3},
+                     {"LOOKUP": "prmt", "STAGES": 0, "X64": False})
+
+
+@pytest.mark.parametrize("quant_type,double_quant,blocksize", FOURBIT_LAYOUTS)
+@pytest.mark.parametrize("out,width", [(OUT, IN8), (512, 3072) if CUDA else (256, 384)])
+def test_fourbit_gemv_lookups_and_schedules_match_reference(quant_type, double_quant, blocksize, out, width):
+    """The matrix-vector kernel with either table lookup (byte permutes in registers, or gathers from memory),
+    either load schedule (one tile ahead in registers, or through the software pipeliner), inputs as int64
+    words or one by one, K whole or split in three (rounds that overrun K), fp16 or bf16 inputs, at partial
+    tiles (OUT x IN8) or whole ones (unmasked loads: BN divides out and the tile count is a multiple of 3)."""
+    from lowbit.kernels.triton_fourbit import fourbit_matmul
+
+    seed = _seed()
+    layout = FourBitLayout(out, width, quant_type, blocksize, double_quant)
+    layer = FourBitLinear.from_float(torch.randn(out, width), torch.randn(out), layout).to(DEVICE)
+    args = (*layer.weight_args(), layer.code_table(DEVICE), blocksize, out)
+    for schedule, split in itertools.product(FOURBIT_SCHEDULES, (1, 3)):
+        dtype = torch.bfloat16 if split == 3 else torch.float16  # both input dtypes with every schedule
+        x = torch.randn(1, width, device=DEVICE, dtype=dtype)
+        ref = reference.fourbit_linear(x.double(), *args, layer.bias.double())
+        _poison(1, out)
+        y = fourbit_matmul(x, *args, layer.bias, "mv", config=schedule | {"SPLIT_K": split})
+        err = _rel_err(y, ref)
+        assert err < TOL[dtype], f"{quant_type} {schedule} split={split} {dtype} err={err:.2e} seed={seed}"
+
+
+def _prmt_model(a: int, b: int, c: int) -> int:
+    """PTX ISA, prmt.b32 without a mode: byte k of d is byte (c >> 4k) & 7 of {b, a}, or its sign replicated
+    where (c >> 4k) & 8."""
+    tmp64 = (b << 32) | a
+    d = 0
+    for k in range(4):
+        ctl = (c >> (4 * k)) & 0xF
+        byte = (tmp64 >> (8 * (ctl & 7))) & 0xFF
+        if ctl & 8:
+            byte = 0xFF if byte & 0x80 else 0x00
+        d |= byte << (8 * k)
+    return d
+
+
+def test_prmt_matches_the_ptx_definition():
+    """triton_fourbit._prmt (the instruction on a GPU, its emulation under the interpreter) on random words and
+    selectors (sign-replicating nibbles and bits 16-31 included) against prmt.b32 as the PTX ISA defines it."""
+    import numpy as np
+    from fourbit_probes import prmt_probe
+
+    from lowbit.kernels.triton_splitk import interpreting
+
+    rng = np.random.default_rng(_seed())
+    a, b, c = rng.integers(0, 2**32, size=(3, 512), dtype=np.uint64).astype(np.uint32)
+    words = [torch.from_numpy(v.view(np.int32).copy()).to(DEVICE) for v in (a, b, c)]
+    out = torch.empty(512, dtype=torch.int32, device=DEVICE)
+    prmt_probe[(1,)](*words, out, N=512, ASM=not interpreting())
+    expected = [_prmt_model(int(ai), int(bi), int(ci)) for ai, bi, ci in zip(a, b, c)]
+    assert out.cpu().numpy().view(np.uint32).tolist() == expected
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_fourbit_register_lookup_decodes_every_code(quant_type):
+    """The byte-permute lookup over words of random codes (every code in every position): each code's table
+    value rounded to fp16, exactly."""
+    from fourbit_probes import decode_probe
+
+    from lowbit.core.codebook import code_table
+    from lowbit.formats.nf4 import pack_nibbles
+    from lowbit.kernels.triton_splitk import interpreting
+
+    _seed()
+    codes = torch.randint(0, 16, (1024, 8), dtype=torch.uint8)  # (words, codes of a word)
+    words = pack_nibbles(codes).view(torch.int32).to(DEVICE)  # (1024,): the format's bytes, little-endian
+    table = code_table(quant_type, DEVICE)
+    out = torch.empty(1024, 8, device=DEVICE)
+    decode_probe[(1,)](words, table, out, N=1024, ASM=not interpreting())
+    assert torch.equal(out.cpu(), table.cpu().half().float()[codes.long()])
 
 
 def _aqlm_layer(m: int, nbits: int, g: int) -> AQLMLinear:

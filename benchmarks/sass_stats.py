@@ -1,0 +1,108 @@
+"""Compile a matrix-vector kernel for sm_90 here, no GPU needed: registers, spills, shared memory, SASS mix
+and instructions per weight in the K loop (the longest backward branch's body over the weights one thread
+handles per round).
+
+    PYTHONPATH=src python benchmarks/sass_stats.py fourbit '{}' '{"LOOKUP": "gather"}' '{"STAGES": 3}'
+    PYTHONPATH=src python benchmarks/sass_stats.py gemv '{"PREFETCH": 2}' '{"STAGES": 3}'
+
+Each JSON object overrides the kernel's constexprs (num_warps too). Uses Triton's bundled ptxas and
+cuobjdump; 4096 inputs in whole tiles (EVEN), K split in 4, bf16 inputs (fourbit: NF4, blocksize 64,
+double quantization).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.tools.disasm import get_sass, path_to_cuobjdump
+
+POINTER = "*bf16"
+
+
+def _gemv_spec():
+    from lowbit.kernels.triton_gemv import _gemv
+
+    names = ["x_ptr", "w_ptr", "scale_ptr", "zero_ptr", "bias_ptr", "y_ptr", "part_ptr", "count_ptr", "N", "K",
+             "wpr", "n_groups", "G", "stride_x", "stride_y"]
+    types = [POINTER, "*i32", "*fp16", "*fp16", "*fp16", POINTER, "*fp32", "*i32"] + ["i32"] * 7
+    const = {"K_TILES": 32, "BITS": 4, "UC": 8, "UW": 1, "BN": 128, "BU": 16, "SPLIT_K": 4, "HAS_ZERO": True,
+             "HAS_BIAS": False, "SIGNED8": False, "EVEN": True, "ASM": True, "FIXUP": True, "FENCE": True, "XMODE": 2,
+             "PREFETCH": 1, "STAGES": 0}
+    return _gemv, names, types, const, lambda c: c["BN"] * c["BU"] * c["UC"]
+
+
+def _fourbit_spec():
+    from lowbit.kernels.triton_fourbit import _fourbit_gemv
+
+    names = ["x_ptr", "w_ptr", "absmax_ptr", "dq_scale_ptr", "dq_mean_ptr", "table_ptr", "bias_ptr", "y_ptr",
+             "part_ptr", "count_ptr", "N", "K", "WPR", "stride_x", "stride_y"]
+    types = [POINTER, "*i32", "*i8", "*fp16", "*fp32", "*fp32", POINTER, POINTER, "*fp32", "*i32"] + ["i32"] * 5
+    const = {"B": 64, "K_TILES": 128, "NBLK": 1, "WPB": 4, "BN": 256, "SPLIT_K": 4, "DOUBLE": True,  # nf4, B 64, dq
+             "HAS_BIAS": False, "EVEN": True, "FIXUP": True, "FENCE": True, "LOOKUP": "prmt", "ASM": True, "X64": True,
+             "STAGES": 0}
+    return _fourbit_gemv, names, types, const, lambda c: c["BN"] * c["NBLK"] * c["WPB"] * 8
+
+
+KERNELS = {"gemv": _gemv_spec, "fourbit": _fourbit_spec}
+
+
+def _loop_body(sass: str) -> list[str]:
+    """Instruction lines of the longest loop: from a label to the branch back to it."""
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\w+):\s*$", line))}
+    best: list[str] = []
+    for i, line in enumerate(lines):
+        m = re.search(r"BRA (\w+);", line)
+        if m and labels.get(m.group(1), i) < i:
+            body = [ln for ln in lines[labels[m.group(1)] + 1:i + 1] if "\t" in ln]
+            best = max(best, body, key=len)
+    return best
+
+
+def _opcodes(lines: list[str]) -> collections.Counter:
+    return collections.Counter(m.group(1).split(".")[0] for ln in lines
+                               if (m := re.search(r"\t(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)", ln)))
+
+
+def compile_stats(kernel: str, overrides: dict) -> dict:
+    fn, names, types, const, weights_per_round = KERNELS[kernel]()
+    num_warps = overrides.pop("num_warps", 4)
+    const |= overrides
+    sig = dict(zip(names, types)) | {k: "constexpr" for k in const}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name not in ("G", "B")}
+    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1})
+    sass = get_sass(compiled.asm["cubin"])
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([path_to_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True,
+                               check=True).stdout
+    loop = _loop_body(sass)
+    per_thread = weights_per_round(const) / (32 * num_warps)
+    ops = _opcodes(loop)
+    return {"registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+            "stack": int(re.search(r"STACK:(\d+)", usage).group(1)), "shared": compiled.metadata.shared,
+            "instructions": sum(_opcodes(sass.splitlines()).values()), "loop": len(loop),
+            "per_weight": round(len(loop) / per_thread, 2), "loop_mix": dict(ops.most_common(14))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kernel", choices=sorted(KERNELS))
+    parser.add_argument("overrides", nargs="*", default=["{}"], help="JSON objects of constexprs")
+    args = parser.parse_args()
+    for spec in args.overrides:
+        print(spec, json.dumps(compile_stats(args.kernel, json.loads(spec))))
+
+
+if __name__ == "__main__":
+    main()
