@@ -272,9 +272,9 @@ def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_pt
            pid_n + m * tl.num_programs(0), pid_k, tl.num_programs(1) * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
 
 
-# H100 sweep, int4 g128 (kern7). PREFETCH 2 (kern8, not yet timed on a GPU: docs/kern8.md): each program waits on
-# memory latency between tiles, and a second tile ahead fits the same 128 registers (sm_90 SASS), so the 4
-# programs per SM would keep twice the weight bytes in flight; benchmarks/kernels.py times it as *_pf2.
+# H100 sweep, int4 g128 (kern7). H200 sweep (kern9, docs/kern9.md): PREFETCH 2 ran 9% slower on 4096x14336, and
+# STAGES 3-6 (software pipeliner) slower at every launch shape on the large int4/int2 shapes, 2-3% faster for
+# int8 on two shapes: the kernel is not waiting on memory, so one tile ahead in registers stays the default.
 GEMV_CONFIG = {"BN": 128, "BK": 128, "num_warps": 4, "num_stages": 1, "waves": 4, "PREFETCH": 1, "STAGES": 0}
 GEMV_CONFIG_8BIT = {"BN": 64}  # int8 codes: more bytes per code, fewer outputs per program
 
