@@ -35,12 +35,12 @@ ROWS = [1, 4, 16, 64, 128, 512]
 L2_FLUSH_BYTES = 256 * 2**20  # weight copies per variant add up to at least this (H100 L2: 50 MB)
 MAX_COPIES = 64
 TWO_TILES_AHEAD = {"PREFETCH": 2}  # triton_gemv with two K tiles loaded ahead instead of one (kern8)
-NF4_MV_CONFIGS = {  # triton_fourbit's matrix-vector kernel at one row beside its default (byte-permute lookup)
-    "gather": {"LOOKUP": "gather"},  # the table gathered from memory, as before the byte permutes
-    "st3": {"STAGES": 3},  # Triton's software pipeliner, two tiles in flight through shared memory
-    "bn512": {"BN": 512},  # 4 rows a thread, not 2: each input converted once for 4 rows (126 registers)
-    "bn512_st3": {"BN": 512, "STAGES": 3},
-    "w2": {"num_warps": 2},  # 4 rows a thread as bn512, with as many programs as the default
+PRMT = {"LOOKUP": "prmt", "X64": True}  # NF4 table looked up in registers with byte permutes, inputs as int64 words
+NF4_MV_CONFIGS = {  # triton_fourbit's matrix-vector kernel at one row beside its default (the table gathered)
+    "prmt": PRMT,
+    "prmt_st3": PRMT | {"STAGES": 3},  # Triton's software pipeliner, two tiles in flight through shared memory
+    "prmt_bn512": PRMT | {"BN": 512},  # 4 rows a thread, not 2: each input converted once for 4 rows (126 registers)
+    "prmt_w2": PRMT | {"num_warps": 2},  # 4 rows a thread as bn512, with as many programs as the default
 }
 
 

@@ -254,8 +254,8 @@ def test_fourbit_kernel_matches_reference(quant_type, double_quant, blocksize):
         assert err < TOL[dtype], f"{quant_type} {kernel} rows={rows} err={err:.2e} seed={seed}"
 
 
-FOURBIT_SCHEDULES = ({"LOOKUP": "gather", "STAGES": 0}, {"LOOKUP": "gather", "STAGES": 3},
-                     {"LOOKUP": "prmt", "STAGES": 0}, {"LOOKUP": "prmt", "STAGES": 3},
+FOURBIT_SCHEDULES = ({"LOOKUP": "gather", "STAGES": 0, "X64": False}, {"LOOKUP": "gather", "STAGES": 3, "X64": False},
+                     {"LOOKUP": "prmt", "STAGES": 0, "X64": True}, {"LOOKUP": "prmt", "STAGES": 3, "X64": True},
                      {"LOOKUP": "prmt", "STAGES": 0, "X64": False})
 
 
