@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from kernel_bench import _bf16_variant, _copies, _time_per_call, aqlm_weights, cuda_device, fourbit_weights
+from kernel_bench import _bf16_variant, _time_per_call, aqlm_weights, cuda_device, fourbit_weights, weight_copies
 
 NF4_GRID = {"mv": {"BN": (128, 256, 512), "BKW": (4, 8), "num_warps": (4, 8)},
             "tc": {"BN": (32, 64, 128), "BKW": (8, 16), "num_stages": (1, 2)}}
@@ -50,12 +50,11 @@ def sweep_cell(cols, out, rows, dev, only: set[str], waves: list[int] | None = N
     for label, (args, nbytes), space, run in _kernels(cols, out, dev):
         if only and label not in only:
             continue
-        n = _copies(nbytes)
-        ws = [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in range(n)]
+        ws = weight_copies(args, nbytes)
         for cfg in _grid({"waves": tuple(waves)} if waves else space):
             rec = {"kernel": label, "shape": f"{cols}x{out}", "rows": rows, "config": cfg}
             try:
-                sec = _time_per_call(lambda i: run(x, ws[i], dict(cfg)), n)
+                sec = _time_per_call(lambda i: run(x, ws[i], dict(cfg)), len(ws))
                 rec |= {"us": sec * 1e6, "x_bf16": bf16 / sec, "GBps": (nbytes + x.numel() * 2) / sec / 1e9}
             except Exception as err:  # a config that does not compile is reported, not skipped silently
                 rec["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"

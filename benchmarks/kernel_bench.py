@@ -72,22 +72,33 @@ def _candidate_call(op, ctx, preference, weights):
     return (lambda x, i: cand.fn(x, packed[i], None)), cand.name
 
 
-def _int_group_variant(cols, out, bits, rows, dev, preference="auto", gemv_config=None):
-    """Random codes and qparams in the group-wise format (group 128, asymmetric), through the selector, or
-    straight to the matrix-vector kernel with `gemv_config` (launch settings other than its defaults)."""
+def int_group_weights(cols, out, bits, dev) -> tuple[tuple, int]:
+    """Random codes and qparams in the group-wise format (group 128, asymmetric): ((qweight, scale, zero),
+    packed bytes)."""
     layout = IntGroupLayout(out, cols, bits, 128, symmetric=False)
     codes = torch.randint(0, 2**bits, (out, cols), dtype=torch.uint8, device=dev)  # (out, in)
     qweight = pack_bits(codes, bits)  # (out, words)
     scale = (torch.rand(out, layout.n_groups, device=dev) * 0.02 + 0.001).half()  # (out, n_groups)
     zero = (torch.rand(out, layout.n_groups, device=dev) * (2**bits - 1)).half()
-    n = _copies(layout.nbytes())
-    ws = [(qweight.clone(), scale.clone(), zero.clone(), bits, 128) for _ in range(n)]
+    return (qweight, scale, zero), layout.nbytes()
+
+
+def weight_copies(args: tuple, nbytes: int) -> list[tuple]:
+    """Enough copies of a weight's arguments (tensors cloned, settings shared) that they do not fit in L2."""
+    return [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in range(_copies(nbytes))]
+
+
+def _int_group_variant(cols, out, bits, rows, dev, preference="auto", gemv_config=None):
+    """int_group_weights through the selector, or straight to the matrix-vector kernel with `gemv_config`
+    (launch settings other than its defaults)."""
+    (qweight, scale, zero), nbytes = int_group_weights(cols, out, bits, dev)
+    ws = weight_copies((qweight, scale, zero, bits, 128), nbytes)
     if gemv_config is not None:
         args = [(q, s, z, None, bits, 128) for q, s, z, _, _ in ws]  # no bias
-        return _gemv_call(args, gemv_config), n, layout.nbytes(), "triton_mv"
+        return _gemv_call(args, gemv_config), len(ws), nbytes, "triton_mv"
     ctx = CallContext(dev, rows, cols, out, torch.bfloat16, bits, 128)
     call, name = _candidate_call("int_group_linear", ctx, preference, ws)
-    return call, n, layout.nbytes(), name
+    return call, len(ws), nbytes, name
 
 
 def _gemv_call(args, config, signed8=False):
@@ -145,10 +156,9 @@ def aqlm_weights(cols, out, dev, m, nbits) -> tuple[tuple, int]:
 def _codebook_variant(op, weights, ctx, preference="auto"):
     """A codebook format (fourbit_linear or aqlm_linear) through the selector, over enough weight copies."""
     args, nbytes = weights
-    n = _copies(nbytes)
-    ws = [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in range(n)]
+    ws = weight_copies(args, nbytes)
     call, name = _candidate_call(op, ctx, preference, ws)
-    return call, n, nbytes, name
+    return call, len(ws), nbytes, name
 
 
 def _nf4(cols, out, rows, dev, preference="auto"):
@@ -162,9 +172,8 @@ def _nf4_mv(cols, out, dev, mv_config):
     from lowbit.kernels.triton_fourbit import fourbit_matmul
 
     args, nbytes = fourbit_weights(cols, out, dev)
-    n = _copies(nbytes)
-    ws = [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in range(n)]
-    return (lambda x, i: fourbit_matmul(x, *ws[i], None, "mv", config=mv_config)), n, nbytes, "triton_mv"
+    ws = weight_copies(args, nbytes)
+    return (lambda x, i: fourbit_matmul(x, *ws[i], None, "mv", config=mv_config)), len(ws), nbytes, "triton_mv"
 
 
 def _aqlm(cols, out, rows, dev, m, nbits, preference="auto"):

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from kernel_bench import _bf16_variant, _copies, _time_per_call, _torch_int4_variant, copy_bandwidth
-from lowbit.formats.bitpack import pack_bits
-from lowbit.formats.int_group import IntGroupLayout
+from kernel_bench import (_bf16_variant, _time_per_call, _torch_int4_variant, copy_bandwidth, int_group_weights,
+                          weight_copies)
 from lowbit.kernels.reference import int_group_linear
 from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
@@ -62,15 +61,6 @@ def mv_space(rows: int):
     yield base | {"BN": 128, "num_warps": 4, "waves": 4, "STAGES": 4, "ASM": False}
 
 
-def _weights(cols, out, bits, dev):
-    layout = IntGroupLayout(out, cols, bits, 128, symmetric=False)
-    codes = torch.randint(0, 2**bits, (out, cols), dtype=torch.uint8, device=dev)  # (out, in)
-    qweight = pack_bits(codes, bits)  # (out, words)
-    scale = (torch.rand(out, layout.n_groups, device=dev) * 0.02 + 0.001).half()  # (out, n_groups)
-    zero = (torch.rand(out, layout.n_groups, device=dev) * (2**bits - 1)).half()
-    return (qweight, scale, zero), layout.nbytes()
-
-
 def _int8_weights(cols, out, dev):
     """int8 weight-only layout for _gemv: (out, in / 4) int32 words of int8 codes, scale (out, 1), no zero."""
     q = torch.randint(-127, 128, (out, cols), dtype=torch.int8, device=dev)  # (out, in)
@@ -80,15 +70,15 @@ def _int8_weights(cols, out, dev):
 
 def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, configs=None) -> list[dict]:
     x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
-    (qweight, scale, zero), nbytes = _int8_weights(cols, out, dev) if signed8 else _weights(cols, out, bits, dev)
+    weights = _int8_weights(cols, out, dev) if signed8 else int_group_weights(cols, out, bits, dev)
+    (qweight, scale, zero), nbytes = weights
     group = cols if signed8 else 128
     if signed8:
         ref = x.float() @ (qweight.view(torch.int8).float() * scale.float()).t()  # (rows, out) fp32
     else:
         ref = int_group_linear(x.float(), qweight, scale, zero, bits, 128, None)  # (rows, out) fp32
     kernel = int_group_gemv if path == "mv" else int_group_matmul
-    n = _copies(nbytes)
-    ws = [(qweight.clone(), scale.clone(), None if zero is None else zero.clone()) for _ in range(n)]
+    ws = weight_copies((qweight, scale, zero), nbytes)
     out_rows = []
     for label, build in (("bf16", lambda: _bf16_variant(cols, out, dev)), ("torch_int4", lambda: _torch_int4_variant(cols, out, dev))):
         call, copies, _, _ = build()
@@ -105,7 +95,7 @@ def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, c
                 y = kernel(x, qweight, scale, zero, None, bits, group, signed8=signed8, config=cfg)
                 rec["rel_err"] = ((y.float() - ref).norm() / ref.norm()).item()
                 rec["us"] = _time_per_call(
-                    lambda i: kernel(x, *ws[i], None, bits, group, signed8=signed8, config=cfg), n) * 1e6
+                    lambda i: kernel(x, *ws[i], None, bits, group, signed8=signed8, config=cfg), len(ws)) * 1e6
             except Exception as err:  # reported, never skipped silently
                 rec["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
             out_rows.append(rec)

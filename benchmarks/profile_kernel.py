@@ -12,8 +12,7 @@ import argparse
 
 import torch
 
-from kernel_bench import _torch_int4_variant
-from kernel_sweep import _weights
+from kernel_bench import _torch_int4_variant, int_group_weights
 from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
 
@@ -31,7 +30,7 @@ def main() -> None:
         tinygemm = _torch_int4_variant(cols, out, dev)[0]
         call = lambda x: tinygemm(x, 0)
     else:
-        (qweight, scale, zero), _ = _weights(cols, out, args.bits, dev)
+        (qweight, scale, zero), _ = int_group_weights(cols, out, args.bits, dev)
         kernel = int_group_gemv if args.path == "mv" else int_group_matmul
         call = lambda x: kernel(x, qweight, scale, zero, None, args.bits, 128)
     for rows in args.rows:
