@@ -3,9 +3,9 @@ and instructions per weight in the K loop (the longest backward branch's body ov
 handles per round).
 
     PYTHONPATH=src python benchmarks/sass_stats.py fourbit '{}' '{"LOOKUP": "gather"}' '{"STAGES": 3}'
-    PYTHONPATH=src python benchmarks/sass_stats.py gemv '{"PREFETCH": 2}' '{"STAGES": 3}'
+    PYTHONPATH=src python benchmarks/sass_stats.py gemv '{"PREFETCH": 2}' '{"STAGES": 3}' '{"BITS": 3}'
 
-Each JSON object overrides the kernel's constexprs (num_warps too). Uses Triton's bundled ptxas and
+Each JSON object overrides the kernel's constexprs (num_warps too; gemv derives its unit shape from BITS). Uses Triton's bundled ptxas and
 cuobjdump; 4096 inputs in whole tiles (EVEN), K split in 4, bf16 inputs (fourbit: NF4, blocksize 64,
 double quantization).
 """
@@ -33,10 +33,22 @@ def _gemv_spec():
     names = ["x_ptr", "w_ptr", "scale_ptr", "zero_ptr", "bias_ptr", "y_ptr", "part_ptr", "count_ptr", "N", "K",
              "wpr", "n_groups", "G", "stride_x", "stride_y"]
     types = [POINTER, "*i32", "*fp16", "*fp16", "*fp16", POINTER, "*fp32", "*i32"] + ["i32"] * 7
-    const = {"K_TILES": 32, "BITS": 4, "UC": 8, "UW": 1, "BN": 128, "BU": 16, "SPLIT_K": 4, "HAS_ZERO": True,
-             "HAS_BIAS": False, "SIGNED8": False, "EVEN": True, "ASM": True, "FIXUP": True, "FENCE": True, "XMODE": 2,
-             "PREFETCH": 1, "STAGES": 0}
-    return _gemv, names, types, const, lambda c: c["BN"] * c["BU"] * c["UC"]
+    const = {"K_TILES": 32, "BITS": 4, "BN": 128, "SPLIT_K": 4, "HAS_ZERO": True, "HAS_BIAS": False,
+             "SIGNED8": False, "EVEN": True, "ASM": True, "FIXUP": True, "FENCE": True, "XMODE": 2, "PREFETCH": 1,
+             "STAGES": 0}
+    return _gemv, names, types, const, _gemv_unit
+
+
+def _gemv_unit(const: dict) -> int:
+    """Fills the unit shape that BITS implies (UC codes in UW words, BU units a 128-input tile; as
+    int_group_gemv does), unless given; returns the weights a round of the K loop covers."""
+    from lowbit.kernels.triton_int import unit_shape
+
+    uc, uw = unit_shape(const["BITS"])
+    const.setdefault("UC", uc)
+    const.setdefault("UW", uw)
+    const.setdefault("BU", 128 // const["UC"])
+    return const["BN"] * const["BU"] * const["UC"]
 
 
 def _fourbit_spec():
@@ -76,6 +88,7 @@ def compile_stats(kernel: str, overrides: dict) -> dict:
     fn, names, types, const, weights_per_round = KERNELS[kernel]()
     num_warps = overrides.pop("num_warps", 4)
     const |= overrides
+    per_thread = weights_per_round(const) / (32 * num_warps)  # (and the gemv's unit shape filled in)
     sig = dict(zip(names, types)) | {k: "constexpr" for k in const}
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name not in ("G", "B")}
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
@@ -87,7 +100,6 @@ def compile_stats(kernel: str, overrides: dict) -> dict:
         usage = subprocess.run([path_to_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True,
                                check=True).stdout
     loop = _loop_body(sass)
-    per_thread = weights_per_round(const) / (32 * num_warps)
     ops = _opcodes(loop)
     return {"registers": int(re.search(r"REG:(\d+)", usage).group(1)),
             "stack": int(re.search(r"STACK:(\d+)", usage).group(1)), "shared": compiled.metadata.shared,
