@@ -6,8 +6,8 @@ handles per round).
     PYTHONPATH=src python benchmarks/sass_stats.py gemv '{"PREFETCH": 2}' '{"STAGES": 3}' '{"BITS": 3}'
 
 Each JSON object overrides the kernel's constexprs (num_warps too; gemv derives its unit shape from BITS).
-Uses Triton's bundled ptxas and cuobjdump; 4096 inputs in whole tiles (EVEN), K split in 4, bf16 inputs (fourbit: NF4, blocksize 64,
-double quantization).
+Uses Triton's bundled ptxas and cuobjdump; 4096 inputs in whole tiles (EVEN), K split in 4, bf16 inputs
+(fourbit: NF4, blocksize 64, double quantization).
 """
 
 from __future__ import annotations
