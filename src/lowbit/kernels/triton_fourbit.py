@@ -12,16 +12,16 @@ With in_features a multiple of B a group of WPB words lies in one absmax block: 
 double quantization its second level (absmax_q * absmax_scale[block // 256] + mean), is read and applied
 once per group; otherwise (blocks spanning rows) WPB = 1 and it is applied per word.
 
-The 16-entry table is a gather per code from memory by default (LOOKUP "gather"), or looked up in registers
-(LOOKUP "prmt", not yet run on a GPU, so not the default), with byte permutes as LUT-based low-bit GEMM
-kernels do: rounded to fp16, its low and high bytes form two planes of four int32 words each, and PTX's
-prmt picks the bytes of four codes at once from a pair of words (8 entries; two pairs and a blend by code
-bit 3 cover 16): 4.75 SASS instructions per weight for lookup, conversion and FFMA (benchmarks/sass_stats.py).
-The gather bounds the default kernel (Nsight Compute saw most stall cycles waiting on L1TEX, docs/kern6.md). Rounding the table to fp16 moves a
-weight by at most 2**-11 of itself (NF4: 3.3e-4 at most, 1.6e-4 rms over the table's rms); bf16 would move
-it by up to 2**-8 (NF4: 1.1e-3 rms, half the fp16 test tolerance), whatever x's dtype. Split-K partials are
-summed as in triton_gemv (triton_splitk). For more rows `_fourbit_tc` looks each tile up once (a gather) for
-BM rows and multiplies on tensor cores. Importing this module imports Triton: callers import it lazily.
+The 16-entry table is a gather per code from memory by default (LOOKUP "gather"), or looked up in registers (LOOKUP
+"prmt", not yet run on a GPU, so not the default), with byte permutes as LUT-based low-bit GEMM kernels do: rounded
+to fp16, its low and high bytes form two planes of four int32 words each, and PTX's prmt picks the bytes of four
+codes at once from a pair of words (8 entries; two pairs and a blend by code bit 3 cover 16): 4.75 SASS instructions
+per weight for lookup, conversion and FFMA (benchmarks/sass_stats.py). The gather bounds the default kernel (Nsight
+Compute saw most stall cycles waiting on L1TEX, docs/kern6.md). Rounding the table to fp16 moves a weight by at most
+2**-11 of itself (NF4: 3.3e-4 at most, 1.6e-4 rms over the table's rms); bf16 would move it by up to 2**-8 (NF4:
+1.1e-3 rms, half the fp16 test tolerance), whatever x's dtype. Split-K partials are summed as in triton_gemv
+(triton_splitk). For more rows `_fourbit_tc` looks each tile up once (a gather) for BM rows and multiplies on tensor
+cores. Importing this module imports Triton: callers import it lazily.
 """
 
 from __future__ import annotations
@@ -271,11 +271,12 @@ def _fourbit_tc(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr, 
 
 # H100 sweeps (benchmarks/results/sweep-h100-kern6-run2*.json): the matrix-vector kernel with the gather ran
 # 0.93-1.10x bf16 over every config tried; the tensor-core one 0.37-0.57x at 16 rows with one stage, 0.16-0.21x
-# with two. The default stays that measured kernel (gather, inputs one by one) until the byte-permute lookup
-# has run on a GPU: LOOKUP "prmt" with X64 inputs is built and checked under Triton's interpreter only
+# with two. The default stays that measured kernel (gather, inputs one by one) until the byte-permute lookup has
+# run on a GPU: LOOKUP "prmt" with X64 inputs is built and checked under Triton's interpreter only
 # (kernel_bench.py at one row times it as nf4_dq_b64_prmt, _prmt_st3, _prmt_bn512, _prmt_w2). sm_90 SASS per
-# weight in the K loop (benchmarks/sass_stats.py, 4096 inputs, bf16): gather 7.78, prmt 6.78 (40 registers),
-# STAGES 3 6.72 (56), BN 512 5.85 (126 registers, no spills; 4 rows a thread halve the input conversions).
+# weight in the K loop (benchmarks/sass_stats.py, 4096 inputs, bf16): gather 7.62 (7.78 with X64), prmt 6.78 (40
+# registers), STAGES 3 6.72 (56), BN 512 5.85 (126 registers, no spills; 4 rows a thread halve the input
+# conversions).
 FOURBIT_CONFIG = {"BN": 256, "BKW": 4, "num_warps": 4, "num_stages": 1, "waves": 4, "LOOKUP": "gather", "STAGES": 0,
                   "X64": False}
 FOURBIT_TC_CONFIG = {"BN": 64, "BM": 16, "BKW": 16, "num_warps": 4, "num_stages": 1, "waves": 4}
