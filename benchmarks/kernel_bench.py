@@ -223,6 +223,8 @@ def _int_variants(cols, out, rows, dev):
     yield "bf16", lambda: _bf16_variant(cols, out, dev)
     yield "torch_int4_g128", lambda: _torch_int4_variant(cols, out, dev)
     yield "int4_g128", lambda: _int_group_variant(cols, out, 4, rows, dev)
+    # the Triton kernels' choice (auto takes the CUDA int4 kernel up to 16 rows where it can run)
+    yield "int4_g128_triton", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton")
     if rows == 1:  # the selector takes the matrix-vector kernel there: the tensor-core one for comparison
         yield "int4_g128_tc", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton_tc")
         yield "int3_g128_tc", lambda: _int_group_variant(cols, out, 3, rows, dev, "triton_tc")

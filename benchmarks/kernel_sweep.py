@@ -3,8 +3,8 @@
     PYTHONPATH=src python benchmarks/kernel_sweep.py --path mv --rows 1 --out sweep.json
 
 For each (shape, rows) cell it times bf16 cuBLAS, torch's int4 kernel and every candidate configuration
-of `_mm_tc` (--path tc) or of the matrix-vector `_gemv` (--path mv; --bits 8 --signed8 is the int8
-weight-only layout) side by side (benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that
+of `_mm_tc` (--path tc), of the matrix-vector `_gemv` (--path mv; --bits 8 --signed8 is the int8
+weight-only layout) or of the CUDA int4 kernel (--path mma, cuda_int4) side by side (benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that
 overflow L2, do_bench median), checks each configuration once against an fp32 reference, and prints the
 best per cell. The tuned table in kernels/triton_int.py (tc_config) comes from its output.
 """
@@ -61,6 +61,24 @@ def mv_space(rows: int):
     yield base | {"BN": 128, "num_warps": 4, "waves": 4, "STAGES": 4, "ASM": False}
 
 
+def mma_space(rows: int):
+    """Candidate launch shapes of the CUDA int4 kernel (cuda_int4_mma.cu): its default (choose_config) first,
+    then K slices per warp x warps per block x output tiles per block."""
+    yield {}
+    frags = 1 if rows <= 8 else 2
+    for ks, warps, tiles in [(512, 8, 1), (512, 8, 2), (512, 8, 4), (256, 8, 1), (256, 8, 2), (256, 8, 4),
+                             (256, 16, 1), (512, 4, 2), (512, 4, 4), (1024, 4, 1), (256, 4, 4)]:
+        if frags == 2 and ks > 256:
+            continue
+        yield {"KS": ks, "WARPS": warps, "TILES": tiles}
+
+
+def _mma(x, qweight, scale, zero, bias, bits, group, signed8=False, config=None):
+    from lowbit.kernels.cuda_int4 import int4_mma_matmul
+
+    return int4_mma_matmul(x, qweight, scale, zero, bias, bits, group, config=config)
+
+
 def _int8_weights(cols, out, dev):
     """int8 weight-only layout for _gemv: (out, in / 4) int32 words of int8 codes, scale (out, 1), no zero."""
     q = torch.randint(-127, 128, (out, cols), dtype=torch.int8, device=dev)  # (out, in)
@@ -77,7 +95,7 @@ def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, c
         ref = x.float() @ (qweight.view(torch.int8).float() * scale.float()).t()  # (rows, out) fp32
     else:
         ref = int_group_linear(x.float(), qweight, scale, zero, bits, 128, None)  # (rows, out) fp32
-    kernel = int_group_gemv if path == "mv" else int_group_matmul
+    kernel = {"mv": int_group_gemv, "tc": int_group_matmul, "mma": _mma}[path]
     ws = weight_copies((qweight, scale, zero), nbytes)
     out_rows = []
     for label, build in (("bf16", lambda: _bf16_variant(cols, out, dev)), ("torch_int4", lambda: _torch_int4_variant(cols, out, dev))):
@@ -85,7 +103,7 @@ def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, c
         out_rows.append({"variant": label, "us": _time_per_call(lambda i: call(x, i), copies) * 1e6})
         del call
     start = time.time()
-    for space in (configs or (mv_space if path == "mv" else tc_space)(rows),):
+    for space in (configs or {"mv": mv_space, "tc": tc_space, "mma": mma_space}[path](rows),):
         for cfg in space:
             if time.time() - start > budget_s:
                 out_rows.append({"variant": "budget", "error": "cell time budget spent, rest skipped"})
@@ -114,7 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, nargs="+", default=[1, 16, 128])
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--signed8", action="store_true", help="int8 weight-only layout (implies --bits 8)")
-    p.add_argument("--path", choices=["tc", "mv"], default="tc")
+    p.add_argument("--path", choices=["tc", "mv", "mma"], default="tc")
     p.add_argument("--cell-budget", type=float, default=40.0, help="seconds per cell")
     p.add_argument("--configs", type=json.loads, help="a JSON list of configurations to time instead of the space")
     p.add_argument("--out", type=Path)

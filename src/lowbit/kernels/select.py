@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from lowbit.errors import LowbitError
-from lowbit.kernels import cpu, reference, triton_ops
+from lowbit.kernels import cpu, cuda_int4, reference, triton_ops
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,11 @@ def _triton_aqlm(kernel: str, ctx: CallContext) -> str | None:
                                                             ctx.group_size or 0)
 
 
+def _cuda_mma_int_group(ctx: CallContext) -> str | None:
+    return _int32_index(ctx) or cuda_int4.unavailable(ctx.device, ctx.dtype, ctx.bits, ctx.rows, ctx.in_features,
+                                                      ctx.out_features, ctx.group_size or 0)
+
+
 _few_rows_fourbit = partial(_more_rows_than, triton_ops.FOURBIT_MV_ROWS, "the tensor-core kernel is faster")
 _fourbit_tc_rows = partial(_more_rows_than, triton_ops.FOURBIT_TC_ROWS, "dequantizing once for cuBLAS is faster")
 _few_rows_aqlm = partial(_more_rows_than, triton_ops.AQLM_MAX_ROWS, "dequantizing for cuBLAS is faster")
@@ -123,6 +128,7 @@ _int8_rows_int_mm = partial(reference.int8_rows_matmul, int8_mm=reference.w8a8_l
 # Fastest first; the last entry of each op is the reference path and runs everywhere.
 _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int_group_linear": (
+        Candidate("cuda_mma", triton_ops.int_group_linear_mma, _cuda_mma_int_group),
         # at one row torch's tinygemm ran 9-30% faster than triton_mv on the H100 but holds a second, repacked
         # copy of the weights, so auto keeps lowbit's kernel; name torch_int4_cuda to get it
         Candidate("triton_mv", triton_ops.int_group_linear_mv, _triton_mv_int_group, _few_rows),

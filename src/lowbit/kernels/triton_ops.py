@@ -1,5 +1,5 @@
-"""The Triton kernels as torch.library custom ops (with fake implementations for torch.compile and CUDA
-graphs), and the checks that tell the selector when they cannot run.
+"""The GPU kernels (Triton's, and cuda_int4's CUDA one) as torch.library custom ops (with fake implementations
+for torch.compile and CUDA graphs), and the checks that tell the selector when they cannot run.
 
 Triton itself is imported only inside the ops' real implementations. On a machine without CUDA the ops
 run under Triton's interpreter when TRITON_INTERPRET=1 (how the CPU tests exercise them).
@@ -77,7 +77,12 @@ def int_group_unavailable(device: torch.device, dtype: torch.dtype | None, bits:
 
 
 def _matmul(path: str):
-    """The Triton entry point for `path`: "mv" (CUDA-core matrix-vector) or "tc" (tensor cores)."""
+    """The entry point for `path`: "mv" (Triton, CUDA-core matrix-vector), "tc" (Triton, tensor cores) or "mma"
+    (CUDA, int4 on tensor cores for up to 16 rows: cuda_int4)."""
+    if path == "mma":
+        from lowbit.kernels.cuda_int4 import int4_mma_matmul
+
+        return int4_mma_matmul
     if path == "mv":
         from lowbit.kernels.triton_gemv import int_group_gemv
 
@@ -94,7 +99,7 @@ def int_group_mm(
     x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_size: int, path: str = "tc",
 ) -> torch.Tensor:
-    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out); path "tc" or "mv"."""
+    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out); path "tc", "mv" or "mma"."""
     return _matmul(path)(x, qweight, scale, zero, bias, bits, group_size)
 
 
@@ -133,6 +138,10 @@ def _(x_q, x_scale, qweight, w_scale):
 # Entry points with the reference functions' signatures, for the selector's table.
 def int_group_linear(x, qweight, scale, zero, bits, group_size, bias):
     return int_group_mm(x, qweight, scale, zero, bias, bits, group_size)
+
+
+def int_group_linear_mma(x, qweight, scale, zero, bits, group_size, bias):
+    return int_group_mm(x, qweight, scale, zero, bias, bits, group_size, "mma")
 
 
 def int8_weight_linear(x, qweight, scale, bias):

@@ -19,8 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-N_COUNTERS = 16384  # output tiles a fixed-up call may have
-_counters: dict[torch.device, torch.Tensor] = {}
+from lowbit.kernels.split_counters import counters_for
 
 
 @triton.jit
@@ -85,23 +84,12 @@ def split_k(programs: int, k_tiles: int, device: torch.device, waves: int) -> in
     return split
 
 
-def _counters_for(device: torch.device, tiles: int, fixup: bool) -> torch.Tensor | None:
-    """The device's zeroed tile counters, or None when the call sums with _sum_slices instead."""
-    if not fixup or tiles > N_COUNTERS:
-        return None
-    if device not in _counters:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None  # never allocate inside a graph capture
-        _counters[device] = torch.zeros(N_COUNTERS, dtype=torch.int32, device=device)
-    return _counters[device]
-
-
 def split_buffers(y: torch.Tensor, split: int, tiles: int, fixup: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(partials, counters, launch flags) for a call writing y (rows, N) with `split` K slices."""
     if split == 1:
         return y, y, {"FIXUP": False, "FENCE": False}
     part = torch.empty((split, *y.shape), dtype=torch.float32, device=y.device)  # (split, rows, N)
-    counters = _counters_for(y.device, tiles, fixup)
+    counters = counters_for(y.device, tiles) if fixup else None
     flags = {"FIXUP": counters is not None, "FENCE": counters is not None and not interpreting()}
     return part, (counters if counters is not None else part), flags
 

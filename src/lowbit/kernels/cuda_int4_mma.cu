@@ -1,0 +1,275 @@
+// Group-wise int4 weights (formats.int_group, canonical layout) times up to 16 activation rows on tensor cores.
+//
+// y^T = W x^T with W as mma.sync's A operand (m16n8k16: 16 outputs x 16 inputs) and the activations as
+// its B operand (8 rows a fragment; "swap AB"). The mma's k index is only a summation index, so each
+// thread feeds it the codes it loads from the canonical rows, no repacking: thread (g, t) of a warp
+// (g = lane / 4, t = lane % 4) reads U consecutive words of rows g and g + 8 of a 16-output tile, 8U
+// consecutive inputs from k = chunk + 8Ut, and the activations of those same inputs. One lop3 turns two
+// codes of a word into the 16-bit value OFFSET + code (OR-ed into the bits of 1024.0 fp16 / 128.0 bf16:
+// the "magic number" conversion of FasterTransformer and Marlin, Frantar et al. 2024), so a code costs
+// under one instruction and the products run on tensor cores with fp32 accumulation. Per chunk of 32U
+// inputs (inside one quantization group) the zero and scale are applied once per output and row:
+//
+//     y[n, m] += s[n] * (sum_k (OFFSET + c[n, k]) x[m, k] - (OFFSET + z[n]) * sum_k x[m, k]).
+//
+// Word j of a thread's U words holds inputs kw .. kw + 7 (nibble i = input kw + i). Its codes become two
+// mma k-steps h = 0, 1: the A pairs (nibbles 2h, 2h + 4) and (2h + 1, 2h + 5), and the B pairs of the
+// same inputs, built once per launch from the activations with prmt.
+//
+// A block of WARPS warps covers TILES tiles of 16 outputs; warp w takes K slice blockIdx.y * WARPS + w
+// of KS inputs, keeps that slice's activation fragments in registers, and streams the tiles' words with
+// the next tile's loads in flight. The warps' sums meet in shared memory; when K needs more than one block
+// (gridDim.y > 1), each block writes an fp32 partial and the last block of an output range to arrive adds
+// them up (a per-range counter that it resets; the stream-K "fix-up", Osama et al. 2023).
+//
+// Compile-time settings (-D): BF16 (activations bf16, else fp16), U (words a thread reads per row and
+// chunk: 1, 2 or 4), KS (inputs per warp, a multiple of 32U), G (group size, a multiple of 32U), WARPS,
+// TILES, R8 (8-row activation fragments: 1 or 2), HAS_ZERO (else the symmetric zero 8).
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+#define CK (32 * U)           // inputs per chunk (4 threads x U words x 8 codes)
+#define NCH (KS / CK)         // chunks per warp slice
+#define OUT_TILE 16
+#define NVALS (TILES * 32 * 4 * R8)  // a warp's fp32 results per block
+
+#if BF16
+#define MAGIC 0x43004300u
+#define OFFSET 128.0f
+#else
+#define MAGIC 0x64006400u
+#define OFFSET 1024.0f
+#endif
+
+__device__ __forceinline__ u32 magic_pair(u32 w) {  // (w & 0x000f000f) | MAGIC: codes 0 and 4 of w as 16-bit pair
+  u32 r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(w), "n"(0x000f000f), "n"(MAGIC));
+  return r;
+}
+
+__device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 sel) {
+  u32 r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
+__device__ __forceinline__ float half_f32(u16 h) {  // fp16 -> fp32 (the qparams are fp16)
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+
+__device__ __forceinline__ float act_f32(u32 pair, int high) {  // one 16-bit activation of a pair -> fp32
+  u16 h = high ? (u16)(pair >> 16) : (u16)(pair & 0xffff);
+#if BF16
+  return __uint_as_float(((u32)h) << 16);
+#else
+  return half_f32(h);
+#endif
+}
+
+__device__ __forceinline__ u16 f32_act(float f) {  // fp32 -> the activations' 16-bit type, round to nearest
+  u16 h;
+#if BF16
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#else
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#endif
+  return h;
+}
+
+__device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if BF16
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+#else
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+#endif
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// U words from global memory, read-only path, not kept in L1 (each weight is read once).
+__device__ __forceinline__ void load_words(u32* dst, const u32* src, bool valid) {
+#pragma unroll
+  for (int j = 0; j < U; ++j) dst[j] = 0;
+  if (!valid) return;
+#if U == 4
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(dst[0]), "=r"(dst[1]), "=r"(dst[2]), "=r"(dst[3]) : "l"(src));
+#elif U == 2
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(dst[0]), "=r"(dst[1]) : "l"(src));
+#else
+  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(dst[0]) : "l"(src));
+#endif
+}
+
+__device__ __forceinline__ float load_cg(const float* p) {  // bypass L1: other blocks wrote it
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+
+struct TileData {
+  u32 wa[NCH][U];   // words of output row g
+  u32 wb[NCH][U];   // words of output row g + 8
+  u16 s[NCH][2];    // scales of rows g, g + 8 for each chunk's group
+  u16 z[NCH][2];
+};
+
+__device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, const u16* scale, const u16* zero,
+                                          int tile, int k0, int K, int N, int ngroups, int g, int t) {
+  const int wpr = K >> 3;
+  const int ra = tile * OUT_TILE + g, rb = ra + 8;
+  const bool tile_ok = tile * OUT_TILE < N;
+#pragma unroll
+  for (int c = 0; c < NCH; ++c) {
+    const int kc = k0 + c * CK;
+    const bool ok = tile_ok && kc < K;
+    const int word = (kc >> 3) + U * t;
+    load_words(d.wa[c], qweight + (long long)ra * wpr + word, ok);
+    load_words(d.wb[c], qweight + (long long)rb * wpr + word, ok);
+    const int grp = kc / G;
+    d.s[c][0] = ok ? scale[(long long)ra * ngroups + grp] : (u16)0;
+    d.s[c][1] = ok ? scale[(long long)rb * ngroups + grp] : (u16)0;
+#if HAS_ZERO
+    d.z[c][0] = ok ? zero[(long long)ra * ngroups + grp] : (u16)0;
+    d.z[c][1] = ok ? zero[(long long)rb * ngroups + grp] : (u16)0;
+#endif
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+lowbit_int4_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const u16* __restrict__ zero,
+                const u16* __restrict__ x, const float* __restrict__ bias, u16* __restrict__ y,
+                float* __restrict__ part, int* __restrict__ counters,
+                int rows, int K, int N, int ngroups, int has_bias, int fixup) {
+  __shared__ float red[WARPS][NVALS];
+  __shared__ int last_block;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int k0 = (blockIdx.y * WARPS + warp) * KS;
+
+  // The slice's activation fragments (B operands) and per-chunk input sums of rows 8r + 2t + e.
+  u32 bx[R8][NCH][U][4];
+  float xsum[R8][NCH][2];
+#pragma unroll
+  for (int r = 0; r < R8; ++r) {
+    const int m = g + 8 * r;
+#pragma unroll
+    for (int c = 0; c < NCH; ++c) {
+      const int kc = k0 + c * CK;
+      float own = 0.f;
+#pragma unroll
+      for (int j = 0; j < U; ++j) {
+        u32 v0 = 0, v1 = 0, v2 = 0, v3 = 0;
+        if (m < rows && kc < K) {
+          const u16* p = x + (long long)m * K + kc + 8 * U * t + 8 * j;
+          asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v0), "=r"(v1), "=r"(v2), "=r"(v3) : "l"(p));
+        }
+        bx[r][c][j][0] = prmt(v0, v2, 0x5410);  // inputs 0, 4 (step 0, a0a1's pair)
+        bx[r][c][j][1] = prmt(v0, v2, 0x7632);  // inputs 1, 5 (step 0, a4a5's pair)
+        bx[r][c][j][2] = prmt(v1, v3, 0x5410);  // inputs 2, 6 (step 1)
+        bx[r][c][j][3] = prmt(v1, v3, 0x7632);  // inputs 3, 7 (step 1)
+        own += act_f32(v0, 0) + act_f32(v0, 1) + act_f32(v1, 0) + act_f32(v1, 1)
+             + act_f32(v2, 0) + act_f32(v2, 1) + act_f32(v3, 0) + act_f32(v3, 1);
+      }
+      own += __shfl_xor_sync(0xffffffffu, own, 1);
+      own += __shfl_xor_sync(0xffffffffu, own, 2);  // now the chunk's sum of row m = g + 8r
+      xsum[r][c][0] = __shfl_sync(0xffffffffu, own, (2 * t) * 4);      // row 8r + 2t
+      xsum[r][c][1] = __shfl_sync(0xffffffffu, own, (2 * t + 1) * 4);  // row 8r + 2t + 1
+    }
+  }
+
+  float out[TILES][R8][4];
+  TileData buf[2];
+  const int tile0 = blockIdx.x * TILES;
+  load_tile(buf[0], qweight, scale, zero, tile0, k0, K, N, ngroups, g, t);
+#pragma unroll
+  for (int i = 0; i < TILES; ++i) {
+    TileData& d = buf[i & 1];
+    if (i + 1 < TILES) load_tile(buf[(i + 1) & 1], qweight, scale, zero, tile0 + i + 1, k0, K, N, ngroups, g, t);
+#pragma unroll
+    for (int r = 0; r < R8; ++r)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) out[i][r][e] = 0.f;
+#pragma unroll
+    for (int c = 0; c < NCH; ++c) {
+      float acc[R8][4];
+#pragma unroll
+      for (int r = 0; r < R8; ++r)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[r][e] = 0.f;
+#pragma unroll
+      for (int j = 0; j < U; ++j) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const u32 a0 = magic_pair(d.wa[c][j] >> (8 * h));      // row g, inputs 2h, 2h + 4
+          const u32 a1 = magic_pair(d.wb[c][j] >> (8 * h));      // row g + 8
+          const u32 a2 = magic_pair(d.wa[c][j] >> (8 * h + 4));  // row g, inputs 2h + 1, 2h + 5
+          const u32 a3 = magic_pair(d.wb[c][j] >> (8 * h + 4));  // row g + 8
+#pragma unroll
+          for (int r = 0; r < R8; ++r) mma16816(acc[r], a0, a1, a2, a3, bx[r][c][j][2 * h], bx[r][c][j][2 * h + 1]);
+        }
+      }
+      const float s0 = half_f32(d.s[c][0]), s1 = half_f32(d.s[c][1]);
+#if HAS_ZERO
+      const float o0 = OFFSET + half_f32(d.z[c][0]), o1 = OFFSET + half_f32(d.z[c][1]);
+#else
+      const float o0 = OFFSET + 8.f, o1 = OFFSET + 8.f;
+#endif
+#pragma unroll
+      for (int r = 0; r < R8; ++r) {  // acc: (row g, act 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
+        out[i][r][0] += s0 * (acc[r][0] - o0 * xsum[r][c][0]);
+        out[i][r][1] += s0 * (acc[r][1] - o0 * xsum[r][c][1]);
+        out[i][r][2] += s1 * (acc[r][2] - o1 * xsum[r][c][0]);
+        out[i][r][3] += s1 * (acc[r][3] - o1 * xsum[r][c][1]);
+      }
+    }
+  }
+
+  // Sum the warps' K slices in shared memory; value v = ((i * 32 + lane) * R8 + r) * 4 + e.
+#pragma unroll
+  for (int i = 0; i < TILES; ++i)
+#pragma unroll
+    for (int r = 0; r < R8; ++r)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) red[warp][((i * 32 + lane) * R8 + r) * 4 + e] = out[i][r][e];
+  __syncthreads();
+  const bool split = gridDim.y > 1;
+  const long long total = (long long)rows * N;
+  for (int v = threadIdx.x; v < NVALS; v += WARPS * 32) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) sum += red[w][v];
+    const int e = v & 3, r = (v >> 2) % R8, vl = (v >> 2) / R8, ln = vl & 31, i = vl >> 5;
+    const int n = (tile0 + i) * OUT_TILE + (ln >> 2) + 8 * (e >> 1);
+    const int m = 8 * r + 2 * (ln & 3) + (e & 1);
+    if (m >= rows || n >= N) continue;
+    if (split) {
+      part[blockIdx.y * total + (long long)m * N + n] = sum;
+    } else {
+      if (has_bias) sum += bias[n];
+      y[(long long)m * N + n] = f32_act(sum);
+    }
+  }
+  if (!split || !fixup) return;  // without fix-up the host adds the partials
+
+  // Fix-up: the last block of this output range adds the K slices' partials.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last_block = atomicAdd(&counters[blockIdx.x], 1) == (int)gridDim.y - 1;
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  const int span = TILES * OUT_TILE;
+  for (int v = threadIdx.x; v < rows * span; v += WARPS * 32) {
+    const int m = v / span, n = tile0 * OUT_TILE + v % span;
+    if (n >= N) continue;
+    float sum = 0.f;
+    for (int s = 0; s < (int)gridDim.y; ++s) sum += load_cg(part + s * total + (long long)m * N + n);
+    if (has_bias) sum += bias[n];
+    y[(long long)m * N + n] = f32_act(sum);
+  }
+  if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
+}
