@@ -4,10 +4,14 @@ handles per round).
 
     PYTHONPATH=src python benchmarks/sass_stats.py fourbit '{}' '{"LOOKUP": "gather"}' '{"STAGES": 3}'
     PYTHONPATH=src python benchmarks/sass_stats.py gemv '{"PREFETCH": 2}' '{"STAGES": 3}' '{"BITS": 3}'
+    PYTHONPATH=src python benchmarks/sass_stats.py cuda_int4 '{}' '{"TILES": 4, "KS": 256}'
 
 Each JSON object overrides the kernel's constexprs (num_warps too; gemv derives its unit shape from BITS).
 Uses Triton's bundled ptxas and cuobjdump; 4096 inputs in whole tiles (EVEN), K split in 4, bf16 inputs
 (fourbit: NF4, blocksize 64, double quantization).
+cuda_int4 compiles kernels/cuda_int4_mma.cu (4096 x 14336, 1 row, bf16, group 128 unless overridden) with the
+NVRTC of the `nvidia-cuda-nvrtc` wheel (pip install nvidia-cuda-nvrtc==13.0.88; PTX lowered to 8.7 for
+Triton's ptxas); it has no K loop, so per_weight counts the whole kernel over the weights a thread reads.
 """
 
 from __future__ import annotations
@@ -107,13 +111,65 @@ def compile_stats(kernel: str, overrides: dict) -> dict:
             "per_weight": round(len(loop) / per_thread, 2), "loop_mix": dict(ops.most_common(14))}
 
 
+def _nvrtc_ptx(source: str, options: list[str]) -> str:
+    """PTX for sm_90 from NVRTC (the nvidia-cuda-nvrtc wheel), lowered to the PTX version Triton's ptxas reads."""
+    import ctypes
+    import glob
+    import os
+
+    import nvidia
+
+    libdir = next(d for d in glob.glob(os.path.join(nvidia.__path__[0], "*", "lib")) if glob.glob(d + "/libnvrtc.so*"))
+    ctypes.CDLL(glob.glob(libdir + "/libnvrtc-builtins.so*")[0])  # found by name when the compiler starts
+    lib = ctypes.CDLL(sorted(glob.glob(libdir + "/libnvrtc.so*"))[0])
+    prog = ctypes.c_void_p()
+    lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"k.cu", 0, None, None)
+    opts = [b"--gpu-architecture=compute_90", b"-std=c++17"] + [o.encode() for o in options]
+    rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    if rc:
+        raise RuntimeError(log.value.decode())
+    lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+    ptx = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetPTX(prog, ptx)
+    return re.sub(r"\.version \d+\.\d+", ".version 8.7", ptx.value.decode())
+
+
+def cuda_int4_stats(overrides: dict) -> dict:
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    from lowbit.kernels.cuda_int4 import SOURCE, choose_config
+
+    rows, cols, out = overrides.pop("rows", 1), overrides.pop("cols", 4096), overrides.pop("out", 14336)
+    group = overrides.pop("G", 128)
+    cfg = choose_config(rows, cols, out, group, 132) | {"BF16": 1, "HAS_ZERO": 1, "G": group} | overrides
+    ptx = _nvrtc_ptx(SOURCE.read_text(), [f"-D{k}={v}" for k, v in cfg.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(f"{tmp}/k.ptx", "w") as f:
+            f.write(ptx)
+        info = subprocess.run([get_ptxas(90).path, "-arch=sm_90", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.cubin"],
+                              capture_output=True, text=True, check=True).stderr
+        with open(f"{tmp}/k.cubin", "rb") as f:
+            sass = get_sass(f.read())
+    ops = _opcodes(sass.splitlines())
+    per_thread = cfg["TILES"] * 16 * cfg["KS"] / 32
+    return {"config": cfg, "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
+            "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),
+            "instructions": sum(ops.values()), "per_weight": round(sum(ops.values()) / per_thread, 2),
+            "mix": dict(ops.most_common(14))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kernel", choices=sorted(KERNELS))
+    parser.add_argument("kernel", choices=sorted(KERNELS) + ["cuda_int4"])
     parser.add_argument("overrides", nargs="*", default=["{}"], help="JSON objects of constexprs")
     args = parser.parse_args()
+    stats = cuda_int4_stats if args.kernel == "cuda_int4" else lambda o: compile_stats(args.kernel, o)
     for spec in args.overrides:
-        print(spec, json.dumps(compile_stats(args.kernel, json.loads(spec))))
+        print(spec, json.dumps(stats(json.loads(spec))))
 
 
 if __name__ == "__main__":

@@ -89,18 +89,21 @@ __device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// U words from global memory, read-only path, not kept in L1 (each weight is read once).
+struct alignas(16) Eight { u32 v[4]; };  // eight 16-bit activations
+
+// U words of a row, read-only path, not kept in L1 (each weight is read once). Not volatile, so the
+// compiler can issue a tile's loads together and ahead of their use. When !valid the words are left
+// undefined: magic_pair masks any bits to a finite OFFSET + code, and the inputs they meet are zeros.
 __device__ __forceinline__ void load_words(u32* dst, const u32* src, bool valid) {
-#pragma unroll
-  for (int j = 0; j < U; ++j) dst[j] = 0;
-  if (!valid) return;
 #if U == 4
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(dst[0]), "=r"(dst[1]), "=r"(dst[2]), "=r"(dst[3]) : "l"(src));
+  asm("{.reg .pred p; setp.ne.b32 p, %4, 0; @p ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%5];}"
+      : "=r"(dst[0]), "=r"(dst[1]), "=r"(dst[2]), "=r"(dst[3]) : "r"((int)valid), "l"(src));
 #elif U == 2
-  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(dst[0]), "=r"(dst[1]) : "l"(src));
+  asm("{.reg .pred p; setp.ne.b32 p, %2, 0; @p ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%3];}"
+      : "=r"(dst[0]), "=r"(dst[1]) : "r"((int)valid), "l"(src));
 #else
-  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(dst[0]) : "l"(src));
+  asm("{.reg .pred p; setp.ne.b32 p, %1, 0; @p ld.global.nc.L1::no_allocate.u32 %0, [%2];}"
+      : "=r"(dst[0]) : "r"((int)valid), "l"(src));
 #endif
 }
 
@@ -117,24 +120,27 @@ struct TileData {
   u16 z[NCH][2];
 };
 
+// A tile's words and qparams for this warp's K slice. Chunk c starts c * CK / 8 words and, with groups no
+// wider than the slice, c * CK / G groups after the slice's first (k0 is a multiple of KS, KS of G or G of
+// KS): offsets known at compile time. Tiles past N read the last tile again (never written out).
 __device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, const u16* scale, const u16* zero,
                                           int tile, int k0, int K, int N, int ngroups, int g, int t) {
   const int wpr = K >> 3;
-  const int ra = tile * OUT_TILE + g, rb = ra + 8;
-  const bool tile_ok = tile * OUT_TILE < N;
+  const long long ra = (long long)min(tile, N / OUT_TILE - 1) * OUT_TILE + g;
+  const u32* wa = qweight + ra * wpr + (k0 >> 3) + U * t;
+  const u32* wb = wa + 8LL * wpr;
+  const long long qa = ra * ngroups + k0 / G, qb = qa + 8LL * ngroups;
 #pragma unroll
   for (int c = 0; c < NCH; ++c) {
-    const int kc = k0 + c * CK;
-    const bool ok = tile_ok && kc < K;
-    const int word = (kc >> 3) + U * t;
-    load_words(d.wa[c], qweight + (long long)ra * wpr + word, ok);
-    load_words(d.wb[c], qweight + (long long)rb * wpr + word, ok);
-    const int grp = kc / G;
-    d.s[c][0] = ok ? scale[(long long)ra * ngroups + grp] : (u16)0;
-    d.s[c][1] = ok ? scale[(long long)rb * ngroups + grp] : (u16)0;
+    const bool ok = k0 + c * CK < K;
+    load_words(d.wa[c], wa + c * (CK / 8), ok);
+    load_words(d.wb[c], wb + c * (CK / 8), ok);
+    const int grp = G <= KS ? c * CK / G : 0;
+    d.s[c][0] = ok ? scale[qa + grp] : (u16)0;
+    d.s[c][1] = ok ? scale[qb + grp] : (u16)0;
 #if HAS_ZERO
-    d.z[c][0] = ok ? zero[(long long)ra * ngroups + grp] : (u16)0;
-    d.z[c][1] = ok ? zero[(long long)rb * ngroups + grp] : (u16)0;
+    d.z[c][0] = ok ? zero[qa + grp] : (u16)0;
+    d.z[c][1] = ok ? zero[qb + grp] : (u16)0;
 #endif
   }
 }
@@ -150,34 +156,31 @@ lowbit_int4_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, 
   const int g = lane >> 2, t = lane & 3;
   const int k0 = (blockIdx.y * WARPS + warp) * KS;
 
-  // The slice's activation fragments (B operands) and per-chunk input sums of rows 8r + 2t + e.
+  // The slice's activation fragments (B operands), and per chunk the sums of its inputs of activation rows
+  // 8r + 2t and 8r + 2t + 1 from an mma with an all-ones A (the sums in the accumulators' layout).
   u32 bx[R8][NCH][U][4];
   float xsum[R8][NCH][2];
+  const u32 ones = BF16 ? 0x3f803f80u : 0x3c003c00u;
 #pragma unroll
   for (int r = 0; r < R8; ++r) {
     const int m = g + 8 * r;
 #pragma unroll
     for (int c = 0; c < NCH; ++c) {
       const int kc = k0 + c * CK;
-      float own = 0.f;
+      float sums[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int j = 0; j < U; ++j) {
-        u32 v0 = 0, v1 = 0, v2 = 0, v3 = 0;
-        if (m < rows && kc < K) {
-          const u16* p = x + (long long)m * K + kc + 8 * U * t + 8 * j;
-          asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v0), "=r"(v1), "=r"(v2), "=r"(v3) : "l"(p));
-        }
-        bx[r][c][j][0] = prmt(v0, v2, 0x5410);  // inputs 0, 4 (step 0, a0a1's pair)
-        bx[r][c][j][1] = prmt(v0, v2, 0x7632);  // inputs 1, 5 (step 0, a4a5's pair)
-        bx[r][c][j][2] = prmt(v1, v3, 0x5410);  // inputs 2, 6 (step 1)
-        bx[r][c][j][3] = prmt(v1, v3, 0x7632);  // inputs 3, 7 (step 1)
-        own += act_f32(v0, 0) + act_f32(v0, 1) + act_f32(v1, 0) + act_f32(v1, 1)
-             + act_f32(v2, 0) + act_f32(v2, 1) + act_f32(v3, 0) + act_f32(v3, 1);
+        Eight v = {};
+        if (m < rows && kc < K) v = *reinterpret_cast<const Eight*>(x + (long long)m * K + kc + 8 * U * t + 8 * j);
+        bx[r][c][j][0] = prmt(v.v[0], v.v[2], 0x5410);  // inputs 0, 4 (step 0, a0a1's pair)
+        bx[r][c][j][1] = prmt(v.v[0], v.v[2], 0x7632);  // inputs 1, 5 (step 0, a4a5's pair)
+        bx[r][c][j][2] = prmt(v.v[1], v.v[3], 0x5410);  // inputs 2, 6 (step 1)
+        bx[r][c][j][3] = prmt(v.v[1], v.v[3], 0x7632);  // inputs 3, 7 (step 1)
+        mma16816(sums, ones, ones, ones, ones, bx[r][c][j][0], bx[r][c][j][1]);
+        mma16816(sums, ones, ones, ones, ones, bx[r][c][j][2], bx[r][c][j][3]);
       }
-      own += __shfl_xor_sync(0xffffffffu, own, 1);
-      own += __shfl_xor_sync(0xffffffffu, own, 2);  // now the chunk's sum of row m = g + 8r
-      xsum[r][c][0] = __shfl_sync(0xffffffffu, own, (2 * t) * 4);      // row 8r + 2t
-      xsum[r][c][1] = __shfl_sync(0xffffffffu, own, (2 * t + 1) * 4);  // row 8r + 2t + 1
+      xsum[r][c][0] = sums[0];  // (output row g, activation row 8r + 2t): the same for every output row
+      xsum[r][c][1] = sums[1];
     }
   }
 
