@@ -101,7 +101,7 @@ def _ctx(rows=1, cols=4096, out=4096, bits=4, group=128, dtype=torch.bfloat16, d
 
 @pytest.mark.parametrize("change,reason", [
     ({"bits": 3}, "takes 4-bit codes"), ({"rows": 17}, "more than 16 rows"), ({"out": 4100}, "multiple of 16"),
-    ({"cols": 4112}, "multiples of 32"), ({"group": 48}, "multiples of 32"), ({"dtype": torch.float32}, "fp16/bf16"),
+    ({"cols": 4112}, "multiples of 32"), ({"group": 48}, "multiples of 32"), ({"group": 96}, "power of two"), ({"dtype": torch.float32}, "fp16/bf16"),
     ({"device": "cpu"}, "runs on CUDA devices"),
 ])
 def test_mma_kernel_says_why_it_cannot_run(change, reason):

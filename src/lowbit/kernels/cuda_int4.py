@@ -42,6 +42,8 @@ def shape_unsupported(rows: int, in_features: int, out_features: int, group_size
         return f"out_features ({out_features}) is not a multiple of {OUT_TILE}"
     if words_per_thread(in_features, group_size) is None:
         return f"in_features ({in_features}) and group size ({group_size}) must be multiples of 32"
+    if group_size < in_features and group_size & (group_size - 1):
+        return f"group size {group_size} is not a power of two (a K slice must hold whole groups or lie in one)"
     return None
 
 
@@ -124,6 +126,8 @@ def int4_mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
         raise ValueError(reason)
     device = x.device
     cfg = choose_config(rows, cols, out_features, group_size, _multiprocessors(device.index)) | (config or {})
+    if not (cfg["KS"] % group_size == 0 or group_size % cfg["KS"] == 0 or group_size >= cols):
+        raise ValueError(f"K slice {cfg['KS']} neither holds whole groups of {group_size} nor lies in one")
     kernel = _kernel(device.index, x.dtype == torch.bfloat16, zero is not None, group_size, tuple(sorted(cfg.items())))
     grid_x = math.ceil(out_features // OUT_TILE / cfg["TILES"])
     grid_y = math.ceil(math.ceil(cols / cfg["KS"]) / cfg["WARPS"])
