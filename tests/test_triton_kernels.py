@@ -26,6 +26,7 @@ from lowbit.kernels.select import CallContext, select  # noqa: E402
 from lowbit.core.aqlm import AQLMWeights  # noqa: E402
 from lowbit.formats.nf4 import FourBitLayout  # noqa: E402
 from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A8Linear  # noqa: E402
+import ptx_models  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 IN, OUT = (2100, 333) if CUDA else (200, 37)  # not multiples of any block or of the group size
@@ -282,20 +283,6 @@ def test_fourbit_gemv_lookups_and_schedules_match_reference(quant_type, double_q
         assert err < TOL[dtype], f"{quant_type} {schedule} split={split} {dtype} err={err:.2e} seed={seed}"
 
 
-def _prmt_model(a: int, b: int, c: int) -> int:
-    """PTX ISA, prmt.b32 without a mode: byte k of d is byte (c >> 4k) & 7 of {b, a}, or its sign replicated
-    where (c >> 4k) & 8."""
-    tmp64 = (b << 32) | a
-    d = 0
-    for k in range(4):
-        ctl = (c >> (4 * k)) & 0xF
-        byte = (tmp64 >> (8 * (ctl & 7))) & 0xFF
-        if ctl & 8:
-            byte = 0xFF if byte & 0x80 else 0x00
-        d |= byte << (8 * k)
-    return d
-
-
 def test_prmt_matches_the_ptx_definition():
     """triton_fourbit._prmt (the instruction on a GPU, its emulation under the interpreter) on random words and
     selectors (sign-replicating nibbles and bits 16-31 included) against prmt.b32 as the PTX ISA defines it."""
@@ -309,7 +296,7 @@ def test_prmt_matches_the_ptx_definition():
     words = [torch.from_numpy(v.view(np.int32).copy()).to(DEVICE) for v in (a, b, c)]
     out = torch.empty(512, dtype=torch.int32, device=DEVICE)
     prmt_probe[(1,)](*words, out, N=512, ASM=not interpreting())
-    expected = [_prmt_model(int(ai), int(bi), int(ci)) for ai, bi, ci in zip(a, b, c)]
+    expected = [ptx_models.prmt(int(ai), int(bi), int(ci)) for ai, bi, ci in zip(a, b, c)]
     assert out.cpu().numpy().view(np.uint32).tolist() == expected
 
 
