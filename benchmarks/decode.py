@@ -34,8 +34,8 @@ from lowbit.modules import Int8Linear, IntLinear, W8A8Linear
 from lowbit.modules.plan import kernel_summary
 
 LLAMA3_8B = dict(hidden=4096, inter=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
-FORMATS = ["bf16", "int4_g128", "int4_g128_triton", "int3_g128", "int2_g128", "int8_weight_only", "w8a8",
-           "torch_int4_g128"]
+FORMATS = ["bf16", "int4_g128", "int4_g128_triton", "int3_g128", "int2_g128", "int8_weight_only",
+           "int8_weight_only_triton", "w8a8", "torch_int4_g128"]  # *_triton: the Triton kernels only
 MODES = ["eager", "compiled"]
 
 
@@ -64,7 +64,7 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
         return layer
     if fmt == "torch_int4_g128":
         return TorchInt4Linear(in_f, out_f, dev)
-    if fmt.startswith("int") and "_g" in fmt:  # int4_g128_triton: int4_g128 on the Triton kernels only
+    if fmt.startswith("int") and "_g" in fmt:
         bits, group = int(fmt[3]), int(fmt.split("_g")[1].split("_")[0])
         layer = IntLinear(IntGroupLayout(out_f, in_f, bits, group, symmetric=False), has_bias=False, device=dev)
         layer.qweight.random_(-(2**31), 2**31 - 1)  # every bit pattern is a valid code sequence
@@ -72,12 +72,13 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
         layer.zero.copy_(torch.full_like(layer.zero, (2**bits - 1) / 2))
         layer.kernel_preference = "triton" if fmt.endswith("_triton") else "auto"
         return layer
-    cls = {"int8_weight_only": Int8Linear, "w8a8": W8A8Linear}[fmt]
+    cls = {"int8_weight_only": Int8Linear, "int8_weight_only_triton": Int8Linear, "w8a8": W8A8Linear}[fmt]
     layer = cls(Int8RowLayout(out_f, in_f), has_bias=False, device=dev)
     layer.qweight.random_(-127, 128)
     layer.scale.fill_(2 * std / 127)
     if fmt == "w8a8":
         layer.input_scale.fill_(4.0 / 127)
+    layer.kernel_preference = "triton" if fmt.endswith("_triton") else "auto"
     return layer
 
 

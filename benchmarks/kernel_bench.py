@@ -108,14 +108,15 @@ def _gemv_call(args, config, signed8=False):
     return lambda x, i: int_group_gemv(x, *args[i], signed8=signed8, config=config)
 
 
-def _int8_variant(cols, out, rows, dev, gemv_config=None):
+def _int8_variant(cols, out, rows, dev, gemv_config=None, preference="auto"):
     q, s = int8_absmax(torch.randn(out, cols, device=dev))  # (out, in) int8, (out, 1)
     n = _copies(q.numel() + 2 * out)
     ws = [(q.clone(), s.clone()) for _ in range(n)]
     if gemv_config is not None:  # as the int8_weight_mm op calls it: int32 words of four codes
         args = [(q.view(torch.int32), s, None, None, 8, cols) for q, s in ws]
         return _gemv_call(args, gemv_config, signed8=True), n, q.numel() + 2 * out, "triton_mv"
-    call, name = _candidate_call("int8_weight_linear", CallContext(dev, rows, cols, out, torch.bfloat16, 8), "auto", ws)
+    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, 8)
+    call, name = _candidate_call("int8_weight_linear", ctx, preference, ws)
     return call, n, q.numel() + 2 * out, name
 
 
@@ -234,6 +235,7 @@ def _int_variants(cols, out, rows, dev):
     yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, dev)
     yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, dev)
     yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)
+    yield "int8_weight_only_triton", lambda: _int8_variant(cols, out, rows, dev, preference="triton")
     yield "w8a8", lambda: _w8a8_variant(cols, out, rows, dev)
 
 

@@ -4,9 +4,10 @@
 
 For each (shape, rows) cell it times bf16 cuBLAS, torch's int4 kernel and every candidate configuration
 of `_mm_tc` (--path tc), of the matrix-vector `_gemv` (--path mv; --bits 8 --signed8 is the int8
-weight-only layout) or of the CUDA int4 kernel (--path mma, cuda_int4) side by side (benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that
-overflow L2, do_bench median), checks each configuration once against an fp32 reference, and prints the
-best per cell. The tuned table in kernels/triton_int.py (tc_config) comes from its output.
+weight-only layout) or of the CUDA tensor-core kernel (--path mma, cuda_mma) side by side
+(benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that overflow L2, do_bench median),
+checks each configuration once against an fp32 reference, and prints the best per cell. The tuned table in
+kernels/triton_int.py (tc_config) comes from its output.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def mv_space(rows: int):
 
 
 def mma_space(rows: int):
-    """Candidate launch shapes of the CUDA int4 kernel (cuda_int4_mma.cu): its default (choose_config) first,
+    """Candidate launch shapes of the CUDA int4 kernel (cuda_mma.cu): its default (choose_config) first,
     then K slices per warp x warps per block x output tiles per block."""
     yield {}
     frags = 1 if rows <= 8 else 2
@@ -74,9 +75,9 @@ def mma_space(rows: int):
 
 
 def _mma(x, qweight, scale, zero, bias, bits, group, signed8=False, config=None):
-    from lowbit.kernels.cuda_int4 import int4_mma_matmul
+    from lowbit.kernels.cuda_mma import mma_matmul
 
-    return int4_mma_matmul(x, qweight, scale, zero, bias, bits, group, config=config)
+    return mma_matmul(x, qweight, scale, zero, bias, bits, group, signed8=signed8, config=config)
 
 
 def _int8_weights(cols, out, dev):

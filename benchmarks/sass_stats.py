@@ -4,12 +4,12 @@ handles per round).
 
     PYTHONPATH=src python benchmarks/sass_stats.py fourbit '{}' '{"LOOKUP": "gather"}' '{"STAGES": 3}'
     PYTHONPATH=src python benchmarks/sass_stats.py gemv '{"PREFETCH": 2}' '{"STAGES": 3}' '{"BITS": 3}'
-    PYTHONPATH=src python benchmarks/sass_stats.py cuda_int4 '{}' '{"TILES": 4, "KS": 256}'
+    PYTHONPATH=src python benchmarks/sass_stats.py cuda_mma '{}' '{"TILES": 4, "KS": 256}'
 
 Each JSON object overrides the kernel's constexprs (num_warps too; gemv derives its unit shape from BITS).
 Uses Triton's bundled ptxas and cuobjdump; 4096 inputs in whole tiles (EVEN), K split in 4, bf16 inputs
 (fourbit: NF4, blocksize 64, double quantization).
-cuda_int4 compiles kernels/cuda_int4_mma.cu (4096 x 14336, 1 row, bf16, group 128 unless overridden) with the
+cuda_mma compiles kernels/cuda_mma.cu (4096 x 14336, 1 row, bf16, group 128 unless overridden) with the
 NVRTC of the `nvidia-cuda-nvrtc` wheel (pip install nvidia-cuda-nvrtc==13.0.88; PTX lowered to 8.7 for
 Triton's ptxas); it has no K loop, so per_weight counts the whole kernel over the weights a thread reads.
 """
@@ -138,14 +138,16 @@ def _nvrtc_ptx(source: str, options: list[str]) -> str:
     return re.sub(r"\.version \d+\.\d+", ".version 8.7", ptx.value.decode())
 
 
-def cuda_int4_stats(overrides: dict) -> dict:
+def cuda_mma_stats(overrides: dict) -> dict:
     from triton.backends.nvidia.compiler import get_ptxas
 
-    from lowbit.kernels.cuda_int4 import SOURCE, choose_config
+    from lowbit.kernels.cuda_mma import SOURCE, choose_config
 
     rows, cols, out = overrides.pop("rows", 1), overrides.pop("cols", 4096), overrides.pop("out", 14336)
-    group = overrides.pop("G", 128)
-    cfg = choose_config(rows, cols, out, group, 132) | {"BF16": 1, "HAS_ZERO": 1, "G": group} | overrides
+    bits = overrides.pop("BITS", 4)
+    group = overrides.pop("G", 128 if bits == 4 else cols)
+    spec = {"BITS": bits, "BF16": 1, "HAS_ZERO": int(bits == 4), "G": group, "SIGNED8": int(bits == 8)}
+    cfg = choose_config(bits, rows, cols, out, group, 132) | spec | overrides
     ptx = _nvrtc_ptx(SOURCE.read_text(), [f"-D{k}={v}" for k, v in cfg.items()])
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/k.ptx", "w") as f:
@@ -155,7 +157,7 @@ def cuda_int4_stats(overrides: dict) -> dict:
         with open(f"{tmp}/k.cubin", "rb") as f:
             sass = get_sass(f.read())
     ops = _opcodes(sass.splitlines())
-    per_thread = cfg["TILES"] * 16 * cfg["KS"] / 32
+    per_thread = cfg["TILES"] * 16 * cfg["KS"] / 32  # weights
     return {"config": cfg, "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
             "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),
             "instructions": sum(ops.values()), "per_weight": round(sum(ops.values()) / per_thread, 2),
@@ -164,10 +166,10 @@ def cuda_int4_stats(overrides: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kernel", choices=sorted(KERNELS) + ["cuda_int4"])
+    parser.add_argument("kernel", choices=sorted(KERNELS) + ["cuda_mma"])
     parser.add_argument("overrides", nargs="*", default=["{}"], help="JSON objects of constexprs")
     args = parser.parse_args()
-    stats = cuda_int4_stats if args.kernel == "cuda_int4" else lambda o: compile_stats(args.kernel, o)
+    stats = cuda_mma_stats if args.kernel == "cuda_mma" else lambda o: compile_stats(args.kernel, o)
     for spec in args.overrides:
         print(spec, json.dumps(stats(json.loads(spec))))
 

@@ -45,3 +45,13 @@ def mma_m16n8k16(a: list[list[int]], b: list[list[int]], c: np.ndarray, bf16: bo
         g, t = divmod(lane, 4)
         d[lane] += [D[g, 2 * t], D[g, 2 * t + 1], D[g + 8, 2 * t], D[g + 8, 2 * t + 1]]
     return d
+
+
+def lop3(a: int, b: int, c: int, lut: int) -> int:
+    """lop3.b32: bit i of d is bit (a_i << 2 | b_i << 1 | c_i) of the 8-bit table `lut` (a = 0xF0, b = 0xCC,
+    c = 0xAA in the ISA's notation)."""
+    d = 0
+    for i in range(32):
+        idx = ((a >> i) & 1) << 2 | ((b >> i) & 1) << 1 | ((c >> i) & 1)
+        d |= ((lut >> idx) & 1) << i
+    return d

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from lowbit.errors import LowbitError
-from lowbit.kernels import cpu, cuda_int4, reference, triton_ops
+from lowbit.kernels import cpu, cuda_mma, reference, triton_ops
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,14 @@ def _triton_aqlm(kernel: str, ctx: CallContext) -> str | None:
 
 
 def _cuda_mma_int_group(ctx: CallContext) -> str | None:
-    return _int32_index(ctx) or cuda_int4.unavailable(ctx.device, ctx.dtype, ctx.bits, ctx.rows, ctx.in_features,
-                                                      ctx.out_features, ctx.group_size or 0)
+    return _int32_index(ctx) or cuda_mma.unavailable(ctx.device, ctx.dtype, ctx.bits, ctx.rows, ctx.in_features,
+                                                     ctx.out_features, ctx.group_size or 0)
+
+
+def _cuda_mma_int8(ctx: CallContext) -> str | None:
+    """int8 weight-only: signed codes, one scale per row (a group spanning the row)."""
+    return _int32_index(ctx) or cuda_mma.unavailable(ctx.device, ctx.dtype, 8, ctx.rows, ctx.in_features,
+                                                     ctx.out_features, ctx.in_features)
 
 
 _few_rows_fourbit = partial(_more_rows_than, triton_ops.FOURBIT_MV_ROWS, "the tensor-core kernel is faster")
@@ -146,6 +152,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     ),
     "int_group_embedding": (Candidate("reference", reference.int_group_embedding, always),),
     "int8_weight_linear": (
+        Candidate("cuda_mma", triton_ops.int8_weight_linear_mma, _cuda_mma_int8),
         Candidate("triton_mv", triton_ops.int8_weight_linear_mv, _triton_int8_weight, _few_rows),
         Candidate("triton_tc", triton_ops.int8_weight_linear, _triton_int8_weight),
         Candidate("int8_cpu", cpu.int8_cpu_linear, cpu.int8_cpu_unavailable, prepare=cpu.prepare_int8_cpu),

@@ -1,4 +1,4 @@
-"""The GPU kernels (Triton's, and cuda_int4's CUDA one) as torch.library custom ops (with fake implementations
+"""The GPU kernels (Triton's, and cuda_mma's CUDA one) as torch.library custom ops (with fake implementations
 for torch.compile and CUDA graphs), and the checks that tell the selector when they cannot run.
 
 Triton itself is imported only inside the ops' real implementations. On a machine without CUDA the ops
@@ -78,11 +78,11 @@ def int_group_unavailable(device: torch.device, dtype: torch.dtype | None, bits:
 
 def _matmul(path: str):
     """The entry point for `path`: "mv" (Triton, CUDA-core matrix-vector), "tc" (Triton, tensor cores) or "mma"
-    (CUDA, int4 on tensor cores for up to 16 rows: cuda_int4)."""
+    (CUDA, 4- and 8-bit codes on tensor cores for up to 16 rows: cuda_mma)."""
     if path == "mma":
-        from lowbit.kernels.cuda_int4 import int4_mma_matmul
+        from lowbit.kernels.cuda_mma import mma_matmul
 
-        return int4_mma_matmul
+        return mma_matmul
     if path == "mv":
         from lowbit.kernels.triton_gemv import int_group_gemv
 
@@ -146,6 +146,10 @@ def int_group_linear_mma(x, qweight, scale, zero, bits, group_size, bias):
 
 def int8_weight_linear(x, qweight, scale, bias):
     return int8_weight_mm(x, qweight, scale, bias)
+
+
+def int8_weight_linear_mma(x, qweight, scale, bias):
+    return int8_weight_mm(x, qweight, scale, bias, "mma")
 
 
 def int_group_linear_mv(x, qweight, scale, zero, bits, group_size, bias):

@@ -1,20 +1,27 @@
-// Group-wise int4 weights (formats.int_group, canonical layout) times up to 16 activation rows on tensor cores.
+// Integer weights times up to 16 activation rows on tensor cores: group-wise int4 (formats.int_group) and
+// int8 weight-only (formats.int8_rows), each in its canonical layout.
 //
 // y^T = W x^T with W as mma.sync's A operand (m16n8k16: 16 outputs x 16 inputs) and the activations as
 // its B operand (8 rows a fragment; "swap AB"). The mma's k index is only a summation index, so each
 // thread feeds it the codes it loads from the canonical rows, no repacking: thread (g, t) of a warp
-// (g = lane / 4, t = lane % 4) reads U consecutive words of rows g and g + 8 of a 16-output tile, 8U
-// consecutive inputs from k = chunk + 8Ut, and the activations of those same inputs. One lop3 turns two
-// codes of a word into the 16-bit value OFFSET + code (OR-ed into the bits of 1024.0 fp16 / 128.0 bf16:
-// the "magic number" conversion of FasterTransformer and Marlin, Frantar et al. 2024), so a code costs
-// under one instruction and the products run on tensor cores with fp32 accumulation. Per chunk of 32U
-// inputs (inside one quantization group) the zero and scale are applied once per output and row:
+// (g = lane / 4, t = lane % 4) reads U consecutive words of rows g and g + 8 of a 16-output tile (the
+// CODES inputs of each word, from k = chunk + CODES U t) and the activations of those same inputs. One lop3
+// turns two nibbles of a word into the 16-bit value OFFSET + nibble (OR-ed into the bits of 1024.0 fp16 /
+// 128.0 bf16: the "magic number" conversion of FasterTransformer and Marlin, Frantar et al. 2024), so a
+// code costs about one instruction and the products run on tensor cores with fp32 accumulation. Per chunk
+// of CK inputs (inside one quantization group) the zero and scale are applied once per output and row:
 //
-//     y[n, m] += s[n] * (sum_k (OFFSET + c[n, k]) x[m, k] - (OFFSET + z[n]) * sum_k x[m, k]).
+//     int4: y[n, m] += s[n] * (sum_k (OFFSET + c[n, k]) x[m, k] - (OFFSET + z[n]) * sum_k x[m, k]).
 //
-// Word j of a thread's U words holds inputs kw .. kw + 7 (nibble i = input kw + i). Its codes become two
-// mma k-steps h = 0, 1: the A pairs (nibbles 2h, 2h + 4) and (2h + 1, 2h + 5), and the B pairs of the
-// same inputs, built once per launch from the activations with prmt.
+// int4: nibble i of word j is input kw + i. The word makes two mma k-steps h = 0, 1: the A pairs (nibbles
+// 2h, 2h + 4) and (2h + 1, 2h + 5), and the B pairs of the same inputs, built once per launch with prmt.
+// 8 bits: byte i of the word is input kw + i, a code u = lo + 16 hi with nibbles lo and hi (int8 weight-only's
+// signed codes c, SIGNED8, become u = c ^ 0x80 = c + 128 by flipping hi's top bit in the same lop3). bf16
+// holds only 7-bit magic offsets, so the bytes go through the tensor cores as nibble planes sharing one B
+// fragment: step L takes the low nibbles of bytes (0, 2) and (1, 3), step H the high ones, into
+// accumulators aL and aH, and with the zero z (128 for symmetric and signed codes)
+//
+//     8 bits: y[n, m] += s[n] * (aL + 16 aH - (17 OFFSET + z[n]) * sum_k x[m, k]).
 //
 // A block of WARPS warps covers TILES tiles of 16 outputs; warp w takes K slice blockIdx.y * WARPS + w
 // of KS inputs, keeps that slice's activation fragments in registers, and streams the tiles' words with
@@ -22,17 +29,29 @@
 // (gridDim.y > 1), each block writes an fp32 partial and the last block of an output range to arrive adds
 // them up (a per-range counter that it resets; the stream-K "fix-up", Osama et al. 2023).
 //
-// Compile-time settings (-D): BF16 (activations bf16, else fp16), U (words a thread reads per row and
-// chunk: 1, 2 or 4), KS (inputs per warp, a multiple of 32U), G (group size, a multiple of 32U), WARPS,
-// TILES, R8 (8-row activation fragments: 1 or 2), HAS_ZERO (else the symmetric zero 8).
+// Compile-time settings (-D): BITS (4 or 8), BF16 (activations bf16, else fp16), U (words a thread reads
+// per row and chunk: 1, 2 or 4), KS (inputs per warp, a multiple of CK), G (group size: a multiple of CK,
+// or K and more), WARPS, TILES, R8 (8-row activation fragments: 1 or 2), HAS_ZERO (else the symmetric zero
+// 8 or 128), SIGNED8 (8-bit codes are signed).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
 
-#define CK (32 * U)           // inputs per chunk (4 threads x U words x 8 codes)
+#define CODES (32 / BITS)     // inputs per word
+#define XREGS (CODES / 2)     // B registers per word (pairs of activations)
+#define CK (4 * U * CODES)    // inputs per chunk (4 threads x U words)
 #define NCH (KS / CK)         // chunks per warp slice
+#define GCH ((G < KS ? G : KS) / CK)  // chunks per correction: a group, or the slice when a group spans it
 #define OUT_TILE 16
 #define NVALS (TILES * 32 * 4 * R8)  // a warp's fp32 results per block
+
+#if BITS == 8
+#define PLANE_OFFSET (17.f * OFFSET)  // OFFSET in both nibble planes, the high one weighted 16
+#define SYMMETRIC_ZERO 128.f
+#else
+#define PLANE_OFFSET OFFSET
+#define SYMMETRIC_ZERO 8.f
+#endif
 
 #if BF16
 #define MAGIC 0x43004300u
@@ -47,6 +66,18 @@ __device__ __forceinline__ u32 magic_pair(u32 w) {  // (w & 0x000f000f) | MAGIC:
   asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(w), "n"(0x000f000f), "n"(MAGIC));
   return r;
 }
+
+__device__ __forceinline__ u32 magic_pair_flip(u32 w) {  // as magic_pair, nibbles' top bit flipped (0x6a:
+  u32 r;                                                  // copy where b & !c, invert where b & c, else c)
+  asm("lop3.b32 %0, %1, %2, %3, 0x6a;" : "=r"(r) : "r"(w), "n"(0x000f000f), "n"(MAGIC | 0x00080008u));
+  return r;
+}
+
+#if SIGNED8  // int8 weight-only's signed codes c: c ^ 0x80 = c + 128, the symmetric zero 128
+#define high_pair magic_pair_flip
+#else
+#define high_pair magic_pair
+#endif
 
 __device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 sel) {
   u32 r;
@@ -89,7 +120,7 @@ __device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-struct alignas(16) Eight { u32 v[4]; };  // eight 16-bit activations
+struct alignas(2 * CODES) Acts { u32 v[CODES / 2]; };  // one word's 16-bit activations
 
 // U words of a row, read-only path, not kept in L1 (each weight is read once). Not volatile, so the
 // compiler can issue a tile's loads together and ahead of their use. When !valid the words are left
@@ -120,21 +151,21 @@ struct TileData {
   u16 z[NCH][2];
 };
 
-// A tile's words and qparams for this warp's K slice. Chunk c starts c * CK / 8 words and, with groups no
+// A tile's words and qparams for this warp's K slice. Chunk c starts c * CK / CODES words and, with groups no
 // wider than the slice, c * CK / G groups after the slice's first (k0 is a multiple of KS, KS of G or G of
 // KS): offsets known at compile time. Tiles past N read the last tile again (never written out).
 __device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, const u16* scale, const u16* zero,
                                           int tile, int k0, int K, int N, int ngroups, int g, int t) {
-  const int wpr = K >> 3;
+  const int wpr = K / CODES;
   const long long ra = (long long)min(tile, N / OUT_TILE - 1) * OUT_TILE + g;
-  const u32* wa = qweight + ra * wpr + (k0 >> 3) + U * t;
+  const u32* wa = qweight + ra * wpr + k0 / CODES + U * t;
   const u32* wb = wa + 8LL * wpr;
   const long long qa = ra * ngroups + k0 / G, qb = qa + 8LL * ngroups;
 #pragma unroll
   for (int c = 0; c < NCH; ++c) {
     const bool ok = k0 + c * CK < K;
-    load_words(d.wa[c], wa + c * (CK / 8), ok);
-    load_words(d.wb[c], wb + c * (CK / 8), ok);
+    load_words(d.wa[c], wa + c * (CK / CODES), ok);
+    load_words(d.wb[c], wb + c * (CK / CODES), ok);
     const int grp = G <= KS ? c * CK / G : 0;
     d.s[c][0] = ok ? scale[qa + grp] : (u16)0;
     d.s[c][1] = ok ? scale[qb + grp] : (u16)0;
@@ -146,7 +177,7 @@ __device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, const
 }
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
-lowbit_int4_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const u16* __restrict__ zero,
+lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const u16* __restrict__ zero,
                 const u16* __restrict__ x, const float* __restrict__ bias, u16* __restrict__ y,
                 float* __restrict__ part, int* __restrict__ counters,
                 int rows, int K, int N, int ngroups, int has_bias, int fixup) {
@@ -158,29 +189,38 @@ lowbit_int4_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, 
 
   // The slice's activation fragments (B operands), and per chunk the sums of its inputs of activation rows
   // 8r + 2t and 8r + 2t + 1 from an mma with an all-ones A (the sums in the accumulators' layout).
-  u32 bx[R8][NCH][U][4];
-  float xsum[R8][NCH][2];
+  u32 bx[R8][NCH][U][XREGS];
+  float xsum[R8][NCH / GCH][2];
   const u32 ones = BF16 ? 0x3f803f80u : 0x3c003c00u;
 #pragma unroll
   for (int r = 0; r < R8; ++r) {
     const int m = g + 8 * r;
 #pragma unroll
+    float sums[4];
+#pragma unroll
     for (int c = 0; c < NCH; ++c) {
       const int kc = k0 + c * CK;
-      float sums[4] = {0.f, 0.f, 0.f, 0.f};
+      if (c % GCH == 0) sums[0] = sums[1] = sums[2] = sums[3] = 0.f;
 #pragma unroll
       for (int j = 0; j < U; ++j) {
-        Eight v = {};
-        if (m < rows && kc < K) v = *reinterpret_cast<const Eight*>(x + (long long)m * K + kc + 8 * U * t + 8 * j);
-        bx[r][c][j][0] = prmt(v.v[0], v.v[2], 0x5410);  // inputs 0, 4 (step 0, a0a1's pair)
-        bx[r][c][j][1] = prmt(v.v[0], v.v[2], 0x7632);  // inputs 1, 5 (step 0, a4a5's pair)
-        bx[r][c][j][2] = prmt(v.v[1], v.v[3], 0x5410);  // inputs 2, 6 (step 1)
-        bx[r][c][j][3] = prmt(v.v[1], v.v[3], 0x7632);  // inputs 3, 7 (step 1)
-        mma16816(sums, ones, ones, ones, ones, bx[r][c][j][0], bx[r][c][j][1]);
-        mma16816(sums, ones, ones, ones, ones, bx[r][c][j][2], bx[r][c][j][3]);
+        Acts v = {};
+        const long long at = (long long)m * K + kc + CODES * (U * t + j);
+        if (m < rows && kc < K) v = *reinterpret_cast<const Acts*>(x + at);
+        u32* b = bx[r][c][j];
+#if BITS == 4
+        b[0] = prmt(v.v[0], v.v[2], 0x5410);  // inputs 0, 4 (step 0, a0a1's pair)
+        b[1] = prmt(v.v[0], v.v[2], 0x7632);  // inputs 1, 5 (step 0, a4a5's pair)
+        b[2] = prmt(v.v[1], v.v[3], 0x5410);  // inputs 2, 6 (step 1)
+        b[3] = prmt(v.v[1], v.v[3], 0x7632);  // inputs 3, 7 (step 1)
+        mma16816(sums, ones, ones, ones, ones, b[2], b[3]);
+#else
+        b[0] = prmt(v.v[0], v.v[1], 0x5410);  // inputs 0, 2 (both steps, a0a1's pair)
+        b[1] = prmt(v.v[0], v.v[1], 0x7632);  // inputs 1, 3 (a4a5's pair)
+#endif
+        mma16816(sums, ones, ones, ones, ones, b[0], b[1]);
       }
-      xsum[r][c][0] = sums[0];  // (output row g, activation row 8r + 2t): the same for every output row
-      xsum[r][c][1] = sums[1];
+      xsum[r][c / GCH][0] = sums[0];  // (output row g, activation row 8r + 2t): alike for every output row
+      xsum[r][c / GCH][1] = sums[1];
     }
   }
 
@@ -196,37 +236,54 @@ lowbit_int4_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, 
     for (int r = 0; r < R8; ++r)
 #pragma unroll
       for (int e = 0; e < 4; ++e) out[i][r][e] = 0.f;
+    float acc[R8][4], acc_hi[R8][4];  // acc_hi: 8-bit codes' high nibbles
 #pragma unroll
     for (int c = 0; c < NCH; ++c) {
-      float acc[R8][4];
+      if (c % GCH == 0) {
 #pragma unroll
-      for (int r = 0; r < R8; ++r)
+        for (int r = 0; r < R8; ++r)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[r][e] = 0.f;
+          for (int e = 0; e < 4; ++e) acc[r][e] = acc_hi[r][e] = 0.f;
+      }
 #pragma unroll
       for (int j = 0; j < U; ++j) {
+        const u32 wa = d.wa[c][j], wb = d.wb[c][j];
+#if BITS == 4
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const u32 a0 = magic_pair(d.wa[c][j] >> (8 * h));      // row g, inputs 2h, 2h + 4
-          const u32 a1 = magic_pair(d.wb[c][j] >> (8 * h));      // row g + 8
-          const u32 a2 = magic_pair(d.wa[c][j] >> (8 * h + 4));  // row g, inputs 2h + 1, 2h + 5
-          const u32 a3 = magic_pair(d.wb[c][j] >> (8 * h + 4));  // row g + 8
+          const u32 a0 = magic_pair(wa >> (8 * h));      // row g, inputs 2h, 2h + 4
+          const u32 a1 = magic_pair(wb >> (8 * h));      // row g + 8
+          const u32 a2 = magic_pair(wa >> (8 * h + 4));  // row g, inputs 2h + 1, 2h + 5
+          const u32 a3 = magic_pair(wb >> (8 * h + 4));  // row g + 8
 #pragma unroll
           for (int r = 0; r < R8; ++r) mma16816(acc[r], a0, a1, a2, a3, bx[r][c][j][2 * h], bx[r][c][j][2 * h + 1]);
         }
+#else
+        const u32 l0 = magic_pair(wa), l1 = magic_pair(wb);               // low nibbles of inputs 0, 2
+        const u32 l2 = magic_pair(wa >> 8), l3 = magic_pair(wb >> 8);     // of inputs 1, 3
+        const u32 h0 = high_pair(wa >> 4), h1 = high_pair(wb >> 4);    // high nibbles of inputs 0, 2
+        const u32 h2 = high_pair(wa >> 12), h3 = high_pair(wb >> 12);  // of inputs 1, 3
+#pragma unroll
+        for (int r = 0; r < R8; ++r) {
+          mma16816(acc[r], l0, l1, l2, l3, bx[r][c][j][0], bx[r][c][j][1]);
+          mma16816(acc_hi[r], h0, h1, h2, h3, bx[r][c][j][0], bx[r][c][j][1]);
+        }
+#endif
       }
+      if (c % GCH != GCH - 1) continue;  // the group goes on in the next chunk
       const float s0 = half_f32(d.s[c][0]), s1 = half_f32(d.s[c][1]);
 #if HAS_ZERO
-      const float o0 = OFFSET + half_f32(d.z[c][0]), o1 = OFFSET + half_f32(d.z[c][1]);
+      const float o0 = PLANE_OFFSET + half_f32(d.z[c][0]), o1 = PLANE_OFFSET + half_f32(d.z[c][1]);
 #else
-      const float o0 = OFFSET + 8.f, o1 = OFFSET + 8.f;
+      const float o0 = PLANE_OFFSET + SYMMETRIC_ZERO, o1 = o0;
 #endif
 #pragma unroll
       for (int r = 0; r < R8; ++r) {  // acc: (row g, act 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
-        out[i][r][0] += s0 * (acc[r][0] - o0 * xsum[r][c][0]);
-        out[i][r][1] += s0 * (acc[r][1] - o0 * xsum[r][c][1]);
-        out[i][r][2] += s1 * (acc[r][2] - o1 * xsum[r][c][0]);
-        out[i][r][3] += s1 * (acc[r][3] - o1 * xsum[r][c][1]);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float sum = BITS == 8 ? acc[r][e] + 16.f * acc_hi[r][e] : acc[r][e];
+          out[i][r][e] += (e < 2 ? s0 : s1) * (sum - (e < 2 ? o0 : o1) * xsum[r][c / GCH][e & 1]);
+        }
       }
     }
   }

@@ -1,0 +1,170 @@
+"""The tensor-core kernels for few activation rows (cuda_mma.cu): group-wise int4 and int8 weight-only,
+compiled at first use with NVRTC.
+
+The 1-row Triton kernel (triton_gemv) spends about four SASS instructions per int4 weight on CUDA cores,
+which bounds it near 2x bf16 on an H100. This kernel feeds the codes to mma.sync instead (about 1.6 per
+weight: a lop3 per pair of codes, a shift per two pairs, a tensor-core step per 256 weights of a warp) and
+reads the canonical layouts (int_group's words, int8_rows' bytes as words) as they are, so there is no
+second copy of the weights. The source and its design notes are in cuda_mma.cu.
+
+`torch.cuda._compile_kernel` (NVRTC, shipped with CUDA builds of PyTorch; no nvcc or C++ compiler) builds
+one specialization per (bits, dtype, launch shape, group size, zero) on first use, about a second each, and
+launches it on the current stream, so CUDA graphs capture it. When it cannot build, `compile_failure`
+says why and the selector falls back to the Triton kernels with that reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import torch
+
+from lowbit.kernels.split_counters import counters_for
+
+SOURCE = Path(__file__).with_name("cuda_mma.cu")
+MAX_ROWS = 16  # two 8-row activation fragments per mma k-step
+OUT_TILE = 16  # outputs per mma tile
+BITS = (4, 8)
+_FLOAT16 = (torch.float16, torch.bfloat16)
+
+
+def words_per_thread(bits: int, in_features: int, group_size: int) -> int | None:
+    """Words U a thread reads per row and chunk: the largest of 4, 2, 1 whose chunk (4 threads x U words of
+    32 / bits inputs) divides in_features and the group size (a chunk lies in one group) or lies in a group
+    that spans the row, or None."""
+    chunk = 4 * 32 // bits
+    fits = (lambda u: in_features % (chunk * u) == 0 and (group_size % (chunk * u) == 0 or group_size >= in_features))
+    return next((u for u in (4, 2, 1) if fits(u)), None)
+
+
+def shape_unsupported(bits: int, rows: int, in_features: int, out_features: int, group_size: int) -> str | None:
+    """Why the kernel's bit width or shapes rule out a call, or None."""
+    if bits not in BITS:
+        return f"the tensor-core kernels take {' or '.join(map(str, BITS))}-bit codes, not {bits}"
+    if rows > MAX_ROWS:
+        return f"more than {MAX_ROWS} rows"
+    if out_features % OUT_TILE:
+        return f"out_features ({out_features}) is not a multiple of {OUT_TILE}"
+    if words_per_thread(bits, in_features, group_size) is None:
+        chunk = 4 * 32 // bits
+        return f"in_features ({in_features}) and group size ({group_size}) must be multiples of {chunk}"
+    if group_size < in_features and group_size & (group_size - 1):
+        return f"group size {group_size} is not a power of two (a K slice must hold whole groups or lie in one)"
+    return None
+
+
+def choose_config(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int) -> dict:
+    """Launch shape: U words per chunk, KS inputs per warp, WARPS per block, TILES of 16 outputs per block, R8
+    8-row fragments. A block's warps cover WARPS * KS inputs (4096 here, so that Llama-sized K needs no
+    partials), and blocks take up to 2 or 4 tiles while at least two blocks per multiprocessor remain."""
+    words = words_per_thread(bits, in_features, group_size)
+    frags = 1 if rows <= 8 else 2
+    slice_k = 512 if frags == 1 and bits == 4 else 256  # its activation fragments: 64 registers a thread
+    slices = math.ceil(in_features / slice_k)
+    warps = min(8, slices)
+    k_blocks = math.ceil(slices / warps)
+    n_tiles = out_features // OUT_TILE
+    widest = 2 if slice_k * frags >= 512 else 4  # 4 tiles of wider slices spill (255 registers)
+    tiles = next((t for t in (4, 2) if t <= widest and math.ceil(n_tiles / t) * k_blocks >= 2 * sms), 1)
+    return {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "R8": frags}
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(device_index: int, config: tuple):
+    """The specialization of `config` (BITS, BF16, HAS_ZERO, G and the launch shape), compiled by NVRTC for the
+    device's compute capability and loaded on that device."""
+    options = ["-std=c++17"] + [f"-D{k}={int(v)}" for k, v in config]
+    with torch.cuda.device(device_index):
+        return torch.cuda._compile_kernel(SOURCE.read_text(), "lowbit_mma", nvcc_options=options)
+
+
+@functools.lru_cache(maxsize=None)
+def _compile_failure(device_index: int) -> str | None:
+    """None when this device builds and loads the kernel (a default specialization), else why not."""
+    if torch.cuda.get_device_capability(device_index) < (8, 0):
+        return "mma.sync with bf16 needs compute capability 8.0 or newer"
+    if not hasattr(torch.cuda, "_compile_kernel"):
+        return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC)"
+    try:
+        cfg = choose_config(4, 1, 4096, 4096, 128, 1) | {"BITS": 4, "BF16": 1, "HAS_ZERO": 1, "G": 128, "SIGNED8": 0}
+        _kernel(device_index, tuple(sorted(cfg.items())))
+    except (OSError, RuntimeError, AttributeError) as err:
+        lines = str(err).strip().splitlines()
+        return f"NVRTC could not build cuda_mma.cu: {lines[-1] if lines else repr(err)}"
+    return None
+
+
+# torch.compile evaluates it once while tracing and keeps the answer (as triton_ops._platform_unavailable).
+_compile_failure._dynamo_marked_constant = True
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def unavailable(device: torch.device, dtype: torch.dtype | None, bits: int | None, rows: int, in_features: int,
+                out_features: int, group_size: int) -> str | None:
+    """Why the kernel cannot run a call, or None."""
+    if dtype not in _FLOAT16:
+        return f"the tensor-core kernels take fp16/bf16 activations, not {dtype}"
+    reason = shape_unsupported(bits or 0, rows, in_features, out_features, group_size)
+    if reason is not None:
+        return reason
+    if device.type != "cuda":
+        return f"they run on CUDA devices, not {device.type}"
+    return _compile_failure(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+               bias: torch.Tensor | None, bits: int, group_size: int, signed8: bool = False,
+               config: dict | None = None) -> torch.Tensor:
+    """x (rows <= 16, in) fp16/bf16 @ dequant(qweight)^T + bias -> (rows, out) in x's dtype.
+
+    qweight (out, in * bits / 32) int32 words of int_group codes (bits 4 or 8), or with signed8 int8
+    weight-only's codes seen as words (zero None, group_size = in); scale (and zero) (out, groups) fp16."""
+    if scale.dtype != torch.float16 or (signed8 and (bits != 8 or zero is not None)):
+        raise ValueError(f"the tensor-core kernels take fp16 qparams and signed 8-bit codes without zeros, not "
+                         f"{scale.dtype}, {bits} bits, zero {zero is not None}")
+    x = x.contiguous()
+    if x.data_ptr() % 16:
+        x = x.clone()  # 16-byte activation loads
+    rows, cols = x.shape
+    out_features = qweight.shape[0]
+    reason = shape_unsupported(bits, rows, cols, out_features, group_size)
+    if reason is not None:
+        raise ValueError(reason)
+    device = x.device
+    cfg = choose_config(bits, rows, cols, out_features, group_size, _multiprocessors(device.index)) | (config or {})
+    if not (cfg["KS"] % group_size == 0 or group_size % cfg["KS"] == 0 or group_size >= cols):
+        raise ValueError(f"K slice {cfg['KS']} neither holds whole groups of {group_size} nor lies in one")
+    spec = cfg | {"BITS": bits, "BF16": x.dtype == torch.bfloat16, "HAS_ZERO": zero is not None, "G": group_size,
+                  "SIGNED8": signed8}
+    kernel = _kernel(device.index, tuple(sorted(spec.items())))
+    grid_x = math.ceil(out_features // OUT_TILE / cfg["TILES"])
+    grid_y = math.ceil(math.ceil(cols / cfg["KS"]) / cfg["WARPS"])
+    y = torch.empty((rows, out_features), dtype=x.dtype, device=device)
+    part, counters = y, None
+    if grid_y > 1:
+        part = torch.empty((grid_y, rows, out_features), dtype=torch.float32, device=device)
+        counters = counters_for(device, grid_x)
+    zero_or_scale = zero if zero is not None else scale  # not read without a zero
+    bias32 = bias.float().contiguous() if bias is not None else part  # not read without a bias
+    args = [qweight.contiguous(), scale.contiguous(), zero_or_scale.contiguous(), x, bias32, y, part,
+            counters if counters is not None else part, rows, cols, out_features, scale.shape[1],
+            int(bias is not None), int(counters is not None)]
+    with torch.cuda.device(device):
+        kernel(grid=(grid_x, grid_y, 1), block=(cfg["WARPS"] * 32, 1, 1), args=args)
+    if grid_y > 1 and counters is None:  # no fix-up in the launch: add the K blocks' partials here
+        total = part.sum(0) + (bias.float() if bias is not None else 0)
+        y = total.to(x.dtype)
+    return y
+
+
+def int8_weight_mma(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                    config: dict | None = None) -> torch.Tensor:
+    """W8A16 (formats.int8_rows): x (rows, in) @ (qweight (out, in) int8 * scale (out, 1))^T + bias."""
+    words = qweight.contiguous().view(torch.int32)  # four codes per word, the first input in the low byte
+    return mma_matmul(x, words, scale, None, bias, 8, qweight.shape[1], signed8=True, config=config)

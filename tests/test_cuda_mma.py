@@ -1,0 +1,241 @@
+"""The CUDA tensor-core kernels (kernels/cuda_mma.cu) against an fp64 reference, and their selection.
+
+The kernels run only on a CUDA GPU (NVRTC builds them there): those tests skip elsewhere. The kernels' plan
+(modelled from the PTX ISA), the shape checks, the launch-shape choice and the selector's reasons run
+everywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+
+import numpy as np
+import ptx_models
+import pytest
+import torch
+
+from lowbit.core.affine import int8_absmax, rtn_quantize
+from lowbit.kernels import cuda_mma, split_counters, triton_ops
+from lowbit.kernels.select import CallContext, select
+from lowbit.modules import Int8Linear, IntLinear
+
+CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not CUDA, reason="the CUDA tensor-core kernels need a CUDA GPU")
+DTYPES = (torch.float16, torch.bfloat16)
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def _seed() -> int:
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    return seed
+
+
+def _layer(out: int, cols: int, group: int, symmetric: bool, bias: bool, bits: int = 4):
+    """(layer on the GPU, its fp64 weights, call(x, config)): int_group (bits 4, 8) or int8 weight-only
+    (bits "int8")."""
+    b = torch.randn(out) if bias else None
+    if bits == "int8":
+        q, s = int8_absmax(torch.randn(out, cols))
+        layer = Int8Linear.from_int8(q, s, b).to("cuda")
+        ref_w = (q.double() * s.double()).to("cuda")
+        return layer, ref_w, lambda x, cfg: cuda_mma.int8_weight_mma(x, layer.qweight, layer.scale, layer.bias, cfg)
+    q = rtn_quantize(torch.randn(out, cols), bits, group, symmetric)
+    layer = IntLinear.from_weights(q, b).to("cuda")
+    zero = getattr(layer, "zero", None)  # symmetric layers have none
+    call = (lambda x, cfg: cuda_mma.mma_matmul(x, layer.qweight, layer.scale, zero, layer.bias, bits,
+                                               layer.layout.group_size, config=cfg))
+    return layer, q.dequantize().double().to("cuda"), call
+
+
+def _check(layer, ref_w, call, rows, dtype, seed, config=None) -> None:
+    x = torch.randn(rows, layer.in_features, device="cuda", dtype=dtype) * 3
+    ref = x.double() @ ref_w.t() + (layer.bias.double() if layer.bias is not None else 0)
+    torch.full((rows + 16, layer.out_features), float("nan"), device="cuda")  # unwritten outputs show as NaN
+    y = call(x, config)
+    assert y.dtype == dtype and y.shape == (rows, layer.out_features)
+    assert torch.isfinite(y).all(), f"non-finite output rows={rows} {config} seed={seed}"
+    err = ((y.double() - ref).norm() / ref.norm()).item()
+    assert err < TOL[dtype], f"rows={rows} {dtype} {config} err={err:.2e} seed={seed}"
+
+
+@gpu
+@pytest.mark.parametrize("bits,cols,group,symmetric", [
+    (4, 4096, 128, False), (4, 5120, 128, True), (4, 384, 64, False), (4, 1056, 32, False), (4, 2048, -1, False),
+    (8, 4096, 128, False), (8, 2048, -1, True), ("int8", 4096, -1, True), ("int8", 1008, -1, True),
+])
+def test_mma_kernel_matches_reference(bits, cols, group, symmetric):
+    """Every row count up to 16 (one and two 8-row fragments), fp16 and bf16, zero or the symmetric 8 / 128,
+    with and without bias; int4 with K in one block (4096), in two blocks with idle warps and the fix-up
+    (5120), in one warp (384), with 2- and 1-word chunks (groups of 64 and 32) and per-channel scales; 8-bit
+    group-wise codes and int8 weight-only (signed codes, one scale a row; 1008 inputs: 1-word chunks)."""
+    seed = _seed()
+    out = 16 * 37  # no multiple of the blocks' 2 or 4 tiles
+    for bias in (True, False):
+        layer, ref_w, call = _layer(out, cols, group, symmetric, bias, bits)
+        for rows in (1, 2, 3, 7, 8, 9, 16):
+            for dtype in DTYPES:
+                _check(layer, ref_w, call, rows, dtype, seed)
+
+
+@gpu
+@pytest.mark.parametrize("config", [{"KS": 256, "WARPS": 2, "TILES": 1}, {"KS": 512, "WARPS": 4, "TILES": 4},
+                                    {"KS": 1024, "WARPS": 1, "TILES": 2}, {"KS": 256, "WARPS": 16, "TILES": 2}])
+@pytest.mark.parametrize("bits", [4, "int8"])
+def test_mma_launch_shapes_and_splits_match_reference(config, bits, monkeypatch):
+    """Launch shapes with K split over 1 to 11 blocks, fixed up in the launch or summed on the host."""
+    seed = _seed()
+    layer, ref_w, call = _layer(16 * 21, 2816, 128, False, True, bits)
+    for rows in (1, 5, 12):
+        _check(layer, ref_w, call, rows, torch.bfloat16, seed, config)
+    monkeypatch.setattr(cuda_mma, "counters_for", lambda device, tiles: None)
+    _check(layer, ref_w, call, 3, torch.float16, seed, config)
+
+
+@gpu
+def test_mma_auto_choice_opcheck_compile_and_graph_capture():
+    x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
+    int4, _, _ = _layer(16 * 64, 1024, 128, False, True)
+    int8, _, _ = _layer(16 * 64, 1024, -1, True, True, "int8")
+    ops = {int4: (triton_ops.int_group_mm, (x, int4.qweight, int4.scale, int4.zero, int4.bias, 4, 128, "mma")),
+           int8: (triton_ops.int8_weight_mm, (x, int8.qweight, int8.scale, int8.bias, "mma"))}
+    for layer, (op, args) in ops.items():
+        assert layer.kernel(x).name == "cuda_mma"
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+        eager = layer(x)
+        torch._dynamo.reset()
+        compiled = torch.compile(layer, fullgraph=True)(x)
+        assert torch.allclose(compiled.float(), eager.float(), rtol=1e-2, atol=1e-2)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = layer(x)
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        assert torch.allclose(captured.float(), layer(x).float(), rtol=1e-2, atol=1e-2)
+
+
+def _ctx(rows=1, cols=4096, out=4096, bits=4, group=128, dtype=torch.bfloat16, device="cuda"):
+    return CallContext(torch.device(device), rows, cols, out, dtype, bits, group)
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"bits": 3}, "take 4 or 8-bit codes"), ({"rows": 17}, "more than 16 rows"), ({"out": 4100}, "multiple of 16"),
+    ({"cols": 4112}, "multiples of 32"), ({"group": 48}, "multiples of 32"), ({"group": 96}, "power of two"),
+    ({"bits": 8, "cols": 4104}, "multiples of 16"), ({"dtype": torch.float32}, "fp16/bf16"),
+    ({"device": "cpu"}, "run on CUDA devices"),
+])
+def test_mma_kernel_says_why_it_cannot_run(change, reason):
+    ctx = _ctx(**change)
+    got = cuda_mma.unavailable(ctx.device, ctx.dtype, ctx.bits, ctx.rows, ctx.in_features, ctx.out_features,
+                                ctx.group_size)
+    assert got is not None and reason in got
+    if CUDA or ctx.device.type == "cpu":  # the other candidates ask CUDA devices for their capability
+        assert select("int_group_linear", ctx, "auto").name != "cuda_mma"
+
+
+@pytest.mark.parametrize("bits,rows,cols,out,group", [
+    (4, 1, 4096, 14336, 128), (4, 16, 14336, 4096, 128), (4, 3, 384, 48, 64), (4, 9, 2048, 128256, -1),
+    (4, 1, 4096, 1024, 32), (8, 1, 4096, 14336, -1), (8, 12, 14336, 4096, 128), (8, 1, 1008, 64, -1),
+])
+def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
+    """The chosen shape compiles (a slice holds whole chunks, chunks lie in one group) and covers K."""
+    group = cols if group == -1 else group
+    cfg = cuda_mma.choose_config(bits, rows, cols, out, group, sms=132)
+    chunk = 4 * cfg["U"] * 32 // bits
+    assert cfg["KS"] % chunk == 0 and (group % chunk == 0 or group >= cols) and cols % chunk == 0
+    assert cfg["R8"] == (1 if rows <= 8 else 2)
+    assert cfg["WARPS"] <= math.ceil(cols / cfg["KS"])  # no warp of the first block starts past K
+    assert cfg["TILES"] in (1, 2, 4) and cfg["WARPS"] <= 16
+    assert out // 16 <= split_counters.N_COUNTERS * cfg["TILES"]
+
+
+def _pairs(word: int, magic: int, flip: bool) -> int:
+    """The kernel's magic_pair (lop3 0xEA) or, for flipped high nibbles, magic_pair_flip (lop3 0x6A)."""
+    if flip:
+        return ptx_models.lop3(word, 0x000F000F, magic | 0x00080008, 0x6A)
+    return ptx_models.lop3(word, 0x000F000F, magic, 0xEA)
+
+
+def _steps(bits: int, wa: int, wb: int, v: list[int], magic: int, signed8: bool):
+    """(plane, A registers, B registers) of one word's mma steps, as cuda_mma.cu builds them (plane 1: the high
+    nibbles of 8-bit codes)."""
+    if bits == 4:
+        for h in range(2):
+            shifts = ((wa, 8 * h), (wb, 8 * h), (wa, 8 * h + 4), (wb, 8 * h + 4))
+            a = [_pairs(w >> s, magic, False) for w, s in shifts]
+            pair = (v[0], v[2]) if h == 0 else (v[1], v[3])
+            yield 0, a, [ptx_models.prmt(*pair, 0x5410), ptx_models.prmt(*pair, 0x7632)]
+        return
+    b = [ptx_models.prmt(v[0], v[1], 0x5410), ptx_models.prmt(v[0], v[1], 0x7632)]
+    yield 0, [_pairs(w >> s, magic, False) for w, s in ((wa, 0), (wb, 0), (wa, 8), (wb, 8))], b
+    yield 1, [_pairs(w >> s, magic, signed8) for w, s in ((wa, 4), (wb, 4), (wa, 12), (wb, 12))], b
+
+
+def _plan_model(qweight, scale, zero, x, bits: int, group: int, words: int, slice_k: int, signed8: bool = False):
+    """cuda_mma.cu's plan on the CPU, lane by lane: each lane's words of rows g and g + 8, the magic pairs
+    (lop3), the activation pairs (prmt), the all-ones mma for the input sums and the correction per group,
+    with lop3, prmt and mma.sync's fragment layouts from the PTX ISA (ptx_models)."""
+    bf16 = x.dtype == torch.bfloat16
+    w = qweight.numpy().view(np.uint32)
+    xs = x.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)  # (rows, K) 16-bit patterns
+    magic, offset = (0x43004300, 128.0) if bf16 else (0x64006400, 1024.0)
+    ones = 0x3F803F80 if bf16 else 0x3C003C00
+    codes = 32 // bits
+    plane_offset, sym_zero = (17 * offset, 128.0) if bits == 8 else (offset, 8.0)
+    rows, K = xs.shape
+    chunk = 4 * words * codes
+    y = np.zeros((rows, w.shape[0]))
+    tiles, frags = range(w.shape[0] // 16), range(math.ceil(rows / 8))
+    for tile, k0, r in itertools.product(tiles, range(0, K, slice_k), frags):
+        for kc in range(k0, min(k0 + slice_k, K), chunk):  # a chunk per correction (group >= chunk here)
+            acc, sums = np.zeros((2, 32, 4)), np.zeros((32, 4))
+            for j in range(words):
+                regs = []
+                for lane in range(32):
+                    g, t = divmod(lane, 4)
+                    word = kc // codes + words * t + j
+                    m, k = 8 * r + g, kc + codes * (words * t + j)
+                    v = [0] * (codes // 2) if m >= rows else [int(xs[m, k + 2 * i]) | int(xs[m, k + 2 * i + 1]) << 16
+                                                              for i in range(codes // 2)]
+                    regs.append(list(_steps(bits, int(w[tile * 16 + g, word]), int(w[tile * 16 + g + 8, word]), v,
+                                            magic, signed8)))
+                for step in range(len(regs[0])):
+                    plane = regs[0][step][0]
+                    a, b = [lane_regs[step][1] for lane_regs in regs], [lane_regs[step][2] for lane_regs in regs]
+                    acc[plane] = ptx_models.mma_m16n8k16(a, b, acc[plane], bf16)
+                    if plane == 0:
+                        sums = ptx_models.mma_m16n8k16([[ones] * 4] * 32, b, sums, bf16)
+            for lane in range(32):
+                g, t = divmod(lane, 4)
+                for e in range(4):
+                    n, m = tile * 16 + g + 8 * (e >> 1), 8 * r + 2 * t + (e & 1)
+                    s = float(scale[n, kc // group])
+                    z = float(zero[n, kc // group]) if zero is not None else sym_zero
+                    if m < rows:
+                        y[m, n] += s * (acc[0, lane, e] + 16 * acc[1, lane, e] - (plane_offset + z) * sums[lane, e & 1])
+    return y
+
+
+@pytest.mark.parametrize("bits,dtype,words,group,rows,symmetric", [
+    (4, torch.bfloat16, 4, 128, 3, False), (4, torch.float16, 2, 64, 9, True), (4, torch.bfloat16, 1, 32, 1, False),
+    (8, torch.bfloat16, 2, 64, 2, False), (8, torch.float16, 1, 32, 1, True), ("int8", torch.bfloat16, 4, -1, 3, True),
+])
+def test_kernel_plan_reproduces_the_product(bits, dtype, words, group, rows, symmetric):
+    """The kernels' data plan (canonical words -> mma fragments -> corrected sums) modelled on the CPU from the
+    PTX ISA's definitions gives x @ W^T: the index plan is right before any GPU runs it."""
+    seed = _seed()
+    cols, slice_k = 256, 128
+    x = torch.randn(rows, cols, dtype=dtype)
+    if bits == "int8":
+        q, s = int8_absmax(torch.randn(32, cols))
+        ref = x.double() @ (q.double() * s.double()).t()
+        y = _plan_model(q.view(torch.int32), s, None, x, 8, cols, words, slice_k, signed8=True)
+    else:
+        q = rtn_quantize(torch.randn(32, cols), bits, group, symmetric)
+        layer = IntLinear.from_weights(q, None)
+        ref = x.double() @ q.dequantize().double().t()
+        y = _plan_model(layer.qweight, layer.scale, getattr(layer, "zero", None), x, bits, group, words, slice_k)
+    err = np.linalg.norm(y - ref.numpy()) / np.linalg.norm(ref.numpy())
+    assert err < 1e-6, f"err={err:.2e} seed={seed}"
