@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 import ptx_models
+from graph_checks import compile_and_capture
 import pytest
 import torch
 
@@ -104,16 +105,7 @@ def test_mma_auto_choice_opcheck_compile_and_graph_capture():
     for layer, (op, args) in ops.items():
         assert layer.kernel(x).name == "cuda_mma"
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
-        eager = layer(x)
-        torch._dynamo.reset()
-        compiled = torch.compile(layer, fullgraph=True)(x)
-        assert torch.allclose(compiled.float(), eager.float(), rtol=1e-2, atol=1e-2)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = layer(x)
-        x.copy_(torch.randn_like(x))
-        graph.replay()
-        assert torch.allclose(captured.float(), layer(x).float(), rtol=1e-2, atol=1e-2)
+        compile_and_capture(layer, x)
 
 
 def _ctx(rows=1, cols=4096, out=4096, bits=4, group=128, dtype=torch.bfloat16, device="cuda"):

@@ -27,6 +27,7 @@ from lowbit.core.aqlm import AQLMWeights  # noqa: E402
 from lowbit.formats.nf4 import FourBitLayout  # noqa: E402
 from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A8Linear  # noqa: E402
 import ptx_models  # noqa: E402
+from graph_checks import compile_and_capture  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 IN, OUT = (2100, 333) if CUDA else (200, 37)  # not multiples of any block or of the group size
@@ -212,24 +213,11 @@ def test_torch_compile_and_cuda_graph_capture():
     layer, ref_w = _int_layer(4, 128, False)
     layer.kernel_preference = "triton"
     for rows in (1, 16):  # the matrix-vector and the tensor-core kernel
-        _compile_and_capture(layer, torch.randn(rows, IN, device=DEVICE, dtype=torch.bfloat16))
+        compile_and_capture(layer, torch.randn(rows, IN, device=DEVICE, dtype=torch.bfloat16))
     int8 = _int8_layer()
     int8.kernel_preference = "triton"
     for rows in (1, 16):
-        _compile_and_capture(int8, torch.randn(rows, int8.in_features, device=DEVICE, dtype=torch.bfloat16))
-
-
-def _compile_and_capture(layer, x):
-    eager = layer(x)
-    torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True)(x)
-    assert torch.allclose(compiled.float(), eager.float(), rtol=1e-2, atol=1e-2)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = layer(x)
-    x.copy_(torch.randn_like(x))
-    graph.replay()
-    assert torch.allclose(captured.float(), layer(x).float(), rtol=1e-2, atol=1e-2)
+        compile_and_capture(int8, torch.randn(rows, int8.in_features, device=DEVICE, dtype=torch.bfloat16))
 
 
 ROWS_CODEBOOK = ROWS[:-1] if CUDA else (1, 2, 7)  # the interpreter runs one program per row: a few on the CPU
@@ -381,10 +369,10 @@ def test_codebook_custom_ops_pass_opcheck():
 def test_codebook_kernels_compile_and_capture():
     fourbit = FourBitLinear.from_float(torch.randn(OUT, IN8), None, FourBitLayout(OUT, IN8, "nf4", 64, True)).to(DEVICE)
     for rows in (1, 3):  # the matrix-vector and the tensor-core kernel
-        _compile_and_capture(fourbit, torch.randn(rows, IN8, device=DEVICE, dtype=torch.bfloat16))
+        compile_and_capture(fourbit, torch.randn(rows, IN8, device=DEVICE, dtype=torch.bfloat16))
     for m, nbits in ((2, 8), (1, 16)):
         layer = _aqlm_layer(m, nbits, 8)
-        _compile_and_capture(layer, torch.randn(3, layer.in_features, device=DEVICE, dtype=torch.bfloat16))
+        compile_and_capture(layer, torch.randn(3, layer.in_features, device=DEVICE, dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize("bits,shifts", [(2, 2), (3, 6), (4, 2), (8, 3)])
