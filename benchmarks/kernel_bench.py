@@ -234,6 +234,7 @@ def _int_variants(cols, out, rows, dev):
         yield "int8_weight_only_pf2", lambda: _int8_variant(cols, out, rows, dev, gemv_config=TWO_TILES_AHEAD)
     yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, dev)
     yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, dev)
+    yield "int2_g128_triton", lambda: _int_group_variant(cols, out, 2, rows, dev, "triton")
     yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)
     yield "int8_weight_only_triton", lambda: _int8_variant(cols, out, rows, dev, preference="triton")
     yield "w8a8", lambda: _w8a8_variant(cols, out, rows, dev)

@@ -66,12 +66,14 @@ def _check(layer, ref_w, call, rows, dtype, seed, config=None) -> None:
 @pytest.mark.parametrize("bits,cols,group,symmetric", [
     (4, 4096, 128, False), (4, 5120, 128, True), (4, 384, 64, False), (4, 1056, 32, False), (4, 2048, -1, False),
     (8, 4096, 128, False), (8, 2048, -1, True), ("int8", 4096, -1, True), ("int8", 1008, -1, True),
+    (2, 4096, 128, False), (2, 1088, 64, True),
 ])
 def test_mma_kernel_matches_reference(bits, cols, group, symmetric):
     """Every row count up to 16 (one and two 8-row fragments), fp16 and bf16, zero or the symmetric 8 / 128,
     with and without bias; int4 with K in one block (4096), in two blocks with idle warps and the fix-up
     (5120), in one warp (384), with 2- and 1-word chunks (groups of 64 and 32) and per-channel scales; 8-bit
-    group-wise codes and int8 weight-only (signed codes, one scale a row; 1008 inputs: 1-word chunks)."""
+    group-wise codes and int8 weight-only (signed codes, one scale a row; 1008 inputs: 1-word chunks); 2-bit
+    codes (1088 inputs: 1-word chunks)."""
     seed = _seed()
     out = 16 * 37  # no multiple of the blocks' 2 or 4 tiles
     for bias in (True, False):
@@ -113,7 +115,7 @@ def _ctx(rows=1, cols=4096, out=4096, bits=4, group=128, dtype=torch.bfloat16, d
 
 
 @pytest.mark.parametrize("change,reason", [
-    ({"bits": 3}, "take 4 or 8-bit codes"), ({"rows": 17}, "more than 16 rows"), ({"out": 4100}, "multiple of 16"),
+    ({"bits": 3}, "take 2, 4, 8-bit codes"), ({"rows": 17}, "more than 16 rows"), ({"out": 4100}, "multiple of 16"),
     ({"cols": 4112}, "multiples of 32"), ({"group": 48}, "multiples of 32"), ({"group": 96}, "power of two"),
     ({"bits": 8, "cols": 4104}, "multiples of 16"), ({"dtype": torch.float32}, "fp16/bf16"),
     ({"device": "cpu"}, "run on CUDA devices"),
@@ -130,6 +132,7 @@ def test_mma_kernel_says_why_it_cannot_run(change, reason):
 @pytest.mark.parametrize("bits,rows,cols,out,group", [
     (4, 1, 4096, 14336, 128), (4, 16, 14336, 4096, 128), (4, 3, 384, 48, 64), (4, 9, 2048, 128256, -1),
     (4, 1, 4096, 1024, 32), (8, 1, 4096, 14336, -1), (8, 12, 14336, 4096, 128), (8, 1, 1008, 64, -1),
+    (2, 1, 4096, 14336, 128), (2, 16, 1088, 64, 64),
 ])
 def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
     """The chosen shape compiles (a slice holds whole chunks, chunks lie in one group) and covers K."""
@@ -143,21 +146,23 @@ def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
     assert out // 16 <= split_counters.N_COUNTERS * cfg["TILES"]
 
 
-def _pairs(word: int, magic: int, flip: bool) -> int:
-    """The kernel's magic_pair (lop3 0xEA) or, for flipped high nibbles, magic_pair_flip (lop3 0x6A)."""
+def _pairs(word: int, magic: int, flip: bool, bits: int = 4) -> int:
+    """The kernel's magic_pair (lop3 0xEA; one code of `bits`, or a nibble, per half) or, for flipped high
+    nibbles, magic_pair_flip (lop3 0x6A)."""
     if flip:
         return ptx_models.lop3(word, 0x000F000F, magic | 0x00080008, 0x6A)
-    return ptx_models.lop3(word, 0x000F000F, magic, 0xEA)
+    return ptx_models.lop3(word, (2**bits - 1) * 0x00010001, magic, 0xEA)
 
 
 def _steps(bits: int, wa: int, wb: int, v: list[int], magic: int, signed8: bool):
     """(plane, A registers, B registers) of one word's mma steps, as cuda_mma.cu builds them (plane 1: the high
     nibbles of 8-bit codes)."""
-    if bits == 4:
-        for h in range(2):
-            shifts = ((wa, 8 * h), (wb, 8 * h), (wa, 8 * h + 4), (wb, 8 * h + 4))
-            a = [_pairs(w >> s, magic, False) for w, s in shifts]
-            pair = (v[0], v[2]) if h == 0 else (v[1], v[3])
+    if bits != 8:
+        codes = 32 // bits
+        for q in range(codes // 4):
+            shifts = ((wa, 2 * q * bits), (wb, 2 * q * bits), (wa, (2 * q + 1) * bits), (wb, (2 * q + 1) * bits))
+            a = [_pairs(w >> s, magic, False, bits) for w, s in shifts]
+            pair = (v[q], v[q + codes // 4])
             yield 0, a, [ptx_models.prmt(*pair, 0x5410), ptx_models.prmt(*pair, 0x7632)]
         return
     b = [ptx_models.prmt(v[0], v[1], 0x5410), ptx_models.prmt(v[0], v[1], 0x7632)]
@@ -175,7 +180,7 @@ def _plan_model(qweight, scale, zero, x, bits: int, group: int, words: int, slic
     magic, offset = (0x43004300, 128.0) if bf16 else (0x64006400, 1024.0)
     ones = 0x3F803F80 if bf16 else 0x3C003C00
     codes = 32 // bits
-    plane_offset, sym_zero = (17 * offset, 128.0) if bits == 8 else (offset, 8.0)
+    plane_offset, sym_zero = (17 * offset if bits == 8 else offset), 2.0 ** (bits - 1)
     rows, K = xs.shape
     chunk = 4 * words * codes
     y = np.zeros((rows, w.shape[0]))
@@ -213,6 +218,7 @@ def _plan_model(qweight, scale, zero, x, bits: int, group: int, words: int, slic
 @pytest.mark.parametrize("bits,dtype,words,group,rows,symmetric", [
     (4, torch.bfloat16, 4, 128, 3, False), (4, torch.float16, 2, 64, 9, True), (4, torch.bfloat16, 1, 32, 1, False),
     (8, torch.bfloat16, 2, 64, 2, False), (8, torch.float16, 1, 32, 1, True), ("int8", torch.bfloat16, 4, -1, 3, True),
+    (2, torch.bfloat16, 2, 128, 3, False), (2, torch.float16, 1, 64, 9, True),
 ])
 def test_kernel_plan_reproduces_the_product(bits, dtype, words, group, rows, symmetric):
     """The kernels' data plan (canonical words -> mma fragments -> corrected sums) modelled on the CPU from the

@@ -1,20 +1,22 @@
-// Integer weights times up to 16 activation rows on tensor cores: group-wise int4 (formats.int_group) and
-// int8 weight-only (formats.int8_rows), each in its canonical layout.
+// Integer weights times up to 16 activation rows on tensor cores: group-wise 2-, 4- and 8-bit codes
+// (formats.int_group) and int8 weight-only (formats.int8_rows), each in its canonical layout.
 //
 // y^T = W x^T with W as mma.sync's A operand (m16n8k16: 16 outputs x 16 inputs) and the activations as
 // its B operand (8 rows a fragment; "swap AB"). The mma's k index is only a summation index, so each
 // thread feeds it the codes it loads from the canonical rows, no repacking: thread (g, t) of a warp
 // (g = lane / 4, t = lane % 4) reads U consecutive words of rows g and g + 8 of a 16-output tile (the
-// CODES inputs of each word, from k = chunk + CODES U t) and the activations of those same inputs. One lop3
-// turns two nibbles of a word into the 16-bit value OFFSET + nibble (OR-ed into the bits of 1024.0 fp16 /
-// 128.0 bf16: the "magic number" conversion of FasterTransformer and Marlin, Frantar et al. 2024), so a
-// code costs about one instruction and the products run on tensor cores with fp32 accumulation. Per chunk
-// of CK inputs (inside one quantization group) the zero and scale are applied once per output and row:
+// CODES inputs of each word, from k = chunk + CODES U t) and the activations of those same inputs. One
+// lop3 turns two codes (or nibbles) of a word into the 16-bit values OFFSET + code (OR-ed into the bits of
+// 1024.0 fp16 / 128.0 bf16: the "magic number" conversion of FasterTransformer and Marlin, Frantar et al.
+// 2024), so a code costs about one instruction and the products run on tensor cores with fp32
+// accumulation. Per group (chunks of CK inputs inside one quantization group) the zero and scale are
+// applied once per output and row:
 //
-//     int4: y[n, m] += s[n] * (sum_k (OFFSET + c[n, k]) x[m, k] - (OFFSET + z[n]) * sum_k x[m, k]).
+//     y[n, m] += s[n] * (sum_k (OFFSET + c[n, k]) x[m, k] - (OFFSET + z[n]) * sum_k x[m, k]).
 //
-// int4: nibble i of word j is input kw + i. The word makes two mma k-steps h = 0, 1: the A pairs (nibbles
-// 2h, 2h + 4) and (2h + 1, 2h + 5), and the B pairs of the same inputs, built once per launch with prmt.
+// 2 and 4 bits: code i of a word (CODES = 32 / BITS of them) is input kw + i. The word makes CODES / 4 mma
+// k-steps q: the A pairs (codes 2q, 2q + CODES / 2) and (2q + 1, 2q + 1 + CODES / 2), one lop3 each after a
+// shift, and the B pairs of the same inputs, built once per launch with prmt.
 // 8 bits: byte i of the word is input kw + i, a code u = lo + 16 hi with nibbles lo and hi (int8 weight-only's
 // signed codes c, SIGNED8, become u = c ^ 0x80 = c + 128 by flipping hi's top bit in the same lop3). bf16
 // holds only 7-bit magic offsets, so the bytes go through the tensor cores as nibble planes sharing one B
@@ -29,10 +31,10 @@
 // (gridDim.y > 1), each block writes an fp32 partial and the last block of an output range to arrive adds
 // them up (a per-range counter that it resets; the stream-K "fix-up", Osama et al. 2023).
 //
-// Compile-time settings (-D): BITS (4 or 8), BF16 (activations bf16, else fp16), U (words a thread reads
+// Compile-time settings (-D): BITS (2, 4 or 8), BF16 (activations bf16, else fp16), U (words a thread reads
 // per row and chunk: 1, 2 or 4), KS (inputs per warp, a multiple of CK), G (group size: a multiple of CK,
 // or K and more), WARPS, TILES, R8 (8-row activation fragments: 1 or 2), HAS_ZERO (else the symmetric zero
-// 8 or 128), SIGNED8 (8-bit codes are signed).
+// 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -45,12 +47,14 @@ typedef unsigned short u16;
 #define OUT_TILE 16
 #define NVALS (TILES * 32 * 4 * R8)  // a warp's fp32 results per block
 
+#define SYMMETRIC_ZERO ((float)(1 << (BITS - 1)))
 #if BITS == 8
 #define PLANE_OFFSET (17.f * OFFSET)  // OFFSET in both nibble planes, the high one weighted 16
-#define SYMMETRIC_ZERO 128.f
+#define PAIR_MASK 0x000f000fu         // a nibble a half
 #else
 #define PLANE_OFFSET OFFSET
-#define SYMMETRIC_ZERO 8.f
+#define PAIR_MASK ((1u << BITS) - 1) * 0x00010001u  // a code a half
+#define STEPS (CODES / 4)             // mma k-steps per word
 #endif
 
 #if BF16
@@ -61,9 +65,9 @@ typedef unsigned short u16;
 #define OFFSET 1024.0f
 #endif
 
-__device__ __forceinline__ u32 magic_pair(u32 w) {  // (w & 0x000f000f) | MAGIC: codes 0 and 4 of w as 16-bit pair
+__device__ __forceinline__ u32 magic_pair(u32 w) {  // (w & PAIR_MASK) | MAGIC: the lowest code of each half
   u32 r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(w), "n"(0x000f000f), "n"(MAGIC));
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(w), "n"(PAIR_MASK), "n"(MAGIC));
   return r;
 }
 
@@ -120,7 +124,7 @@ __device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-struct alignas(2 * CODES) Acts { u32 v[CODES / 2]; };  // one word's 16-bit activations
+struct alignas(CODES < 8 ? 2 * CODES : 16) Acts { u32 v[CODES / 2]; };  // one word's 16-bit activations
 
 // U words of a row, read-only path, not kept in L1 (each weight is read once). Not volatile, so the
 // compiler can issue a tile's loads together and ahead of their use. When !valid the words are left
@@ -195,7 +199,6 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
 #pragma unroll
   for (int r = 0; r < R8; ++r) {
     const int m = g + 8 * r;
-#pragma unroll
     float sums[4];
 #pragma unroll
     for (int c = 0; c < NCH; ++c) {
@@ -207,17 +210,18 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
         const long long at = (long long)m * K + kc + CODES * (U * t + j);
         if (m < rows && kc < K) v = *reinterpret_cast<const Acts*>(x + at);
         u32* b = bx[r][c][j];
-#if BITS == 4
-        b[0] = prmt(v.v[0], v.v[2], 0x5410);  // inputs 0, 4 (step 0, a0a1's pair)
-        b[1] = prmt(v.v[0], v.v[2], 0x7632);  // inputs 1, 5 (step 0, a4a5's pair)
-        b[2] = prmt(v.v[1], v.v[3], 0x5410);  // inputs 2, 6 (step 1)
-        b[3] = prmt(v.v[1], v.v[3], 0x7632);  // inputs 3, 7 (step 1)
-        mma16816(sums, ones, ones, ones, ones, b[2], b[3]);
-#else
-        b[0] = prmt(v.v[0], v.v[1], 0x5410);  // inputs 0, 2 (both steps, a0a1's pair)
+#if BITS == 8
+        b[0] = prmt(v.v[0], v.v[1], 0x5410);  // inputs 0, 2 (both planes, a0a1's pair)
         b[1] = prmt(v.v[0], v.v[1], 0x7632);  // inputs 1, 3 (a4a5's pair)
-#endif
         mma16816(sums, ones, ones, ones, ones, b[0], b[1]);
+#else
+#pragma unroll
+        for (int q = 0; q < STEPS; ++q) {  // step q: inputs (2q, 2q + CODES / 2) and (2q + 1, 2q + 1 + CODES / 2)
+          b[2 * q] = prmt(v.v[q], v.v[q + CODES / 4], 0x5410);      // a0a1's pair
+          b[2 * q + 1] = prmt(v.v[q], v.v[q + CODES / 4], 0x7632);  // a4a5's pair
+          mma16816(sums, ones, ones, ones, ones, b[2 * q], b[2 * q + 1]);
+        }
+#endif
       }
       xsum[r][c / GCH][0] = sums[0];  // (output row g, activation row 8r + 2t): alike for every output row
       xsum[r][c / GCH][1] = sums[1];
@@ -248,15 +252,15 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
 #pragma unroll
       for (int j = 0; j < U; ++j) {
         const u32 wa = d.wa[c][j], wb = d.wb[c][j];
-#if BITS == 4
+#if BITS != 8
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const u32 a0 = magic_pair(wa >> (8 * h));      // row g, inputs 2h, 2h + 4
-          const u32 a1 = magic_pair(wb >> (8 * h));      // row g + 8
-          const u32 a2 = magic_pair(wa >> (8 * h + 4));  // row g, inputs 2h + 1, 2h + 5
-          const u32 a3 = magic_pair(wb >> (8 * h + 4));  // row g + 8
+        for (int q = 0; q < STEPS; ++q) {
+          const u32 a0 = magic_pair(wa >> (2 * q * BITS));        // row g, inputs 2q, 2q + CODES / 2
+          const u32 a1 = magic_pair(wb >> (2 * q * BITS));        // row g + 8
+          const u32 a2 = magic_pair(wa >> ((2 * q + 1) * BITS));  // row g, inputs 2q + 1, 2q + 1 + CODES / 2
+          const u32 a3 = magic_pair(wb >> ((2 * q + 1) * BITS));  // row g + 8
 #pragma unroll
-          for (int r = 0; r < R8; ++r) mma16816(acc[r], a0, a1, a2, a3, bx[r][c][j][2 * h], bx[r][c][j][2 * h + 1]);
+          for (int r = 0; r < R8; ++r) mma16816(acc[r], a0, a1, a2, a3, bx[r][c][j][2 * q], bx[r][c][j][2 * q + 1]);
         }
 #else
         const u32 l0 = magic_pair(wa), l1 = magic_pair(wb);               // low nibbles of inputs 0, 2

@@ -26,7 +26,7 @@ from lowbit.kernels.split_counters import counters_for
 SOURCE = Path(__file__).with_name("cuda_mma.cu")
 MAX_ROWS = 16  # two 8-row activation fragments per mma k-step
 OUT_TILE = 16  # outputs per mma tile
-BITS = (4, 8)
+BITS = (2, 4, 8)
 _FLOAT16 = (torch.float16, torch.bfloat16)
 
 
@@ -42,7 +42,7 @@ def words_per_thread(bits: int, in_features: int, group_size: int) -> int | None
 def shape_unsupported(bits: int, rows: int, in_features: int, out_features: int, group_size: int) -> str | None:
     """Why the kernel's bit width or shapes rule out a call, or None."""
     if bits not in BITS:
-        return f"the tensor-core kernels take {' or '.join(map(str, BITS))}-bit codes, not {bits}"
+        return f"the tensor-core kernels take {', '.join(map(str, BITS))}-bit codes, not {bits}"
     if rows > MAX_ROWS:
         return f"more than {MAX_ROWS} rows"
     if out_features % OUT_TILE:
@@ -61,7 +61,7 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     partials), and blocks take up to 2 or 4 tiles while at least two blocks per multiprocessor remain."""
     words = words_per_thread(bits, in_features, group_size)
     frags = 1 if rows <= 8 else 2
-    slice_k = 512 if frags == 1 and bits == 4 else 256  # its activation fragments: 64 registers a thread
+    slice_k = 512 if frags == 1 and bits <= 4 else 256  # its activation fragments: 64 registers a thread
     slices = math.ceil(in_features / slice_k)
     warps = min(8, slices)
     k_blocks = math.ceil(slices / warps)
