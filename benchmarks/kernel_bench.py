@@ -224,8 +224,7 @@ def _int_variants(cols, out, rows, dev):
     yield "bf16", lambda: _bf16_variant(cols, out, dev)
     yield "torch_int4_g128", lambda: _torch_int4_variant(cols, out, dev)
     yield "int4_g128", lambda: _int_group_variant(cols, out, 4, rows, dev)
-    # the Triton kernels' choice (auto takes the CUDA int4 kernel up to 16 rows where it can run)
-    yield "int4_g128_triton", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton")
+    yield "int4_g128_mma", lambda: _int_group_variant(cols, out, 4, rows, dev, "cuda_mma")  # cuda_mma by name
     if rows == 1:  # the selector takes the matrix-vector kernel there: the tensor-core one for comparison
         yield "int4_g128_tc", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton_tc")
         yield "int3_g128_tc", lambda: _int_group_variant(cols, out, 3, rows, dev, "triton_tc")
@@ -234,9 +233,9 @@ def _int_variants(cols, out, rows, dev):
         yield "int8_weight_only_pf2", lambda: _int8_variant(cols, out, rows, dev, gemv_config=TWO_TILES_AHEAD)
     yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, dev)
     yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, dev)
-    yield "int2_g128_triton", lambda: _int_group_variant(cols, out, 2, rows, dev, "triton")
+    yield "int2_g128_mma", lambda: _int_group_variant(cols, out, 2, rows, dev, "cuda_mma")
     yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)
-    yield "int8_weight_only_triton", lambda: _int8_variant(cols, out, rows, dev, preference="triton")
+    yield "int8_weight_only_mma", lambda: _int8_variant(cols, out, rows, dev, preference="cuda_mma")
     yield "w8a8", lambda: _w8a8_variant(cols, out, rows, dev)
 
 

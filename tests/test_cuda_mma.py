@@ -98,13 +98,14 @@ def test_mma_launch_shapes_and_splits_match_reference(config, bits, monkeypatch)
 
 
 @gpu
-def test_mma_auto_choice_opcheck_compile_and_graph_capture():
+def test_mma_by_name_opcheck_compile_and_graph_capture():
     x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
     int4, _, _ = _layer(16 * 64, 1024, 128, False, True)
     int8, _, _ = _layer(16 * 64, 1024, -1, True, True, "int8")
     ops = {int4: (triton_ops.int_group_mm, (x, int4.qweight, int4.scale, int4.zero, int4.bias, 4, 128, "mma")),
            int8: (triton_ops.int8_weight_mm, (x, int8.qweight, int8.scale, int8.bias, "mma"))}
     for layer, (op, args) in ops.items():
+        layer.kernel_preference = "cuda_mma"
         assert layer.kernel(x).name == "cuda_mma"
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
         compile_and_capture(layer, x)

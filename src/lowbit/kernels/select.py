@@ -108,6 +108,11 @@ def _cuda_mma_int_group(ctx: CallContext) -> str | None:
                                                      ctx.out_features, ctx.group_size or 0)
 
 
+def _not_yet_on_a_gpu(_ctx: CallContext) -> str | None:
+    """cuda_mma passes its tests on the CPU model of its plan only: auto takes it once it has run on a GPU."""
+    return "not yet verified on a GPU: name cuda_mma to use it"
+
+
 def _cuda_mma_int8(ctx: CallContext) -> str | None:
     """int8 weight-only: signed codes, one scale per row (a group spanning the row)."""
     return _int32_index(ctx) or cuda_mma.unavailable(ctx.device, ctx.dtype, 8, ctx.rows, ctx.in_features,
@@ -134,7 +139,7 @@ _int8_rows_int_mm = partial(reference.int8_rows_matmul, int8_mm=reference.w8a8_l
 # Fastest first; the last entry of each op is the reference path and runs everywhere.
 _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int_group_linear": (
-        Candidate("cuda_mma", triton_ops.int_group_linear_mma, _cuda_mma_int_group),
+        Candidate("cuda_mma", triton_ops.int_group_linear_mma, _cuda_mma_int_group, _not_yet_on_a_gpu),
         # at one row torch's tinygemm ran 9-30% faster than triton_mv on the H100 but holds a second, repacked
         # copy of the weights, so auto keeps lowbit's kernel; name torch_int4_cuda to get it
         Candidate("triton_mv", triton_ops.int_group_linear_mv, _triton_mv_int_group, _few_rows),
@@ -152,7 +157,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     ),
     "int_group_embedding": (Candidate("reference", reference.int_group_embedding, always),),
     "int8_weight_linear": (
-        Candidate("cuda_mma", triton_ops.int8_weight_linear_mma, _cuda_mma_int8),
+        Candidate("cuda_mma", triton_ops.int8_weight_linear_mma, _cuda_mma_int8, _not_yet_on_a_gpu),
         Candidate("triton_mv", triton_ops.int8_weight_linear_mv, _triton_int8_weight, _few_rows),
         Candidate("triton_tc", triton_ops.int8_weight_linear, _triton_int8_weight),
         Candidate("int8_cpu", cpu.int8_cpu_linear, cpu.int8_cpu_unavailable, prepare=cpu.prepare_int8_cpu),
