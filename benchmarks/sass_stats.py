@@ -111,44 +111,17 @@ def compile_stats(kernel: str, overrides: dict) -> dict:
             "per_weight": round(len(loop) / per_thread, 2), "loop_mix": dict(ops.most_common(14))}
 
 
-def _nvrtc_ptx(source: str, options: list[str]) -> str:
-    """PTX for sm_90 from NVRTC (the nvidia-cuda-nvrtc wheel), lowered to the PTX version Triton's ptxas reads."""
-    import ctypes
-    import glob
-    import os
-
-    import nvidia
-
-    libdir = next(d for d in glob.glob(os.path.join(nvidia.__path__[0], "*", "lib")) if glob.glob(d + "/libnvrtc.so*"))
-    ctypes.CDLL(glob.glob(libdir + "/libnvrtc-builtins.so*")[0])  # found by name when the compiler starts
-    lib = ctypes.CDLL(sorted(glob.glob(libdir + "/libnvrtc.so*"))[0])
-    prog = ctypes.c_void_p()
-    lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"k.cu", 0, None, None)
-    opts = [b"--gpu-architecture=compute_90", b"-std=c++17"] + [o.encode() for o in options]
-    rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-    size = ctypes.c_size_t()
-    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-    log = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetProgramLog(prog, log)
-    if rc:
-        raise RuntimeError(log.value.decode())
-    lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
-    ptx = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetPTX(prog, ptx)
-    return re.sub(r"\.version \d+\.\d+", ".version 8.7", ptx.value.decode())
-
-
 def cuda_mma_stats(overrides: dict) -> dict:
     from triton.backends.nvidia.compiler import get_ptxas
 
-    from lowbit.kernels.cuda_mma import SOURCE, choose_config
+    from lowbit.kernels.cuda_mma import choose_config, ptx_offline
 
     rows, cols, out = overrides.pop("rows", 1), overrides.pop("cols", 4096), overrides.pop("out", 14336)
     bits = overrides.pop("BITS", 4)
     group = overrides.pop("G", 128 if bits == 4 else cols)
     spec = {"BITS": bits, "BF16": 1, "HAS_ZERO": int(bits == 4), "G": group, "SIGNED8": int(bits == 8)}
     cfg = choose_config(bits, rows, cols, out, group, 132) | spec | overrides
-    ptx = _nvrtc_ptx(SOURCE.read_text(), [f"-D{k}={v}" for k, v in cfg.items()])
+    ptx = ptx_offline(cfg, ptx_version="8.7")
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/k.ptx", "w") as f:
             f.write(ptx)

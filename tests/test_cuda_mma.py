@@ -147,6 +147,30 @@ def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
     assert out // 16 <= split_counters.N_COUNTERS * cfg["TILES"]
 
 
+@pytest.mark.parametrize("bits,rows,cols,out,group", [
+    (4, 1, 4096, 14336, 128), (4, 16, 14336, 4096, 128), (4, 1, 4096, 128256, 128), (2, 1, 4096, 14336, 128),
+    (2, 16, 4096, 4096, 64), (8, 1, 4096, 14336, -1), (8, 9, 14336, 4096, -1), (8, 1, 4096, 4096, 128),
+])
+@pytest.mark.parametrize("bf16", [True, False])
+def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, bf16):
+    """The launch shapes auto picks for Llama-sized layers compile (NVRTC, no GPU) to sm_90 code that keeps
+    everything in registers: ptxas reports no spills."""
+    import subprocess
+    import tempfile
+
+    pytest.importorskip("nvidia", reason="needs the nvidia-cuda-nvrtc wheel (.ci/run installs it)")
+    ptxas = pytest.importorskip("triton.backends.nvidia.compiler").get_ptxas(90).path
+    group = cols if group == -1 else group
+    spec = cuda_mma.choose_config(bits, rows, cols, out, group, sms=132) | {
+        "BITS": bits, "BF16": bf16, "HAS_ZERO": bits != 8, "G": group, "SIGNED8": bits == 8 and group == cols}
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(f"{tmp}/k.ptx", "w") as f:
+            f.write(cuda_mma.ptx_offline(spec, ptx_version="8.7"))
+        info = subprocess.run([ptxas, "-arch=sm_90", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.cubin"],
+                              capture_output=True, text=True, check=True).stderr
+    assert "0 bytes spill stores" in info, info
+
+
 def _pairs(word: int, magic: int, flip: bool, bits: int = 4) -> int:
     """The kernel's magic_pair (lop3 0xEA; one code of `bits`, or a nibble, per half) or, for flipped high
     nibbles, magic_pair_flip (lop3 0x6A)."""

@@ -80,6 +80,41 @@ def _kernel(device_index: int, config: tuple):
         return torch.cuda._compile_kernel(SOURCE.read_text(), "lowbit_mma", nvcc_options=options)
 
 
+def ptx_offline(spec: dict, ptx_version: str | None = None) -> str:
+    """PTX for sm_90 of the specialization `spec` (its -D settings), built with no GPU by the NVRTC of the
+    nvidia-cuda-nvrtc wheel (tests, benchmarks/sass_stats.py). ptx_version rewrites the header for an older
+    ptxas (Triton 3.6's reads up to 8.7). Raises ImportError without the wheel, RuntimeError with the log."""
+    import ctypes
+    import glob
+    import os
+    import re
+
+    import nvidia  # the wheel's namespace package
+
+    libs = [d for root in nvidia.__path__ for d in glob.glob(os.path.join(root, "*", "lib"))
+            if glob.glob(d + "/libnvrtc.so*")]
+    if not libs:
+        raise ImportError("no libnvrtc in the nvidia packages: pip install nvidia-cuda-nvrtc")
+    ctypes.CDLL(glob.glob(libs[0] + "/libnvrtc-builtins.so*")[0])  # NVRTC finds it by name when it compiles
+    lib = ctypes.CDLL(sorted(glob.glob(libs[0] + "/libnvrtc.so*"))[0])
+    prog = ctypes.c_void_p()
+    lib.nvrtcCreateProgram(ctypes.byref(prog), SOURCE.read_bytes(), b"cuda_mma.cu", 0, None, None)
+    options = [b"--gpu-architecture=compute_90", b"-std=c++17"] + [f"-D{k}={int(v)}".encode() for k, v in spec.items()]
+    failed = lib.nvrtcCompileProgram(prog, len(options), (ctypes.c_char_p * len(options))(*options))
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    if failed:
+        raise RuntimeError(log.value.decode())
+    lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+    ptx = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetPTX(prog, ptx)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    text = ptx.value.decode()
+    return re.sub(r"\.version \d+\.\d+", f".version {ptx_version}", text) if ptx_version else text
+
+
 @functools.lru_cache(maxsize=None)
 def _compile_failure(device_index: int) -> str | None:
     """None when this device builds and loads the kernel (a default specialization), else why not."""
