@@ -27,14 +27,15 @@
 //
 // A block of WARPS warps covers TILES tiles of 16 outputs; warp w takes K slice blockIdx.y * WARPS + w
 // of KS inputs, keeps that slice's activation fragments in registers, and streams the tiles' words with
-// the next tile's loads in flight. The warps' sums meet in shared memory; when K needs more than one block
-// (gridDim.y > 1), each block writes an fp32 partial and the last block of an output range to arrive adds
-// them up (a per-range counter that it resets; the stream-K "fix-up", Osama et al. 2023).
+// the next DEPTH tiles' loads in flight (bytes in flight per SM set the speed: kern10). The warps' sums
+// meet in shared memory; when K needs more than one block (gridDim.y > 1), each block writes an fp32
+// partial and the last block of an output range to arrive adds them up (a per-range counter that it
+// resets; the stream-K "fix-up", Osama et al. 2023).
 //
 // Compile-time settings (-D): BITS (2, 4 or 8), BF16 (activations bf16, else fp16), U (words a thread reads
 // per row and chunk: 1, 2 or 4), KS (inputs per warp, a multiple of CK), G (group size: a multiple of CK,
-// or K and more), WARPS, TILES, R8 (8-row activation fragments: 1 or 2), HAS_ZERO (else the symmetric zero
-// 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed).
+// or K and more), WARPS, TILES, DEPTH (tiles loaded ahead), R8 (8-row activation fragments: 1 or 2),
+// HAS_ZERO (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -148,11 +149,13 @@ __device__ __forceinline__ float load_cg(const float* p) {  // bypass L1: other 
   return v;
 }
 
+#define NGRP (NCH / GCH)  // corrections (groups, or the slice) per warp slice
+
 struct TileData {
   u32 wa[NCH][U];   // words of output row g
   u32 wb[NCH][U];   // words of output row g + 8
-  u16 s[NCH][2];    // scales of rows g, g + 8 for each chunk's group
-  u16 z[NCH][2];
+  u16 s[NGRP][2];   // scales of rows g, g + 8 for each correction's group
+  u16 z[NGRP][2];
 };
 
 // A tile's words and qparams for this warp's K slice. Chunk c starts c * CK / CODES words and, with groups no
@@ -170,12 +173,16 @@ __device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, const
     const bool ok = k0 + c * CK < K;
     load_words(d.wa[c], wa + c * (CK / CODES), ok);
     load_words(d.wb[c], wb + c * (CK / CODES), ok);
-    const int grp = G <= KS ? c * CK / G : 0;
-    d.s[c][0] = ok ? scale[qa + grp] : (u16)0;
-    d.s[c][1] = ok ? scale[qb + grp] : (u16)0;
+  }
+#pragma unroll
+  for (int q = 0; q < NGRP; ++q) {  // the qparams of the group that starts with chunk q * GCH
+    const bool ok = k0 + q * GCH * CK < K;
+    const int grp = G <= KS ? q * GCH * CK / G : 0;
+    d.s[q][0] = ok ? scale[qa + grp] : (u16)0;
+    d.s[q][1] = ok ? scale[qb + grp] : (u16)0;
 #if HAS_ZERO
-    d.z[c][0] = ok ? zero[qa + grp] : (u16)0;
-    d.z[c][1] = ok ? zero[qb + grp] : (u16)0;
+    d.z[q][0] = ok ? zero[qa + grp] : (u16)0;
+    d.z[q][1] = ok ? zero[qb + grp] : (u16)0;
 #endif
   }
 }
@@ -228,18 +235,22 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
     }
   }
 
-  float out[TILES][R8][4];
-  TileData buf[2];
+  // The tiles' words stream through a ring of DEPTH + 1 register buffers: DEPTH tiles in flight.
+  TileData buf[DEPTH + 1];
   const int tile0 = blockIdx.x * TILES;
-  load_tile(buf[0], qweight, scale, zero, tile0, k0, K, N, ngroups, g, t);
+#pragma unroll
+  for (int i = 0; i < DEPTH && i < TILES; ++i)
+    load_tile(buf[i], qweight, scale, zero, tile0 + i, k0, K, N, ngroups, g, t);
 #pragma unroll
   for (int i = 0; i < TILES; ++i) {
-    TileData& d = buf[i & 1];
-    if (i + 1 < TILES) load_tile(buf[(i + 1) & 1], qweight, scale, zero, tile0 + i + 1, k0, K, N, ngroups, g, t);
+    if (i + DEPTH < TILES)
+      load_tile(buf[(i + DEPTH) % (DEPTH + 1)], qweight, scale, zero, tile0 + i + DEPTH, k0, K, N, ngroups, g, t);
+    const TileData& d = buf[i % (DEPTH + 1)];
+    float out[R8][4];
 #pragma unroll
     for (int r = 0; r < R8; ++r)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) out[i][r][e] = 0.f;
+      for (int e = 0; e < 4; ++e) out[r][e] = 0.f;
     float acc[R8][4], acc_hi[R8][4];  // acc_hi: 8-bit codes' high nibbles
 #pragma unroll
     for (int c = 0; c < NCH; ++c) {
@@ -275,9 +286,9 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
 #endif
       }
       if (c % GCH != GCH - 1) continue;  // the group goes on in the next chunk
-      const float s0 = half_f32(d.s[c][0]), s1 = half_f32(d.s[c][1]);
+      const float s0 = half_f32(d.s[c / GCH][0]), s1 = half_f32(d.s[c / GCH][1]);
 #if HAS_ZERO
-      const float o0 = PLANE_OFFSET + half_f32(d.z[c][0]), o1 = PLANE_OFFSET + half_f32(d.z[c][1]);
+      const float o0 = PLANE_OFFSET + half_f32(d.z[c / GCH][0]), o1 = PLANE_OFFSET + half_f32(d.z[c / GCH][1]);
 #else
       const float o0 = PLANE_OFFSET + SYMMETRIC_ZERO, o1 = o0;
 #endif
@@ -286,19 +297,17 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const float sum = BITS == 8 ? acc[r][e] + 16.f * acc_hi[r][e] : acc[r][e];
-          out[i][r][e] += (e < 2 ? s0 : s1) * (sum - (e < 2 ? o0 : o1) * xsum[r][c / GCH][e & 1]);
+          out[r][e] += (e < 2 ? s0 : s1) * (sum - (e < 2 ? o0 : o1) * xsum[r][c / GCH][e & 1]);
         }
       }
     }
+#pragma unroll
+    for (int r = 0; r < R8; ++r)  // this warp's share of tile i, value ((i * 32 + lane) * R8 + r) * 4 + e
+#pragma unroll
+      for (int e = 0; e < 4; ++e) red[warp][((i * 32 + lane) * R8 + r) * 4 + e] = out[r][e];
   }
 
-  // Sum the warps' K slices in shared memory; value v = ((i * 32 + lane) * R8 + r) * 4 + e.
-#pragma unroll
-  for (int i = 0; i < TILES; ++i)
-#pragma unroll
-    for (int r = 0; r < R8; ++r)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) red[warp][((i * 32 + lane) * R8 + r) * 4 + e] = out[i][r][e];
+  // Sum the warps' K slices in shared memory.
   __syncthreads();
   const bool split = gridDim.y > 1;
   const long long total = (long long)rows * N;
