@@ -262,3 +262,23 @@ def test_kernel_plan_reproduces_the_product(bits, dtype, words, group, rows, sym
         y = _plan_model(layer.qweight, layer.scale, getattr(layer, "zero", None), x, bits, group, words, slice_k)
     err = np.linalg.norm(y - ref.numpy()) / np.linalg.norm(ref.numpy())
     assert err < 1e-6, f"err={err:.2e} seed={seed}"
+
+
+def test_selection_check_traces_without_a_graph_break(monkeypatch):
+    """torch.compile keeps the kernel's availability as a constant: Dynamo neither breaks the graph on it nor
+    traces into the NVRTC build (compiled decode broke 19-21 times a step when it did, kern10 run 1)."""
+    def builds(_index):  # a CUDA device that builds the kernel; like the NVRTC build, nothing Dynamo can trace
+        torch._dynamo.graph_break()
+
+    monkeypatch.setattr(cuda_mma, "_build_failure", builds)
+    ctx = _ctx(rows=1, device="cuda:0")  # tensors on a GPU carry its index
+
+    def forward(x):
+        reason = cuda_mma.unavailable(ctx.device, ctx.dtype, ctx.bits, ctx.rows, ctx.in_features, ctx.out_features,
+                                      ctx.group_size)
+        return x + 1 if reason is None else x - 1
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(forward)(torch.zeros(2))
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert torch.equal(torch.compile(forward, backend="eager", fullgraph=True)(torch.zeros(2)), torch.ones(2))
