@@ -1,5 +1,5 @@
-"""The tensor-core kernels for few activation rows (cuda_mma.cu): group-wise int4 and int8 weight-only,
-compiled at first use with NVRTC.
+"""The tensor-core kernel for few activation rows (cuda_mma.cu): group-wise 2-, 4- and 8-bit codes and int8
+weight-only, compiled at first use with NVRTC.
 
 The 1-row Triton kernel (triton_gemv) spends about four SASS instructions per int4 weight on CUDA cores,
 which bounds it near 2x bf16 on an H100. This kernel feeds the codes to mma.sync instead (about 1.6 per
@@ -9,7 +9,7 @@ second copy of the weights. The source and its design notes are in cuda_mma.cu.
 
 `torch.cuda._compile_kernel` (NVRTC, shipped with CUDA builds of PyTorch; no nvcc or C++ compiler) builds
 one specialization per (bits, dtype, launch shape, group size, zero) on first use, about a second each, and
-launches it on the current stream, so CUDA graphs capture it. When it cannot build, `compile_failure`
+launches it on the current stream, so CUDA graphs capture it. When it cannot build, `_compile_failure`
 says why and the selector falls back to the Triton kernels with that reason.
 """
 
@@ -166,7 +166,7 @@ def mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero
                config: dict | None = None) -> torch.Tensor:
     """x (rows <= 16, in) fp16/bf16 @ dequant(qweight)^T + bias -> (rows, out) in x's dtype.
 
-    qweight (out, in * bits / 32) int32 words of int_group codes (bits 4 or 8), or with signed8 int8
+    qweight (out, in * bits / 32) int32 words of int_group codes (bits 2, 4 or 8), or with signed8 int8
     weight-only's codes seen as words (zero None, group_size = in); scale (and zero) (out, groups) fp16."""
     if scale.dtype != torch.float16 or (signed8 and (bits != 8 or zero is not None)):
         raise ValueError(f"the tensor-core kernels take fp16 qparams and signed 8-bit codes without zeros, not "
@@ -189,6 +189,8 @@ def mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero
     grid_x = math.ceil(out_features // OUT_TILE / cfg["TILES"])
     grid_y = math.ceil(math.ceil(cols / cfg["KS"]) / cfg["WARPS"])
     y = torch.empty((rows, out_features), dtype=x.dtype, device=device)
+    if rows == 0:
+        return y
     part, counters = y, None
     if grid_y > 1:
         part = torch.empty((grid_y, rows, out_features), dtype=torch.float32, device=device)
