@@ -45,6 +45,7 @@ typedef unsigned short u16;
 #define CK (4 * U * CODES)    // inputs per chunk (4 threads x U words)
 #define NCH (KS / CK)         // chunks per warp slice
 #define GCH ((G < KS ? G : KS) / CK)  // chunks per correction: a group, or the slice when a group spans it
+#define NGRP (NCH / GCH)      // corrections per warp slice
 #define OUT_TILE 16
 #define NVALS (TILES * 32 * 4 * R8)  // a warp's fp32 results per block
 
@@ -96,15 +97,6 @@ __device__ __forceinline__ float half_f32(u16 h) {  // fp16 -> fp32 (the qparams
   return f;
 }
 
-__device__ __forceinline__ float act_f32(u32 pair, int high) {  // one 16-bit activation of a pair -> fp32
-  u16 h = high ? (u16)(pair >> 16) : (u16)(pair & 0xffff);
-#if BF16
-  return __uint_as_float(((u32)h) << 16);
-#else
-  return half_f32(h);
-#endif
-}
-
 __device__ __forceinline__ u16 f32_act(float f) {  // fp32 -> the activations' 16-bit type, round to nearest
   u16 h;
 #if BF16
@@ -149,8 +141,6 @@ __device__ __forceinline__ float load_cg(const float* p) {  // bypass L1: other 
   return v;
 }
 
-#define NGRP (NCH / GCH)  // corrections (groups, or the slice) per warp slice
-
 struct TileData {
   u32 wa[NCH][U];   // words of output row g
   u32 wb[NCH][U];   // words of output row g + 8
@@ -189,9 +179,9 @@ __device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, const
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const u16* __restrict__ zero,
-                const u16* __restrict__ x, const float* __restrict__ bias, u16* __restrict__ y,
-                float* __restrict__ part, int* __restrict__ counters,
-                int rows, int K, int N, int ngroups, int has_bias, int fixup) {
+           const u16* __restrict__ x, const float* __restrict__ bias, u16* __restrict__ y,
+           float* __restrict__ part, int* __restrict__ counters,
+           int rows, int K, int N, int ngroups, int has_bias, int fixup) {
   __shared__ float red[WARPS][NVALS];
   __shared__ int last_block;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -201,7 +191,7 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
   // The slice's activation fragments (B operands), and per chunk the sums of its inputs of activation rows
   // 8r + 2t and 8r + 2t + 1 from an mma with an all-ones A (the sums in the accumulators' layout).
   u32 bx[R8][NCH][U][XREGS];
-  float xsum[R8][NCH / GCH][2];
+  float xsum[R8][NGRP][2];
   const u32 ones = BF16 ? 0x3f803f80u : 0x3c003c00u;
 #pragma unroll
   for (int r = 0; r < R8; ++r) {
