@@ -61,3 +61,20 @@ def test_reported_kernel_is_the_one_a_call_selects(monkeypatch):
     chosen = layer.kernel(torch.randn(1, 64, dtype=torch.bfloat16)).name
     assert chosen.startswith("triton")
     assert kernel_summary(model, rows=1) == {chosen: 1}
+
+
+def test_auto_does_not_probe_a_kernel_it_would_not_take(monkeypatch):
+    """Auto checks the cheap "another kernel is faster" reasons before a kernel's availability, whose probe
+    may build it (cuda_mma compiles a specialization); naming the kernel still probes it."""
+    from lowbit.kernels import select as select_module
+
+    def probe(_ctx):
+        raise AssertionError("availability probed")
+
+    slow = select_module.Candidate("slow_kernel", None, probe, lambda ctx: "another kernel is faster")
+    reference = select_module.Candidate("reference", None, select_module.always)
+    monkeypatch.setitem(select_module._CANDIDATES, "probe_op", (slow, reference))
+    ctx = CallContext(CPU, 1, 64, 32, torch.float16, 4)
+    assert select("probe_op", ctx, "auto").name == "reference"
+    with pytest.raises(AssertionError, match="probed"):
+        select("probe_op", ctx, "slow_kernel")

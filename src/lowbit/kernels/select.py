@@ -234,8 +234,8 @@ def select(op: str, ctx: CallContext, preference: str = "auto") -> Candidate:
             return (suited or able)[0]
         reason = named[-1].unavailable(ctx)
         _log(logging.INFO, "kernel %s cannot run %s (%s); using auto choice", preference, op, reason)
-    for candidate in candidates:
-        reason = candidate.unavailable(ctx) or candidate.unsuited(ctx)
+    for candidate in candidates:  # the cheap row and shape checks first: a kernel auto would not take is not
+        reason = candidate.unsuited(ctx) or candidate.unavailable(ctx)  # probed (cuda_mma's probe builds it)
         if reason is None:
             return candidate
         _log(logging.DEBUG, "kernel %s skipped for %s: %s", candidate.name, op, reason)
