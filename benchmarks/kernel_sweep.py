@@ -23,6 +23,7 @@ import torch
 
 from kernel_bench import (_bf16_variant, _time_per_call, _torch_int4_variant, copy_bandwidth, int_group_weights,
                           weight_copies)
+from lowbit.kernels.cuda_mma import mma_matmul
 from lowbit.kernels.reference import int_group_linear
 from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
@@ -74,12 +75,6 @@ def mma_space(rows: int):
             yield {"KS": ks, "WARPS": warps, "TILES": tiles, "DEPTH": depth}
 
 
-def _mma(x, qweight, scale, zero, bias, bits, group, signed8=False, config=None):
-    from lowbit.kernels.cuda_mma import mma_matmul
-
-    return mma_matmul(x, qweight, scale, zero, bias, bits, group, signed8=signed8, config=config)
-
-
 def _int8_weights(cols, out, dev):
     """int8 weight-only layout for _gemv: (out, in / 4) int32 words of int8 codes, scale (out, 1), no zero."""
     q = torch.randint(-127, 128, (out, cols), dtype=torch.int8, device=dev)  # (out, in)
@@ -96,7 +91,7 @@ def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, c
         ref = x.float() @ (qweight.view(torch.int8).float() * scale.float()).t()  # (rows, out) fp32
     else:
         ref = int_group_linear(x.float(), qweight, scale, zero, bits, 128, None)  # (rows, out) fp32
-    kernel = {"mv": int_group_gemv, "tc": int_group_matmul, "mma": _mma}[path]
+    kernel = {"mv": int_group_gemv, "tc": int_group_matmul, "mma": mma_matmul}[path]
     ws = weight_copies((qweight, scale, zero), nbytes)
     out_rows = []
     for label, build in (("bf16", lambda: _bf16_variant(cols, out, dev)), ("torch_int4", lambda: _torch_int4_variant(cols, out, dev))):

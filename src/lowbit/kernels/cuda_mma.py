@@ -57,10 +57,10 @@ def shape_unsupported(bits: int, rows: int, in_features: int, out_features: int,
 
 def choose_config(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int) -> dict:
     """Launch shape: U words per chunk, KS inputs per warp, WARPS per block, TILES of 16 outputs per block, DEPTH
-    tiles loaded ahead, R8 8-row fragments. The speed follows the bytes each SM has in flight (kern10: on the
-    H200, 1 row, 1024-input slices with all 16 words a row at once ran 1.2-1.3x faster than 512-input slices
-    and one tile ahead), so warps take deep slices while the output still gives two blocks per multiprocessor,
-    and otherwise 256-input slices with more tiles ahead."""
+    tiles loaded ahead, R8 8-row fragments. The speed follows the bytes each SM has in flight (kern10, H200, 1
+    row: on 4096x14336 and 4096x128256, 1024-input slices with all 16 words a row at once ran 1.2-1.3x faster
+    than 512-input slices with one tile ahead), so warps take deep slices while the output still gives two
+    blocks per multiprocessor, and otherwise 256-input slices with more tiles ahead (not yet timed)."""
     words = words_per_thread(bits, in_features, group_size)
     frags = 1 if rows <= 8 else 2
     n_tiles = out_features // OUT_TILE
@@ -120,7 +120,8 @@ def ptx_offline(spec: dict, ptx_version: str | None = None) -> str:
 
 def _compile_failure(device_index: int) -> str | None:
     """None when this device builds and loads the kernel (a default specialization), else why not. A plain
-    function that torch.compile keeps as a constant (below); Dynamo breaks the graph on lru_cache wrappers."""
+    function, so that torch.compile keeps it as a constant (below): Dynamo ignores an lru_cache wrapper and its
+    mark, and would trace into the NVRTC build."""
     return _build_failure(device_index)
 
 

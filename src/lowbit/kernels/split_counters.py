@@ -3,7 +3,7 @@
 The last program (or block) of an output tile to finish sums the K slices' partials and resets the tile's
 counter, so the counters stay zero between launches and nothing has to clear them. They assume that the
 launches sharing them run one after another (one stream). Used by the Triton kernels (triton_splitk) and
-the CUDA int4 kernel (cuda_mma); this module imports neither Triton nor a compiler.
+the CUDA tensor-core kernel (cuda_mma); this module imports neither Triton nor a compiler.
 """
 
 from __future__ import annotations

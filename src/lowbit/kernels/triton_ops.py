@@ -78,7 +78,7 @@ def int_group_unavailable(device: torch.device, dtype: torch.dtype | None, bits:
 
 def _matmul(path: str):
     """The entry point for `path`: "mv" (Triton, CUDA-core matrix-vector), "tc" (Triton, tensor cores) or "mma"
-    (CUDA, 4- and 8-bit codes on tensor cores for up to 16 rows: cuda_mma)."""
+    (CUDA, 2-, 4- and 8-bit codes on tensor cores for up to 16 rows: cuda_mma)."""
     if path == "mma":
         from lowbit.kernels.cuda_mma import mma_matmul
 
