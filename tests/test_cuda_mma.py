@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 
 import numpy as np
 import ptx_models
-from graph_checks import compile_and_capture
+from kernel_checks import compile_and_capture, fresh_seed
 import pytest
 import torch
 
@@ -26,12 +25,6 @@ CUDA = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not CUDA, reason="the CUDA tensor-core kernels need a CUDA GPU")
 DTYPES = (torch.float16, torch.bfloat16)
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
-
-
-def _seed() -> int:
-    seed = int.from_bytes(os.urandom(4), "little")
-    torch.manual_seed(seed)
-    return seed
 
 
 def _layer(out: int, cols: int, group: int, symmetric: bool, bias: bool, bits: int = 4):
@@ -74,7 +67,7 @@ def test_mma_kernel_matches_reference(bits, cols, group, symmetric):
     (5120), in one warp (384), with 2- and 1-word chunks (groups of 64 and 32) and per-channel scales; 8-bit
     group-wise codes and int8 weight-only (signed codes, one scale a row; 1008 inputs: 1-word chunks); 2-bit
     codes (1088 inputs: 1-word chunks)."""
-    seed = _seed()
+    seed = fresh_seed()
     out = 16 * 37  # no multiple of the blocks' 2 or 4 tiles
     for bias in (True, False):
         layer, ref_w, call = _layer(out, cols, group, symmetric, bias, bits)
@@ -89,7 +82,7 @@ def test_mma_kernel_matches_reference(bits, cols, group, symmetric):
 @pytest.mark.parametrize("bits", [4, "int8"])
 def test_mma_launch_shapes_and_splits_match_reference(config, bits, monkeypatch):
     """Launch shapes with K split over 1 to 11 blocks, fixed up in the launch or summed on the host."""
-    seed = _seed()
+    seed = fresh_seed()
     layer, ref_w, call = _layer(16 * 21, 2816, 128, False, True, bits)
     for rows in (1, 5, 12):
         _check(layer, ref_w, call, rows, torch.bfloat16, seed, config)
@@ -248,7 +241,7 @@ def _plan_model(qweight, scale, zero, x, bits: int, group: int, words: int, slic
 def test_kernel_plan_reproduces_the_product(bits, dtype, words, group, rows, symmetric):
     """The kernels' data plan (canonical words -> mma fragments -> corrected sums) modelled on the CPU from the
     PTX ISA's definitions gives x @ W^T: the index plan is right before any GPU runs it."""
-    seed = _seed()
+    seed = fresh_seed()
     cols, slice_k = 256, 128
     x = torch.randn(rows, cols, dtype=dtype)
     if bits == "int8":

@@ -27,7 +27,7 @@ from lowbit.core.aqlm import AQLMWeights  # noqa: E402
 from lowbit.formats.nf4 import FourBitLayout  # noqa: E402
 from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A8Linear  # noqa: E402
 import ptx_models  # noqa: E402
-from graph_checks import compile_and_capture  # noqa: E402
+from kernel_checks import compile_and_capture, fresh_seed  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 IN, OUT = (2100, 333) if CUDA else (200, 37)  # not multiples of any block or of the group size
@@ -40,12 +40,6 @@ TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 def interpreter(monkeypatch):
     if not CUDA:
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-def _seed() -> int:
-    seed = int.from_bytes(os.urandom(4), "little")
-    torch.manual_seed(seed)
-    return seed
 
 
 def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -83,7 +77,7 @@ def _check_int(layer: IntLinear, ref_w: torch.Tensor, rows: int, dtype: torch.dt
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("group,symmetric", [(64, False), (50, False), (-1, True)])
 def test_int_group_kernels_match_reference(bits, group, symmetric):
-    seed = _seed()
+    seed = fresh_seed()
     layer, ref_w = _int_layer(bits, group, symmetric)
     mv_fits = group != 50  # the matrix-vector kernel needs K tiles inside one group
     for kernel in ("triton_mv", "triton_tc"):
@@ -106,7 +100,7 @@ def test_gemv_load_schedules_and_splits_match_reference(bits, width):
     loaded as int64 words)."""
     from lowbit.kernels.triton_gemv import int_group_gemv
 
-    seed = _seed()
+    seed = fresh_seed()
     q = rtn_quantize(torch.randn(OUT, width), bits, 64, False)
     layer = IntLinear.from_weights(q, torch.randn(OUT)).to(DEVICE)
     ref_w = q.dequantize().double().to(DEVICE)  # (out, width)
@@ -122,7 +116,7 @@ def test_gemv_load_schedules_and_splits_match_reference(bits, width):
 
 @pytest.mark.parametrize("rows", ROWS)
 def test_int4_every_row_count_with_auto_choice(rows):
-    seed = _seed()
+    seed = fresh_seed()
     layer, ref_w = _int_layer(4, 128, False, bias=rows % 2 == 0)
     layer.kernel_preference = "triton"
     for dtype in DTYPES:
@@ -132,7 +126,7 @@ def test_int4_every_row_count_with_auto_choice(rows):
 
 @pytest.mark.parametrize("rows", [1, 3, 16, 33])
 def test_int8_weight_only_matches_reference(rows):
-    seed = _seed()
+    seed = fresh_seed()
     w = torch.randn(OUT, IN + 4 - IN % 4)  # whole int32 words per row
     q, s = int8_absmax(w)
     layer = Int8Linear.from_int8(q, s, torch.randn(OUT)).to(DEVICE)
@@ -148,7 +142,7 @@ def test_int8_weight_only_matches_reference(rows):
 
 @pytest.mark.parametrize("rows", [1, 7, 33])
 def test_w8a8_kernel_matches_emulation_exactly(rows):
-    seed = _seed()
+    seed = fresh_seed()
     w = torch.randn(OUT, IN)
     q, s = int8_absmax(w)
     layer = W8A8Linear.from_calibrated(q, s, 0.03, None).to(DEVICE)
@@ -229,7 +223,7 @@ FOURBIT_LAYOUTS = [("nf4", True, 64), ("nf4", False, 64), ("fp4", True, 64), ("n
 
 @pytest.mark.parametrize("quant_type,double_quant,blocksize", FOURBIT_LAYOUTS)
 def test_fourbit_kernel_matches_reference(quant_type, double_quant, blocksize):
-    seed = _seed()
+    seed = fresh_seed()
     layer = FourBitLinear.from_float(torch.randn(OUT, IN8), torch.randn(OUT),
                                      FourBitLayout(OUT, IN8, quant_type, blocksize, double_quant)).to(DEVICE)
     table = layer.code_table(DEVICE)
@@ -257,7 +251,7 @@ def test_fourbit_gemv_lookups_and_schedules_match_reference(quant_type, double_q
     tiles (OUT x IN8) or whole ones (unmasked loads: BN divides out and the tile count is a multiple of 3)."""
     from lowbit.kernels.triton_fourbit import fourbit_matmul
 
-    seed = _seed()
+    seed = fresh_seed()
     layout = FourBitLayout(out, width, quant_type, blocksize, double_quant)
     layer = FourBitLinear.from_float(torch.randn(out, width), torch.randn(out), layout).to(DEVICE)
     args = (*layer.weight_args(), layer.code_table(DEVICE), blocksize, out)
@@ -279,7 +273,7 @@ def test_prmt_matches_the_ptx_definition():
 
     from lowbit.kernels.triton_splitk import interpreting
 
-    rng = np.random.default_rng(_seed())
+    rng = np.random.default_rng(fresh_seed())
     a, b, c = rng.integers(0, 2**32, size=(3, 512), dtype=np.uint64).astype(np.uint32)
     words = [torch.from_numpy(v.view(np.int32).copy()).to(DEVICE) for v in (a, b, c)]
     out = torch.empty(512, dtype=torch.int32, device=DEVICE)
@@ -298,7 +292,7 @@ def test_fourbit_register_lookup_decodes_every_code(quant_type):
     from lowbit.formats.nf4 import pack_nibbles
     from lowbit.kernels.triton_splitk import interpreting
 
-    _seed()
+    fresh_seed()
     codes = torch.randint(0, 16, (1024, 8), dtype=torch.uint8)  # (words, codes of a word)
     words = pack_nibbles(codes).view(torch.int32).to(DEVICE)  # (1024,): the format's bytes, little-endian
     table = code_table(quant_type, DEVICE)
@@ -317,7 +311,7 @@ def _aqlm_layer(m: int, nbits: int, g: int) -> AQLMLinear:
 @pytest.mark.parametrize("m,nbits,g,kernel", [(2, 8, 8, "triton_lut"), (2, 8, 8, "triton_gather"),
                                               (1, 16, 8, "triton_gather"), (1, 8, 4, "triton_lut")])
 def test_aqlm_kernels_match_reference(m, nbits, g, kernel):
-    seed = _seed()
+    seed = fresh_seed()
     layer = _aqlm_layer(m, nbits, g)
     layer.kernel_preference = kernel
     for rows in ROWS_CODEBOOK:
@@ -384,7 +378,7 @@ def test_gemv_code_placement_decodes_every_code(bits, shifts):
     from lowbit.kernels.triton_int import unit_shape
 
     uc, uw = unit_shape(bits)
-    rng = np.random.default_rng(_seed())
+    rng = np.random.default_rng(fresh_seed())
     words = rng.integers(0, 2**32, size=(64, uw), dtype=np.uint64)  # (samples, words of one unit)
     bitstream = sum(words[:, i].astype(object) << (32 * i) for i in range(uw))
     used = set()

@@ -1,8 +1,17 @@
-"""A check shared by the GPU kernel tests: a layer gives the same output eager, compiled and in a CUDA graph."""
+"""Helpers shared by the kernel tests: a fresh random seed per run, and the eager / compiled / CUDA-graph check."""
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+
+def fresh_seed() -> int:
+    """Seed torch from the OS (fresh inputs every run) and return the seed for the failure message."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    return seed
 
 
 def compile_and_capture(layer, x: torch.Tensor) -> None:
