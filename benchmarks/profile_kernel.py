@@ -4,15 +4,18 @@
         python benchmarks/profile_kernel.py --shape 4096x14336 --rows 1 128          # tensor cores (_mm_tc)
     ncu ... -k regex:_gemv python benchmarks/profile_kernel.py --path mv --rows 1    # matrix-vector (_gemv)
     ncu ... -k regex:tinygemm python benchmarks/profile_kernel.py --path tinygemm --rows 1  # torch's int4 kernel
+    ncu ... -k lowbit_mma python benchmarks/profile_kernel.py --path mma --rows 1 --config '{"STAGES": 2}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 
 from kernel_bench import _torch_int4_variant, int_group_weights
+from lowbit.kernels.cuda_mma import mma_matmul
 from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
 
@@ -22,7 +25,8 @@ def main() -> None:
     p.add_argument("--shape", default="4096x14336")
     p.add_argument("--rows", type=int, nargs="+", default=[1, 128])
     p.add_argument("--bits", type=int, default=4)
-    p.add_argument("--path", choices=["tc", "mv", "tinygemm"], default="tc")
+    p.add_argument("--path", choices=["tc", "mv", "tinygemm", "mma"], default="tc")
+    p.add_argument("--config", type=json.loads, default=None, help="mma: launch-shape overrides (JSON)")
     args = p.parse_args()
     cols, out = map(int, args.shape.split("x"))
     dev = torch.device("cuda")
@@ -31,8 +35,9 @@ def main() -> None:
         call = lambda x: tinygemm(x, 0)
     else:
         (qweight, scale, zero), _ = int_group_weights(cols, out, args.bits, dev)
-        kernel = int_group_gemv if args.path == "mv" else int_group_matmul
-        call = lambda x: kernel(x, qweight, scale, zero, None, args.bits, 128)
+        kernel = {"mv": int_group_gemv, "tc": int_group_matmul, "mma": mma_matmul}[args.path]
+        settings = {"config": args.config} if args.path == "mma" else {}
+        call = lambda x: kernel(x, qweight, scale, zero, None, args.bits, 128, **settings)
     for rows in args.rows:
         x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
         for _ in range(2):
