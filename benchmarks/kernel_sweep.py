@@ -65,14 +65,14 @@ def mv_space(rows: int):
 
 def mma_space(rows: int):
     """Candidate launch shapes of the CUDA kernel (cuda_mma.cu): its default (choose_config) first, then K
-    inputs per warp x warps per block x output tiles per batch x tiles in each warp's ring."""
+    inputs per warp x warps per block x output tiles per block x tiles loaded ahead."""
     yield {}
     frags = 1 if rows <= 8 else 2
-    for ks, warps, tiles, stages in [(512, 8, 1, 2), (512, 8, 1, 3), (512, 8, 1, 4), (512, 8, 1, 6), (512, 4, 1, 4),
-                                     (512, 4, 1, 8), (256, 8, 1, 4), (256, 8, 1, 8), (1024, 4, 1, 3), (512, 8, 2, 3),
-                                     (512, 8, 4, 3), (256, 16, 1, 4), (512, 16, 1, 2), (1024, 8, 1, 2)]:
+    for ks, warps, tiles, depth in [(1024, 4, 1, 1), (512, 8, 2, 1), (512, 8, 4, 1), (256, 8, 4, 1), (256, 8, 4, 3),
+                                    (256, 8, 8, 2), (256, 8, 8, 3), (256, 4, 8, 3), (256, 16, 4, 3), (512, 4, 4, 1),
+                                    (512, 4, 2, 1), (1024, 2, 1, 1), (256, 8, 2, 1), (512, 8, 1, 1)]:
         if ks * frags <= 1024:
-            yield {"KS": ks, "WARPS": warps, "TILES": tiles, "STAGES": stages}
+            yield {"KS": ks, "WARPS": warps, "TILES": tiles, "DEPTH": depth}
 
 
 def _int8_weights(cols, out, dev):

@@ -130,7 +130,7 @@ def cuda_mma_stats(overrides: dict) -> dict:
         with open(f"{tmp}/k.cubin", "rb") as f:
             sass = get_sass(f.read())
     ops = _opcodes(sass.splitlines())
-    per_thread = cfg["TILES"] * 16 * cfg["KS"] / 32  # weights of one batch (the loop runs over batches)
+    per_thread = cfg["TILES"] * 16 * cfg["KS"] / 32  # weights
     return {"config": cfg, "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
             "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),
             "instructions": sum(ops.values()), "per_weight": round(sum(ops.values()) / per_thread, 2),

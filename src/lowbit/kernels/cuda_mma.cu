@@ -25,21 +25,17 @@
 //
 //     8 bits: y[n, m] += s[n] * (aL + 16 aH - (17 OFFSET + z[n]) * sum_k x[m, k]).
 //
-// A block of WARPS warps works through batches of TILES tiles of 16 outputs (batches blockIdx.x,
-// blockIdx.x + gridDim.x, ...: the grid holds as many blocks as the GPU runs at once, so no second partial
-// wave). Warp w takes K slice blockIdx.y * WARPS + w of KS inputs and keeps that slice's activation
-// fragments in registers. The words reach shared memory by cp.async through a ring of STAGES tiles per
-// warp, STAGES - 1 tiles ahead and across batches, so the bytes in flight (which set the speed: kern10)
-// cost no registers; each thread copies and reads back only its own words, so the ring needs no barrier.
-// The warps' sums of a batch meet in shared memory; when K needs more than one block (gridDim.y > 1), each
-// block writes an fp32 partial and the last block of the batch to arrive adds them up (a per-batch counter
-// that it resets; the stream-K "fix-up", Osama et al. 2023).
+// A block of WARPS warps covers TILES tiles of 16 outputs; warp w takes K slice blockIdx.y * WARPS + w
+// of KS inputs, keeps that slice's activation fragments in registers, and streams the tiles' words with
+// the next DEPTH tiles' loads in flight (bytes in flight per SM set the speed: kern10). The warps' sums
+// meet in shared memory; when K needs more than one block (gridDim.y > 1), each block writes an fp32
+// partial and the last block of an output range to arrive adds them up (a per-range counter that it
+// resets; the stream-K "fix-up", Osama et al. 2023).
 //
 // Compile-time settings (-D): BITS (2, 4 or 8), BF16 (activations bf16, else fp16), U (words a thread reads
 // per row and chunk: 1, 2 or 4), KS (inputs per warp, a multiple of CK), G (group size: a multiple of CK,
-// or K and more), WARPS, TILES, STAGES (2 or more), R8 (8-row activation fragments: 1 or 2), HAS_ZERO
-// (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed). The launch passes
-// WARPS * STAGES * STAGE_WORDS * 4 bytes of dynamic shared memory.
+// or K and more), WARPS, TILES, DEPTH (tiles loaded ahead), R8 (8-row activation fragments: 1 or 2),
+// HAS_ZERO (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -123,75 +119,53 @@ __device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a
 
 struct alignas(CODES < 8 ? 2 * CODES : 16) Acts { u32 v[CODES / 2]; };  // one word's 16-bit activations
 
+// U words of a row, read-only path, not kept in L1 (each weight is read once). Not volatile, so the
+// compiler can issue a tile's loads together and ahead of their use. When !valid the words are left
+// undefined: magic_pair masks any bits to a finite OFFSET + code, and the inputs they meet are zeros.
+__device__ __forceinline__ void load_words(u32* dst, const u32* src, bool valid) {
+#if U == 4
+  asm("{.reg .pred p; setp.ne.b32 p, %4, 0; @p ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%5];}"
+      : "=r"(dst[0]), "=r"(dst[1]), "=r"(dst[2]), "=r"(dst[3]) : "r"((int)valid), "l"(src));
+#elif U == 2
+  asm("{.reg .pred p; setp.ne.b32 p, %2, 0; @p ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%3];}"
+      : "=r"(dst[0]), "=r"(dst[1]) : "r"((int)valid), "l"(src));
+#else
+  asm("{.reg .pred p; setp.ne.b32 p, %1, 0; @p ld.global.nc.L1::no_allocate.u32 %0, [%2];}"
+      : "=r"(dst[0]) : "r"((int)valid), "l"(src));
+#endif
+}
+
 __device__ __forceinline__ float load_cg(const float* p) {  // bypass L1: other blocks wrote it
   float v;
   asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
   return v;
 }
 
-#define STAGE_WORDS (NCH * 2 * 32 * U)  // a warp's words of one tile: chunks x rows g, g + 8 x lanes x U
-
-// U words of a row, copied global -> shared without passing through registers (cp.async; 16-byte copies
-// bypass L1, as each weight is read once). When !valid nothing is read and the words are zeros, codes that
-// meet zero activations.
-__device__ __forceinline__ void copy_words(u32 dst, const u32* src, bool valid) {
-  const int n = valid ? 4 * U : 0;
-#if U == 4
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
-#elif U == 2
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
-#else
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
-#endif
-}
-
-__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-
-template <int N>
-__device__ __forceinline__ void wait_copies() {  // all but the last N groups of this thread's copies landed
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ u32 shared_address(const void* p) {
-  u32 a;
-  asm("{.reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t;}" : "=r"(a) : "l"(p));
-  return a;
-}
-
-struct alignas(4 * U) Words { u32 w[U]; };
-
-// Start copying a tile's words for this warp's K slice into one stage of the warp's ring: chunk c of row
-// g (+ 8 r) to stage words (2c + r) * 32 U + U lane, so each thread reads back only what it copied. Chunk c
-// starts c * CK / CODES words after the slice's first. Tiles past N read the last tile again (never
-// written out).
-__device__ __forceinline__ void copy_tile(u32* stage, const u32* qweight, int tile, int k0, int K, int N, int g,
-                                          int t) {
-  const int wpr = K / CODES;
-  const long long ra = (long long)min(tile, N / OUT_TILE - 1) * OUT_TILE + g;
-  const u32* wa = qweight + ra * wpr + k0 / CODES + U * t;
-  const u32 dst = shared_address(stage);
-#pragma unroll
-  for (int c = 0; c < NCH; ++c) {
-    const bool ok = k0 + c * CK < K;
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-      copy_words(dst + 4 * (2 * c + r) * 32 * U, wa + 8LL * r * wpr + c * (CK / CODES), ok);
-  }
-}
-
-struct QParams {
-  u16 s[NGRP][2];  // scales of rows g, g + 8 for each correction's group
+struct TileData {
+  u32 wa[NCH][U];   // words of output row g
+  u32 wb[NCH][U];   // words of output row g + 8
+  u16 s[NGRP][2];   // scales of rows g, g + 8 for each correction's group
   u16 z[NGRP][2];
 };
 
-// A tile's qparams for this warp's K slice: with groups no wider than the slice, correction q's group is
-// q * GCH * CK / G groups after the slice's first (k0 is a multiple of KS, KS of G or G of KS).
-__device__ __forceinline__ void load_qparams(QParams& d, const u16* scale, const u16* zero, int tile, int k0,
-                                             int K, int N, int ngroups, int g) {
+// A tile's words and qparams for this warp's K slice. Chunk c starts c * CK / CODES words and, with groups no
+// wider than the slice, c * CK / G groups after the slice's first (k0 is a multiple of KS, KS of G or G of
+// KS): offsets known at compile time. Tiles past N read the last tile again (never written out).
+__device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, const u16* scale, const u16* zero,
+                                          int tile, int k0, int K, int N, int ngroups, int g, int t) {
+  const int wpr = K / CODES;
   const long long ra = (long long)min(tile, N / OUT_TILE - 1) * OUT_TILE + g;
+  const u32* wa = qweight + ra * wpr + k0 / CODES + U * t;
+  const u32* wb = wa + 8LL * wpr;
   const long long qa = ra * ngroups + k0 / G, qb = qa + 8LL * ngroups;
 #pragma unroll
-  for (int q = 0; q < NGRP; ++q) {
+  for (int c = 0; c < NCH; ++c) {
+    const bool ok = k0 + c * CK < K;
+    load_words(d.wa[c], wa + c * (CK / CODES), ok);
+    load_words(d.wb[c], wb + c * (CK / CODES), ok);
+  }
+#pragma unroll
+  for (int q = 0; q < NGRP; ++q) {  // the qparams of the group that starts with chunk q * GCH
     const bool ok = k0 + q * GCH * CK < K;
     const int grp = G <= KS ? q * GCH * CK / G : 0;
     d.s[q][0] = ok ? scale[qa + grp] : (u16)0;
@@ -203,79 +177,16 @@ __device__ __forceinline__ void load_qparams(QParams& d, const u16* scale, const
   }
 }
 
-// The block's sums of one batch (TILES tiles): the warps' K slices added in shared memory and written out, or
-// with K split over blocks written as this block's fp32 partial, which the last block of the batch to
-// arrive adds up (the fix-up). Every thread of the block calls it; red is free again on return.
-__device__ __forceinline__ void finish_batch(float (*red)[NVALS], int* last_block, int tile0, int batch, u16* y,
-                                             float* part, int* counters, const float* bias, int rows, int N,
-                                             int has_bias, int fixup) {
-  __syncthreads();
-  const bool split = gridDim.y > 1;
-  const long long total = (long long)rows * N;
-  for (int v = threadIdx.x; v < NVALS; v += WARPS * 32) {
-    float sum = 0.f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) sum += red[w][v];
-    const int e = v & 3, r = (v >> 2) % R8, vl = (v >> 2) / R8, ln = vl & 31, i = vl >> 5;
-    const int n = (tile0 + i) * OUT_TILE + (ln >> 2) + 8 * (e >> 1);
-    const int m = 8 * r + 2 * (ln & 3) + (e & 1);
-    if (m >= rows || n >= N) continue;
-    if (split) {
-      part[blockIdx.y * total + (long long)m * N + n] = sum;
-    } else {
-      if (has_bias) sum += bias[n];
-      y[(long long)m * N + n] = f32_act(sum);
-    }
-  }
-  if (split && fixup) {  // without fix-up the host adds the partials
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) *last_block = atomicAdd(&counters[batch], 1) == (int)gridDim.y - 1;
-    __syncthreads();
-    if (*last_block) {
-      __threadfence();
-      const int span = TILES * OUT_TILE;
-      for (int v = threadIdx.x; v < rows * span; v += WARPS * 32) {
-        const int m = v / span, n = tile0 * OUT_TILE + v % span;
-        if (n >= N) continue;
-        float sum = 0.f;
-        for (int s = 0; s < (int)gridDim.y; ++s) sum += load_cg(part + s * total + (long long)m * N + n);
-        if (has_bias) sum += bias[n];
-        y[(long long)m * N + n] = f32_act(sum);
-      }
-      if (threadIdx.x == 0) counters[batch] = 0;  // ready for the next launch
-    }
-  }
-  __syncthreads();
-}
-
-extern "C" __global__ void __launch_bounds__(WARPS * 32, 1)
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
 lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const u16* __restrict__ zero,
            const u16* __restrict__ x, const float* __restrict__ bias, u16* __restrict__ y,
            float* __restrict__ part, int* __restrict__ counters,
            int rows, int K, int N, int ngroups, int has_bias, int fixup) {
-  extern __shared__ __align__(16) u32 ring[];  // WARPS x STAGES x STAGE_WORDS
   __shared__ float red[WARPS][NVALS];
   __shared__ int last_block;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int k0 = (blockIdx.y * WARPS + warp) * KS;
-
-  // Batch b of this block is batch blockIdx.x + b gridDim.x of TILES tiles; item j of a warp is tile j % TILES
-  // of its batch j / TILES. The items' words stream through the warp's ring of STAGES stages, STAGES - 1
-  // items ahead, across batches: the copies start before the activations below are read.
-  const int n_batches = (N / OUT_TILE + TILES - 1) / TILES;
-  const int my_batches = (n_batches - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
-  const int items = my_batches * TILES;
-  u32* my_ring = ring + warp * (STAGES * STAGE_WORDS) + lane * U;
-#define ITEM_TILE(j) (((int)blockIdx.x + ((j) / TILES) * (int)gridDim.x) * TILES + (j) % TILES)
-#pragma unroll
-  for (int j = 0; j < STAGES - 1; ++j) {
-    if (j < items) copy_tile(my_ring + j * STAGE_WORDS, qweight, ITEM_TILE(j), k0, K, N, g, t);
-    commit_copies();
-  }
-  QParams next;
-  load_qparams(next, scale, zero, ITEM_TILE(0), k0, K, N, ngroups, g);
 
   // The slice's activation fragments (B operands), and per chunk the sums of its inputs of activation rows
   // 8r + 2t and 8r + 2t + 1 from an mma with an all-ones A (the sums in the accumulators' layout).
@@ -314,83 +225,114 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
     }
   }
 
-  for (int b = 0; b < my_batches; ++b) {
+  // The tiles' words stream through a ring of DEPTH + 1 register buffers: DEPTH tiles in flight.
+  TileData buf[DEPTH + 1];
+  const int tile0 = blockIdx.x * TILES;
 #pragma unroll
-    for (int i = 0; i < TILES; ++i) {
-      const int j = b * TILES + i;
-      if (j + STAGES - 1 < items)  // into the stage item j - 1 read (its words are in registers and used)
-        copy_tile(my_ring + ((j + STAGES - 1) % STAGES) * STAGE_WORDS, qweight, ITEM_TILE(j + STAGES - 1), k0, K,
-                  N, g, t);
-      commit_copies();
-      const QParams d = next;
-      if (j + 1 < items) load_qparams(next, scale, zero, ITEM_TILE(j + 1), k0, K, N, ngroups, g);
-      wait_copies<STAGES - 1>();  // item j's words have landed
-      const u32* stage = my_ring + (j % STAGES) * STAGE_WORDS;
-      float out[R8][4];
+  for (int i = 0; i < DEPTH && i < TILES; ++i)
+    load_tile(buf[i], qweight, scale, zero, tile0 + i, k0, K, N, ngroups, g, t);
 #pragma unroll
-      for (int r = 0; r < R8; ++r)
+  for (int i = 0; i < TILES; ++i) {
+    if (i + DEPTH < TILES)
+      load_tile(buf[(i + DEPTH) % (DEPTH + 1)], qweight, scale, zero, tile0 + i + DEPTH, k0, K, N, ngroups, g, t);
+    const TileData& d = buf[i % (DEPTH + 1)];
+    float out[R8][4];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) out[r][e] = 0.f;
-      float acc[R8][4], acc_hi[R8][4];  // acc_hi: 8-bit codes' high nibbles
+    for (int r = 0; r < R8; ++r)
 #pragma unroll
-      for (int c = 0; c < NCH; ++c) {
-        if (c % GCH == 0) {
+      for (int e = 0; e < 4; ++e) out[r][e] = 0.f;
+    float acc[R8][4], acc_hi[R8][4];  // acc_hi: 8-bit codes' high nibbles
 #pragma unroll
-          for (int r = 0; r < R8; ++r)
+    for (int c = 0; c < NCH; ++c) {
+      if (c % GCH == 0) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[r][e] = acc_hi[r][e] = 0.f;
-        }
-        const Words rowa = *reinterpret_cast<const Words*>(stage + (2 * c) * 32 * U);
-        const Words rowb = *reinterpret_cast<const Words*>(stage + (2 * c + 1) * 32 * U);
+        for (int r = 0; r < R8; ++r)
 #pragma unroll
-        for (int jw = 0; jw < U; ++jw) {
-          const u32 wa = rowa.w[jw], wb = rowb.w[jw];
-#if BITS != 8
-#pragma unroll
-          for (int q = 0; q < STEPS; ++q) {
-            const u32 a0 = magic_pair(wa >> (2 * q * BITS));        // row g, inputs 2q, 2q + CODES / 2
-            const u32 a1 = magic_pair(wb >> (2 * q * BITS));        // row g + 8
-            const u32 a2 = magic_pair(wa >> ((2 * q + 1) * BITS));  // row g, inputs 2q + 1, 2q + 1 + CODES / 2
-            const u32 a3 = magic_pair(wb >> ((2 * q + 1) * BITS));  // row g + 8
-#pragma unroll
-            for (int r = 0; r < R8; ++r)
-              mma16816(acc[r], a0, a1, a2, a3, bx[r][c][jw][2 * q], bx[r][c][jw][2 * q + 1]);
-          }
-#else
-          const u32 l0 = magic_pair(wa), l1 = magic_pair(wb);            // low nibbles of inputs 0, 2
-          const u32 l2 = magic_pair(wa >> 8), l3 = magic_pair(wb >> 8);  // of inputs 1, 3
-          const u32 h0 = high_pair(wa >> 4), h1 = high_pair(wb >> 4);    // high nibbles of inputs 0, 2
-          const u32 h2 = high_pair(wa >> 12), h3 = high_pair(wb >> 12);  // of inputs 1, 3
-#pragma unroll
-          for (int r = 0; r < R8; ++r) {
-            mma16816(acc[r], l0, l1, l2, l3, bx[r][c][jw][0], bx[r][c][jw][1]);
-            mma16816(acc_hi[r], h0, h1, h2, h3, bx[r][c][jw][0], bx[r][c][jw][1]);
-          }
-#endif
-        }
-        if (c % GCH != GCH - 1) continue;  // the group goes on in the next chunk
-        const float s0 = half_f32(d.s[c / GCH][0]), s1 = half_f32(d.s[c / GCH][1]);
-#if HAS_ZERO
-        const float o0 = PLANE_OFFSET + half_f32(d.z[c / GCH][0]), o1 = PLANE_OFFSET + half_f32(d.z[c / GCH][1]);
-#else
-        const float o0 = PLANE_OFFSET + SYMMETRIC_ZERO, o1 = o0;
-#endif
-#pragma unroll
-        for (int r = 0; r < R8; ++r) {  // acc: (row g, act 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float sum = BITS == 8 ? acc[r][e] + 16.f * acc_hi[r][e] : acc[r][e];
-            out[r][e] += (e < 2 ? s0 : s1) * (sum - (e < 2 ? o0 : o1) * xsum[r][c / GCH][e & 1]);
-          }
-        }
+          for (int e = 0; e < 4; ++e) acc[r][e] = acc_hi[r][e] = 0.f;
       }
 #pragma unroll
-      for (int r = 0; r < R8; ++r)  // this warp's share of tile i, value ((i * 32 + lane) * R8 + r) * 4 + e
+      for (int j = 0; j < U; ++j) {
+        const u32 wa = d.wa[c][j], wb = d.wb[c][j];
+#if BITS != 8
 #pragma unroll
-        for (int e = 0; e < 4; ++e) red[warp][((i * 32 + lane) * R8 + r) * 4 + e] = out[r][e];
+        for (int q = 0; q < STEPS; ++q) {
+          const u32 a0 = magic_pair(wa >> (2 * q * BITS));        // row g, inputs 2q, 2q + CODES / 2
+          const u32 a1 = magic_pair(wb >> (2 * q * BITS));        // row g + 8
+          const u32 a2 = magic_pair(wa >> ((2 * q + 1) * BITS));  // row g, inputs 2q + 1, 2q + 1 + CODES / 2
+          const u32 a3 = magic_pair(wb >> ((2 * q + 1) * BITS));  // row g + 8
+#pragma unroll
+          for (int r = 0; r < R8; ++r) mma16816(acc[r], a0, a1, a2, a3, bx[r][c][j][2 * q], bx[r][c][j][2 * q + 1]);
+        }
+#else
+        const u32 l0 = magic_pair(wa), l1 = magic_pair(wb);               // low nibbles of inputs 0, 2
+        const u32 l2 = magic_pair(wa >> 8), l3 = magic_pair(wb >> 8);     // of inputs 1, 3
+        const u32 h0 = high_pair(wa >> 4), h1 = high_pair(wb >> 4);    // high nibbles of inputs 0, 2
+        const u32 h2 = high_pair(wa >> 12), h3 = high_pair(wb >> 12);  // of inputs 1, 3
+#pragma unroll
+        for (int r = 0; r < R8; ++r) {
+          mma16816(acc[r], l0, l1, l2, l3, bx[r][c][j][0], bx[r][c][j][1]);
+          mma16816(acc_hi[r], h0, h1, h2, h3, bx[r][c][j][0], bx[r][c][j][1]);
+        }
+#endif
+      }
+      if (c % GCH != GCH - 1) continue;  // the group goes on in the next chunk
+      const float s0 = half_f32(d.s[c / GCH][0]), s1 = half_f32(d.s[c / GCH][1]);
+#if HAS_ZERO
+      const float o0 = PLANE_OFFSET + half_f32(d.z[c / GCH][0]), o1 = PLANE_OFFSET + half_f32(d.z[c / GCH][1]);
+#else
+      const float o0 = PLANE_OFFSET + SYMMETRIC_ZERO, o1 = o0;
+#endif
+#pragma unroll
+      for (int r = 0; r < R8; ++r) {  // acc: (row g, act 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float sum = BITS == 8 ? acc[r][e] + 16.f * acc_hi[r][e] : acc[r][e];
+          out[r][e] += (e < 2 ? s0 : s1) * (sum - (e < 2 ? o0 : o1) * xsum[r][c / GCH][e & 1]);
+        }
+      }
     }
-    const int batch = blockIdx.x + b * gridDim.x;
-    finish_batch(red, &last_block, batch * TILES, batch, y, part, counters, bias, rows, N, has_bias, fixup);
+#pragma unroll
+    for (int r = 0; r < R8; ++r)  // this warp's share of tile i, value ((i * 32 + lane) * R8 + r) * 4 + e
+#pragma unroll
+      for (int e = 0; e < 4; ++e) red[warp][((i * 32 + lane) * R8 + r) * 4 + e] = out[r][e];
   }
-#undef ITEM_TILE
+
+  // Sum the warps' K slices in shared memory.
+  __syncthreads();
+  const bool split = gridDim.y > 1;
+  const long long total = (long long)rows * N;
+  for (int v = threadIdx.x; v < NVALS; v += WARPS * 32) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) sum += red[w][v];
+    const int e = v & 3, r = (v >> 2) % R8, vl = (v >> 2) / R8, ln = vl & 31, i = vl >> 5;
+    const int n = (tile0 + i) * OUT_TILE + (ln >> 2) + 8 * (e >> 1);
+    const int m = 8 * r + 2 * (ln & 3) + (e & 1);
+    if (m >= rows || n >= N) continue;
+    if (split) {
+      part[blockIdx.y * total + (long long)m * N + n] = sum;
+    } else {
+      if (has_bias) sum += bias[n];
+      y[(long long)m * N + n] = f32_act(sum);
+    }
+  }
+  if (!split || !fixup) return;  // without fix-up the host adds the partials
+
+  // Fix-up: the last block of this output range adds the K slices' partials.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last_block = atomicAdd(&counters[blockIdx.x], 1) == (int)gridDim.y - 1;
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  const int span = TILES * OUT_TILE;
+  for (int v = threadIdx.x; v < rows * span; v += WARPS * 32) {
+    const int m = v / span, n = tile0 * OUT_TILE + v % span;
+    if (n >= N) continue;
+    float sum = 0.f;
+    for (int s = 0; s < (int)gridDim.y; ++s) sum += load_cg(part + s * total + (long long)m * N + n);
+    if (has_bias) sum += bias[n];
+    y[(long long)m * N + n] = f32_act(sum);
+  }
+  if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
 }

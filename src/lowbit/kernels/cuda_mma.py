@@ -55,32 +55,23 @@ def shape_unsupported(bits: int, rows: int, in_features: int, out_features: int,
     return None
 
 
-def ring_bytes(bits: int, config: dict) -> int:
-    """Dynamic shared memory of a launch: each warp's ring of STAGES tiles of 16 rows x KS inputs of codes."""
-    return config["WARPS"] * config["STAGES"] * 2 * config["KS"] * bits
-
-
-def static_bytes(config: dict) -> int:
-    """Static shared memory: the warps' fp32 sums of a batch (TILES tiles, R8 8-row fragments)."""
-    return config["WARPS"] * config["TILES"] * 128 * config["R8"] * 4
-
-
-def choose_config(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int,
-                  shared_bytes: int = 99 * 1024) -> dict:
-    """Launch shape: U words per chunk, KS inputs per warp (its activation fragments take KS / 8 registers a
-    row fragment), WARPS per block, TILES of 16 outputs per batch, STAGES tiles in each warp's ring, R8 8-row
-    fragments. Up to 8 warps of 512-input slices (256 with two fragments), one tile a batch (the blocks then
-    share the output evenly), and as many stages (2 to 8) as 128 KiB of ring holds, fewer warps where two
-    stages would not fit (shared_bytes: the device's limit per block). `sms` is kept for the launch's grid; this choice does not depend on it yet."""
+def choose_config(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int) -> dict:
+    """Launch shape: U words per chunk, KS inputs per warp, WARPS per block, TILES of 16 outputs per block, DEPTH
+    tiles loaded ahead, R8 8-row fragments. The speed follows the bytes each SM has in flight (kern10, H200, 1
+    row: on 4096x14336 and 4096x128256, 1024-input slices with all 16 words a row at once ran 1.2-1.3x faster
+    than 512-input slices with one tile ahead), so warps take deep slices while the output still gives two
+    blocks per multiprocessor, and otherwise 256-input slices with more tiles ahead (not yet timed)."""
     words = words_per_thread(bits, in_features, group_size)
     frags = 1 if rows <= 8 else 2
-    slice_k = 512 // frags
-    cfg = {"U": words, "KS": slice_k, "WARPS": min(8, math.ceil(in_features / slice_k)), "TILES": 1, "R8": frags}
-    room = lambda c: shared_bytes - static_bytes(c) - 1024  # noqa: E731  (1 KiB the driver keeps a block)
-    while cfg["WARPS"] > 1 and ring_bytes(bits, cfg | {"STAGES": 2}) > room(cfg):
-        cfg["WARPS"] //= 2
-    per_stage = ring_bytes(bits, cfg | {"STAGES": 1})
-    return cfg | {"STAGES": max(2, min(8, min(128 * 1024, room(cfg)) // per_stage))}
+    n_tiles = out_features // OUT_TILE
+    deep = 1024 // frags if bits <= 4 else 512 // frags  # activation fragments: 128 registers a thread
+    if n_tiles * math.ceil(in_features / (4 * deep)) >= 2 * sms:
+        return {"U": words, "KS": deep, "WARPS": 4, "TILES": 1, "DEPTH": 1, "R8": frags}
+    slices = math.ceil(in_features / 256)
+    warps = min(8, slices)
+    k_blocks = math.ceil(slices / warps)
+    tiles = next((t for t in (4, 2) if math.ceil(n_tiles / t) * k_blocks >= 2 * sms), 1)
+    return {"U": words, "KS": 256, "WARPS": warps, "TILES": tiles, "DEPTH": min(tiles - 1, 2) or 1, "R8": frags}
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,29 +79,8 @@ def _kernel(device_index: int, config: tuple):
     """The specialization of `config` (BITS, BF16, HAS_ZERO, G and the launch shape), compiled by NVRTC for the
     device's compute capability and loaded on that device."""
     options = ["-std=c++17"] + [f"-D{k}={int(v)}" for k, v in config]
-    spec = dict(config)
     with torch.cuda.device(device_index):
-        kernel = torch.cuda._compile_kernel(SOURCE.read_text(), "lowbit_mma", nvcc_options=options)
-        kernel.set_shared_memory_config(ring_bytes(spec["BITS"], spec))
-    return kernel
-
-
-@functools.lru_cache(maxsize=None)
-def _blocks_per_sm(device_index: int, config: tuple) -> int:
-    """How many blocks of the specialization `config` a multiprocessor runs at once (the CUDA occupancy
-    calculator, through the driver that torch loads); 1 where it cannot say."""
-    import ctypes
-
-    spec = dict(config)
-    try:
-        libcuda = torch.cuda._utils._get_cuda_library()
-        count = ctypes.c_int()
-        func = _kernel(device_index, config).func
-        status = libcuda.cuOccupancyMaxActiveBlocksPerMultiprocessor(
-            ctypes.byref(count), func, spec["WARPS"] * 32, ctypes.c_size_t(ring_bytes(spec["BITS"], spec)))
-    except (AttributeError, OSError):
-        return 1
-    return max(1, count.value) if status == 0 else 1
+        return torch.cuda._compile_kernel(SOURCE.read_text(), "lowbit_mma", nvcc_options=options)
 
 
 def ptx_offline(spec: dict, ptx_version: str | None = None) -> str:
@@ -167,7 +137,7 @@ def _build_failure(device_index: int) -> str | None:
         return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC)"
     try:
         cfg = choose_config(4, 1, 4096, 4096, 128, 1) | {"BITS": 4, "BF16": 1, "HAS_ZERO": 1, "G": 128, "SIGNED8": 0}
-        _kernel(device_index, tuple(sorted(cfg.items())))  # 64 KiB of ring: checks the opt-in too
+        _kernel(device_index, tuple(sorted(cfg.items())))
     except (OSError, RuntimeError, AttributeError) as err:
         lines = str(err).strip().splitlines()
         return f"NVRTC could not build cuda_mma.cu: {lines[-1] if lines else repr(err)}"
@@ -175,10 +145,8 @@ def _build_failure(device_index: int) -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _device_limits(device_index: int) -> tuple[int, int]:
-    """(multiprocessors, shared memory a block may opt in to) of a CUDA device."""
-    props = torch.cuda.get_device_properties(device_index)
-    return props.multi_processor_count, getattr(props, "shared_memory_per_block_optin", 48 * 1024)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def unavailable(device: torch.device, dtype: torch.dtype | None, bits: int | None, rows: int, in_features: int,
@@ -213,36 +181,28 @@ def mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero
     if reason is not None:
         raise ValueError(reason)
     device = x.device
-    sms, shared_bytes = _device_limits(device.index)
-    cfg = choose_config(bits, rows, cols, out_features, group_size, sms, shared_bytes) | (config or {})
-    max_blocks = cfg.pop("MAX_BLOCKS", None)  # a cap on the grid's blocks along the outputs (tests)
+    cfg = choose_config(bits, rows, cols, out_features, group_size, _multiprocessors(device.index)) | (config or {})
     if not (cfg["KS"] % group_size == 0 or group_size % cfg["KS"] == 0 or group_size >= cols):
         raise ValueError(f"K slice {cfg['KS']} neither holds whole groups of {group_size} nor lies in one")
-    if ring_bytes(bits, cfg) + static_bytes(cfg) > shared_bytes:
-        raise ValueError(f"launch shape {cfg} needs {ring_bytes(bits, cfg) + static_bytes(cfg)} bytes of shared "
-                         f"memory, over this GPU's {shared_bytes}: fewer STAGES, WARPS or a shorter KS")
-    spec = tuple(sorted((cfg | {"BITS": bits, "BF16": x.dtype == torch.bfloat16, "HAS_ZERO": zero is not None,
-                                "G": group_size, "SIGNED8": signed8}).items()))
-    kernel = _kernel(device.index, spec)
-    n_batches = math.ceil(out_features // OUT_TILE / cfg["TILES"])
+    spec = cfg | {"BITS": bits, "BF16": x.dtype == torch.bfloat16, "HAS_ZERO": zero is not None, "G": group_size,
+                  "SIGNED8": signed8}
+    kernel = _kernel(device.index, tuple(sorted(spec.items())))
+    grid_x = math.ceil(out_features // OUT_TILE / cfg["TILES"])
     grid_y = math.ceil(math.ceil(cols / cfg["KS"]) / cfg["WARPS"])
-    resident = sms * _blocks_per_sm(device.index, spec)  # one wave: blocks loop over batches
-    grid_x = min(n_batches, max(1, resident // grid_y), max_blocks or n_batches)
     y = torch.empty((rows, out_features), dtype=x.dtype, device=device)
     if rows == 0:
         return y
     part, counters = y, None
     if grid_y > 1:
         part = torch.empty((grid_y, rows, out_features), dtype=torch.float32, device=device)
-        counters = counters_for(device, n_batches)
+        counters = counters_for(device, grid_x)
     zero_or_scale = zero if zero is not None else scale  # not read without a zero
     bias32 = bias.float().contiguous() if bias is not None else part  # not read without a bias
     args = [qweight.contiguous(), scale.contiguous(), zero_or_scale.contiguous(), x, bias32, y, part,
             counters if counters is not None else part, rows, cols, out_features, scale.shape[1],
             int(bias is not None), int(counters is not None)]
     with torch.cuda.device(device):
-        kernel(grid=(grid_x, grid_y, 1), block=(cfg["WARPS"] * 32, 1, 1), args=args,
-               shared_mem=ring_bytes(bits, cfg))
+        kernel(grid=(grid_x, grid_y, 1), block=(cfg["WARPS"] * 32, 1, 1), args=args)
     if grid_y > 1 and counters is None:  # no fix-up in the launch: add the K blocks' partials here
         total = part.sum(0) + (bias.float() if bias is not None else 0)
         y = total.to(x.dtype)
