@@ -34,8 +34,13 @@ from lowbit.modules import Int8Linear, IntLinear, W8A8Linear
 from lowbit.modules.plan import kernel_summary
 
 LLAMA3_8B = dict(hidden=4096, inter=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
-FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int3_g128", "int2_g128", "int2_g128_mma", "int8_weight_only",
-           "int8_weight_only_mma", "w8a8", "torch_int4_g128"]  # *_mma: the CUDA tensor-core kernel by name
+FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int3_g128", "int2_g128", "int2_g128_mma",
+           "int8_weight_only", "int8_weight_only_mma", "w8a8", "torch_int4_g128"]
+# *_mma: the CUDA tensor-core kernel by name; *_triton: the Triton kernels by name; else auto's choice
+
+
+def _preference(fmt: str) -> str:
+    return "cuda_mma" if fmt.endswith("_mma") else "triton" if fmt.endswith("_triton") else "auto"
 MODES = ["eager", "compiled"]
 
 
@@ -70,7 +75,7 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
         layer.qweight.random_(-(2**31), 2**31 - 1)  # every bit pattern is a valid code sequence
         layer.scale.copy_((torch.rand_like(layer.scale, dtype=torch.float32) + 0.5) * 2 * std / 2**bits)
         layer.zero.copy_(torch.full_like(layer.zero, (2**bits - 1) / 2))
-        layer.kernel_preference = "cuda_mma" if fmt.endswith("_mma") else "auto"
+        layer.kernel_preference = _preference(fmt)
         return layer
     cls = {"int8_weight_only": Int8Linear, "int8_weight_only_mma": Int8Linear, "w8a8": W8A8Linear}[fmt]
     layer = cls(Int8RowLayout(out_f, in_f), has_bias=False, device=dev)
@@ -78,7 +83,7 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
     layer.scale.fill_(2 * std / 127)
     if fmt == "w8a8":
         layer.input_scale.fill_(4.0 / 127)
-    layer.kernel_preference = "cuda_mma" if fmt.endswith("_mma") else "auto"
+    layer.kernel_preference = _preference(fmt)
     return layer
 
 

@@ -225,6 +225,7 @@ def _int_variants(cols, out, rows, dev):
     yield "torch_int4_g128", lambda: _torch_int4_variant(cols, out, dev)
     yield "int4_g128", lambda: _int_group_variant(cols, out, 4, rows, dev)
     yield "int4_g128_mma", lambda: _int_group_variant(cols, out, 4, rows, dev, "cuda_mma")  # cuda_mma by name
+    yield "int4_g128_triton", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton")  # the Triton kernels
     if rows == 1:  # the selector takes the matrix-vector kernel there: the tensor-core one for comparison
         yield "int4_g128_tc", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton_tc")
         yield "int3_g128_tc", lambda: _int_group_variant(cols, out, 3, rows, dev, "triton_tc")

@@ -123,6 +123,20 @@ def test_mma_kernel_says_why_it_cannot_run(change, reason):
         assert select("int_group_linear", ctx, "auto").name != "cuda_mma"
 
 
+@pytest.mark.parametrize("op,bits,rows,taken", [
+    ("int_group_linear", 4, 1, True), ("int_group_linear", 4, 8, True), ("int_group_linear", 4, 9, False),
+    ("int_group_linear", 2, 1, False), ("int_group_linear", 8, 1, False), ("int8_weight_linear", 8, 1, False),
+])
+def test_auto_takes_cuda_mma_for_int4_up_to_one_row_fragment(op, bits, rows, taken):
+    """Where kern11's H100 run timed it ahead of the Triton kernels; elsewhere a reason that names it."""
+    from lowbit.kernels import select as select_module
+
+    mma = next(c for c in select_module._CANDIDATES[op] if c.name == "cuda_mma")
+    reason = mma.unsuited(_ctx(rows=rows, bits=bits))
+    assert (reason is None) == taken
+    assert taken or "Triton" in reason
+
+
 @pytest.mark.parametrize("bits,rows,cols,out,group", [
     (4, 1, 4096, 14336, 128), (4, 16, 14336, 4096, 128), (4, 3, 384, 48, 64), (4, 9, 2048, 128256, -1),
     (4, 1, 4096, 1024, 32), (8, 1, 4096, 14336, -1), (8, 12, 14336, 4096, 128), (8, 1, 1008, 64, -1),

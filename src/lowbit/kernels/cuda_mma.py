@@ -25,6 +25,7 @@ from lowbit.kernels.split_counters import counters_for
 
 SOURCE = Path(__file__).with_name("cuda_mma.cu")
 MAX_ROWS = 16  # two 8-row activation fragments per mma k-step
+FRAGMENT_ROWS = 8  # rows of one activation fragment: up to here a call costs what one row costs
 OUT_TILE = 16  # outputs per mma tile
 BITS = (2, 4, 8)
 _FLOAT16 = (torch.float16, torch.bfloat16)
@@ -57,21 +58,21 @@ def shape_unsupported(bits: int, rows: int, in_features: int, out_features: int,
 
 def choose_config(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int) -> dict:
     """Launch shape: U words per chunk, KS inputs per warp, WARPS per block, TILES of 16 outputs per block, DEPTH
-    tiles loaded ahead, R8 8-row fragments. The speed follows the bytes each SM has in flight (kern10, H200, 1
-    row: on 4096x14336 and 4096x128256, 1024-input slices with all 16 words a row at once ran 1.2-1.3x faster
-    than 512-input slices with one tile ahead), so warps take deep slices while the output still gives two
-    blocks per multiprocessor, and otherwise 256-input slices with more tiles ahead (not yet timed)."""
+    tiles loaded ahead, R8 8-row fragments. From the H100 sweep at one row (kern11 run 1, Llama-3-8B shapes;
+    this rule picks the fastest shape of each): 8 warps, one tile ahead; 256-input slices where K reaches 8192
+    or the output 4096 tiles (2- and 4-bit codes), else 512; 4 tiles a block where that still fills a wave of
+    blocks, else 1. Two row fragments take 256-input slices (their activations need twice the registers). On
+    the H200 (kern10), 1024-input slices of 4 warps ran fastest on two of those shapes: not followed here."""
     words = words_per_thread(bits, in_features, group_size)
-    frags = 1 if rows <= 8 else 2
+    frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
-    deep = 1024 // frags if bits <= 4 else 512 // frags  # activation fragments: 128 registers a thread
-    if n_tiles * math.ceil(in_features / (4 * deep)) >= 2 * sms:
-        return {"U": words, "KS": deep, "WARPS": 4, "TILES": 1, "DEPTH": 1, "R8": frags}
-    slices = math.ceil(in_features / 256)
+    long_k_or_n = bits < 8 and (in_features >= 8192 or n_tiles >= 4096)
+    slice_k = max(256 if long_k_or_n or frags == 2 else 512, 4 * words * 32 // bits)  # whole chunks
+    slices = math.ceil(in_features / slice_k)
     warps = min(8, slices)
     k_blocks = math.ceil(slices / warps)
-    tiles = next((t for t in (4, 2) if math.ceil(n_tiles / t) * k_blocks >= 2 * sms), 1)
-    return {"U": words, "KS": 256, "WARPS": warps, "TILES": tiles, "DEPTH": min(tiles - 1, 2) or 1, "R8": frags}
+    tiles = 4 if math.ceil(n_tiles / 4) * k_blocks >= sms else 1
+    return {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags}
 
 
 @functools.lru_cache(maxsize=None)

@@ -108,9 +108,19 @@ def _cuda_mma_int_group(ctx: CallContext) -> str | None:
                                                      ctx.out_features, ctx.group_size or 0)
 
 
-def _not_yet_on_a_gpu(_ctx: CallContext) -> str | None:
-    """cuda_mma passes its tests on the CPU model of its plan only: auto takes it once it has run on a GPU."""
-    return "not yet verified on a GPU: name cuda_mma to use it"
+def _mma_int4_few_rows(ctx: CallContext) -> str | None:
+    """Auto takes cuda_mma for int4 codes at up to 8 rows (one activation fragment: the 1-row cost). On an H100
+    (kern11) it ran ahead of triton_mv on all five Llama-3-8B shapes at one row; at 16 rows, and at 2 bits on
+    two of five shapes, the Triton kernels were faster."""
+    if ctx.bits != 4:
+        return f"{ctx.bits}-bit codes: the Triton kernels were as fast on an H100; name cuda_mma to use it"
+    return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "the Triton tensor-core kernel is faster", ctx)
+
+
+def _mma_int8_slower(_ctx: CallContext) -> str | None:
+    """int8 weight-only on cuda_mma ran at 1.28-1.55x bf16 at one row on an H100 against triton_mv's 1.56-1.87x
+    (kern11): auto keeps the Triton kernels."""
+    return "slower than the Triton kernels on an H100: name cuda_mma to use it"
 
 
 def _cuda_mma_int8(ctx: CallContext) -> str | None:
@@ -139,7 +149,7 @@ _int8_rows_int_mm = partial(reference.int8_rows_matmul, int8_mm=reference.w8a8_l
 # Fastest first; the last entry of each op is the reference path and runs everywhere.
 _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int_group_linear": (
-        Candidate("cuda_mma", triton_ops.int_group_linear_mma, _cuda_mma_int_group, _not_yet_on_a_gpu),
+        Candidate("cuda_mma", triton_ops.int_group_linear_mma, _cuda_mma_int_group, _mma_int4_few_rows),
         # at one row torch's tinygemm ran 9-30% faster than triton_mv on the H100 but holds a second, repacked
         # copy of the weights, so auto keeps lowbit's kernel; name torch_int4_cuda to get it
         Candidate("triton_mv", triton_ops.int_group_linear_mv, _triton_mv_int_group, _few_rows),
@@ -157,7 +167,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     ),
     "int_group_embedding": (Candidate("reference", reference.int_group_embedding, always),),
     "int8_weight_linear": (
-        Candidate("cuda_mma", triton_ops.int8_weight_linear_mma, _cuda_mma_int8, _not_yet_on_a_gpu),
+        Candidate("cuda_mma", triton_ops.int8_weight_linear_mma, _cuda_mma_int8, _mma_int8_slower),
         Candidate("triton_mv", triton_ops.int8_weight_linear_mv, _triton_int8_weight, _few_rows),
         Candidate("triton_tc", triton_ops.int8_weight_linear, _triton_int8_weight),
         Candidate("int8_cpu", cpu.int8_cpu_linear, cpu.int8_cpu_unavailable, prepare=cpu.prepare_int8_cpu),
