@@ -65,7 +65,8 @@ def mv_space(rows: int):
 
 def mma_space(rows: int):
     """Candidate launch shapes of the CUDA kernel (cuda_mma.cu): its default (choose_config) first, then K
-    inputs per warp x warps per block x output tiles per block x tiles loaded ahead."""
+    inputs per warp x warps per block x output tiles per block x tiles loaded ahead, then shapes whose
+    registers must let 2-4 blocks share a multiprocessor (MIN_BLOCKS)."""
     yield {}
     frags = 1 if rows <= 8 else 2
     for ks, warps, tiles, depth in [(1024, 4, 1, 1), (512, 8, 2, 1), (512, 8, 4, 1), (256, 8, 4, 1), (256, 8, 4, 3),
@@ -73,6 +74,11 @@ def mma_space(rows: int):
                                     (512, 4, 2, 1), (1024, 2, 1, 1), (256, 8, 2, 1), (512, 8, 1, 1)]:
         if ks * frags <= 1024:
             yield {"KS": ks, "WARPS": warps, "TILES": tiles, "DEPTH": depth}
+    # fewer registers a thread, more blocks a multiprocessor (kern11: one 8-warp block left the schedulers idle)
+    for ks, warps, tiles, blocks in [(256, 8, 1, 3), (256, 8, 2, 2), (256, 8, 4, 2), (512, 8, 1, 2), (256, 4, 1, 4),
+                                     (256, 4, 2, 4)]:
+        if ks * frags <= 1024:
+            yield {"KS": ks, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "MIN_BLOCKS": blocks}
 
 
 def _int8_weights(cols, out, dev):

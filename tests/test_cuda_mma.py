@@ -178,6 +178,26 @@ def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, b
     assert "0 bytes spill stores" in info, info
 
 
+def test_min_blocks_caps_the_registers():
+    """MIN_BLOCKS=3 at 8 warps fits three blocks a multiprocessor: at most 85 registers a thread (65536 / 768;
+    this shape takes 98 without the cap). kern11's profile found one 8-warp block a multiprocessor, register-bound,
+    leaving the schedulers idle 71% of the time; the sweep's MIN_BLOCKS shapes try more."""
+    import re
+    import subprocess
+    import tempfile
+
+    pytest.importorskip("nvidia", reason="needs the nvidia-cuda-nvrtc wheel (.ci/run installs it)")
+    ptxas = pytest.importorskip("triton.backends.nvidia.compiler").get_ptxas(90).path
+    spec = {"U": 4, "KS": 256, "WARPS": 8, "TILES": 2, "DEPTH": 1, "R8": 1, "MIN_BLOCKS": 3, "BITS": 4, "BF16": 1,
+            "HAS_ZERO": 1, "G": 128, "SIGNED8": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(f"{tmp}/k.ptx", "w") as f:
+            f.write(cuda_mma.ptx_offline(spec, ptx_version="8.7"))
+        info = subprocess.run([ptxas, "-arch=sm_90", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.cubin"],
+                              capture_output=True, text=True, check=True).stderr
+    assert int(re.search(r"Used (\d+) registers", info).group(1)) <= 65536 // (3 * 256), info
+
+
 def _pairs(word: int, magic: int, flip: bool, bits: int = 4) -> int:
     """The kernel's magic_pair (lop3 0xEA; one code of `bits`, or a nibble, per half) or, for flipped high
     nibbles, magic_pair_flip (lop3 0x6A)."""

@@ -35,7 +35,8 @@
 // Compile-time settings (-D): BITS (2, 4 or 8), BF16 (activations bf16, else fp16), U (words a thread reads
 // per row and chunk: 1, 2 or 4), KS (inputs per warp, a multiple of CK), G (group size: a multiple of CK,
 // or K and more), WARPS, TILES, DEPTH (tiles loaded ahead), R8 (8-row activation fragments: 1 or 2),
-// HAS_ZERO (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed).
+// HAS_ZERO (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed), and optionally
+// MIN_BLOCKS (blocks per multiprocessor that the register use must allow).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -177,7 +178,11 @@ __device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, const
   }
 }
 
+#ifdef MIN_BLOCKS  // blocks a multiprocessor must hold at once: caps the registers a thread may use
+extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
+#else
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
+#endif
 lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const u16* __restrict__ zero,
            const u16* __restrict__ x, const float* __restrict__ bias, u16* __restrict__ y,
            float* __restrict__ part, int* __restrict__ counters,
