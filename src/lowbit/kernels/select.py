@@ -109,17 +109,17 @@ def _cuda_mma_int_group(ctx: CallContext) -> str | None:
 
 
 def _mma_int4_few_rows(ctx: CallContext) -> str | None:
-    """Auto takes cuda_mma for int4 codes at up to 8 rows (one activation fragment: the 1-row cost). On an H100
-    (kern11) it ran ahead of triton_mv on all five Llama-3-8B shapes at one row; at 16 rows, and at 2 bits on
-    two of five shapes, the Triton kernels were faster."""
+    """Auto takes cuda_mma for int4 codes at up to 8 rows (one activation fragment). On an H100 (kern11) it ran
+    ahead of triton_mv on all five Llama-3-8B shapes at one row, and on an H200 ahead of the Triton kernels at 1
+    and 8 rows; at 16 rows, and at 2 bits on three of five shapes, the Triton kernels were faster."""
     if ctx.bits != 4:
-        return f"{ctx.bits}-bit codes: the Triton kernels were as fast on an H100; name cuda_mma to use it"
+        return f"{ctx.bits}-bit codes: not shown faster than the Triton kernels (kern11); name cuda_mma to use it"
     return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "the Triton tensor-core kernel is faster", ctx)
 
 
 def _mma_int8_slower(_ctx: CallContext) -> str | None:
-    """int8 weight-only on cuda_mma ran at 1.28-1.55x bf16 at one row on an H100 against triton_mv's 1.56-1.87x
-    (kern11): auto keeps the Triton kernels."""
+    """int8 weight-only on cuda_mma ran at 1.20-1.55x bf16 at one row on an H100 against triton_mv's 1.27-1.86x,
+    ahead only on 4096x1024 (kern11): auto keeps the Triton kernels."""
     return "slower than the Triton kernels on an H100: name cuda_mma to use it"
 
 
