@@ -37,11 +37,11 @@ LLAMA3_8B = dict(hidden=4096, inter=14336, layers=32, heads=32, kv_heads=8, head
 FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int3_g128", "int2_g128", "int2_g128_mma",
            "int8_weight_only", "int8_weight_only_mma", "w8a8", "torch_int4_g128"]
 # *_mma: the CUDA tensor-core kernel by name; *_triton: the Triton kernels by name; else auto's choice
+MODES = ["eager", "compiled"]
 
 
 def _preference(fmt: str) -> str:
     return "cuda_mma" if fmt.endswith("_mma") else "triton" if fmt.endswith("_triton") else "auto"
-MODES = ["eager", "compiled"]
 
 
 class TorchInt4Linear(nn.Module):

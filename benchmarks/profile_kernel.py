@@ -4,7 +4,7 @@
         python benchmarks/profile_kernel.py --shape 4096x14336 --rows 1 128          # tensor cores (_mm_tc)
     ncu ... -k regex:_gemv python benchmarks/profile_kernel.py --path mv --rows 1    # matrix-vector (_gemv)
     ncu ... -k regex:tinygemm python benchmarks/profile_kernel.py --path tinygemm --rows 1  # torch's int4 kernel
-    ncu ... -k lowbit_mma python benchmarks/profile_kernel.py --path mma --rows 1 --config '{"STAGES": 2}'
+    ncu ... -k lowbit_mma python benchmarks/profile_kernel.py --path mma --rows 1 --config '{"MIN_BLOCKS": 2}'
 """
 
 from __future__ import annotations
