@@ -112,24 +112,15 @@ def compile_stats(kernel: str, overrides: dict) -> dict:
 
 
 def cuda_mma_stats(overrides: dict) -> dict:
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    from lowbit.kernels.cuda_mma import choose_config, ptx_offline
+    from lowbit.kernels.cuda_mma import choose_config, sm90_offline
 
     rows, cols, out = overrides.pop("rows", 1), overrides.pop("cols", 4096), overrides.pop("out", 14336)
     bits = overrides.pop("BITS", 4)
     group = overrides.pop("G", 128 if bits == 4 else cols)
     spec = {"BITS": bits, "BF16": 1, "HAS_ZERO": int(bits == 4), "G": group, "SIGNED8": int(bits == 8)}
     cfg = choose_config(bits, rows, cols, out, group, 132) | spec | overrides
-    ptx = ptx_offline(cfg, ptx_version="8.7")
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(f"{tmp}/k.ptx", "w") as f:
-            f.write(ptx)
-        info = subprocess.run([get_ptxas(90).path, "-arch=sm_90", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.cubin"],
-                              capture_output=True, text=True, check=True).stderr
-        with open(f"{tmp}/k.cubin", "rb") as f:
-            sass = get_sass(f.read())
-    ops = _opcodes(sass.splitlines())
+    info, cubin = sm90_offline(cfg)
+    ops = _opcodes(get_sass(cubin).splitlines())
     per_thread = cfg["TILES"] * 16 * cfg["KS"] / 32  # weights
     return {"config": cfg, "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
             "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),

@@ -154,6 +154,12 @@ def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
     assert out // 16 <= split_counters.N_COUNTERS * cfg["TILES"]
 
 
+def _needs_offline_build() -> None:
+    """Skip without the NVRTC wheel or Triton's ptxas (cuda_mma.sm90_offline needs both)."""
+    pytest.importorskip("nvidia", reason="needs the nvidia-cuda-nvrtc wheel (.ci/run installs it)")
+    pytest.importorskip("triton.backends.nvidia.compiler")
+
+
 @pytest.mark.parametrize("bits,rows,cols,out,group", [
     (4, 1, 4096, 14336, 128), (4, 16, 14336, 4096, 128), (4, 1, 4096, 128256, 128), (2, 1, 4096, 14336, 128),
     (2, 16, 4096, 4096, 64), (8, 1, 4096, 14336, -1), (8, 9, 14336, 4096, -1), (8, 1, 4096, 4096, 128),
@@ -162,19 +168,11 @@ def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
 def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, bf16):
     """The launch shapes auto picks for Llama-sized layers compile (NVRTC, no GPU) to sm_90 code that keeps
     everything in registers: ptxas reports no spills."""
-    import subprocess
-    import tempfile
-
-    pytest.importorskip("nvidia", reason="needs the nvidia-cuda-nvrtc wheel (.ci/run installs it)")
-    ptxas = pytest.importorskip("triton.backends.nvidia.compiler").get_ptxas(90).path
+    _needs_offline_build()
     group = cols if group == -1 else group
     spec = cuda_mma.choose_config(bits, rows, cols, out, group, sms=132) | {
         "BITS": bits, "BF16": bf16, "HAS_ZERO": bits != 8, "G": group, "SIGNED8": bits == 8 and group == cols}
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(f"{tmp}/k.ptx", "w") as f:
-            f.write(cuda_mma.ptx_offline(spec, ptx_version="8.7"))
-        info = subprocess.run([ptxas, "-arch=sm_90", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.cubin"],
-                              capture_output=True, text=True, check=True).stderr
+    info, _ = cuda_mma.sm90_offline(spec)
     assert "0 bytes spill stores" in info, info
 
 
@@ -183,18 +181,11 @@ def test_min_blocks_caps_the_registers():
     this shape takes 98 without the cap). kern11's profile found one 8-warp block a multiprocessor, register-bound,
     leaving the schedulers idle 71% of the time; the sweep's MIN_BLOCKS shapes try more."""
     import re
-    import subprocess
-    import tempfile
 
-    pytest.importorskip("nvidia", reason="needs the nvidia-cuda-nvrtc wheel (.ci/run installs it)")
-    ptxas = pytest.importorskip("triton.backends.nvidia.compiler").get_ptxas(90).path
+    _needs_offline_build()
     spec = {"U": 4, "KS": 256, "WARPS": 8, "TILES": 2, "DEPTH": 1, "R8": 1, "MIN_BLOCKS": 3, "BITS": 4, "BF16": 1,
             "HAS_ZERO": 1, "G": 128, "SIGNED8": 0}
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(f"{tmp}/k.ptx", "w") as f:
-            f.write(cuda_mma.ptx_offline(spec, ptx_version="8.7"))
-        info = subprocess.run([ptxas, "-arch=sm_90", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.cubin"],
-                              capture_output=True, text=True, check=True).stderr
+    info, _ = cuda_mma.sm90_offline(spec)
     assert int(re.search(r"Used (\d+) registers", info).group(1)) <= 65536 // (3 * 256), info
 
 

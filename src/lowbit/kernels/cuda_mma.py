@@ -119,6 +119,21 @@ def ptx_offline(spec: dict, ptx_version: str | None = None) -> str:
     return re.sub(r"\.version \d+\.\d+", f".version {ptx_version}", text) if ptx_version else text
 
 
+def sm90_offline(spec: dict) -> tuple[str, bytes]:
+    """(ptxas -v log, cubin) of the specialization `spec` for sm_90, built with no GPU: ptx_offline's PTX, lowered
+    to 8.7, through Triton's bundled ptxas (tests, benchmarks/sass_stats.py)."""
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "k.ptx").write_text(ptx_offline(spec, ptx_version="8.7"))
+        log = subprocess.run([get_ptxas(90).path, "-arch=sm_90", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.cubin"],
+                             capture_output=True, text=True, check=True).stderr
+        return log, Path(tmp, "k.cubin").read_bytes()
+
+
 def _compile_failure(device_index: int) -> str | None:
     """None when this device builds and loads the kernel (a default specialization), else why not. A plain
     function, so that torch.compile keeps it as a constant (below): Dynamo ignores an lru_cache wrapper and its
