@@ -64,21 +64,22 @@ def mv_space(rows: int):
 
 
 def mma_space(rows: int):
-    """Candidate launch shapes of the CUDA kernel (cuda_mma.cu): its default (choose_config) first, then K
-    inputs per warp x warps per block x output tiles per block x tiles loaded ahead, then shapes whose
-    registers must let 2-4 blocks share a multiprocessor (MIN_BLOCKS)."""
+    """Candidate launch shapes of the CUDA kernel (cuda_mma.cu), likeliest first: its default (choose_config),
+    then (K inputs per warp, warps per block, output tiles per block, tiles loaded ahead, blocks a multiprocessor
+    must hold) with the activation fragments in shared memory (SMEM_X: 51-111 registers a thread at one row
+    fragment instead of 128-222, so 2-5 blocks share a multiprocessor), then the kern11 register shapes."""
     yield {}
     frags = 1 if rows <= 8 else 2
-    for ks, warps, tiles, depth in [(1024, 4, 1, 1), (512, 8, 2, 1), (512, 8, 4, 1), (256, 8, 4, 1), (256, 8, 4, 3),
-                                    (256, 8, 8, 2), (256, 8, 8, 3), (256, 4, 8, 3), (256, 16, 4, 3), (512, 4, 4, 1),
-                                    (512, 4, 2, 1), (1024, 2, 1, 1), (256, 8, 2, 1), (512, 8, 1, 1)]:
+    smem = [(512, 8, 1, 1, None), (256, 8, 4, 0, None), (256, 8, 2, 1, None), (512, 8, 2, 0, None),
+            (256, 8, 8, 0, None), (256, 8, 4, 1, None), (256, 8, 4, 1, 3), (256, 8, 1, 1, None),
+            (512, 8, 4, 0, None), (256, 16, 4, 0, None), (512, 4, 1, 1, None), (256, 4, 4, 0, None),
+            (1024, 4, 1, 1, None), (512, 8, 1, 0, None)]
+    for ks, warps, tiles, depth, blocks in smem:
+        cfg = {"KS": ks, "WARPS": warps, "TILES": tiles, "DEPTH": depth, "SMEM_X": 1}
+        yield cfg | ({"MIN_BLOCKS": blocks} if blocks else {})
+    for ks, warps, tiles, depth in [(512, 8, 4, 1), (256, 8, 4, 1), (512, 8, 1, 1), (1024, 4, 1, 1), (256, 8, 2, 1)]:
         if ks * frags <= 1024:
-            yield {"KS": ks, "WARPS": warps, "TILES": tiles, "DEPTH": depth}
-    # fewer registers a thread, more blocks a multiprocessor (kern11: one 8-warp block left the schedulers idle)
-    for ks, warps, tiles, blocks in [(256, 8, 1, 3), (256, 8, 2, 2), (256, 8, 4, 2), (512, 8, 1, 2), (256, 4, 1, 4),
-                                     (256, 4, 2, 4)]:
-        if ks * frags <= 1024:
-            yield {"KS": ks, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "MIN_BLOCKS": blocks}
+            yield {"KS": ks, "WARPS": warps, "TILES": tiles, "DEPTH": depth, "SMEM_X": 0}
 
 
 def _int8_weights(cols, out, dev):

@@ -61,24 +61,27 @@ def _check(layer, ref_w, call, rows, dtype, seed, config=None) -> None:
     (8, 4096, 128, False), (8, 2048, -1, True), ("int8", 4096, -1, True), ("int8", 1008, -1, True),
     (2, 4096, 128, False), (2, 1088, 64, True),
 ])
-def test_mma_kernel_matches_reference(bits, cols, group, symmetric):
+@pytest.mark.parametrize("smem_x", [0, 1])
+def test_mma_kernel_matches_reference(bits, cols, group, symmetric, smem_x):
     """Every row count up to 16 (one and two 8-row fragments), fp16 and bf16, zero or the symmetric 8 / 128,
     with and without bias; int4 with K in one block (4096), in two blocks with idle warps and the fix-up
     (5120), in one warp (384), with 2- and 1-word chunks (groups of 64 and 32) and per-channel scales; 8-bit
     group-wise codes and int8 weight-only (signed codes, one scale a row; 1008 inputs: 1-word chunks); 2-bit
-    codes (1088 inputs: 1-word chunks)."""
+    codes (1088 inputs: 1-word chunks). Activation fragments in registers and in shared memory (SMEM_X)."""
     seed = fresh_seed()
     out = 16 * 37  # no multiple of the blocks' 2 or 4 tiles
     for bias in (True, False):
         layer, ref_w, call = _layer(out, cols, group, symmetric, bias, bits)
         for rows in (1, 2, 3, 7, 8, 9, 16):
             for dtype in DTYPES:
-                _check(layer, ref_w, call, rows, dtype, seed)
+                _check(layer, ref_w, call, rows, dtype, seed, {"SMEM_X": smem_x})
 
 
 @gpu
 @pytest.mark.parametrize("config", [{"KS": 256, "WARPS": 2, "TILES": 1}, {"KS": 512, "WARPS": 4, "TILES": 4},
-                                    {"KS": 1024, "WARPS": 1, "TILES": 2}, {"KS": 256, "WARPS": 16, "TILES": 2}])
+                                    {"KS": 1024, "WARPS": 1, "TILES": 2}, {"KS": 256, "WARPS": 16, "TILES": 2},
+                                    {"KS": 512, "WARPS": 8, "TILES": 1, "SMEM_X": 1},
+                                    {"KS": 256, "WARPS": 4, "TILES": 8, "DEPTH": 0, "SMEM_X": 1, "MIN_BLOCKS": 4}])
 @pytest.mark.parametrize("bits", [4, "int8"])
 def test_mma_launch_shapes_and_splits_match_reference(config, bits, monkeypatch):
     """Launch shapes with K split over 1 to 11 blocks, fixed up in the launch or summed on the host."""
@@ -187,6 +190,25 @@ def test_min_blocks_caps_the_registers():
             "HAS_ZERO": 1, "G": 128, "SIGNED8": 0}
     info, _ = cuda_mma.sm90_offline(spec)
     assert int(re.search(r"Used (\d+) registers", info).group(1)) <= 65536 // (3 * 256), info
+
+
+def test_activations_in_shared_memory_free_registers():
+    """SMEM_X keeps the activation fragments in shared memory: on 4096x14336's former default shape (512-input
+    slices, 4 tiles) a thread needs 222 registers with them in registers (one 8-warp block a multiprocessor,
+    kern11's profile) and at most 160 without them; at one tile, at most 85 (three blocks), without spills."""
+    import re
+
+    _needs_offline_build()
+    base = {"U": 4, "KS": 512, "WARPS": 8, "DEPTH": 1, "R8": 1, "BITS": 4, "BF16": 1, "HAS_ZERO": 1, "G": 128,
+            "SIGNED8": 0}
+
+    def registers(**change) -> int:
+        info, _ = cuda_mma.sm90_offline(base | change)
+        assert "0 bytes spill stores" in info, info
+        return int(re.search(r"Used (\d+) registers", info).group(1))
+
+    assert registers(TILES=4, SMEM_X=0) > 200 and registers(TILES=4, SMEM_X=1) <= 160
+    assert registers(TILES=1, SMEM_X=1) <= 65536 // (3 * 256)
 
 
 def _pairs(word: int, magic: int, flip: bool, bits: int = 4) -> int:

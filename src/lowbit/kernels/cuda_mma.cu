@@ -35,8 +35,11 @@
 // Compile-time settings (-D): BITS (2, 4 or 8), BF16 (activations bf16, else fp16), U (words a thread reads
 // per row and chunk: 1, 2 or 4), KS (inputs per warp, a multiple of CK), G (group size: a multiple of CK,
 // or K and more), WARPS, TILES, DEPTH (tiles loaded ahead), R8 (8-row activation fragments: 1 or 2),
-// HAS_ZERO (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed), and optionally
-// MIN_BLOCKS (blocks per multiprocessor that the register use must allow).
+// HAS_ZERO (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed), SMEM_X (keep the
+// activation fragments in shared memory, read per chunk, instead of registers: the fragments of a 512-input
+// slice take 64 registers a thread, most of them zeros at one row, and registers allowed one 8-warp block per
+// multiprocessor: kern11), and optionally MIN_BLOCKS (blocks per multiprocessor that the register use must
+// allow). Shared memory is dynamic: the launch passes shared_bytes(...) (cuda_mma.py).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -119,6 +122,13 @@ __device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a
 }
 
 struct alignas(CODES < 8 ? 2 * CODES : 16) Acts { u32 v[CODES / 2]; };  // one word's 16-bit activations
+typedef Acts Frag;  // one word's B registers: the same size, the pairs permuted for the mma
+
+// SMEM_X: a warp's fragments of activation row m lie at xs[(warp * rows + m) * XROW + ((c * U + j) * 4 + t) *
+// XREGS]. The pad makes the row stride an odd multiple of the bytes 4 threads read (16 B for 2-bit codes),
+// so the 8 rows of a fragment fall in different banks.
+#define XPAD (XREGS <= 4 ? 4 * XREGS : 4)
+#define XROW (KS / 2 + XPAD)  // u32 per activation row of a warp's slice
 
 // U words of a row, read-only path, not kept in L1 (each weight is read once). Not volatile, so the
 // compiler can issue a tile's loads together and ahead of their use. When !valid the words are left
@@ -187,7 +197,8 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
            const u16* __restrict__ x, const float* __restrict__ bias, u16* __restrict__ y,
            float* __restrict__ part, int* __restrict__ counters,
            int rows, int K, int N, int ngroups, int has_bias, int fixup) {
-  __shared__ float red[WARPS][NVALS];
+  extern __shared__ __align__(16) float red_flat[];  // red[WARPS][NVALS], then (SMEM_X) the fragments
+  float (*red)[NVALS] = reinterpret_cast<float (*)[NVALS]>(red_flat);
   __shared__ int last_block;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -195,7 +206,17 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
 
   // The slice's activation fragments (B operands), and per chunk the sums of its inputs of activation rows
   // 8r + 2t and 8r + 2t + 1 from an mma with an all-ones A (the sums in the accumulators' layout).
-  u32 bx[R8][NCH][U][XREGS];
+#if SMEM_X
+  u32* xs = reinterpret_cast<u32*>(red_flat + WARPS * NVALS);
+  u32* xrow[R8];  // this thread's fragments of row g + 8r (it reads back only what it wrote), or null past the rows
+#pragma unroll
+  for (int r = 0; r < R8; ++r) xrow[r] = g + 8 * r < rows ? xs + (warp * rows + g + 8 * r) * XROW + XREGS * t : nullptr;
+#define X_AT(r, c, j) reinterpret_cast<Frag*>(xrow[r] + ((c) * U + (j)) * 4 * XREGS)
+#define B_FRAG(r, c, j) (xrow[r] ? *X_AT(r, c, j) : Frag{})
+#else
+  Frag bx[R8][NCH][U];
+#define B_FRAG(r, c, j) bx[r][c][j]
+#endif
   float xsum[R8][NGRP][2];
   const u32 ones = BF16 ? 0x3f803f80u : 0x3c003c00u;
 #pragma unroll
@@ -211,7 +232,8 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
         Acts v = {};
         const long long at = (long long)m * K + kc + CODES * (U * t + j);
         if (m < rows && kc < K) v = *reinterpret_cast<const Acts*>(x + at);
-        u32* b = bx[r][c][j];
+        Frag f;
+        u32* b = f.v;
 #if BITS == 8
         b[0] = prmt(v.v[0], v.v[1], 0x5410);  // inputs 0, 2 (both planes, a0a1's pair)
         b[1] = prmt(v.v[0], v.v[1], 0x7632);  // inputs 1, 3 (a4a5's pair)
@@ -223,6 +245,11 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
           b[2 * q + 1] = prmt(v.v[q], v.v[q + CODES / 4], 0x7632);  // a4a5's pair
           mma16816(sums, ones, ones, ones, ones, b[2 * q], b[2 * q + 1]);
         }
+#endif
+#if SMEM_X
+        if (xrow[r]) *X_AT(r, c, j) = f;
+#else
+        bx[r][c][j] = f;
 #endif
       }
       xsum[r][c / GCH][0] = sums[0];  // (output row g, activation row 8r + 2t): alike for every output row
@@ -258,6 +285,9 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
 #pragma unroll
       for (int j = 0; j < U; ++j) {
         const u32 wa = d.wa[c][j], wb = d.wb[c][j];
+        Frag bf[R8];
+#pragma unroll
+        for (int r = 0; r < R8; ++r) bf[r] = B_FRAG(r, c, j);
 #if BITS != 8
 #pragma unroll
         for (int q = 0; q < STEPS; ++q) {
@@ -266,7 +296,7 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
           const u32 a2 = magic_pair(wa >> ((2 * q + 1) * BITS));  // row g, inputs 2q + 1, 2q + 1 + CODES / 2
           const u32 a3 = magic_pair(wb >> ((2 * q + 1) * BITS));  // row g + 8
 #pragma unroll
-          for (int r = 0; r < R8; ++r) mma16816(acc[r], a0, a1, a2, a3, bx[r][c][j][2 * q], bx[r][c][j][2 * q + 1]);
+          for (int r = 0; r < R8; ++r) mma16816(acc[r], a0, a1, a2, a3, bf[r].v[2 * q], bf[r].v[2 * q + 1]);
         }
 #else
         const u32 l0 = magic_pair(wa), l1 = magic_pair(wb);               // low nibbles of inputs 0, 2
@@ -275,8 +305,8 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
         const u32 h2 = high_pair(wa >> 12), h3 = high_pair(wb >> 12);  // of inputs 1, 3
 #pragma unroll
         for (int r = 0; r < R8; ++r) {
-          mma16816(acc[r], l0, l1, l2, l3, bx[r][c][j][0], bx[r][c][j][1]);
-          mma16816(acc_hi[r], h0, h1, h2, h3, bx[r][c][j][0], bx[r][c][j][1]);
+          mma16816(acc[r], l0, l1, l2, l3, bf[r].v[0], bf[r].v[1]);
+          mma16816(acc_hi[r], h0, h1, h2, h3, bf[r].v[0], bf[r].v[1]);
         }
 #endif
       }

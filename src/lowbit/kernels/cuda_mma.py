@@ -72,16 +72,29 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     warps = min(8, slices)
     k_blocks = math.ceil(slices / warps)
     tiles = 4 if math.ceil(n_tiles / 4) * k_blocks >= sms else 1
-    return {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags}
+    return {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}
+
+
+def shared_bytes(spec: dict, rows: int) -> int:
+    """Dynamic shared memory of a launch (cuda_mma.cu): the warps' fp32 results (red), and with SMEM_X each
+    warp's activation fragments of `rows` rows (XROW u32 a row: half its K slice and a bank-shifting pad)."""
+    nvals = spec["TILES"] * 32 * 4 * spec["R8"]
+    xregs = 16 // spec["BITS"]
+    xrow = spec["KS"] // 2 + (4 * xregs if xregs <= 4 else 4)
+    return 4 * spec["WARPS"] * (nvals + (rows * xrow if spec.get("SMEM_X") else 0))
 
 
 @functools.lru_cache(maxsize=None)
 def _kernel(device_index: int, config: tuple):
     """The specialization of `config` (BITS, BF16, HAS_ZERO, G and the launch shape), compiled by NVRTC for the
-    device's compute capability and loaded on that device."""
+    device's compute capability and loaded on that device, allowed the shared memory of its most rows."""
     options = ["-std=c++17"] + [f"-D{k}={int(v)}" for k, v in config]
     with torch.cuda.device(device_index):
-        return torch.cuda._compile_kernel(SOURCE.read_text(), "lowbit_mma", nvcc_options=options)
+        kernel = torch.cuda._compile_kernel(SOURCE.read_text(), "lowbit_mma", nvcc_options=options)
+        most = shared_bytes(dict(config), FRAGMENT_ROWS * dict(config)["R8"])
+        if most >= 48 * 1024:  # above the default limit: opt in (up to the device's 227 KB on an H100)
+            kernel.set_shared_memory_config(most)
+        return kernel
 
 
 def ptx_offline(spec: dict, ptx_version: str | None = None) -> str:
@@ -218,7 +231,8 @@ def mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero
             counters if counters is not None else part, rows, cols, out_features, scale.shape[1],
             int(bias is not None), int(counters is not None)]
     with torch.cuda.device(device):
-        kernel(grid=(grid_x, grid_y, 1), block=(cfg["WARPS"] * 32, 1, 1), args=args)
+        kernel(grid=(grid_x, grid_y, 1), block=(cfg["WARPS"] * 32, 1, 1), args=args,
+               shared_mem=shared_bytes(spec, rows))
     if grid_y > 1 and counters is None:  # no fix-up in the launch: add the K blocks' partials here
         total = part.sum(0) + (bias.float() if bias is not None else 0)
         y = total.to(x.dtype)
