@@ -112,13 +112,12 @@ def compile_stats(kernel: str, overrides: dict) -> dict:
 
 
 def cuda_mma_stats(overrides: dict) -> dict:
-    from lowbit.kernels.cuda_mma import choose_config, sm90_offline
+    from lowbit.kernels.cuda_mma import sm90_offline, specialization
 
     rows, cols, out = overrides.pop("rows", 1), overrides.pop("cols", 4096), overrides.pop("out", 14336)
     bits = overrides.pop("BITS", 4)
     group = overrides.pop("G", 128 if bits == 4 else cols)
-    spec = {"BITS": bits, "BF16": 1, "HAS_ZERO": int(bits == 4), "G": group, "SIGNED8": int(bits == 8)}
-    cfg = choose_config(bits, rows, cols, out, group, 132) | spec | overrides
+    cfg = specialization(bits, rows, cols, out, group, 132, has_zero=bits == 4, signed8=bits == 8, config=overrides)
     info, cubin = sm90_offline(cfg)
     ops = _opcodes(get_sass(cubin).splitlines())
     per_thread = cfg["TILES"] * 16 * cfg["KS"] / 32  # weights

@@ -173,8 +173,7 @@ def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, b
     everything in registers: ptxas reports no spills."""
     _needs_offline_build()
     group = cols if group == -1 else group
-    spec = cuda_mma.choose_config(bits, rows, cols, out, group, sms=132) | {
-        "BITS": bits, "BF16": bf16, "HAS_ZERO": bits != 8, "G": group, "SIGNED8": bits == 8 and group == cols}
+    spec = cuda_mma.specialization(bits, rows, cols, out, group, 132, bf16, bits != 8, bits == 8 and group == cols)
     info, _ = cuda_mma.sm90_offline(spec)
     assert "0 bytes spill stores" in info, info
 

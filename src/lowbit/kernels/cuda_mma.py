@@ -75,6 +75,15 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     return {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}
 
 
+def specialization(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int,
+                   bf16: bool = True, has_zero: bool = True, signed8: bool = False, config: dict | None = None) -> dict:
+    """The -D settings of one compiled kernel: choose_config's launch shape (with `config`'s changes), the code
+    format (BITS, G, HAS_ZERO, SIGNED8) and the activations' type (BF16)."""
+    shape = choose_config(bits, rows, in_features, out_features, group_size, sms) | (config or {})
+    return shape | {"BITS": bits, "BF16": int(bf16), "HAS_ZERO": int(has_zero), "G": group_size,
+                    "SIGNED8": int(signed8)}
+
+
 def shared_bytes(spec: dict, rows: int) -> int:
     """Dynamic shared memory of a launch (cuda_mma.cu): the warps' fp32 results (red), and with SMEM_X each
     warp's activation fragments of `rows` rows (XROW u32 a row: half its K slice and a bank-shifting pad)."""
@@ -165,8 +174,7 @@ def _build_failure(device_index: int) -> str | None:
     if not hasattr(torch.cuda, "_compile_kernel"):
         return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC)"
     try:
-        cfg = choose_config(4, 1, 4096, 4096, 128, 1) | {"BITS": 4, "BF16": 1, "HAS_ZERO": 1, "G": 128, "SIGNED8": 0}
-        _kernel(device_index, tuple(sorted(cfg.items())))
+        _kernel(device_index, tuple(sorted(specialization(4, 1, 4096, 4096, 128, 1).items())))
     except (OSError, RuntimeError, AttributeError) as err:
         lines = str(err).strip().splitlines()
         return f"NVRTC could not build cuda_mma.cu: {lines[-1] if lines else repr(err)}"
@@ -210,14 +218,13 @@ def mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero
     if reason is not None:
         raise ValueError(reason)
     device = x.device
-    cfg = choose_config(bits, rows, cols, out_features, group_size, _multiprocessors(device.index)) | (config or {})
-    if not (cfg["KS"] % group_size == 0 or group_size % cfg["KS"] == 0 or group_size >= cols):
-        raise ValueError(f"K slice {cfg['KS']} neither holds whole groups of {group_size} nor lies in one")
-    spec = cfg | {"BITS": bits, "BF16": x.dtype == torch.bfloat16, "HAS_ZERO": zero is not None, "G": group_size,
-                  "SIGNED8": signed8}
+    spec = specialization(bits, rows, cols, out_features, group_size, _multiprocessors(device.index),
+                          x.dtype == torch.bfloat16, zero is not None, signed8, config)
+    if not (spec["KS"] % group_size == 0 or group_size % spec["KS"] == 0 or group_size >= cols):
+        raise ValueError(f"K slice {spec['KS']} neither holds whole groups of {group_size} nor lies in one")
     kernel = _kernel(device.index, tuple(sorted(spec.items())))
-    grid_x = math.ceil(out_features // OUT_TILE / cfg["TILES"])
-    grid_y = math.ceil(math.ceil(cols / cfg["KS"]) / cfg["WARPS"])
+    grid_x = math.ceil(out_features // OUT_TILE / spec["TILES"])
+    grid_y = math.ceil(math.ceil(cols / spec["KS"]) / spec["WARPS"])
     y = torch.empty((rows, out_features), dtype=x.dtype, device=device)
     if rows == 0:
         return y
@@ -231,7 +238,7 @@ def mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero
             counters if counters is not None else part, rows, cols, out_features, scale.shape[1],
             int(bias is not None), int(counters is not None)]
     with torch.cuda.device(device):
-        kernel(grid=(grid_x, grid_y, 1), block=(cfg["WARPS"] * 32, 1, 1), args=args,
+        kernel(grid=(grid_x, grid_y, 1), block=(spec["WARPS"] * 32, 1, 1), args=args,
                shared_mem=shared_bytes(spec, rows))
     if grid_y > 1 and counters is None:  # no fix-up in the launch: add the K blocks' partials here
         total = part.sum(0) + (bias.float() if bias is not None else 0)
