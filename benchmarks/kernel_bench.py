@@ -204,6 +204,7 @@ def variants(cols, out, rows, dev):
     """(label, builder) for every variant of one cell; builders return (call, copies, weight bytes, kernel)."""
     yield from _int_variants(cols, out, rows, dev)
     yield "nf4_dq_b64", lambda: _nf4(cols, out, rows, dev)
+    yield "nf4_dq_b64_mma", lambda: _nf4(cols, out, rows, dev, "cuda_mma")  # cuda_mma's byte-pair table by name
     yield "aqlm_2x8", lambda: _aqlm(cols, out, rows, dev, 2, 8)
     yield "aqlm_1x16", lambda: _aqlm(cols, out, rows, dev, 1, 16)
     if rows == 1:  # the kernels auto does not take at one row

@@ -4,8 +4,8 @@
 
 For each (shape, rows) cell it times bf16 cuBLAS, torch's int4 kernel and every candidate configuration
 of `_mm_tc` (--path tc), of the matrix-vector `_gemv` (--path mv; --bits 8 --signed8 is the int8
-weight-only layout) or of the CUDA tensor-core kernel (--path mma, cuda_mma) side by side
-(benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that overflow L2, do_bench median),
+weight-only layout) or of the CUDA tensor-core kernel (--path mma, cuda_mma; --nf4 for its NF4 path) side by
+side (benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that overflow L2, do_bench median),
 checks each configuration once against an fp32 reference, and prints the best per cell. The tuned table in
 kernels/triton_int.py (tc_config) comes from its output.
 """
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from kernel_bench import (_bf16_variant, _time_per_call, _torch_int4_variant, copy_bandwidth, int_group_weights,
-                          weight_copies)
-from lowbit.kernels.cuda_mma import mma_matmul
+from kernel_bench import (_bf16_variant, _time_per_call, _torch_int4_variant, copy_bandwidth, fourbit_weights,
+                          int_group_weights, weight_copies)
+from lowbit.kernels import reference
+from lowbit.kernels.cuda_mma import fourbit_mma, mma_matmul
 from lowbit.kernels.reference import int_group_linear
 from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
@@ -89,8 +90,13 @@ def _int8_weights(cols, out, dev):
     return (q.view(torch.int32), scale, None), q.numel() + 2 * out
 
 
-def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, configs=None) -> list[dict]:
-    x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
+def _problem(x, cols, out, bits, dev, path, signed8, nf4):
+    """(weight arguments, packed bytes, fp32 reference output, run(x, weights, config)) of one format: int_group
+    codes (g128), int8 weight-only (signed8) or NF4 with double-quantized absmax in blocks of 64 (nf4, mma only)."""
+    if nf4:
+        args, nbytes = fourbit_weights(cols, out, dev)
+        ref = reference.fourbit_linear(x.float(), *args, None)
+        return args, nbytes, ref, lambda x, w, cfg: fourbit_mma(x, *w, None, config=cfg)
     weights = _int8_weights(cols, out, dev) if signed8 else int_group_weights(cols, out, bits, dev)
     (qweight, scale, zero), nbytes = weights
     group = cols if signed8 else 128
@@ -99,7 +105,14 @@ def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, c
     else:
         ref = int_group_linear(x.float(), qweight, scale, zero, bits, 128, None)  # (rows, out) fp32
     kernel = {"mv": int_group_gemv, "tc": int_group_matmul, "mma": mma_matmul}[path]
-    ws = weight_copies((qweight, scale, zero), nbytes)
+    return (qweight, scale, zero), nbytes, ref, lambda x, w, cfg: kernel(x, *w, None, bits, group, signed8=signed8,
+                                                                          config=cfg)
+
+
+def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, configs=None, nf4=False) -> list[dict]:
+    x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
+    args, nbytes, ref, run = _problem(x, cols, out, bits, dev, path, signed8, nf4)
+    ws = weight_copies(args, nbytes)
     out_rows = []
     for label, build in (("bf16", lambda: _bf16_variant(cols, out, dev)), ("torch_int4", lambda: _torch_int4_variant(cols, out, dev))):
         call, copies, _, _ = build()
@@ -113,16 +126,15 @@ def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, c
                 break
             rec = {"variant": path, "config": dict(cfg)}
             try:
-                y = kernel(x, qweight, scale, zero, None, bits, group, signed8=signed8, config=cfg)
+                y = run(x, args, cfg)
                 rec["rel_err"] = ((y.float() - ref).norm() / ref.norm()).item()
-                rec["us"] = _time_per_call(
-                    lambda i: kernel(x, *ws[i], None, bits, group, signed8=signed8, config=cfg), len(ws)) * 1e6
+                rec["us"] = _time_per_call(lambda i: run(x, ws[i], cfg), len(ws)) * 1e6
             except Exception as err:  # reported, never skipped silently
                 rec["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
             out_rows.append(rec)
     bf16 = out_rows[0]["us"]
     for r in out_rows:
-        r.update(shape=f"{cols}x{out}", rows=rows, bits="int8wo" if signed8 else bits)
+        r.update(shape=f"{cols}x{out}", rows=rows, bits="nf4" if nf4 else "int8wo" if signed8 else bits)
         if "us" in r:
             r["x_bf16"] = bf16 / r["us"]
             r["GBps"] = (nbytes + x.numel() * 2 + rows * out * 2) / r["us"] / 1e3
@@ -136,10 +148,13 @@ def main(argv=None) -> int:
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--signed8", action="store_true", help="int8 weight-only layout (implies --bits 8)")
     p.add_argument("--path", choices=["tc", "mv", "mma"], default="tc")
+    p.add_argument("--nf4", action="store_true", help="NF4, double-quantized absmax in blocks of 64 (--path mma)")
     p.add_argument("--cell-budget", type=float, default=40.0, help="seconds per cell")
     p.add_argument("--configs", type=json.loads, help="a JSON list of configurations to time instead of the space")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    if args.nf4 and args.path != "mma":
+        p.error("--nf4 sweeps the CUDA kernel's launch shapes: add --path mma")
     dev = torch.device("cuda")
     torch.manual_seed(0)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_GBps": copy_bandwidth(dev)}
@@ -148,7 +163,8 @@ def main(argv=None) -> int:
     for shape, rows in itertools.product(args.shapes, args.rows):
         cols, out = map(int, shape.split("x"))
         bits = 8 if args.signed8 else args.bits
-        cell = sweep_cell(cols, out, rows, bits, dev, args.cell_budget, args.path, args.signed8, args.configs)
+        cell = sweep_cell(cols, out, rows, bits, dev, args.cell_budget, args.path, args.signed8, args.configs,
+                          args.nf4)
         records += cell
         for r in cell:
             print(json.dumps(r), flush=True)

@@ -19,7 +19,9 @@ import torch
 from lowbit.core.affine import int8_absmax, rtn_quantize
 from lowbit.kernels import cuda_mma, split_counters, triton_ops
 from lowbit.kernels.select import CallContext, select
-from lowbit.modules import Int8Linear, IntLinear
+from lowbit.formats.nf4 import FourBitLayout
+from lowbit.kernels import reference
+from lowbit.modules import FourBitLinear, Int8Linear, IntLinear
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not CUDA, reason="the CUDA tensor-core kernels need a CUDA GPU")
@@ -91,6 +93,32 @@ def test_mma_launch_shapes_and_splits_match_reference(config, bits, monkeypatch)
         _check(layer, ref_w, call, rows, torch.bfloat16, seed, config)
     monkeypatch.setattr(cuda_mma, "counters_for", lambda device, tiles: None)
     _check(layer, ref_w, call, 3, torch.float16, seed, config)
+
+
+@gpu
+@pytest.mark.parametrize("quant_type,double_quant,blocksize,cols", [
+    ("nf4", True, 64, 4096), ("nf4", False, 64, 1088), ("fp4", True, 128, 2048), ("nf4", True, 32, 1056),
+])
+@pytest.mark.parametrize("smem_x", [0, 1])
+def test_fourbit_mma_matches_reference(quant_type, double_quant, blocksize, cols, smem_x):
+    """NF4/FP4 through the byte-pair table: both tables, plain and double-quantized absmax, blocks of 32 to 128
+    (1-, 2- and 4-word chunks), K in one block and over several, every row count to 16, fp16 and bf16, with
+    bias, by name through the module and its op."""
+    seed = fresh_seed()
+    out = 16 * 37
+    layer = FourBitLinear.from_float(torch.randn(out, cols), torch.randn(out),
+                                     FourBitLayout(out, cols, quant_type, blocksize, double_quant)).to("cuda")
+    args = (*layer.weight_args(), layer.code_table("cuda"), blocksize, out)
+    layer.kernel_preference = "cuda_mma"
+    for rows, dtype in itertools.product((1, 2, 7, 8, 9, 16), DTYPES):
+        x = torch.randn(rows, cols, device="cuda", dtype=dtype) * 3
+        ref = reference.fourbit_linear(x.double(), *args, layer.bias.double())
+        y = cuda_mma.fourbit_mma(x, *args, layer.bias, config={"SMEM_X": smem_x})
+        assert y.dtype == dtype and torch.isfinite(y).all(), f"{quant_type} rows={rows} seed={seed}"
+        err = ((y.double() - ref).norm() / ref.norm()).item()
+        assert err < TOL[dtype], f"{quant_type} dq={double_quant} B={blocksize} rows={rows} {dtype} err={err:.2e}"
+        assert layer.kernel(x).name == "cuda_mma"
+        assert torch.equal(layer(x), cuda_mma.fourbit_mma(x, *args, layer.bias))
 
 
 @gpu
@@ -189,6 +217,15 @@ def test_min_blocks_caps_the_registers():
             "HAS_ZERO": 1, "G": 128, "SIGNED8": 0}
     info, _ = cuda_mma.sm90_offline(spec)
     assert int(re.search(r"Used (\d+) registers", info).group(1)) <= 65536 // (3 * 256), info
+
+
+@pytest.mark.parametrize("dq,bf16", [(1, 1), (0, 0)])
+def test_fourbit_table_kernel_compiles_for_sm90_without_spills(dq, bf16):
+    """The NF4/FP4 specialization (LUT4, blocks of 64) at 4096x14336's launch shape compiles without spills."""
+    _needs_offline_build()
+    spec = cuda_mma.specialization(4, 1, 4096, 14336, 64, 132, bf16, has_zero=False) | {"LUT4": 1, "DQ": dq}
+    info, _ = cuda_mma.sm90_offline(spec)
+    assert "0 bytes spill stores" in info, info
 
 
 def test_activations_in_shared_memory_free_registers():

@@ -1,5 +1,6 @@
 // Integer weights times up to 16 activation rows on tensor cores: group-wise 2-, 4- and 8-bit codes
-// (formats.int_group) and int8 weight-only (formats.int8_rows), each in its canonical layout.
+// (formats.int_group), int8 weight-only (formats.int8_rows) and NF4/FP4 (formats.nf4), each in its
+// canonical layout.
 //
 // y^T = W x^T with W as mma.sync's A operand (m16n8k16: 16 outputs x 16 inputs) and the activations as
 // its B operand (8 rows a fragment; "swap AB"). The mma's k index is only a summation index, so each
@@ -25,6 +26,13 @@
 //
 //     8 bits: y[n, m] += s[n] * (aL + 16 aH - (17 OFFSET + z[n]) * sum_k x[m, k]).
 //
+// NF4/FP4 (LUT4; QLoRA, Dettmers et al. 2023): w = table[code] * absmax[block], two codes a byte, the first
+// input's in the high nibble. A byte is looked up whole: a 256-entry table of 16-bit pairs (table[hi],
+// table[lo]) gives the A register of inputs (2j, 2j + 1), which meets the activations as they lie (no prmt).
+// Each block builds the table in shared memory from the 16 values, 32 copies, so lane L reads copy L and
+// the 32 lanes never share a bank. No offset, so no activation sums: y[n, m] += absmax[n] * sum_k w x.
+// The absmax is fp32, or with double quantization (DQ) absmax_q * dq_scale[block / 256] + dq_mean.
+//
 // A block of WARPS warps covers TILES tiles of 16 outputs; warp w takes K slice blockIdx.y * WARPS + w
 // of KS inputs, keeps that slice's activation fragments in registers, and streams the tiles' words with
 // the next DEPTH tiles' loads in flight (bytes in flight per SM set the speed: kern10). The warps' sums
@@ -35,7 +43,8 @@
 // Compile-time settings (-D): BITS (2, 4 or 8), BF16 (activations bf16, else fp16), U (words a thread reads
 // per row and chunk: 1, 2 or 4), KS (inputs per warp, a multiple of CK), G (group size: a multiple of CK,
 // or K and more), WARPS, TILES, DEPTH (tiles loaded ahead), R8 (8-row activation fragments: 1 or 2),
-// HAS_ZERO (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed), SMEM_X (keep the
+// HAS_ZERO (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed), LUT4 and DQ (NF4/FP4
+// codes with BITS 4 and G the absmax block; double-quantized absmax), SMEM_X (keep the
 // activation fragments in shared memory, read per chunk, instead of registers: the fragments of a 512-input
 // slice take 64 registers a thread, most of them zeros at one row, and registers allowed one 8-warp block per
 // multiprocessor: kern11), and optionally MIN_BLOCKS (blocks per multiprocessor that the register use must
@@ -53,6 +62,16 @@ typedef unsigned short u16;
 #define OUT_TILE 16
 #define NVALS (TILES * 32 * 4 * R8)  // a warp's fp32 results per block
 
+#ifndef LUT4  // the newer settings default off
+#define LUT4 0
+#endif
+#ifndef DQ
+#define DQ 0
+#endif
+#if LUT4 && (BITS != 4 || HAS_ZERO)
+#error "LUT4 takes 4-bit codes without zeros"
+#endif
+#define LUT_BYTES (LUT4 ? 256 * 32 * 4 : 0)  // the pair table, 32 copies
 #define SYMMETRIC_ZERO ((float)(1 << (BITS - 1)))
 #if BITS == 8
 #define PLANE_OFFSET (17.f * OFFSET)  // OFFSET in both nibble planes, the high one weighted 16
@@ -152,17 +171,41 @@ __device__ __forceinline__ float load_cg(const float* p) {  // bypass L1: other 
   return v;
 }
 
+#if LUT4 && DQ
+typedef signed char Scale;  // absmax_q, with dq_scale in TileData::s2
+#elif LUT4
+typedef float Scale;        // absmax
+#else
+typedef u16 Scale;          // fp16 scale
+#endif
+
 struct TileData {
   u32 wa[NCH][U];   // words of output row g
   u32 wb[NCH][U];   // words of output row g + 8
-  u16 s[NGRP][2];   // scales of rows g, g + 8 for each correction's group
-  u16 z[NGRP][2];
+  Scale s[NGRP][2];  // scales of rows g, g + 8 for each correction's group
+  u16 z[NGRP][2];   // zeros, or (DQ) the absmax's second-level scales
 };
+
+// The qparam pointers: fp16 scales and zeros, or (LUT4) the absmax (fp32, or int8 with DQ's fp16 dq_scale).
+struct Qparams {
+  const Scale* scale;
+  const u16* zero;  // zeros (HAS_ZERO) or dq_scale (DQ)
+};
+
+__device__ __forceinline__ float group_scale(const TileData& d, int q, int i, float dq_mean) {
+#if LUT4 && DQ
+  return (float)d.s[q][i] * half_f32(d.z[q][i]) + dq_mean;
+#elif LUT4
+  return d.s[q][i];
+#else
+  return half_f32(d.s[q][i]);
+#endif
+}
 
 // A tile's words and qparams for this warp's K slice. Chunk c starts c * CK / CODES words and, with groups no
 // wider than the slice, c * CK / G groups after the slice's first (k0 is a multiple of KS, KS of G or G of
 // KS): offsets known at compile time. Tiles past N read the last tile again (never written out).
-__device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, const u16* scale, const u16* zero,
+__device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, Qparams qp,
                                           int tile, int k0, int K, int N, int ngroups, int g, int t) {
   const int wpr = K / CODES;
   const long long ra = (long long)min(tile, N / OUT_TILE - 1) * OUT_TILE + g;
@@ -179,11 +222,14 @@ __device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, const
   for (int q = 0; q < NGRP; ++q) {  // the qparams of the group that starts with chunk q * GCH
     const bool ok = k0 + q * GCH * CK < K;
     const int grp = G <= KS ? q * GCH * CK / G : 0;
-    d.s[q][0] = ok ? scale[qa + grp] : (u16)0;
-    d.s[q][1] = ok ? scale[qb + grp] : (u16)0;
+    d.s[q][0] = ok ? qp.scale[qa + grp] : (Scale)0;
+    d.s[q][1] = ok ? qp.scale[qb + grp] : (Scale)0;
 #if HAS_ZERO
-    d.z[q][0] = ok ? zero[qa + grp] : (u16)0;
-    d.z[q][1] = ok ? zero[qb + grp] : (u16)0;
+    d.z[q][0] = ok ? qp.zero[qa + grp] : (u16)0;
+    d.z[q][1] = ok ? qp.zero[qb + grp] : (u16)0;
+#elif DQ  // the second level's block of 256 absmax blocks
+    d.z[q][0] = ok ? qp.zero[(qa + grp) >> 8] : (u16)0;
+    d.z[q][1] = ok ? qp.zero[(qb + grp) >> 8] : (u16)0;
 #endif
   }
 }
@@ -193,16 +239,35 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
 #else
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 #endif
-lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const u16* __restrict__ zero,
+lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, const u16* __restrict__ zero,
            const u16* __restrict__ x, const float* __restrict__ bias, u16* __restrict__ y,
            float* __restrict__ part, int* __restrict__ counters,
-           int rows, int K, int N, int ngroups, int has_bias, int fixup) {
-  extern __shared__ __align__(16) float red_flat[];  // red[WARPS][NVALS], then (SMEM_X) the fragments
+           int rows, int K, int N, int ngroups, int has_bias, int fixup,
+           const float* __restrict__ table, const float* __restrict__ dq_mean) {
+  // Dynamic shared memory: (LUT4) the pair table, red[WARPS][NVALS], then (SMEM_X) the fragments.
+  extern __shared__ __align__(16) u32 smem[];
+  float* red_flat = reinterpret_cast<float*>(smem + LUT_BYTES / 4);
   float (*red)[NVALS] = reinterpret_cast<float (*)[NVALS]>(red_flat);
   __shared__ int last_block;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int k0 = (blockIdx.y * WARPS + warp) * KS;
+  const Qparams qp = {scale, zero};
+#if LUT4
+  // The pair table: entry b holds (table[b >> 4], table[b & 15]) in the activations' type, copy c of it at
+  // word 32 b + c. A thread writes its entries' copies four at a time, the first quad staggered by thread
+  // so that the 8 threads of a 16-byte store phase write 8 different bank quads.
+  for (int b = threadIdx.x; b < 256; b += WARPS * 32) {
+    const u32 pair = (u32)f32_act(table[b >> 4]) | (u32)f32_act(table[b & 15]) << 16;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      reinterpret_cast<uint4*>(smem)[8 * b + (b + i) % 8] = make_uint4(pair, pair, pair, pair);
+  }
+  const u32* lut = smem + lane;  // this lane's copy
+  const float mean = DQ ? *dq_mean : 0.f;
+#else
+  const float mean = 0.f;
+#endif
 
   // The slice's activation fragments (B operands), and per chunk the sums of its inputs of activation rows
   // 8r + 2t and 8r + 2t + 1 from an mma with an all-ones A (the sums in the accumulators' layout).
@@ -217,7 +282,7 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
   Frag bx[R8][NCH][U];
 #define B_FRAG(r, c, j) bx[r][c][j]
 #endif
-  float xsum[R8][NGRP][2];
+  float xsum[R8][NGRP][2];  // unused by LUT4 (no offset)
   const u32 ones = BF16 ? 0x3f803f80u : 0x3c003c00u;
 #pragma unroll
   for (int r = 0; r < R8; ++r) {
@@ -234,7 +299,9 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
         if (m < rows && kc < K) v = *reinterpret_cast<const Acts*>(x + at);
         Frag f;
         u32* b = f.v;
-#if BITS == 8
+#if LUT4
+        b[0] = v.v[0], b[1] = v.v[1], b[2] = v.v[2], b[3] = v.v[3];  // inputs (0, 1), (2, 3), (4, 5), (6, 7)
+#elif BITS == 8
         b[0] = prmt(v.v[0], v.v[1], 0x5410);  // inputs 0, 2 (both planes, a0a1's pair)
         b[1] = prmt(v.v[0], v.v[1], 0x7632);  // inputs 1, 3 (a4a5's pair)
         mma16816(sums, ones, ones, ones, ones, b[0], b[1]);
@@ -261,12 +328,14 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
   TileData buf[DEPTH + 1];
   const int tile0 = blockIdx.x * TILES;
 #pragma unroll
-  for (int i = 0; i < DEPTH && i < TILES; ++i)
-    load_tile(buf[i], qweight, scale, zero, tile0 + i, k0, K, N, ngroups, g, t);
+  for (int i = 0; i < DEPTH && i < TILES; ++i) load_tile(buf[i], qweight, qp, tile0 + i, k0, K, N, ngroups, g, t);
+#if LUT4
+  __syncthreads();  // the pair table is written
+#endif
 #pragma unroll
   for (int i = 0; i < TILES; ++i) {
     if (i + DEPTH < TILES)
-      load_tile(buf[(i + DEPTH) % (DEPTH + 1)], qweight, scale, zero, tile0 + i + DEPTH, k0, K, N, ngroups, g, t);
+      load_tile(buf[(i + DEPTH) % (DEPTH + 1)], qweight, qp, tile0 + i + DEPTH, k0, K, N, ngroups, g, t);
     const TileData& d = buf[i % (DEPTH + 1)];
     float out[R8][4];
 #pragma unroll
@@ -288,7 +357,15 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
         Frag bf[R8];
 #pragma unroll
         for (int r = 0; r < R8; ++r) bf[r] = B_FRAG(r, c, j);
-#if BITS != 8
+#if LUT4
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {  // bytes 2q (a0, a1) and 2q + 1 (a2, a3): inputs 4q .. 4q + 3
+          const u32 a0 = lut[32 * ((wa >> (16 * q)) & 0xff)], a1 = lut[32 * ((wb >> (16 * q)) & 0xff)];
+          const u32 a2 = lut[32 * ((wa >> (16 * q + 8)) & 0xff)], a3 = lut[32 * ((wb >> (16 * q + 8)) & 0xff)];
+#pragma unroll
+          for (int r = 0; r < R8; ++r) mma16816(acc[r], a0, a1, a2, a3, bf[r].v[2 * q], bf[r].v[2 * q + 1]);
+        }
+#elif BITS != 8
 #pragma unroll
         for (int q = 0; q < STEPS; ++q) {
           const u32 a0 = magic_pair(wa >> (2 * q * BITS));        // row g, inputs 2q, 2q + CODES / 2
@@ -311,8 +388,10 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
 #endif
       }
       if (c % GCH != GCH - 1) continue;  // the group goes on in the next chunk
-      const float s0 = half_f32(d.s[c / GCH][0]), s1 = half_f32(d.s[c / GCH][1]);
-#if HAS_ZERO
+      const float s0 = group_scale(d, c / GCH, 0, mean), s1 = group_scale(d, c / GCH, 1, mean);
+#if LUT4
+      const float o0 = 0.f, o1 = 0.f;  // no offset: the products are the weights' own
+#elif HAS_ZERO
       const float o0 = PLANE_OFFSET + half_f32(d.z[c / GCH][0]), o1 = PLANE_OFFSET + half_f32(d.z[c / GCH][1]);
 #else
       const float o0 = PLANE_OFFSET + SYMMETRIC_ZERO, o1 = o0;
@@ -322,7 +401,7 @@ lowbit_mma(const u32* __restrict__ qweight, const u16* __restrict__ scale, const
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const float sum = BITS == 8 ? acc[r][e] + 16.f * acc_hi[r][e] : acc[r][e];
-          out[r][e] += (e < 2 ? s0 : s1) * (sum - (e < 2 ? o0 : o1) * xsum[r][c / GCH][e & 1]);
+          out[r][e] += (e < 2 ? s0 : s1) * (LUT4 ? sum : sum - (e < 2 ? o0 : o1) * xsum[r][c / GCH][e & 1]);
         }
       }
     }

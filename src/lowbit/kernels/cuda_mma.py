@@ -81,16 +81,17 @@ def specialization(bits: int, rows: int, in_features: int, out_features: int, gr
     format (BITS, G, HAS_ZERO, SIGNED8) and the activations' type (BF16)."""
     shape = choose_config(bits, rows, in_features, out_features, group_size, sms) | (config or {})
     return shape | {"BITS": bits, "BF16": int(bf16), "HAS_ZERO": int(has_zero), "G": group_size,
-                    "SIGNED8": int(signed8)}
+                    "SIGNED8": int(signed8), "LUT4": 0, "DQ": 0}
 
 
 def shared_bytes(spec: dict, rows: int) -> int:
-    """Dynamic shared memory of a launch (cuda_mma.cu): the warps' fp32 results (red), and with SMEM_X each
+    """Dynamic shared memory of a launch (cuda_mma.cu): the NF4/FP4 pair table (LUT4), the warps' fp32 results (red), and with SMEM_X each
     warp's activation fragments of `rows` rows (XROW u32 a row: half its K slice and a bank-shifting pad)."""
     nvals = spec["TILES"] * 32 * 4 * spec["R8"]
     xregs = 16 // spec["BITS"]
     xrow = spec["KS"] // 2 + (4 * xregs if xregs <= 4 else 4)
-    return 4 * spec["WARPS"] * (nvals + (rows * xrow if spec.get("SMEM_X") else 0))
+    lut = 256 * 32 * 4 if spec.get("LUT4") else 0  # the NF4/FP4 pair table, 32 copies
+    return lut + 4 * spec["WARPS"] * (nvals + (rows * xrow if spec.get("SMEM_X") else 0))
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,17 +210,45 @@ def mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero
     if scale.dtype != torch.float16 or (signed8 and (bits != 8 or zero is not None)):
         raise ValueError(f"the tensor-core kernels take fp16 qparams and signed 8-bit codes without zeros, not "
                          f"{scale.dtype}, {bits} bits, zero {zero is not None}")
+    codes = {"HAS_ZERO": int(zero is not None), "SIGNED8": int(signed8)}
+    return _launch(x, qweight, scale, zero, bias, bits, group_size, scale.shape[1], codes, config)
+
+
+def fourbit_mma(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, absmax_scale: torch.Tensor | None,
+                absmax_mean: torch.Tensor | None, table: torch.Tensor, blocksize: int, out_features: int,
+                bias: torch.Tensor | None, config: dict | None = None) -> torch.Tensor:
+    """NF4/FP4 (formats.nf4): x (rows <= 16, in) fp16/bf16 @ (table[code] * absmax)^T + bias -> (rows, out).
+
+    qweight (out * in / 2,) uint8, two codes a byte (the first in the high nibble); table (16,) fp32; absmax
+    (out * in / blocksize,) fp32, or int8 with absmax_scale (fp16, one per 256 blocks) and absmax_mean (1,) fp32
+    under double quantization. Each row must hold whole blocks (in_features % blocksize == 0)."""
+    cols = x.shape[-1]
+    if cols % blocksize or table.dtype != torch.float32 or table.numel() != 16:
+        raise ValueError(f"the tensor-core NF4/FP4 kernel takes whole absmax blocks a row (in_features {cols}, "
+                         f"blocksize {blocksize}) and a 16-entry fp32 table")
+    words = qweight.view(torch.int32).view(out_features, cols // 8)  # eight codes a word, row-major
+    dq = absmax_scale is not None
+    codes = {"LUT4": 1, "DQ": int(dq), "HAS_ZERO": 0}
+    return _launch(x, words, absmax, absmax_scale, bias, 4, blocksize, cols // blocksize, codes, config,
+                   table=table, mean=absmax_mean if dq else None)
+
+
+def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+            bias: torch.Tensor | None, bits: int, group_size: int, groups: int, codes: dict, config: dict | None,
+            table: torch.Tensor | None = None, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """One launch of the specialization for `codes` (the code format's -D settings) and x's rows, K and N;
+    `groups` qparams a row."""
     x = x.contiguous()
     if x.data_ptr() % 16:
         x = x.clone()  # 16-byte activation loads
     rows, cols = x.shape
-    out_features = qweight.shape[0]
+    out_features = words.shape[0]
     reason = shape_unsupported(bits, rows, cols, out_features, group_size)
     if reason is not None:
         raise ValueError(reason)
     device = x.device
     spec = specialization(bits, rows, cols, out_features, group_size, _multiprocessors(device.index),
-                          x.dtype == torch.bfloat16, zero is not None, signed8, config)
+                          x.dtype == torch.bfloat16, config=config) | codes
     if not (spec["KS"] % group_size == 0 or group_size % spec["KS"] == 0 or group_size >= cols):
         raise ValueError(f"K slice {spec['KS']} neither holds whole groups of {group_size} nor lies in one")
     kernel = _kernel(device.index, tuple(sorted(spec.items())))
@@ -232,11 +261,12 @@ def mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero
     if grid_y > 1:
         part = torch.empty((grid_y, rows, out_features), dtype=torch.float32, device=device)
         counters = counters_for(device, grid_x)
-    zero_or_scale = zero if zero is not None else scale  # not read without a zero
-    bias32 = bias.float().contiguous() if bias is not None else part  # not read without a bias
-    args = [qweight.contiguous(), scale.contiguous(), zero_or_scale.contiguous(), x, bias32, y, part,
-            counters if counters is not None else part, rows, cols, out_features, scale.shape[1],
-            int(bias is not None), int(counters is not None)]
+    unread = part  # a valid pointer for the arguments a specialization does not read
+    bias32 = bias.float().contiguous() if bias is not None else unread
+    qparams = [t.contiguous() if t is not None else unread for t in (scale, zero)]
+    args = [words.contiguous(), *qparams, x, bias32, y, part, counters if counters is not None else unread,
+            rows, cols, out_features, groups, int(bias is not None), int(counters is not None),
+            table if table is not None else unread, mean if mean is not None else unread]
     with torch.cuda.device(device):
         kernel(grid=(grid_x, grid_y, 1), block=(spec["WARPS"] * 32, 1, 1), args=args,
                shared_mem=shared_bytes(spec, rows))

@@ -98,6 +98,19 @@ def _triton_fourbit(ctx: CallContext) -> str | None:
                                                                ctx.group_size or 0)
 
 
+def _cuda_mma_fourbit(ctx: CallContext) -> str | None:
+    blocksize = ctx.group_size or 0
+    if blocksize <= 0 or ctx.in_features % blocksize:
+        return f"rows must hold whole absmax blocks (in_features {ctx.in_features}, blocksize {blocksize})"
+    return _int32_index(ctx) or cuda_mma.unavailable(ctx.device, ctx.dtype, 4, ctx.rows, ctx.in_features,
+                                                     ctx.out_features, blocksize)
+
+
+def _mma_fourbit_untimed(_ctx: CallContext) -> str | None:
+    """NF4/FP4 on cuda_mma has not been timed against the Triton kernels: auto keeps them."""
+    return "not yet timed against the Triton kernels: name cuda_mma to use it"
+
+
 def _triton_aqlm(kernel: str, ctx: CallContext) -> str | None:
     return _int32_index(ctx) or triton_ops.aqlm_unavailable(ctx.device, ctx.dtype, kernel, ctx.bits or 0,
                                                             ctx.group_size or 0)
@@ -175,6 +188,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     ),
     "int_group_linear_t": (Candidate("reference", reference.int_group_linear_t, always),),
     "fourbit_linear": (
+        Candidate("cuda_mma", triton_ops.fourbit_linear_mma, _cuda_mma_fourbit, _mma_fourbit_untimed),
         Candidate("triton_mv", triton_ops.fourbit_linear_mv, _triton_fourbit, _few_rows_fourbit),
         Candidate("triton_tc", triton_ops.fourbit_linear_tc, _triton_fourbit, _fourbit_tc_rows),
         Candidate("reference", reference.fourbit_linear, always),

@@ -191,7 +191,12 @@ def fourbit_mm(
     bias: Optional[torch.Tensor], path: str,
 ) -> torch.Tensor:
     """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W)^T + bias -> (rows, out); absmax fp32, or int8 with its
-    double-quantization scale and mean; code the (16,) code table; path "mv" or "tc"."""
+    double-quantization scale and mean; code the (16,) code table; path "mv" or "tc" (Triton) or "mma"
+    (cuda_mma.cu)."""
+    if path == "mma":
+        from lowbit.kernels.cuda_mma import fourbit_mma
+
+        return fourbit_mma(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias)
     from lowbit.kernels.triton_fourbit import fourbit_matmul
 
     return fourbit_matmul(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, path)
@@ -224,6 +229,10 @@ def fourbit_linear_mv(x, qweight, absmax, absmax_scale, absmax_mean, code, block
 
 def fourbit_linear_tc(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
     return fourbit_mm(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, "tc")
+
+
+def fourbit_linear_mma(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
+    return fourbit_mm(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, "mma")
 
 
 def aqlm_linear_lut(x, codes, codebooks, scales, bias):
