@@ -255,9 +255,14 @@ def _pairs(word: int, magic: int, flip: bool, bits: int = 4) -> int:
     return ptx_models.lop3(word, (2**bits - 1) * 0x00010001, magic, 0xEA)
 
 
-def _steps(bits: int, wa: int, wb: int, v: list[int], magic: int, signed8: bool):
+def _steps(bits: int, wa: int, wb: int, v: list[int], magic: int, signed8: bool, lut: list[int] | None = None):
     """(plane, A registers, B registers) of one word's mma steps, as cuda_mma.cu builds them (plane 1: the high
-    nibbles of 8-bit codes)."""
+    nibbles of 8-bit codes; lut: NF4/FP4's byte-pair table)."""
+    if lut is not None:  # a byte's pair from the table, the activations as they lie
+        for q in range(2):
+            a = [lut[(w >> s) & 0xFF] for w, s in ((wa, 16 * q), (wb, 16 * q), (wa, 16 * q + 8), (wb, 16 * q + 8))]
+            yield 0, a, [v[2 * q], v[2 * q + 1]]
+        return
     if bits != 8:
         codes = 32 // bits
         for q in range(codes // 4):
@@ -271,10 +276,12 @@ def _steps(bits: int, wa: int, wb: int, v: list[int], magic: int, signed8: bool)
     yield 1, [_pairs(w >> s, magic, signed8) for w, s in ((wa, 4), (wb, 4), (wa, 12), (wb, 12))], b
 
 
-def _plan_model(qweight, scale, zero, x, bits: int, group: int, words: int, slice_k: int, signed8: bool = False):
+def _plan_model(qweight, scale, zero, x, bits: int, group: int, words: int, slice_k: int, signed8: bool = False,
+                lut: list[int] | None = None):
     """cuda_mma.cu's plan on the CPU, lane by lane: each lane's words of rows g and g + 8, the magic pairs
     (lop3), the activation pairs (prmt), the all-ones mma for the input sums and the correction per group,
-    with lop3, prmt and mma.sync's fragment layouts from the PTX ISA (ptx_models)."""
+    with lop3, prmt and mma.sync's fragment layouts from the PTX ISA (ptx_models). With lut (NF4/FP4) the
+    A registers come from the byte-pair table and scale is the (out, blocks) absmax, with no offset."""
     bf16 = x.dtype == torch.bfloat16
     w = qweight.numpy().view(np.uint32)
     xs = x.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)  # (rows, K) 16-bit patterns
@@ -298,7 +305,7 @@ def _plan_model(qweight, scale, zero, x, bits: int, group: int, words: int, slic
                     v = [0] * (codes // 2) if m >= rows else [int(xs[m, k + 2 * i]) | int(xs[m, k + 2 * i + 1]) << 16
                                                               for i in range(codes // 2)]
                     regs.append(list(_steps(bits, int(w[tile * 16 + g, word]), int(w[tile * 16 + g + 8, word]), v,
-                                            magic, signed8)))
+                                            magic, signed8, lut)))
                 for step in range(len(regs[0])):
                     plane = regs[0][step][0]
                     a, b = [lane_regs[step][1] for lane_regs in regs], [lane_regs[step][2] for lane_regs in regs]
@@ -311,6 +318,8 @@ def _plan_model(qweight, scale, zero, x, bits: int, group: int, words: int, slic
                     n, m = tile * 16 + g + 8 * (e >> 1), 8 * r + 2 * t + (e & 1)
                     s = float(scale[n, kc // group])
                     z = float(zero[n, kc // group]) if zero is not None else sym_zero
+                    if lut is not None:
+                        z, plane_offset = 0.0, 0.0  # the products are the weights' own
                     if m < rows:
                         y[m, n] += s * (acc[0, lane, e] + 16 * acc[1, lane, e] - (plane_offset + z) * sums[lane, e & 1])
     return y
@@ -338,6 +347,28 @@ def test_kernel_plan_reproduces_the_product(bits, dtype, words, group, rows, sym
         y = _plan_model(layer.qweight, layer.scale, getattr(layer, "zero", None), x, bits, group, words, slice_k)
     err = np.linalg.norm(y - ref.numpy()) / np.linalg.norm(ref.numpy())
     assert err < 1e-6, f"err={err:.2e} seed={seed}"
+
+
+@pytest.mark.parametrize("quant_type,dtype,words,blocksize,rows", [
+    ("nf4", torch.bfloat16, 2, 64, 3), ("fp4", torch.float16, 1, 32, 9), ("nf4", torch.float16, 4, 128, 1),
+])
+def test_fourbit_plan_reproduces_the_product(quant_type, dtype, words, blocksize, rows):
+    """The NF4/FP4 plan (canonical bytes -> byte-pair table entries as A registers, activations as they lie as
+    B, absmax per block) modelled on the CPU gives x @ W^T, W dequantized by the format's own reference."""
+    seed = fresh_seed()
+    cols, out = 256, 32
+    layout = FourBitLayout(out, cols, quant_type, blocksize, False)
+    layer = FourBitLinear.from_float(torch.randn(out, cols), None, layout)
+    x = torch.randn(rows, cols, dtype=dtype)
+    table = layer.code_table("cpu").to(dtype).view(torch.int16).numpy().view(np.uint16).astype(np.int64)
+    lut = [int(table[b >> 4]) | int(table[b & 15]) << 16 for b in range(256)]  # cuda_mma.cu's pair, entry b
+    words_of = layer.qweight.view(torch.int32).view(out, cols // 8)
+    absmax = layer.absmax.view(out, cols // blocksize)
+    y = _plan_model(words_of, absmax, None, x, 4, blocksize, words, 128, lut=lut)
+    ref = reference.fourbit_linear(x.double(), *layer.weight_args(), layer.code_table("cpu"), blocksize, out, None)
+    # the kernel rounds the table to x's type, as the model does; the reference keeps it fp32
+    err = np.linalg.norm(y - ref.numpy()) / np.linalg.norm(ref.numpy())
+    assert err < TOL[dtype], f"err={err:.2e} seed={seed}"
 
 
 def test_selection_check_traces_without_a_graph_break(monkeypatch):
