@@ -34,8 +34,8 @@
 // The absmax is fp32, or with double quantization (DQ) absmax_q * dq_scale[block / 256] + dq_mean.
 //
 // A block of WARPS warps covers TILES tiles of 16 outputs; warp w takes K slice blockIdx.y * WARPS + w
-// of KS inputs, keeps that slice's activation fragments in registers, and streams the tiles' words with
-// the next DEPTH tiles' loads in flight (bytes in flight per SM set the speed: kern10). The warps' sums
+// of KS inputs, keeps that slice's activation fragments in registers (or shared memory), and streams the
+// tiles' words with the next DEPTH tiles' loads in flight. The warps' sums
 // meet in shared memory; when K needs more than one block (gridDim.y > 1), each block writes an fp32
 // partial and the last block of an output range to arrive adds them up (a per-range counter that it
 // resets; the stream-K "fix-up", Osama et al. 2023).
@@ -172,7 +172,7 @@ __device__ __forceinline__ float load_cg(const float* p) {  // bypass L1: other 
 }
 
 #if LUT4 && DQ
-typedef signed char Scale;  // absmax_q, with dq_scale in TileData::s2
+typedef signed char Scale;  // absmax_q, its dq_scale in TileData::z
 #elif LUT4
 typedef float Scale;        // absmax
 #else
