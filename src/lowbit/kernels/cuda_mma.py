@@ -77,11 +77,12 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
 
 def specialization(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int,
                    bf16: bool = True, has_zero: bool = True, signed8: bool = False, config: dict | None = None) -> dict:
-    """The -D settings of one compiled kernel: choose_config's launch shape (with `config`'s changes), the code
-    format (BITS, G, HAS_ZERO, SIGNED8) and the activations' type (BF16)."""
-    shape = choose_config(bits, rows, in_features, out_features, group_size, sms) | (config or {})
-    return shape | {"BITS": bits, "BF16": int(bf16), "HAS_ZERO": int(has_zero), "G": group_size,
-                    "SIGNED8": int(signed8), "LUT4": 0, "DQ": 0}
+    """The -D settings of one compiled kernel: choose_config's launch shape, the code format (BITS, G, HAS_ZERO,
+    SIGNED8, LUT4, DQ) and the activations' type (BF16), then `config`'s changes to any of them."""
+    shape = choose_config(bits, rows, in_features, out_features, group_size, sms)
+    code = {"BITS": bits, "BF16": int(bf16), "HAS_ZERO": int(has_zero), "G": group_size, "SIGNED8": int(signed8),
+            "LUT4": 0, "DQ": 0}
+    return shape | code | (config or {})
 
 
 def shared_bytes(spec: dict, rows: int) -> int:
@@ -248,7 +249,7 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
         raise ValueError(reason)
     device = x.device
     spec = specialization(bits, rows, cols, out_features, group_size, _multiprocessors(device.index),
-                          x.dtype == torch.bfloat16, config=config) | codes
+                          x.dtype == torch.bfloat16, config=codes | (config or {}))
     if not (spec["KS"] % group_size == 0 or group_size % spec["KS"] == 0 or group_size >= cols):
         raise ValueError(f"K slice {spec['KS']} neither holds whole groups of {group_size} nor lies in one")
     kernel = _kernel(device.index, tuple(sorted(spec.items())))
