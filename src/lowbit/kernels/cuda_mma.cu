@@ -171,6 +171,14 @@ __device__ __forceinline__ float load_cg(const float* p) {  // bypass L1: other 
   return v;
 }
 
+// NF4/FP4: the table entry of byte i of w in this lane's copy (lut: its shared-space address), copies 128 bytes
+// apart: a prmt and a lea for the address, then one ld.shared.
+__device__ __forceinline__ u32 lut_pair(u32 lut, u32 w, int i) {
+  u32 r;
+  asm("ld.shared.u32 %0, [%1];" : "=r"(r) : "r"(lut + (prmt(w, 0, 0x4440 | i) << 7)));
+  return r;
+}
+
 #if LUT4 && DQ
 typedef signed char Scale;  // absmax_q, its dq_scale in TileData::z
 #elif LUT4
@@ -263,7 +271,7 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
     for (int i = 0; i < 8; ++i)
       reinterpret_cast<uint4*>(smem)[8 * b + (b + i) % 8] = make_uint4(pair, pair, pair, pair);
   }
-  const u32* lut = smem + lane;  // this lane's copy
+  const u32 lut = (u32)__cvta_generic_to_shared(smem) + 4 * lane;  // this lane's copy, a shared-space address
   const float mean = DQ ? *dq_mean : 0.f;
 #else
   const float mean = 0.f;
@@ -359,9 +367,9 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
         for (int r = 0; r < R8; ++r) bf[r] = B_FRAG(r, c, j);
 #if LUT4
 #pragma unroll
-        for (int q = 0; q < 2; ++q) {  // bytes 2q (a0, a1) and 2q + 1 (a2, a3): inputs 4q .. 4q + 3
-          const u32 a0 = lut[32 * ((wa >> (16 * q)) & 0xff)], a1 = lut[32 * ((wb >> (16 * q)) & 0xff)];
-          const u32 a2 = lut[32 * ((wa >> (16 * q + 8)) & 0xff)], a3 = lut[32 * ((wb >> (16 * q + 8)) & 0xff)];
+        for (int q = 0; q < 2; ++q) {  // bytes 2q (a0, a1) and 2q + 1 (a2, a3), zero-extended by prmt
+          const u32 a0 = lut_pair(lut, wa, 2 * q), a1 = lut_pair(lut, wb, 2 * q);
+          const u32 a2 = lut_pair(lut, wa, 2 * q + 1), a3 = lut_pair(lut, wb, 2 * q + 1);
 #pragma unroll
           for (int r = 0; r < R8; ++r) mma16816(acc[r], a0, a1, a2, a3, bf[r].v[2 * q], bf[r].v[2 * q + 1]);
         }
