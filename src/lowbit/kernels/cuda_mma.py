@@ -28,6 +28,9 @@ MAX_ROWS = 16  # two 8-row activation fragments per mma k-step
 FRAGMENT_ROWS = 8  # rows of one activation fragment (8 rows took 1.06-1.25x the 1-row time: kern11)
 OUT_TILE = 16  # outputs per mma tile
 BITS = (2, 4, 8)
+# NF4/FP4's launch shape over choose_config's: 256-input slices, no tile loaded ahead, activations in shared memory
+# (64-73 registers a thread, ptxas; the int4 shapes take 146-187 with the table lookups). Not yet timed.
+FOURBIT_SHAPE = {"KS": 256, "DEPTH": 0, "SMEM_X": 1}
 _FLOAT16 = (torch.float16, torch.bfloat16)
 
 
@@ -229,7 +232,7 @@ def fourbit_mma(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, ab
                          f"blocksize {blocksize}) and a 16-entry fp32 table")
     words = qweight.view(torch.int32).view(out_features, cols // 8)  # eight codes a word, row-major
     dq = absmax_scale is not None
-    codes = {"LUT4": 1, "DQ": int(dq), "HAS_ZERO": 0}
+    codes = {"LUT4": 1, "DQ": int(dq), "HAS_ZERO": 0} | FOURBIT_SHAPE
     return _launch(x, words, absmax, absmax_scale, bias, 4, blocksize, cols // blocksize, codes, config,
                    table=table, mean=absmax_mean if dq else None)
 
