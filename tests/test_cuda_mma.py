@@ -221,9 +221,10 @@ def test_min_blocks_caps_the_registers():
 
 @pytest.mark.parametrize("dq,bf16", [(1, 1), (0, 0)])
 def test_fourbit_table_kernel_compiles_for_sm90_without_spills(dq, bf16):
-    """The NF4/FP4 specialization (LUT4, blocks of 64) at 4096x14336's launch shape compiles without spills."""
+    """The NF4/FP4 specialization (LUT4, blocks of 64) at its launch shape for 4096x14336 compiles without spills."""
     _needs_offline_build()
-    spec = cuda_mma.specialization(4, 1, 4096, 14336, 64, 132, bf16, has_zero=False) | {"LUT4": 1, "DQ": dq}
+    code = {"LUT4": 1, "DQ": dq} | cuda_mma.FOURBIT_SHAPE
+    spec = cuda_mma.specialization(4, 1, 4096, 14336, 64, 132, bf16, has_zero=False, config=code)
     info, _ = cuda_mma.sm90_offline(spec)
     assert "0 bytes spill stores" in info, info
 
