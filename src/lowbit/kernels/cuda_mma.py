@@ -28,9 +28,6 @@ MAX_ROWS = 16  # two 8-row activation fragments per mma k-step
 FRAGMENT_ROWS = 8  # rows of one activation fragment (8 rows took 1.06-1.25x the 1-row time: kern11)
 OUT_TILE = 16  # outputs per mma tile
 BITS = (2, 4, 8)
-# NF4/FP4's launch shape over choose_config's: 256-input slices, no tile loaded ahead, activations in shared memory
-# (64-73 registers a thread, ptxas; the int4 shapes take 146-187 with the table lookups). Not yet timed.
-FOURBIT_SHAPE = {"KS": 256, "DEPTH": 0, "SMEM_X": 1}
 _FLOAT16 = (torch.float16, torch.bfloat16)
 
 
@@ -59,13 +56,18 @@ def shape_unsupported(bits: int, rows: int, in_features: int, out_features: int,
     return None
 
 
-def choose_config(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int) -> dict:
+def choose_config(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int,
+                  table: bool = False) -> dict:
     """Launch shape: U words per chunk, KS inputs per warp, WARPS per block, TILES of 16 outputs per block, DEPTH
-    tiles loaded ahead, R8 8-row fragments. From the H100 sweep at one row (kern11 run 1, Llama-3-8B shapes;
-    this rule picks the fastest shape of each): 8 warps, one tile ahead; 256-input slices where K reaches 8192
-    or the output 4096 tiles (2- and 4-bit codes), else 512; 4 tiles a block where that still fills a wave of
-    blocks, else 1. Two row fragments take 256-input slices (their activations need twice the registers). On
-    the H200 (kern10), 1024-input slices of 4 warps ran fastest on two of those shapes: not followed here."""
+    tiles loaded ahead, R8 8-row fragments, SMEM_X activations in shared memory; `table` for NF4/FP4 (LUT4).
+
+    From the H100 sweeps (Llama-3-8B shapes; the rule picks the fastest shape of each or one within 3% of it):
+    8 warps, one tile ahead, activations in registers; 256-input slices where K reaches 8192 or the output 4096
+    tiles (2- and 4-bit codes), else 512; 4 tiles a block where that still fills a wave of blocks, else 1
+    (kern11 run 1). Where that gives 4 tiles, int4 at one row and NF4 take 16 warps of 256-input slices with
+    nothing ahead and the activations in shared memory (64 registers: four blocks a multiprocessor; 1.06-1.13x
+    faster, kern12); NF4's one-tile shapes take 512-input slices, nothing ahead, shared memory (kern12). Two
+    row fragments take 256-input slices (their activations need twice the registers)."""
     words = words_per_thread(bits, in_features, group_size)
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
@@ -75,14 +77,22 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     warps = min(8, slices)
     k_blocks = math.ceil(slices / warps)
     tiles = 4 if math.ceil(n_tiles / 4) * k_blocks >= sms else 1
-    return {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}
+    shape = {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}
+    wide = tiles == 4 and (table or (bits == 4 and rows == 1))
+    if wide:
+        slice_k = max(256, 4 * words * 32 // bits)
+        return shape | {"KS": slice_k, "WARPS": min(16, math.ceil(in_features / slice_k)), "DEPTH": 0, "SMEM_X": 1}
+    if table:
+        return shape | {"KS": max(512, 4 * words * 32 // bits), "DEPTH": 0, "SMEM_X": 1}
+    return shape
 
 
 def specialization(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int,
                    bf16: bool = True, has_zero: bool = True, signed8: bool = False, config: dict | None = None) -> dict:
     """The -D settings of one compiled kernel: choose_config's launch shape, the code format (BITS, G, HAS_ZERO,
     SIGNED8, LUT4, DQ) and the activations' type (BF16), then `config`'s changes to any of them."""
-    shape = choose_config(bits, rows, in_features, out_features, group_size, sms)
+    table = bool((config or {}).get("LUT4"))
+    shape = choose_config(bits, rows, in_features, out_features, group_size, sms, table)
     code = {"BITS": bits, "BF16": int(bf16), "HAS_ZERO": int(has_zero), "G": group_size, "SIGNED8": int(signed8),
             "LUT4": 0, "DQ": 0}
     return shape | code | (config or {})
@@ -232,7 +242,7 @@ def fourbit_mma(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, ab
                          f"blocksize {blocksize}) and a 16-entry fp32 table")
     words = qweight.view(torch.int32).view(out_features, cols // 8)  # eight codes a word, row-major
     dq = absmax_scale is not None
-    codes = {"LUT4": 1, "DQ": int(dq), "HAS_ZERO": 0} | FOURBIT_SHAPE
+    codes = {"LUT4": 1, "DQ": int(dq), "HAS_ZERO": 0}
     return _launch(x, words, absmax, absmax_scale, bias, 4, blocksize, cols // blocksize, codes, config,
                    table=table, mean=absmax_mean if dq else None)
 
