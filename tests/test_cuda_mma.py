@@ -157,9 +157,11 @@ def test_mma_kernel_says_why_it_cannot_run(change, reason):
 @pytest.mark.parametrize("op,bits,rows,taken", [
     ("int_group_linear", 4, 1, True), ("int_group_linear", 4, 8, True), ("int_group_linear", 4, 9, False),
     ("int_group_linear", 2, 1, False), ("int_group_linear", 8, 1, False), ("int8_weight_linear", 8, 1, False),
+    ("fourbit_linear", 4, 1, True), ("fourbit_linear", 4, 2, False),
 ])
-def test_auto_takes_cuda_mma_for_int4_up_to_one_row_fragment(op, bits, rows, taken):
-    """Where kern11's H100 run timed it ahead of the Triton kernels; elsewhere a reason that names it."""
+def test_auto_takes_cuda_mma_where_timed_ahead(op, bits, rows, taken):
+    """Where the H100 runs timed it ahead of the Triton kernels (int4 up to one row fragment, kern11; NF4 at one
+    row, kern12); elsewhere a reason that names the Triton kernels."""
     from lowbit.kernels import select as select_module
 
     mma = next(c for c in select_module._CANDIDATES[op] if c.name == "cuda_mma")

@@ -65,9 +65,9 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     8 warps, one tile ahead, activations in registers; 256-input slices where K reaches 8192 or the output 4096
     tiles (2- and 4-bit codes), else 512; 4 tiles a block where that still fills a wave of blocks, else 1
     (kern11 run 1). Where that gives 4 tiles, int4 at one row and NF4 take 16 warps of 256-input slices with
-    nothing ahead and the activations in shared memory (64 registers: four blocks a multiprocessor; 1.06-1.13x
-    faster, kern12); NF4's one-tile shapes take 512-input slices, nothing ahead, shared memory (kern12). Two
-    row fragments take 256-input slices (their activations need twice the registers)."""
+    nothing ahead and the activations in shared memory (64 registers: four blocks a multiprocessor; int4 1.06-1.13x
+    faster than the register shape, kern12); at 8 rows the register shapes stayed fastest. Two row fragments take
+    256-input slices (their activations need twice the registers)."""
     words = words_per_thread(bits, in_features, group_size)
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
@@ -82,8 +82,6 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     if wide:
         slice_k = max(256, 4 * words * 32 // bits)
         return shape | {"KS": slice_k, "WARPS": min(16, math.ceil(in_features / slice_k)), "DEPTH": 0, "SMEM_X": 1}
-    if table:
-        return shape | {"KS": max(512, 4 * words * 32 // bits), "DEPTH": 0, "SMEM_X": 1}
     return shape
 
 
