@@ -97,8 +97,9 @@ def specialization(bits: int, rows: int, in_features: int, out_features: int, gr
 
 
 def shared_bytes(spec: dict, rows: int) -> int:
-    """Dynamic shared memory of a launch (cuda_mma.cu): the NF4/FP4 pair table (LUT4), the warps' fp32 results (red), and with SMEM_X each
-    warp's activation fragments of `rows` rows (XROW u32 a row: half its K slice and a bank-shifting pad)."""
+    """Dynamic shared memory of a launch (cuda_mma.cu): the NF4/FP4 pair table (LUT4), the warps' fp32 results
+    (red), and with SMEM_X each warp's activation fragments of `rows` rows (XROW u32 a row: half its K slice and a
+    bank-shifting pad)."""
     nvals = spec["TILES"] * 32 * 4 * spec["R8"]
     xregs = 16 // spec["BITS"]
     xrow = spec["KS"] // 2 + (4 * xregs if xregs <= 4 else 4)
