@@ -205,6 +205,7 @@ def variants(cols, out, rows, dev):
     yield from _int_variants(cols, out, rows, dev)
     yield "nf4_dq_b64", lambda: _nf4(cols, out, rows, dev)
     yield "nf4_dq_b64_mma", lambda: _nf4(cols, out, rows, dev, "cuda_mma")  # cuda_mma's byte-pair table by name
+    yield "nf4_dq_b64_triton", lambda: _nf4(cols, out, rows, dev, "triton")  # the Triton kernels by name
     yield "aqlm_2x8", lambda: _aqlm(cols, out, rows, dev, 2, 8)
     yield "aqlm_1x16", lambda: _aqlm(cols, out, rows, dev, 1, 16)
     if rows == 1:  # the kernels auto does not take at one row
