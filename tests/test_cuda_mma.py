@@ -157,11 +157,11 @@ def test_mma_kernel_says_why_it_cannot_run(change, reason):
 @pytest.mark.parametrize("op,bits,rows,taken", [
     ("int_group_linear", 4, 1, True), ("int_group_linear", 4, 8, True), ("int_group_linear", 4, 9, False),
     ("int_group_linear", 2, 1, False), ("int_group_linear", 8, 1, False), ("int8_weight_linear", 8, 1, False),
-    ("fourbit_linear", 4, 1, True), ("fourbit_linear", 4, 2, False),
+    ("fourbit_linear", 4, 1, True), ("fourbit_linear", 4, 8, True), ("fourbit_linear", 4, 9, False),
 ])
 def test_auto_takes_cuda_mma_where_timed_ahead(op, bits, rows, taken):
-    """Where the H100 runs timed it ahead of the Triton kernels (int4 up to one row fragment, kern11; NF4 at one
-    row, kern12); elsewhere a reason that names the Triton kernels."""
+    """Where the H100 runs timed it ahead of the Triton kernels (int4 up to one row fragment, kern11; NF4 up to
+    one row fragment, kern12); elsewhere a reason that names the Triton kernels."""
     from lowbit.kernels import select as select_module
 
     mma = next(c for c in select_module._CANDIDATES[op] if c.name == "cuda_mma")
@@ -185,6 +185,17 @@ def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
     assert cfg["WARPS"] <= math.ceil(cols / cfg["KS"])  # no warp of the first block starts past K
     assert cfg["TILES"] in (1, 2, 4) and cfg["WARPS"] <= 16
     assert out // 16 <= split_counters.N_COUNTERS * cfg["TILES"]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, 9, 16])
+@pytest.mark.parametrize("bits,group,table", [(4, 128, False), (2, 128, False), (8, -1, False), (4, 64, True)])
+def test_chosen_shapes_fit_shared_memory(rows, bits, group, table):
+    """Every launch shape auto picks for the Llama-3-8B layers fits an H100's 227 KB of shared memory a block at
+    every row count (kern12's first NF4 shape at 16 rows asked for 240 KB and failed to launch)."""
+    for cols, out in ((4096, 14336), (14336, 4096), (4096, 4096), (4096, 1024), (4096, 128256)):
+        g = cols if group == -1 else group
+        spec = cuda_mma.specialization(bits, rows, cols, out, g, 132, has_zero=not table, config={"LUT4": int(table)})
+        assert cuda_mma.shared_bytes(spec, rows) <= 232448, (cols, out, spec)
 
 
 def _needs_offline_build() -> None:

@@ -64,10 +64,11 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     From the H100 sweeps (Llama-3-8B shapes; the rule picks the fastest shape of each or one within 3% of it):
     8 warps, one tile ahead, activations in registers; 256-input slices where K reaches 8192 or the output 4096
     tiles (2- and 4-bit codes), else 512; 4 tiles a block where that still fills a wave of blocks, else 1
-    (kern11 run 1). Where that gives 4 tiles, int4 at one row and NF4 take 16 warps of 256-input slices with
-    nothing ahead and the activations in shared memory (64 registers: four blocks a multiprocessor; int4 1.06-1.13x
-    faster than the register shape, kern12); at 8 rows the register shapes stayed fastest. Two row fragments take
-    256-input slices (their activations need twice the registers)."""
+    (kern11 run 1). Where that gives 4 tiles, int4 at one row and NF4 up to 8 rows take 16 warps of 256-input
+    slices with nothing ahead and the activations in shared memory (64 registers: four blocks a multiprocessor;
+    int4 1.06-1.13x faster than the register shape, kern12); int4 at 8 rows kept the register shapes (faster there).
+    Two row fragments take 256-input slices in registers (their activations need twice the registers; 16 rows of
+    shared fragments would overflow shared memory at 16 warps)."""
     words = words_per_thread(bits, in_features, group_size)
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
@@ -78,7 +79,7 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     k_blocks = math.ceil(slices / warps)
     tiles = 4 if math.ceil(n_tiles / 4) * k_blocks >= sms else 1
     shape = {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}
-    wide = tiles == 4 and (table or (bits == 4 and rows == 1))
+    wide = tiles == 4 and frags == 1 and (table or (bits == 4 and rows == 1))
     if wide:
         slice_k = max(256, 4 * words * 32 // bits)
         return shape | {"KS": slice_k, "WARPS": min(16, math.ceil(in_features / slice_k)), "DEPTH": 0, "SMEM_X": 1}
@@ -114,10 +115,16 @@ def _kernel(device_index: int, config: tuple):
     options = ["-std=c++17"] + [f"-D{k}={int(v)}" for k, v in config]
     with torch.cuda.device(device_index):
         kernel = torch.cuda._compile_kernel(SOURCE.read_text(), "lowbit_mma", nvcc_options=options)
-        most = shared_bytes(dict(config), FRAGMENT_ROWS * dict(config)["R8"])
+        most = min(shared_bytes(dict(config), FRAGMENT_ROWS * dict(config)["R8"]), _shared_limit(device_index))
         if most >= 48 * 1024:  # above the default limit: opt in (up to the device's 227 KB on an H100)
             kernel.set_shared_memory_config(most)
         return kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_limit(device_index: int) -> int:
+    """Shared memory a block may opt in to on the device (bytes)."""
+    return torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
 
 
 def ptx_offline(spec: dict, ptx_version: str | None = None) -> str:
@@ -264,6 +271,10 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
                           x.dtype == torch.bfloat16, config=codes | (config or {}))
     if not (spec["KS"] % group_size == 0 or group_size % spec["KS"] == 0 or group_size >= cols):
         raise ValueError(f"K slice {spec['KS']} neither holds whole groups of {group_size} nor lies in one")
+    shared = shared_bytes(spec, rows)
+    if shared > _shared_limit(device.index):
+        raise ValueError(f"launch shape {config} needs {shared} bytes of shared memory a block, the device allows "
+                         f"{_shared_limit(device.index)}: use fewer WARPS or TILES, or SMEM_X 0")
     kernel = _kernel(device.index, tuple(sorted(spec.items())))
     grid_x = math.ceil(out_features // OUT_TILE / spec["TILES"])
     grid_y = math.ceil(math.ceil(cols / spec["KS"]) / spec["WARPS"])
@@ -281,8 +292,7 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
             rows, cols, out_features, groups, int(bias is not None), int(counters is not None),
             table if table is not None else unread, mean if mean is not None else unread]
     with torch.cuda.device(device):
-        kernel(grid=(grid_x, grid_y, 1), block=(spec["WARPS"] * 32, 1, 1), args=args,
-               shared_mem=shared_bytes(spec, rows))
+        kernel(grid=(grid_x, grid_y, 1), block=(spec["WARPS"] * 32, 1, 1), args=args, shared_mem=shared)
     if grid_y > 1 and counters is None:  # no fix-up in the launch: add the K blocks' partials here
         total = part.sum(0) + (bias.float() if bias is not None else 0)
         y = total.to(x.dtype)
