@@ -126,8 +126,11 @@ def test_mma_by_name_opcheck_compile_and_graph_capture():
     x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
     int4, _, _ = _layer(16 * 64, 1024, 128, False, True)
     int8, _, _ = _layer(16 * 64, 1024, -1, True, True, "int8")
+    nf4 = FourBitLinear.from_float(torch.randn(16 * 64, 1024), torch.randn(16 * 64),
+                                   FourBitLayout(16 * 64, 1024, "nf4", 64, True)).to("cuda")
     ops = {int4: (triton_ops.int_group_mm, (x, int4.qweight, int4.scale, int4.zero, int4.bias, 4, 128, "mma")),
-           int8: (triton_ops.int8_weight_mm, (x, int8.qweight, int8.scale, int8.bias, "mma"))}
+           int8: (triton_ops.int8_weight_mm, (x, int8.qweight, int8.scale, int8.bias, "mma")),
+           nf4: (triton_ops.fourbit_mm, (x, *nf4.weight_args(), nf4.code_table("cuda"), 64, 16 * 64, nf4.bias, "mma"))}
     for layer, (op, args) in ops.items():
         layer.kernel_preference = "cuda_mma"
         assert layer.kernel(x).name == "cuda_mma"
