@@ -71,7 +71,7 @@ def mma_space(rows: int):
     fragment instead of 128-222, so 2-5 blocks share a multiprocessor), then the kern11 register shapes."""
     yield {}
     frags = 1 if rows <= 8 else 2
-    smem = [(512, 8, 1, 1, 3), (256, 8, 4, 0, None), (256, 8, 2, 1, None), (512, 8, 2, 0, None),
+    smem = [(512, 8, 1, 1, 3), (256, 16, 2, 0, None), (256, 8, 4, 0, None), (256, 8, 2, 1, None), (512, 8, 2, 0, None),
             (256, 8, 8, 0, None), (256, 8, 4, 1, None), (256, 8, 4, 1, 3), (256, 8, 1, 1, None),
             (512, 8, 4, 0, None), (256, 16, 4, 0, None), (512, 4, 1, 1, None), (256, 4, 4, 0, None),
             (1024, 4, 1, 1, None), (512, 8, 1, 0, None)]
