@@ -65,8 +65,8 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     8 warps, one tile ahead, activations in registers; 256-input slices where K reaches 8192 or the output 4096
     tiles (2- and 4-bit codes), else 512; 4 tiles a block where that still fills a wave of blocks, else 1
     (kern11 run 1). Where that gives 4 tiles, int4 at one row and NF4 up to 8 rows take 16 warps of 256-input
-    slices with nothing ahead and the activations in shared memory (64 registers: four blocks a multiprocessor;
-    int4 1.06-1.13x faster than the register shape, kern12); int4 at 8 rows kept the register shapes (faster there).
+    slices with nothing ahead and the activations in shared memory (64 registers: 32 warps a multiprocessor
+    instead of 8; int4 1.06-1.12x faster than the register shape, kern12); int4 at 8 rows kept the register shapes (faster there).
     Two row fragments take 256-input slices in registers (their activations need twice the registers; 16 rows of
     shared fragments would overflow shared memory at 16 warps)."""
     words = words_per_thread(bits, in_features, group_size)
