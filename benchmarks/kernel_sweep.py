@@ -24,7 +24,7 @@ import torch
 from kernel_bench import (_bf16_variant, _time_per_call, _torch_int4_variant, copy_bandwidth, fourbit_weights,
                           int_group_weights, weight_copies)
 from lowbit.kernels import reference
-from lowbit.kernels.cuda_mma import fourbit_mma, mma_matmul
+from lowbit.kernels.cuda_mma import FRAGMENT_ROWS, fourbit_mma, mma_matmul
 from lowbit.kernels.reference import int_group_linear
 from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
@@ -70,7 +70,7 @@ def mma_space(rows: int):
     must hold) with the activation fragments in shared memory (SMEM_X: 51-111 registers a thread at one row
     fragment instead of 128-222, so 2-5 blocks share a multiprocessor), then the kern11 register shapes."""
     yield {}
-    frags = 1 if rows <= 8 else 2
+    frags = 1 if rows <= FRAGMENT_ROWS else 2
     smem = [(512, 8, 1, 1, 3), (256, 16, 2, 0, None), (256, 8, 4, 0, None), (256, 8, 2, 1, None), (512, 8, 2, 0, None),
             (256, 8, 8, 0, None), (256, 8, 4, 1, None), (256, 8, 4, 1, 3), (256, 8, 1, 1, None),
             (512, 8, 4, 0, None), (256, 16, 4, 0, None), (512, 4, 1, 1, None), (256, 4, 4, 0, None),

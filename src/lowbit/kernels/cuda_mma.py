@@ -56,6 +56,13 @@ def shape_unsupported(bits: int, rows: int, in_features: int, out_features: int,
     return None
 
 
+def fourbit_unsupported(in_features: int, blocksize: int) -> str | None:
+    """Why NF4/FP4's layout rules out the kernel (each row must hold whole absmax blocks), or None."""
+    if blocksize <= 0 or in_features % blocksize:
+        return f"rows must hold whole absmax blocks (in_features {in_features}, blocksize {blocksize})"
+    return None
+
+
 def choose_config(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int,
                   table: bool = False) -> dict:
     """Launch shape: U words per chunk, KS inputs per warp, WARPS per block, TILES of 16 outputs per block, DEPTH
@@ -66,9 +73,9 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     tiles (2- and 4-bit codes), else 512; 4 tiles a block where that still fills a wave of blocks, else 1
     (kern11 run 1). Where that gives 4 tiles, int4 at one row and NF4 up to 8 rows take 16 warps of 256-input
     slices with nothing ahead and the activations in shared memory (64 registers: 32 warps a multiprocessor
-    instead of 8; int4 1.06-1.12x faster than the register shape, kern12); int4 at 8 rows kept the register shapes (faster there).
-    Two row fragments take 256-input slices in registers (their activations need twice the registers; 16 rows of
-    shared fragments would overflow shared memory at 16 warps)."""
+    instead of 8; int4 1.06-1.12x faster than the register shape, kern12); int4 at 8 rows kept the register
+    shapes (faster there). Two row fragments take 256-input slices in registers (their activations need twice the
+    registers; 16 rows of shared fragments would overflow shared memory at 16 warps)."""
     words = words_per_thread(bits, in_features, group_size)
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
@@ -243,9 +250,9 @@ def fourbit_mma(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, ab
     (out * in / blocksize,) fp32, or int8 with absmax_scale (fp16, one per 256 blocks) and absmax_mean (1,) fp32
     under double quantization. Each row must hold whole blocks (in_features % blocksize == 0)."""
     cols = x.shape[-1]
-    if cols % blocksize or table.dtype != torch.float32 or table.numel() != 16:
-        raise ValueError(f"the tensor-core NF4/FP4 kernel takes whole absmax blocks a row (in_features {cols}, "
-                         f"blocksize {blocksize}) and a 16-entry fp32 table")
+    reason = fourbit_unsupported(cols, blocksize)
+    if reason is not None or table.dtype != torch.float32 or table.numel() != 16:
+        raise ValueError(f"the tensor-core NF4/FP4 kernel: {reason or 'it takes a 16-entry fp32 table'}")
     words = qweight.view(torch.int32).view(out_features, cols // 8)  # eight codes a word, row-major
     dq = absmax_scale is not None
     codes = {"LUT4": 1, "DQ": int(dq), "HAS_ZERO": 0}

@@ -100,10 +100,8 @@ def _triton_fourbit(ctx: CallContext) -> str | None:
 
 def _cuda_mma_fourbit(ctx: CallContext) -> str | None:
     blocksize = ctx.group_size or 0
-    if blocksize <= 0 or ctx.in_features % blocksize:
-        return f"rows must hold whole absmax blocks (in_features {ctx.in_features}, blocksize {blocksize})"
-    return _int32_index(ctx) or cuda_mma.unavailable(ctx.device, ctx.dtype, 4, ctx.rows, ctx.in_features,
-                                                     ctx.out_features, blocksize)
+    return (cuda_mma.fourbit_unsupported(ctx.in_features, blocksize) or _int32_index(ctx)
+            or cuda_mma.unavailable(ctx.device, ctx.dtype, 4, ctx.rows, ctx.in_features, ctx.out_features, blocksize))
 
 
 def _mma_fourbit_few_rows(ctx: CallContext) -> str | None:
