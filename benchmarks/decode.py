@@ -38,6 +38,7 @@ FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int3_g128"
            "int8_weight_only", "int8_weight_only_mma", "w8a8", "torch_int4_g128"]
 # *_mma: the CUDA tensor-core kernel by name; *_triton: the Triton kernels by name; else auto's choice
 MODES = ["eager", "compiled"]
+SDPA_BACKENDS = ["default", "math", "flash", "efficient", "cudnn"]
 
 
 def _preference(fmt: str) -> str:
@@ -203,6 +204,22 @@ def time_graph(model: Decoder, steps: int) -> float:
     return start.elapsed_time(end) * 1e-3 / steps
 
 
+def profile_step(model: Decoder, steps: int = 4, top: int = 12) -> dict:
+    """GPU time per decode step by kernel (torch.profiler over `steps` uncaptured steps): the `top` kernels by
+    time, and the step's total kernel time, so the matrix products can be told from the glue around them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            model.step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+    kernels.sort(key=lambda e: e.device_time_total, reverse=True)
+    rows = [{"kernel": e.key[:90], "calls": e.count // steps, "us": e.device_time_total / steps} for e in kernels]
+    return {"total_us": sum(r["us"] for r in rows), "top": rows[:top]}
+
+
 def run_variant(fmt: str, batch: int, cfg: dict, args: argparse.Namespace, mode: str, dev: torch.device) -> dict:
     torch.manual_seed(0)
     model = Decoder(fmt, cfg, batch, args.cache, dev, args.fused)
@@ -217,6 +234,8 @@ def run_variant(fmt: str, batch: int, cfg: dict, args: argparse.Namespace, mode:
         record["graphs"] = counters["stats"]["unique_graphs"]
         record["graph_breaks"] = sum(counters["graph_break"].values())
     seconds = time_graph(model, args.steps)
+    if args.profile:
+        record["profile"] = profile_step(model)
     record.update(ms_per_step=seconds * 1e3, tokens_per_s=batch / seconds, weight_GB=weight_bytes(model) / 1e9,
                   kernels=kernel_summary(model, rows=batch, device=dev, dtype=torch.bfloat16))
     record["weight_GBps"] = record["weight_GB"] / seconds
@@ -243,6 +262,15 @@ def print_table(records: list[dict]) -> None:
               f"{r['ms_per_step']:8.2f} {r['weight_GB']:10.2f} {r['weight_GBps']:6.0f}")
 
 
+def only_sdpa_backend(name: str) -> None:
+    """Leave only `name`'s scaled_dot_product_attention backend enabled (every variant, bf16 included)."""
+    if name == "default":
+        return
+    for backend in SDPA_BACKENDS[1:]:
+        getattr(torch.backends.cuda, f"enable_{backend if backend != 'efficient' else 'mem_efficient'}_sdp")(
+            backend == name)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--formats", nargs="+", default=FORMATS, choices=FORMATS)
@@ -253,6 +281,9 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=["eager"], choices=MODES)
     p.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled blocks")
     p.add_argument("--fused", action="store_true", help="one q/k/v and one gate/up linear layer per block")
+    p.add_argument("--sdpa", choices=SDPA_BACKENDS, default="default",
+                   help="attention backend of every variant (default: torch's choice, cuDNN on an H100)")
+    p.add_argument("--profile", action="store_true", help="also record GPU time per step by kernel")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -260,8 +291,9 @@ def main(argv=None) -> int:
         return 2
     dev = torch.device("cuda")
     cfg = dict(LLAMA3_8B, layers=args.layers)
+    only_sdpa_backend(args.sdpa)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": cfg, "cache": args.cache,
-            "fused": args.fused}
+            "fused": args.fused, "sdpa": args.sdpa}
     print(json.dumps(meta), flush=True)
     records = []
     for batch in args.batch:
