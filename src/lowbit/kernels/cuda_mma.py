@@ -7,20 +7,18 @@ weight: a lop3 per pair of codes, a shift per two pairs, a tensor-core step per 
 reads the canonical layouts (int_group's words, int8_rows' bytes as words) as they are, so there is no
 second copy of the weights. The source and its design notes are in cuda_mma.cu.
 
-`torch.cuda._compile_kernel` (NVRTC, shipped with CUDA builds of PyTorch; no nvcc or C++ compiler) builds
-one specialization per (bits, dtype, launch shape, group size, zero) on first use, about a second each, and
-launches it on the current stream, so CUDA graphs capture it. When it cannot build, `_compile_failure`
-says why and the selector falls back to the Triton kernels with that reason.
+nvrtc.py builds one specialization per (bits, dtype, launch shape, group size, zero) on first use. When it cannot
+build, `_compile_failure` says why and the selector falls back to the Triton kernels with that reason.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
 import torch
 
+from lowbit.kernels import nvrtc
 from lowbit.kernels.split_counters import counters_for
 
 SOURCE = Path(__file__).with_name("cuda_mma.cu")
@@ -71,11 +69,13 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     From the H100 sweeps (Llama-3-8B shapes; the rule picks the fastest shape of each or one within 3% of it):
     8 warps, one tile ahead, activations in registers; 256-input slices where K reaches 8192 or the output 4096
     tiles (2- and 4-bit codes), else 512; 4 tiles a block where that still fills a wave of blocks, else 1
-    (kern11 run 1). Where that gives 4 tiles, int4 at one row and NF4 up to 8 rows take 16 warps of 256-input
-    slices with nothing ahead and the activations in shared memory (64 registers: 32 warps a multiprocessor
-    instead of 8; int4 1.06-1.12x faster than the register shape, kern12); int4 at 8 rows kept the register
-    shapes (faster there). Two row fragments take 256-input slices in registers (their activations need twice the
-    registers; 16 rows of shared fragments would overflow shared memory at 16 warps)."""
+    (kern11 run 1). Where that gives 4 tiles, 2- and 4-bit codes at one row and NF4 up to 8 rows take up to 16
+    warps of 256-input slices with nothing ahead and the activations in shared memory (64 registers: 32 warps a
+    multiprocessor instead of 8; int4 1.06-1.12x faster than the register shape, kern12; int2 1.09-1.19x,
+    kern13), as many warps as split K into equal blocks (14 for K = 14336: 16 left the last of 4 blocks half
+    idle; int4 2.56x bf16 against 2.45x, kern13); int4 at 8 rows kept the register shapes (faster there). Two
+    row fragments take 256-input slices in registers (their activations need twice the registers; 16 rows of
+    shared fragments would overflow shared memory at 16 warps)."""
     words = words_per_thread(bits, in_features, group_size)
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
@@ -86,10 +86,12 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     k_blocks = math.ceil(slices / warps)
     tiles = 4 if math.ceil(n_tiles / 4) * k_blocks >= sms else 1
     shape = {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}
-    wide = tiles == 4 and frags == 1 and (table or (bits == 4 and rows == 1))
+    wide = tiles == 4 and frags == 1 and (table or (bits in (2, 4) and rows == 1))
     if wide:
         slice_k = max(256, 4 * words * 32 // bits)
-        return shape | {"KS": slice_k, "WARPS": min(16, math.ceil(in_features / slice_k)), "DEPTH": 0, "SMEM_X": 1}
+        slices = math.ceil(in_features / slice_k)
+        warps = math.ceil(slices / math.ceil(slices / 16))  # at most 16, every K block as busy
+        return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1}
     return shape
 
 
@@ -115,73 +117,21 @@ def shared_bytes(spec: dict, rows: int) -> int:
     return lut + 4 * spec["WARPS"] * (nvals + (rows * xrow if spec.get("SMEM_X") else 0))
 
 
-@functools.lru_cache(maxsize=None)
 def _kernel(device_index: int, config: tuple):
     """The specialization of `config` (BITS, BF16, HAS_ZERO, G and the launch shape), compiled by NVRTC for the
     device's compute capability and loaded on that device, allowed the shared memory of its most rows."""
-    options = ["-std=c++17"] + [f"-D{k}={int(v)}" for k, v in config]
-    with torch.cuda.device(device_index):
-        kernel = torch.cuda._compile_kernel(SOURCE.read_text(), "lowbit_mma", nvcc_options=options)
-        most = min(shared_bytes(dict(config), FRAGMENT_ROWS * dict(config)["R8"]), _shared_limit(device_index))
-        if most >= 48 * 1024:  # above the default limit: opt in (up to the device's 227 KB on an H100)
-            kernel.set_shared_memory_config(most)
-        return kernel
-
-
-@functools.lru_cache(maxsize=None)
-def _shared_limit(device_index: int) -> int:
-    """Shared memory a block may opt in to on the device (bytes)."""
-    return torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
+    spec = dict(config)
+    return nvrtc.kernel(device_index, SOURCE, "lowbit_mma", config, shared_bytes(spec, FRAGMENT_ROWS * spec["R8"]))
 
 
 def ptx_offline(spec: dict, ptx_version: str | None = None) -> str:
-    """PTX for sm_90 of the specialization `spec` (its -D settings), built with no GPU by the NVRTC of the
-    nvidia-cuda-nvrtc wheel (tests, benchmarks/sass_stats.py). ptx_version rewrites the header for an older
-    ptxas (Triton 3.6's reads up to 8.7). Raises ImportError without the wheel, RuntimeError with the log."""
-    import ctypes
-    import glob
-    import os
-    import re
-
-    import nvidia  # the wheel's namespace package
-
-    libs = [d for root in nvidia.__path__ for d in glob.glob(os.path.join(root, "*", "lib"))
-            if glob.glob(d + "/libnvrtc.so*")]
-    if not libs:
-        raise ImportError("no libnvrtc in the nvidia packages: pip install nvidia-cuda-nvrtc")
-    ctypes.CDLL(glob.glob(libs[0] + "/libnvrtc-builtins.so*")[0])  # NVRTC finds it by name when it compiles
-    lib = ctypes.CDLL(sorted(glob.glob(libs[0] + "/libnvrtc.so*"))[0])
-    prog = ctypes.c_void_p()
-    lib.nvrtcCreateProgram(ctypes.byref(prog), SOURCE.read_bytes(), b"cuda_mma.cu", 0, None, None)
-    options = [b"--gpu-architecture=compute_90", b"-std=c++17"] + [f"-D{k}={int(v)}".encode() for k, v in spec.items()]
-    failed = lib.nvrtcCompileProgram(prog, len(options), (ctypes.c_char_p * len(options))(*options))
-    size = ctypes.c_size_t()
-    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-    log = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetProgramLog(prog, log)
-    if failed:
-        raise RuntimeError(log.value.decode())
-    lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
-    ptx = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetPTX(prog, ptx)
-    lib.nvrtcDestroyProgram(ctypes.byref(prog))
-    text = ptx.value.decode()
-    return re.sub(r"\.version \d+\.\d+", f".version {ptx_version}", text) if ptx_version else text
+    """PTX for sm_90 of the specialization `spec` (its -D settings), built with no GPU (nvrtc.ptx_offline)."""
+    return nvrtc.ptx_offline(SOURCE, spec, ptx_version)
 
 
 def sm90_offline(spec: dict) -> tuple[str, bytes]:
-    """(ptxas -v log, cubin) of the specialization `spec` for sm_90, built with no GPU: ptx_offline's PTX, lowered
-    to 8.7, through Triton's bundled ptxas (tests, benchmarks/sass_stats.py)."""
-    import subprocess
-    import tempfile
-
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "k.ptx").write_text(ptx_offline(spec, ptx_version="8.7"))
-        log = subprocess.run([get_ptxas(90).path, "-arch=sm_90", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.cubin"],
-                             capture_output=True, text=True, check=True).stderr
-        return log, Path(tmp, "k.cubin").read_bytes()
+    """(ptxas -v log, cubin) of the specialization `spec` for sm_90, built with no GPU (nvrtc.sm90_offline)."""
+    return nvrtc.sm90_offline(SOURCE, spec)
 
 
 def _compile_failure(device_index: int) -> str | None:
@@ -195,23 +145,12 @@ def _compile_failure(device_index: int) -> str | None:
 _compile_failure._dynamo_marked_constant = True
 
 
-@functools.lru_cache(maxsize=None)
 def _build_failure(device_index: int) -> str | None:
-    if torch.cuda.get_device_capability(device_index) < (8, 0):
-        return "mma.sync with bf16 needs compute capability 8.0 or newer"
-    if not hasattr(torch.cuda, "_compile_kernel"):
-        return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC)"
-    try:
-        _kernel(device_index, tuple(sorted(specialization(4, 1, 4096, 4096, 128, 1).items())))
-    except (OSError, RuntimeError, AttributeError) as err:
-        lines = str(err).strip().splitlines()
-        return f"NVRTC could not build cuda_mma.cu: {lines[-1] if lines else repr(err)}"
-    return None
+    return nvrtc.build_failure(device_index, SOURCE, _build_default)
 
 
-@functools.lru_cache(maxsize=None)
-def _multiprocessors(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+def _build_default(device_index: int) -> None:
+    _kernel(device_index, tuple(sorted(specialization(4, 1, 4096, 4096, 128, 1).items())))
 
 
 def unavailable(device: torch.device, dtype: torch.dtype | None, bits: int | None, rows: int, in_features: int,
@@ -274,14 +213,14 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
     if reason is not None:
         raise ValueError(reason)
     device = x.device
-    spec = specialization(bits, rows, cols, out_features, group_size, _multiprocessors(device.index),
+    spec = specialization(bits, rows, cols, out_features, group_size, nvrtc.multiprocessors(device.index),
                           x.dtype == torch.bfloat16, config=codes | (config or {}))
     if not (spec["KS"] % group_size == 0 or group_size % spec["KS"] == 0 or group_size >= cols):
         raise ValueError(f"K slice {spec['KS']} neither holds whole groups of {group_size} nor lies in one")
     shared = shared_bytes(spec, rows)
-    if shared > _shared_limit(device.index):
+    if shared > nvrtc.shared_limit(device.index):
         raise ValueError(f"launch shape {config} needs {shared} bytes of shared memory a block, the device allows "
-                         f"{_shared_limit(device.index)}: use fewer WARPS or TILES, or SMEM_X 0")
+                         f"{nvrtc.shared_limit(device.index)}: use fewer WARPS or TILES, or SMEM_X 0")
     kernel = _kernel(device.index, tuple(sorted(spec.items())))
     grid_x = math.ceil(out_features // OUT_TILE / spec["TILES"])
     grid_y = math.ceil(math.ceil(cols / spec["KS"]) / spec["WARPS"])

@@ -1,0 +1,106 @@
+"""Building lowbit's CUDA C++ kernels (cuda_mma.cu, cuda_aqlm.cu) with NVRTC: at first use on the GPU, and offline
+for sm_90 with no GPU (tests, benchmarks/sass_stats.py).
+
+`torch.cuda._compile_kernel` (NVRTC, shipped with CUDA builds of PyTorch; no nvcc or C++ compiler) builds one
+specialization per set of -D settings, about a second each, and launches it on the current stream, so CUDA
+graphs capture it.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(device_index: int, source: Path, entry: str, defines: tuple, shared: int):
+    """`entry` of `source` with the -D settings `defines` ((name, value) pairs), compiled for the device's compute
+    capability and loaded on it, allowed `shared` bytes of dynamic shared memory (capped at the device's limit)."""
+    options = ["-std=c++17"] + [f"-D{k}={int(v)}" for k, v in defines]
+    with torch.cuda.device(device_index):
+        built = torch.cuda._compile_kernel(source.read_text(), entry, nvcc_options=options)
+        most = min(shared, shared_limit(device_index))
+        if most >= 48 * 1024:  # above the default limit: opt in (up to the device's 227 KB on an H100)
+            built.set_shared_memory_config(most)
+        return built
+
+
+@functools.lru_cache(maxsize=None)
+def build_failure(device_index: int, source: Path, build: Callable[[int], object]) -> str | None:
+    """None when the device builds and loads `source` (`build(device_index)` compiles a default specialization),
+    else why not."""
+    if torch.cuda.get_device_capability(device_index) < (8, 0):
+        return "mma.sync with bf16 needs compute capability 8.0 or newer"
+    if not hasattr(torch.cuda, "_compile_kernel"):
+        return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC)"
+    try:
+        build(device_index)
+    except (OSError, RuntimeError, AttributeError) as err:
+        lines = str(err).strip().splitlines()
+        return f"NVRTC could not build {source.name}: {lines[-1] if lines else repr(err)}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def shared_limit(device_index: int) -> int:
+    """Shared memory a block may opt in to on the device (bytes)."""
+    return torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
+
+
+@functools.lru_cache(maxsize=None)
+def multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def ptx_offline(source: Path, defines: dict, ptx_version: str | None = None) -> str:
+    """PTX for sm_90 of `source` with the -D settings `defines`, built with no GPU by the NVRTC of the
+    nvidia-cuda-nvrtc wheel. ptx_version rewrites the header for an older ptxas (Triton 3.6's reads up to 8.7).
+    Raises ImportError without the wheel, RuntimeError with the log."""
+    import ctypes
+    import glob
+    import os
+    import re
+
+    import nvidia  # the wheel's namespace package
+
+    libs = [d for root in nvidia.__path__ for d in glob.glob(os.path.join(root, "*", "lib"))
+            if glob.glob(d + "/libnvrtc.so*")]
+    if not libs:
+        raise ImportError("no libnvrtc in the nvidia packages: pip install nvidia-cuda-nvrtc")
+    ctypes.CDLL(glob.glob(libs[0] + "/libnvrtc-builtins.so*")[0])  # NVRTC finds it by name when it compiles
+    lib = ctypes.CDLL(sorted(glob.glob(libs[0] + "/libnvrtc.so*"))[0])
+    prog = ctypes.c_void_p()
+    lib.nvrtcCreateProgram(ctypes.byref(prog), source.read_bytes(), source.name.encode(), 0, None, None)
+    options = [b"--gpu-architecture=compute_90", b"-std=c++17"] + [f"-D{k}={int(v)}".encode()
+                                                                   for k, v in defines.items()]
+    failed = lib.nvrtcCompileProgram(prog, len(options), (ctypes.c_char_p * len(options))(*options))
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    if failed:
+        raise RuntimeError(log.value.decode())
+    lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+    ptx = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetPTX(prog, ptx)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    text = ptx.value.decode()
+    return re.sub(r"\.version \d+\.\d+", f".version {ptx_version}", text) if ptx_version else text
+
+
+def sm90_offline(source: Path, defines: dict) -> tuple[str, bytes]:
+    """(ptxas -v log, cubin) of `source` with `defines` for sm_90, built with no GPU: ptx_offline's PTX, lowered to
+    8.7, through Triton's bundled ptxas."""
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "k.ptx").write_text(ptx_offline(source, defines, ptx_version="8.7"))
+        log = subprocess.run([get_ptxas(90).path, "-arch=sm_90", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.cubin"],
+                             capture_output=True, text=True, check=True).stderr
+        return log, Path(tmp, "k.cubin").read_bytes()
