@@ -178,7 +178,7 @@ def _nf4_mv(cols, out, dev, mv_config):
 
 
 def _aqlm(cols, out, rows, dev, m, nbits, preference="auto"):
-    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, nbits, 8)
+    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, nbits, 8, codebooks=m)
     return _codebook_variant("aqlm_linear", aqlm_weights(cols, out, dev, m, nbits), ctx, preference)
 
 
@@ -208,6 +208,8 @@ def variants(cols, out, rows, dev):
     yield "nf4_dq_b64_triton", lambda: _nf4(cols, out, rows, dev, "triton")  # the Triton kernels by name
     yield "aqlm_2x8", lambda: _aqlm(cols, out, rows, dev, 2, 8)
     yield "aqlm_1x16", lambda: _aqlm(cols, out, rows, dev, 1, 16)
+    yield "aqlm_2x8_mma", lambda: _aqlm(cols, out, rows, dev, 2, 8, "cuda_mma")  # cuda_aqlm by name
+    yield "aqlm_2x8_lut", lambda: _aqlm(cols, out, rows, dev, 2, 8, "triton_lut")
     if rows == 1:  # the kernels auto does not take at one row
         yield "nf4_dq_b64_tc", lambda: _nf4(cols, out, rows, dev, "triton_tc")
         for name, mv_config in NF4_MV_CONFIGS.items():
@@ -217,7 +219,6 @@ def variants(cols, out, rows, dev):
         yield "nf4_dq_b64_ref", lambda: _nf4(cols, out, rows, dev, "reference")
         yield "nf4_dq_b64_mv", lambda: _nf4(cols, out, rows, dev, "triton_mv")
         yield "aqlm_2x8_ref", lambda: _aqlm(cols, out, rows, dev, 2, 8, "reference")
-        yield "aqlm_2x8_lut", lambda: _aqlm(cols, out, rows, dev, 2, 8, "triton_lut")
         yield "aqlm_1x16_gather", lambda: _aqlm(cols, out, rows, dev, 1, 16, "triton_gather")
 
 
@@ -237,8 +238,10 @@ def _int_variants(cols, out, rows, dev):
     yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, dev)
     yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, dev)
     yield "int2_g128_mma", lambda: _int_group_variant(cols, out, 2, rows, dev, "cuda_mma")
+    yield "int2_g128_triton", lambda: _int_group_variant(cols, out, 2, rows, dev, "triton")
     yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)
     yield "int8_weight_only_mma", lambda: _int8_variant(cols, out, rows, dev, preference="cuda_mma")
+    yield "int8_weight_only_triton", lambda: _int8_variant(cols, out, rows, dev, preference="triton")
     yield "w8a8", lambda: _w8a8_variant(cols, out, rows, dev)
 
 

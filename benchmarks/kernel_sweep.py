@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from kernel_bench import (_bf16_variant, _time_per_call, _torch_int4_variant, copy_bandwidth, fourbit_weights,
-                          int_group_weights, weight_copies)
+from kernel_bench import (_bf16_variant, _time_per_call, _torch_int4_variant, aqlm_weights, copy_bandwidth,
+                          fourbit_weights, int_group_weights, weight_copies)
 from lowbit.kernels import reference
+from lowbit.kernels.cuda_aqlm import aqlm_mma
 from lowbit.kernels.cuda_mma import FRAGMENT_ROWS, fourbit_mma, mma_matmul
 from lowbit.kernels.reference import int_group_linear
 from lowbit.kernels.triton_gemv import int_group_gemv
@@ -67,20 +68,27 @@ def mv_space(rows: int):
 def mma_space(rows: int):
     """Candidate launch shapes of the CUDA kernel (cuda_mma.cu), likeliest first: its default (choose_config),
     then (K inputs per warp, warps per block, output tiles per block, tiles loaded ahead, blocks a multiprocessor
-    must hold) with the activation fragments in shared memory (SMEM_X: 51-111 registers a thread at one row
+    must hold; 14 warps split K = 14336 into equal blocks) with the activation fragments in shared memory (SMEM_X: 51-111 registers a thread at one row
     fragment instead of 128-222, so 2-5 blocks share a multiprocessor), then the kern11 register shapes."""
     yield {}
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     smem = [(512, 8, 1, 1, 3), (256, 16, 2, 0, None), (256, 8, 4, 0, None), (256, 8, 2, 1, None), (512, 8, 2, 0, None),
             (256, 8, 8, 0, None), (256, 8, 4, 1, None), (256, 8, 4, 1, 3), (256, 8, 1, 1, None),
             (512, 8, 4, 0, None), (256, 16, 4, 0, None), (512, 4, 1, 1, None), (256, 4, 4, 0, None),
-            (1024, 4, 1, 1, None), (512, 8, 1, 0, None)]
+            (1024, 4, 1, 1, None), (512, 8, 1, 0, None), (256, 14, 4, 0, None), (512, 14, 4, 0, None)]
     for ks, warps, tiles, depth, blocks in smem:
         cfg = {"KS": ks, "WARPS": warps, "TILES": tiles, "DEPTH": depth, "SMEM_X": 1}
         yield cfg | ({"MIN_BLOCKS": blocks} if blocks else {})
     for ks, warps, tiles, depth in [(512, 8, 4, 1), (256, 8, 4, 1), (512, 8, 1, 1), (1024, 4, 1, 1), (256, 8, 2, 1)]:
         if ks * frags <= 1024:
             yield {"KS": ks, "WARPS": warps, "TILES": tiles, "DEPTH": depth, "SMEM_X": 0}
+
+
+def aqlm_space(rows: int):
+    """Launch shapes of the CUDA AQLM kernel (cuda_aqlm.cu): its default, then (warps, tiles of 16 outputs)."""
+    yield {}
+    for warps, tiles in [(8, 1), (8, 2), (8, 4), (4, 4), (4, 2), (16, 1), (16, 2), (4, 8)]:
+        yield {"WARPS": warps, "TILES": tiles}
 
 
 def _int8_weights(cols, out, dev):
@@ -90,9 +98,14 @@ def _int8_weights(cols, out, dev):
     return (q.view(torch.int32), scale, None), q.numel() + 2 * out
 
 
-def _problem(x, cols, out, bits, dev, path, signed8, nf4):
+def _problem(x, cols, out, bits, dev, path, signed8, nf4, aqlm=False):
     """(weight arguments, packed bytes, fp32 reference output, run(x, weights, config)) of one format: int_group
-    codes (g128), int8 weight-only (signed8) or NF4 with double-quantized absmax in blocks of 64 (nf4, mma only)."""
+    codes (g128), int8 weight-only (signed8), NF4 with double-quantized absmax in blocks of 64 (nf4, mma only) or
+    AQLM 2x8 (aqlm, the CUDA AQLM kernel)."""
+    if aqlm:
+        args, nbytes = aqlm_weights(cols, out, dev, 2, 8)
+        ref = reference.aqlm_linear(x.float(), *args, None)
+        return args, nbytes, ref, lambda x, w, cfg: aqlm_mma(x, *w, None, config=cfg)
     if nf4:
         args, nbytes = fourbit_weights(cols, out, dev)
         ref = reference.fourbit_linear(x.float(), *args, None)
@@ -109,9 +122,10 @@ def _problem(x, cols, out, bits, dev, path, signed8, nf4):
                                                                           config=cfg)
 
 
-def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, configs=None, nf4=False) -> list[dict]:
+def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, configs=None, nf4=False,
+               aqlm=False) -> list[dict]:
     x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
-    args, nbytes, ref, run = _problem(x, cols, out, bits, dev, path, signed8, nf4)
+    args, nbytes, ref, run = _problem(x, cols, out, bits, dev, path, signed8, nf4, aqlm)
     ws = weight_copies(args, nbytes)
     out_rows = []
     for label, build in (("bf16", lambda: _bf16_variant(cols, out, dev)), ("torch_int4", lambda: _torch_int4_variant(cols, out, dev))):
@@ -119,7 +133,7 @@ def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, c
         out_rows.append({"variant": label, "us": _time_per_call(lambda i: call(x, i), copies) * 1e6})
         del call
     start = time.time()
-    for space in (configs or {"mv": mv_space, "tc": tc_space, "mma": mma_space}[path](rows),):
+    for space in (configs or (aqlm_space if aqlm else {"mv": mv_space, "tc": tc_space, "mma": mma_space}[path])(rows),):
         for cfg in space:
             if time.time() - start > budget_s:
                 out_rows.append({"variant": "budget", "error": "cell time budget spent, rest skipped"})
@@ -134,7 +148,7 @@ def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, c
             out_rows.append(rec)
     bf16 = out_rows[0]["us"]
     for r in out_rows:
-        r.update(shape=f"{cols}x{out}", rows=rows, bits="nf4" if nf4 else "int8wo" if signed8 else bits)
+        r.update(shape=f"{cols}x{out}", rows=rows, bits="aqlm2x8" if aqlm else "nf4" if nf4 else "int8wo" if signed8 else bits)
         if "us" in r:
             r["x_bf16"] = bf16 / r["us"]
             r["GBps"] = (nbytes + x.numel() * 2 + rows * out * 2) / r["us"] / 1e3
@@ -149,12 +163,13 @@ def main(argv=None) -> int:
     p.add_argument("--signed8", action="store_true", help="int8 weight-only layout (implies --bits 8)")
     p.add_argument("--path", choices=["tc", "mv", "mma"], default="tc")
     p.add_argument("--nf4", action="store_true", help="NF4, double-quantized absmax in blocks of 64 (--path mma)")
+    p.add_argument("--aqlm", action="store_true", help="AQLM 2x8 on the CUDA AQLM kernel (--path mma)")
     p.add_argument("--cell-budget", type=float, default=40.0, help="seconds per cell")
     p.add_argument("--configs", type=json.loads, help="a JSON list of configurations to time instead of the space")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    if args.nf4 and args.path != "mma":
-        p.error("--nf4 sweeps the CUDA kernel's launch shapes: add --path mma")
+    if (args.nf4 or args.aqlm) and args.path != "mma":
+        p.error("--nf4 and --aqlm sweep the CUDA kernels' launch shapes: add --path mma")
     dev = torch.device("cuda")
     torch.manual_seed(0)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_GBps": copy_bandwidth(dev)}
@@ -164,7 +179,7 @@ def main(argv=None) -> int:
         cols, out = map(int, shape.split("x"))
         bits = 8 if args.signed8 else args.bits
         cell = sweep_cell(cols, out, rows, bits, dev, args.cell_budget, args.path, args.signed8, args.configs,
-                          args.nf4)
+                          args.nf4, args.aqlm)
         records += cell
         for r in cell:
             print(json.dumps(r), flush=True)

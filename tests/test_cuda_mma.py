@@ -160,12 +160,14 @@ def test_mma_kernel_says_why_it_cannot_run(change, reason):
 
 @pytest.mark.parametrize("op,bits,rows,taken", [
     ("int_group_linear", 4, 1, True), ("int_group_linear", 4, 8, True), ("int_group_linear", 4, 9, False),
-    ("int_group_linear", 2, 1, False), ("int_group_linear", 8, 1, False), ("int8_weight_linear", 8, 1, False),
+    ("int_group_linear", 2, 1, True), ("int_group_linear", 2, 8, True), ("int_group_linear", 2, 9, False),
+    ("int_group_linear", 8, 1, False), ("int8_weight_linear", 8, 1, False), ("int8_weight_linear", 8, 2, True),
+    ("int8_weight_linear", 8, 8, True), ("int8_weight_linear", 8, 9, False),
     ("fourbit_linear", 4, 1, True), ("fourbit_linear", 4, 8, True), ("fourbit_linear", 4, 9, False),
 ])
 def test_auto_takes_cuda_mma_where_timed_ahead(op, bits, rows, taken):
-    """Where the H100 runs timed it ahead of the Triton kernels (int4 up to one row fragment, kern11; NF4 up to
-    one row fragment, kern12); elsewhere a reason that names the Triton kernels."""
+    """Where the H100 runs timed it ahead of the Triton kernels (int4 up to one row fragment, kern11; NF4, kern12;
+    int2, and int8 weight-only from 2 to 8 rows, kern13); elsewhere a reason that names the Triton kernels."""
     from lowbit.kernels import select as select_module
 
     mma = next(c for c in select_module._CANDIDATES[op] if c.name == "cuda_mma")
@@ -189,6 +191,15 @@ def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
     assert cfg["WARPS"] <= math.ceil(cols / cfg["KS"])  # no warp of the first block starts past K
     assert cfg["TILES"] in (1, 2, 4) and cfg["WARPS"] <= 16
     assert out // 16 <= split_counters.N_COUNTERS * cfg["TILES"]
+
+
+@pytest.mark.parametrize("bits,cols,warps", [(4, 14336, 14), (2, 14336, 14), (4, 4096, 16), (2, 4096, 16)])
+def test_wide_shape_splits_k_into_equal_blocks(bits, cols, warps):
+    """At one row with 4 tiles a block, K's 256-input slices are shared by up to 16 warps so that every K block
+    holds as many: 56 slices of K = 14336 make 4 blocks of 14, not 16 + 16 + 16 + 8."""
+    cfg = cuda_mma.choose_config(bits, 1, cols, 4096 if cols > 4096 else 14336, 128, sms=132)
+    slices = cols // cfg["KS"]
+    assert (cfg["SMEM_X"], cfg["KS"], cfg["WARPS"]) == (1, 256, warps) and slices % cfg["WARPS"] == 0
 
 
 @pytest.mark.parametrize("rows", [1, 2, 8, 9, 16])

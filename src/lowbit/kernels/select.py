@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from lowbit.errors import LowbitError
-from lowbit.kernels import cpu, cuda_mma, reference, triton_ops
+from lowbit.kernels import cpu, cuda_aqlm, cuda_mma, reference, triton_ops
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class CallContext:
     dtype: torch.dtype | None = None  # activation dtype
     bits: int | None = None  # of the weight codes, for formats with a bit width
     group_size: int | None = None  # resolved group size of group-wise formats
+    codebooks: int | None = None  # AQLM's number of codebooks
 
 
 def always(_ctx: CallContext) -> str | None:
@@ -116,24 +117,33 @@ def _triton_aqlm(kernel: str, ctx: CallContext) -> str | None:
                                                             ctx.group_size or 0)
 
 
+def _cuda_mma_aqlm(ctx: CallContext) -> str | None:
+    return cuda_aqlm.unavailable(ctx.device, ctx.dtype, ctx.rows, ctx.in_features, ctx.out_features,
+                                 ctx.codebooks or 0, ctx.bits or 0, ctx.group_size or 0)
+
+
 def _cuda_mma_int_group(ctx: CallContext) -> str | None:
     return _int32_index(ctx) or cuda_mma.unavailable(ctx.device, ctx.dtype, ctx.bits, ctx.rows, ctx.in_features,
                                                      ctx.out_features, ctx.group_size or 0)
 
 
-def _mma_int4_few_rows(ctx: CallContext) -> str | None:
-    """Auto takes cuda_mma for int4 codes at up to 8 rows (one activation fragment). On an H100 (kern11) it ran
-    ahead of triton_mv on all five Llama-3-8B shapes at one row, and on an H200 ahead of the Triton kernels at 1
-    and 8 rows; at 16 rows, and at 2 bits on three of five shapes, the Triton kernels were faster."""
-    if ctx.bits != 4:
+def _mma_int_few_rows(ctx: CallContext) -> str | None:
+    """Auto takes cuda_mma for 2- and 4-bit codes at up to 8 rows (one activation fragment). On an H100, in one
+    run over the five Llama-3-8B shapes, int2 ran 2.16-3.46x bf16 at one row against the Triton kernels'
+    1.43-3.15x and 1.84-3.07x at 8 rows against 1.01-2.01x (kern13); int4 ran ahead of them at 1 and 8 rows
+    (kern11, kern12). At 16 rows the Triton tensor-core kernel was faster for int4."""
+    if ctx.bits not in (2, 4):
         return f"{ctx.bits}-bit codes: not shown faster than the Triton kernels (kern11); name cuda_mma to use it"
     return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "the Triton tensor-core kernel is faster", ctx)
 
 
-def _mma_int8_slower(_ctx: CallContext) -> str | None:
-    """int8 weight-only on cuda_mma ran at 1.20-1.55x bf16 at one row on an H100 against triton_mv's 1.27-1.86x,
-    ahead only on 4096x1024 (kern11): auto keeps the Triton kernels."""
-    return "slower than the Triton kernels on an H100: name cuda_mma to use it"
+def _mma_int8_few_rows(ctx: CallContext) -> str | None:
+    """int8 weight-only: auto takes cuda_mma from 2 to 8 rows, where the Triton kernel is the tensor-core one: on an
+    H100 at 8 rows 1.28-1.87x bf16 against its 0.87-1.45x on the five Llama-3-8B shapes (kern13). At one row
+    triton_mv was ahead on three of five (1.53-1.68x against 1.36-1.43x), so auto keeps it there."""
+    if ctx.rows == 1:
+        return "one row: the Triton matrix-vector kernel is faster on an H100 (kern13); name cuda_mma to use it"
+    return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "not timed against the Triton kernels (kern13)", ctx)
 
 
 def _cuda_mma_int8(ctx: CallContext) -> str | None:
@@ -162,7 +172,7 @@ _int8_rows_int_mm = partial(reference.int8_rows_matmul, int8_mm=reference.w8a8_l
 # Fastest first; the last entry of each op is the reference path and runs everywhere.
 _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int_group_linear": (
-        Candidate("cuda_mma", triton_ops.int_group_linear_mma, _cuda_mma_int_group, _mma_int4_few_rows),
+        Candidate("cuda_mma", triton_ops.int_group_linear_mma, _cuda_mma_int_group, _mma_int_few_rows),
         # at one row torch's tinygemm ran 9-30% faster than triton_mv on the H100 but holds a second, repacked
         # copy of the weights, so auto keeps lowbit's kernel; name torch_int4_cuda to get it
         Candidate("triton_mv", triton_ops.int_group_linear_mv, _triton_mv_int_group, _few_rows),
@@ -180,7 +190,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     ),
     "int_group_embedding": (Candidate("reference", reference.int_group_embedding, always),),
     "int8_weight_linear": (
-        Candidate("cuda_mma", triton_ops.int8_weight_linear_mma, _cuda_mma_int8, _mma_int8_slower),
+        Candidate("cuda_mma", triton_ops.int8_weight_linear_mma, _cuda_mma_int8, _mma_int8_few_rows),
         Candidate("triton_mv", triton_ops.int8_weight_linear_mv, _triton_int8_weight, _few_rows),
         Candidate("triton_tc", triton_ops.int8_weight_linear, _triton_int8_weight),
         Candidate("int8_cpu", cpu.int8_cpu_linear, cpu.int8_cpu_unavailable, prepare=cpu.prepare_int8_cpu),
@@ -194,6 +204,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
         Candidate("reference", reference.fourbit_linear, always),
     ),
     "aqlm_linear": (
+        Candidate("cuda_mma", triton_ops.aqlm_linear_mma, _cuda_mma_aqlm),
         Candidate("triton_lut", triton_ops.aqlm_linear_lut, partial(_triton_aqlm, "lut"), _lut_unsuited),
         Candidate("triton_gather", triton_ops.aqlm_linear_gather, partial(_triton_aqlm, "gather"), _few_rows_aqlm),
         Candidate("reference", reference.aqlm_linear, always),

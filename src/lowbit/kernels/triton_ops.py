@@ -212,7 +212,12 @@ def aqlm_mm(
     x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor],
     path: str,
 ) -> torch.Tensor:
-    """AQLM (formats.aqlm): x (rows, in) @ W^T + bias -> (rows, out); path "lut" (tables per call) or "gather"."""
+    """AQLM (formats.aqlm): x (rows, in) @ W^T + bias -> (rows, out); path "lut" (tables per call) or "gather"
+    (Triton), or "mma" (cuda_aqlm.cu: codebooks in shared memory, tensor cores)."""
+    if path == "mma":
+        from lowbit.kernels.cuda_aqlm import aqlm_mma
+
+        return aqlm_mma(x, codes, codebooks, scales, bias)
     from lowbit.kernels.triton_aqlm import aqlm_gemv
 
     return aqlm_gemv(x, codes, codebooks, scales, bias, path)
@@ -241,3 +246,7 @@ def aqlm_linear_lut(x, codes, codebooks, scales, bias):
 
 def aqlm_linear_gather(x, codes, codebooks, scales, bias):
     return aqlm_mm(x, codes, codebooks, scales, bias, "gather")
+
+
+def aqlm_linear_mma(x, codes, codebooks, scales, bias):
+    return aqlm_mm(x, codes, codebooks, scales, bias, "mma")

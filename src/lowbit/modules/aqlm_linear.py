@@ -38,7 +38,8 @@ class AQLMLinear(QuantizedLinear):
         return (self.codes, self.codebooks, self.scales)
 
     def format_context(self) -> dict[str, Any]:
-        return {"bits": self.layout.nbits, "group_size": self.layout.group_size}
+        return {"bits": self.layout.nbits, "group_size": self.layout.group_size,
+                "codebooks": self.layout.num_codebooks}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.run_kernel(x.reshape(-1, self.in_features))

@@ -1,0 +1,146 @@
+"""The CUDA tensor-core AQLM kernel (kernels/cuda_aqlm.cu) against an fp64 reference, and its selection.
+
+The kernel runs only on a CUDA GPU (NVRTC builds it there): those tests skip elsewhere. Its plan (modelled lane by
+lane from the PTX fragment layouts), its sm_90 build, the shape checks and the selector's reasons run everywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+import ptx_models
+import pytest
+import torch
+from kernel_checks import compile_and_capture, fresh_seed
+
+from lowbit.core.aqlm import AQLMWeights
+from lowbit.kernels import cuda_aqlm, nvrtc, reference, triton_ops
+from lowbit.kernels.select import CallContext, select
+from lowbit.modules import AQLMLinear
+
+CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not CUDA, reason="the CUDA AQLM kernel needs a CUDA GPU")
+DTYPES = (torch.float16, torch.bfloat16)
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def _layer(m: int, nbits: int, out: int, cols: int, bias: bool = True) -> AQLMLinear:
+    codes = torch.randint(0, 2**nbits, (out, cols // 8, m))  # (out, G, M)
+    w = AQLMWeights(codes, torch.randn(m, 2**nbits, 8) / m, torch.rand(out, 1) + 0.5, cols)
+    return AQLMLinear.from_weights(w, torch.randn(out) if bias else None)
+
+
+@gpu
+@pytest.mark.parametrize("m,nbits", [(2, 8), (1, 8), (2, 6)])
+@pytest.mark.parametrize("config", [None, {"TILES": 4, "WARPS": 4}, {"TILES": 2, "WARPS": 8}])
+def test_aqlm_mma_matches_reference(m, nbits, config):
+    """1x8, 2x8 and 2x6 codebooks, every row count to 8, fp16 and bf16, with and without bias, K over one warp and
+    over several slices a warp, outputs that leave the last block's tiles partly past N."""
+    seed = fresh_seed()
+    for cols, bias in ((256, False), (2560, True)):
+        layer = _layer(m, nbits, 16 * 5, cols, bias).to("cuda")
+        for rows, dtype in itertools.product((1, 2, 3, 7, 8), DTYPES):
+            x = torch.randn(rows, cols, device="cuda", dtype=dtype) * 3
+            ref = reference.aqlm_linear(x.double(), *layer.weight_args(), layer.bias.double() if bias else None)
+            y = cuda_aqlm.aqlm_mma(x, *layer.weight_args(), layer.bias, config)
+            assert y.dtype == dtype and torch.isfinite(y).all(), f"{m}x{nbits} rows={rows} {config} seed={seed}"
+            err = ((y.double() - ref).norm() / ref.norm()).item()
+            assert err < TOL[dtype], f"{m}x{nbits} K={cols} rows={rows} {dtype} {config} err={err:.2e} seed={seed}"
+
+
+@gpu
+def test_aqlm_auto_takes_the_kernel_up_to_8_rows_then_falls_back():
+    layer = _layer(2, 8, 64, 512).to("cuda")
+    for rows in (1, 8):
+        x = torch.randn(rows, 512, device="cuda", dtype=torch.bfloat16)
+        assert layer.kernel(x).name == "cuda_mma"
+        assert torch.equal(layer(x), cuda_aqlm.aqlm_mma(x, *layer.weight_args(), layer.bias))
+    assert layer.kernel(torch.randn(9, 512, device="cuda", dtype=torch.bfloat16)).name != "cuda_mma"
+    odd = _layer(2, 8, 64, 512 + 8).to("cuda")  # K not a multiple of 256
+    assert odd.kernel(torch.randn(1, 520, device="cuda", dtype=torch.bfloat16)).name != "cuda_mma"
+
+
+@gpu
+def test_aqlm_mma_opcheck_compile_and_graph_capture():
+    layer = _layer(2, 8, 16 * 8, 1024).to("cuda")
+    x = torch.randn(3, 1024, device="cuda", dtype=torch.bfloat16)
+    torch.library.opcheck(triton_ops.aqlm_mm, (x, *layer.weight_args(), layer.bias, "mma"),
+                          test_utils=("test_schema", "test_faketensor"))
+    layer.kernel_preference = "cuda_mma"
+    compile_and_capture(layer, x)
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"rows": 9}, "more than 8 rows"), ({"in_features": 264}, "multiple of 256"), ({"out_features": 40}, "of 16"),
+    ({"codebooks": 1, "bits": 16}, "<= 8 bits"), ({"group_size": 16}, "codewords of 16"),
+    ({"dtype": torch.float32}, "fp16/bf16"), ({"device": torch.device("cpu")}, "CUDA devices"),
+])
+def test_aqlm_mma_says_why_it_cannot_run(change, reason):
+    ctx = dict(device=torch.device("cuda", 0), dtype=torch.bfloat16, rows=1, in_features=512, out_features=64,
+               codebooks=2, bits=8, group_size=8) | change
+    got = cuda_aqlm.unavailable(**{k: ctx[k] for k in ("device", "dtype", "rows", "in_features", "out_features")},
+                                num_codebooks=ctx["codebooks"], nbits=ctx["bits"], group_size=ctx["group_size"])
+    assert got is not None and reason in got
+    if CUDA or ctx["device"].type == "cpu":
+        call = CallContext(ctx["device"], ctx["rows"], ctx["in_features"], ctx["out_features"], ctx["dtype"],
+                           ctx["bits"], ctx["group_size"], codebooks=ctx["codebooks"])
+        assert select("aqlm_linear", call, "auto").name != "cuda_mma"
+
+
+@pytest.mark.parametrize("m,bf16", [(2, True), (1, False)])
+def test_aqlm_plan_reproduces_the_product(m, bf16):
+    """One warp, one tile, one 256-input slice, modelled lane by lane as cuda_aqlm.cu feeds mma.sync: lane (g, t)
+    takes group 8t + p of outputs g and g + 8, its codebooks' codewords summed pair by pair (the A registers of
+    two k-steps) and the activations of that group as they lie (the B registers). The products must be the
+    format's. Codewords and activations are small integers, so every sum is exact in 16 bits."""
+    rng = np.random.default_rng(0)
+    dtype = np.float32 if bf16 else np.float16
+    books = rng.integers(-8, 8, (m, 256, 8)).astype(np.float64)  # (M, K, 8)
+    codes = rng.integers(0, 256, (16, 32, m))  # (out, G, M): one tile, one slice
+    x = rng.integers(-4, 4, (8, 256)).astype(np.float64)  # (rows, in)
+    w = books[np.arange(m), codes].sum(axis=2).reshape(16, 256)  # (out, in)
+
+    def regs(values):  # 8 values -> 4 registers of 16-bit pairs (low half first)
+        raw = np.asarray(values, dtype=dtype).view(np.uint32 if bf16 else np.uint16)
+        bits = (raw >> 16) if bf16 else raw
+        return [int(bits[2 * i]) | int(bits[2 * i + 1]) << 16 for i in range(4)]
+
+    acc = np.zeros((32, 4))
+    for p in range(8):
+        a_steps, b_steps = [[], []], [[], []]
+        for lane in range(32):
+            g, t = divmod(lane, 4)
+            j = 8 * t + p
+            wa = regs(books[np.arange(m), codes[g, j]].sum(axis=0))
+            wb = regs(books[np.arange(m), codes[g + 8, j]].sum(axis=0))
+            xs = regs(x[g, 8 * j: 8 * j + 8])
+            a_steps[0].append([wa[0], wb[0], wa[1], wb[1]]), b_steps[0].append(xs[:2])
+            a_steps[1].append([wa[2], wb[2], wa[3], wb[3]]), b_steps[1].append(xs[2:])
+        for s in range(2):
+            acc = ptx_models.mma_m16n8k16(a_steps[s], b_steps[s], acc, bf16)
+    y = w @ x.T  # (out, rows)
+    for lane in range(32):
+        g, t = divmod(lane, 4)
+        assert list(acc[lane]) == [y[g, 2 * t], y[g, 2 * t + 1], y[g + 8, 2 * t], y[g + 8, 2 * t + 1]]
+
+
+def _sm90(spec: dict) -> str:
+    pytest.importorskip("nvidia", reason="the sm_90 build needs the nvidia-cuda-nvrtc wheel")
+    pytest.importorskip("triton", reason="the sm_90 build needs Triton's ptxas")
+    try:
+        log, _ = nvrtc.sm90_offline(cuda_aqlm.SOURCE, spec)
+    except ImportError as err:
+        pytest.skip(str(err))
+    return log
+
+
+@pytest.mark.parametrize("cols,out", [(4096, 14336), (14336, 4096), (4096, 1024)])
+def test_chosen_specializations_build_for_sm90_without_spills(cols, out):
+    """The shapes auto picks for the Llama-3-8B layers compile, with no register spills and within 227 KB of shared
+    memory a block."""
+    spec = cuda_aqlm.specialization(2, cols, out, sms=132)
+    log = _sm90(spec)
+    assert re.search(r"Used \d+ registers", log) and not re.search(r"[1-9]\d* bytes spill", log), log
+    assert cuda_aqlm.shared_bytes(spec) <= 227 * 1024
