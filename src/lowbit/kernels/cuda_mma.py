@@ -71,9 +71,9 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     tiles (2- and 4-bit codes), else 512; 4 tiles a block where that still fills a wave of blocks, else 1
     (kern11 run 1). Where that gives 4 tiles, 2- and 4-bit codes at one row and NF4 up to 8 rows take up to 16
     warps of 256-input slices with nothing ahead and the activations in shared memory (64 registers: 32 warps a
-    multiprocessor instead of 8; int4 1.06-1.12x faster than the register shape, kern12; int2 1.09-1.19x,
+    multiprocessor instead of 8; int4 1.06-1.12x faster than the register shape, kern12; int2 1.09-1.15x,
     kern13), as many warps as split K into equal blocks (14 for K = 14336: 16 left the last of 4 blocks half
-    idle; int4 2.56x bf16 against 2.45x, kern13); int4 at 8 rows kept the register shapes (faster there). Two
+    idle; int4 2.54-2.56x bf16 against kern12's 2.45x at 16); int4 at 8 rows kept the register shapes. Two
     row fragments take 256-input slices in registers (their activations need twice the registers; 16 rows of
     shared fragments would overflow shared memory at 16 warps)."""
     words = words_per_thread(bits, in_features, group_size)

@@ -130,8 +130,9 @@ def _cuda_mma_int_group(ctx: CallContext) -> str | None:
 def _mma_int_few_rows(ctx: CallContext) -> str | None:
     """Auto takes cuda_mma for 2- and 4-bit codes at up to 8 rows (one activation fragment). On an H100, in one
     run over the five Llama-3-8B shapes, int2 ran 2.16-3.46x bf16 at one row against the Triton kernels'
-    1.43-3.15x and 1.84-3.07x at 8 rows against 1.01-2.01x (kern13); int4 ran ahead of them at 1 and 8 rows
-    (kern11, kern12). At 16 rows the Triton tensor-core kernel was faster for int4."""
+    1.43-3.15x and 1.84-3.07x at 8 rows against 1.01-2.01x (kern13 run 2; 2.21-3.98x at one row with the wide
+    shape since, run 3); int4 ran ahead of them at 1 and 8 rows (kern11, kern12). At 16 rows the Triton
+    tensor-core kernel was faster for int4."""
     if ctx.bits not in (2, 4):
         return f"{ctx.bits}-bit codes: not shown faster than the Triton kernels (kern11); name cuda_mma to use it"
     return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "the Triton tensor-core kernel is faster", ctx)
@@ -139,8 +140,9 @@ def _mma_int_few_rows(ctx: CallContext) -> str | None:
 
 def _mma_int8_few_rows(ctx: CallContext) -> str | None:
     """int8 weight-only: auto takes cuda_mma from 2 to 8 rows, where the Triton kernel is the tensor-core one: on an
-    H100 at 8 rows 1.28-1.87x bf16 against its 0.87-1.45x on the five Llama-3-8B shapes (kern13). At one row
-    triton_mv was ahead on three of five (1.53-1.68x against 1.36-1.43x), so auto keeps it there."""
+    H100 over the five Llama-3-8B shapes, 1.37-1.89x bf16 at 2 rows against its 0.91-1.46x (kern13 run 3) and
+    1.28-1.87x at 8 rows against 0.87-1.45x (run 2). At one row triton_mv was ahead on three of five (1.53-1.68x
+    against 1.36-1.43x, run 2), so auto keeps it there."""
     if ctx.rows == 1:
         return "one row: the Triton matrix-vector kernel is faster on an H100 (kern13); name cuda_mma to use it"
     return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "not timed against the Triton kernels (kern13)", ctx)
