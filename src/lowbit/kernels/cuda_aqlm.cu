@@ -17,9 +17,8 @@
 // A block of WARPS warps covers TILES tiles of 16 outputs and all of K: warp w takes 256-input slices w,
 // w + WARPS, ... (their activations and codes in registers), the warps' sums meet in shared memory, and the block
 // scales and writes them. Compile-time settings (-D): BF16 (activations bf16, else fp16), M, WARPS, TILES.
-
-typedef unsigned int u32;
-typedef unsigned short u16;
+//
+// The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 
 #define SLICE_GROUPS 32           // groups of 8 inputs a warp slice: 8 for each of a quad's 4 threads
 #define SLICE (SLICE_GROUPS * 8)  // inputs a warp slice
@@ -40,32 +39,6 @@ __device__ __forceinline__ u32 add_pair(u32 a, u32 b) {  // a + b, two 16-bit va
   asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(ONES), "r"(b));
 #endif
   return r;
-}
-
-__device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#if BF16
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-#else
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-#endif
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ u16 f32_act(float f) {  // fp32 -> the activations' 16-bit type, round to nearest
-  u16 h;
-#if BF16
-  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
-#else
-  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-#endif
-  return h;
-}
-
-__device__ __forceinline__ float half_f32(u16 h) {
-  float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-  return f;
 }
 
 // A row's codes of this thread's 8 groups in a slice (8 M bytes), read-only path, not kept in L1.

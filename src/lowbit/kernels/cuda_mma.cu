@@ -49,9 +49,8 @@
 // slice take 64 registers a thread, most of them zeros at one row, and registers allowed one 8-warp block per
 // multiprocessor: kern11), and optionally MIN_BLOCKS (blocks per multiprocessor that the register use must
 // allow). Shared memory is dynamic: the launch passes shared_bytes(...) (cuda_mma.py).
-
-typedef unsigned int u32;
-typedef unsigned short u16;
+//
+// The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 
 #define CODES (32 / BITS)     // inputs per word
 #define XREGS (CODES / 2)     // B registers per word (pairs of activations)
@@ -112,32 +111,6 @@ __device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 sel) {
   u32 r;
   asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
   return r;
-}
-
-__device__ __forceinline__ float half_f32(u16 h) {  // fp16 -> fp32 (the qparams are fp16)
-  float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-  return f;
-}
-
-__device__ __forceinline__ u16 f32_act(float f) {  // fp32 -> the activations' 16-bit type, round to nearest
-  u16 h;
-#if BF16
-  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
-#else
-  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-#endif
-  return h;
-}
-
-__device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#if BF16
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-#else
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-#endif
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 struct alignas(CODES < 8 ? 2 * CODES : 16) Acts { u32 v[CODES / 2]; };  // one word's 16-bit activations

@@ -14,6 +14,13 @@ from typing import Callable
 
 import torch
 
+COMMON = Path(__file__).with_name("cuda_common.cuh")  # compiled ahead of each kernel's source
+
+
+def full_source(source: Path) -> str:
+    """The text NVRTC compiles for `source`: the shared definitions, then the kernel."""
+    return COMMON.read_text() + "\n" + source.read_text()
+
 
 @functools.lru_cache(maxsize=None)
 def kernel(device_index: int, source: Path, entry: str, defines: tuple, shared: int):
@@ -21,7 +28,7 @@ def kernel(device_index: int, source: Path, entry: str, defines: tuple, shared: 
     capability and loaded on it, allowed `shared` bytes of dynamic shared memory (capped at the device's limit)."""
     options = ["-std=c++17"] + [f"-D{k}={int(v)}" for k, v in defines]
     with torch.cuda.device(device_index):
-        built = torch.cuda._compile_kernel(source.read_text(), entry, nvcc_options=options)
+        built = torch.cuda._compile_kernel(full_source(source), entry, nvcc_options=options)
         most = min(shared, shared_limit(device_index))
         if most >= 48 * 1024:  # above the default limit: opt in (up to the device's 227 KB on an H100)
             built.set_shared_memory_config(most)
@@ -73,7 +80,7 @@ def ptx_offline(source: Path, defines: dict, ptx_version: str | None = None) -> 
     ctypes.CDLL(glob.glob(libs[0] + "/libnvrtc-builtins.so*")[0])  # NVRTC finds it by name when it compiles
     lib = ctypes.CDLL(sorted(glob.glob(libs[0] + "/libnvrtc.so*"))[0])
     prog = ctypes.c_void_p()
-    lib.nvrtcCreateProgram(ctypes.byref(prog), source.read_bytes(), source.name.encode(), 0, None, None)
+    lib.nvrtcCreateProgram(ctypes.byref(prog), full_source(source).encode(), source.name.encode(), 0, None, None)
     options = [b"--gpu-architecture=compute_90", b"-std=c++17"] + [f"-D{k}={int(v)}".encode()
                                                                    for k, v in defines.items()]
     failed = lib.nvrtcCompileProgram(prog, len(options), (ctypes.c_char_p * len(options))(*options))
