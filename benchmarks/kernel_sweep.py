@@ -4,8 +4,8 @@
 
 For each (shape, rows) cell it times bf16 cuBLAS, torch's int4 kernel and every candidate configuration
 of `_mm_tc` (--path tc), of the matrix-vector `_gemv` (--path mv; --bits 8 --signed8 is the int8
-weight-only layout) or of the CUDA tensor-core kernel (--path mma, cuda_mma; --nf4 for its NF4 path) side by
-side (benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that overflow L2, do_bench median),
+weight-only layout) or of the CUDA tensor-core kernels (--path mma: cuda_mma; --nf4 its NF4 path; --aqlm
+cuda_aqlm with AQLM 2x8) side by side (benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that overflow L2, do_bench median),
 checks each configuration once against an fp32 reference, and prints the best per cell. The tuned table in
 kernels/triton_int.py (tc_config) comes from its output.
 """
@@ -68,8 +68,9 @@ def mv_space(rows: int):
 def mma_space(rows: int):
     """Candidate launch shapes of the CUDA kernel (cuda_mma.cu), likeliest first: its default (choose_config),
     then (K inputs per warp, warps per block, output tiles per block, tiles loaded ahead, blocks a multiprocessor
-    must hold; 14 warps split K = 14336 into equal blocks) with the activation fragments in shared memory (SMEM_X: 51-111 registers a thread at one row
-    fragment instead of 128-222, so 2-5 blocks share a multiprocessor), then the kern11 register shapes."""
+    must hold; 14 warps split K = 14336 into equal blocks) with the activation fragments in shared memory
+    (SMEM_X: 51-111 registers a thread at one row fragment instead of 128-222, so 2-5 blocks share a
+    multiprocessor), then the kern11 register shapes."""
     yield {}
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     smem = [(512, 8, 1, 1, 3), (256, 16, 2, 0, None), (256, 8, 4, 0, None), (256, 8, 2, 1, None), (512, 8, 2, 0, None),
@@ -148,7 +149,8 @@ def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, c
             out_rows.append(rec)
     bf16 = out_rows[0]["us"]
     for r in out_rows:
-        r.update(shape=f"{cols}x{out}", rows=rows, bits="aqlm2x8" if aqlm else "nf4" if nf4 else "int8wo" if signed8 else bits)
+        label = "aqlm2x8" if aqlm else "nf4" if nf4 else "int8wo" if signed8 else bits
+        r.update(shape=f"{cols}x{out}", rows=rows, bits=label)
         if "us" in r:
             r["x_bf16"] = bf16 / r["us"]
             r["GBps"] = (nbytes + x.numel() * 2 + rows * out * 2) / r["us"] / 1e3

@@ -102,8 +102,9 @@ def aqlm_mma(x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scal
     entries, group = codebooks.shape[1:]
     nbits = max(1, math.ceil(math.log2(entries)))
     reason = shape_unsupported(rows, cols, out_features, m, nbits, group)
-    if reason is not None or codes.dtype != torch.uint8 or codebooks.dtype != torch.float16:
-        raise ValueError(f"the tensor-core AQLM kernel: {reason or 'it takes uint8 codes and fp16 codebooks'}")
+    dtypes = (codes.dtype, codebooks.dtype, scales.dtype)
+    if reason is not None or dtypes != (torch.uint8, torch.float16, torch.float16):
+        raise ValueError(f"the tensor-core AQLM kernel: {reason or 'it takes uint8 codes, fp16 codebooks and scales'}")
     device = x.device
     spec = specialization(m, cols, out_features, nvrtc.multiprocessors(device.index), x.dtype == torch.bfloat16,
                           config)
