@@ -36,8 +36,9 @@ from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A
 from lowbit.modules.plan import kernel_summary
 
 LLAMA3_8B = dict(hidden=4096, inter=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
-FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int3_g128", "int2_g128", "int2_g128_mma",
-           "int8_weight_only", "int8_weight_only_mma", "w8a8", "torch_int4_g128", "nf4_dq_b64", "aqlm_2x8"]
+FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int3_g128", "int3_g128_mma", "int2_g128",
+           "int2_g128_mma", "int8_weight_only", "int8_weight_only_mma", "w8a8", "torch_int4_g128", "nf4_dq_b64",
+           "aqlm_2x8"]
 # *_mma: the CUDA tensor-core kernel by name; *_triton: the Triton kernels by name; else auto's choice
 MODES = ["eager", "compiled"]
 SDPA_BACKENDS = ["default", "math", "flash", "efficient", "cudnn"]

@@ -236,6 +236,7 @@ def _int_variants(cols, out, rows, dev):
         yield "int4_g128_pf2", lambda: _int_group_variant(cols, out, 4, rows, dev, gemv_config=TWO_TILES_AHEAD)
         yield "int8_weight_only_pf2", lambda: _int8_variant(cols, out, rows, dev, gemv_config=TWO_TILES_AHEAD)
     yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, dev)
+    yield "int3_g128_mma", lambda: _int_group_variant(cols, out, 3, rows, dev, "cuda_mma")  # PLAN3, by name
     yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, dev)
     yield "int2_g128_mma", lambda: _int_group_variant(cols, out, 2, rows, dev, "cuda_mma")
     yield "int2_g128_triton", lambda: _int_group_variant(cols, out, 2, rows, dev, "triton")

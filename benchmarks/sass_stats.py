@@ -116,8 +116,9 @@ def cuda_mma_stats(overrides: dict) -> dict:
 
     rows, cols, out = overrides.pop("rows", 1), overrides.pop("cols", 4096), overrides.pop("out", 14336)
     bits = overrides.pop("BITS", 4)
-    group = overrides.pop("G", 128 if bits == 4 else cols)
-    cfg = specialization(bits, rows, cols, out, group, 132, has_zero=bits == 4, signed8=bits == 8, config=overrides)
+    group = overrides.pop("G", 128 if bits in (3, 4) else cols)
+    cfg = specialization(bits, rows, cols, out, group, 132, has_zero=bits in (3, 4), signed8=bits == 8,
+                         config=overrides)
     info, cubin = sm90_offline(cfg)
     ops = _opcodes(get_sass(cubin).splitlines())
     per_thread = cfg["TILES"] * 16 * cfg["KS"] / 32  # weights

@@ -62,7 +62,7 @@ def _check(layer, ref_w, call, rows, dtype, seed, config=None) -> None:
 @pytest.mark.parametrize("bits,cols,group,symmetric", [
     (4, 4096, 128, False), (4, 5120, 128, True), (4, 384, 64, False), (4, 1056, 32, False), (4, 2048, -1, False),
     (8, 4096, 128, False), (8, 2048, -1, True), ("int8", 4096, -1, True), ("int8", 1008, -1, True),
-    (2, 4096, 128, False), (2, 1088, 64, True),
+    (2, 4096, 128, False), (2, 1088, 64, True), (3, 4096, 128, False), (3, 1152, 128, True), (3, 2048, -1, False),
 ])
 @pytest.mark.parametrize("smem_x", [0, 1])
 def test_mma_kernel_matches_reference(bits, cols, group, symmetric, smem_x):
@@ -70,7 +70,8 @@ def test_mma_kernel_matches_reference(bits, cols, group, symmetric, smem_x):
     with and without bias; int4 with K in one block (4096), in two blocks with idle warps and the fix-up
     (5120), in one warp (384), with 2- and 1-word chunks (groups of 64 and 32) and per-channel scales; 8-bit
     group-wise codes and int8 weight-only (signed codes, one scale a row; 1008 inputs: 1-word chunks); 2-bit
-    codes (1088 inputs: 1-word chunks). Activation fragments in registers and in shared memory (SMEM_X)."""
+    codes (1088 inputs: 1-word chunks); 3-bit codes (GPTQ's stream, PLAN3; 1152 inputs: K in 9 chunks).
+    Activation fragments in registers and in shared memory (SMEM_X)."""
     seed = fresh_seed()
     out = 16 * 37  # no multiple of the blocks' 2 or 4 tiles
     for bias in (True, False):
@@ -144,7 +145,7 @@ def _ctx(rows=1, cols=4096, out=4096, bits=4, group=128, dtype=torch.bfloat16, d
 
 
 @pytest.mark.parametrize("change,reason", [
-    ({"bits": 3}, "take 2, 4, 8-bit codes"), ({"rows": 17}, "more than 16 rows"), ({"out": 4100}, "multiple of 16"),
+    ({"bits": 5}, "take 2, 3, 4, 8-bit codes"), ({"bits": 3, "group": 64}, "multiples of 128"), ({"rows": 17}, "more than 16 rows"), ({"out": 4100}, "multiple of 16"),
     ({"cols": 4112}, "multiples of 32"), ({"group": 48}, "multiples of 32"), ({"group": 96}, "power of two"),
     ({"bits": 8, "cols": 4104}, "multiples of 16"), ({"dtype": torch.float32}, "fp16/bf16"),
     ({"device": "cpu"}, "run on CUDA devices"),
@@ -161,6 +162,7 @@ def test_mma_kernel_says_why_it_cannot_run(change, reason):
 @pytest.mark.parametrize("op,bits,rows,taken", [
     ("int_group_linear", 4, 1, True), ("int_group_linear", 4, 8, True), ("int_group_linear", 4, 9, False),
     ("int_group_linear", 2, 1, True), ("int_group_linear", 2, 8, True), ("int_group_linear", 2, 9, False),
+    ("int_group_linear", 3, 1, False),
     ("int_group_linear", 8, 1, False), ("int8_weight_linear", 8, 1, False), ("int8_weight_linear", 8, 2, True),
     ("int8_weight_linear", 8, 8, True), ("int8_weight_linear", 8, 9, False),
     ("fourbit_linear", 4, 1, True), ("fourbit_linear", 4, 8, True), ("fourbit_linear", 4, 9, False),
@@ -179,13 +181,13 @@ def test_auto_takes_cuda_mma_where_timed_ahead(op, bits, rows, taken):
 @pytest.mark.parametrize("bits,rows,cols,out,group", [
     (4, 1, 4096, 14336, 128), (4, 16, 14336, 4096, 128), (4, 3, 384, 48, 64), (4, 9, 2048, 128256, -1),
     (4, 1, 4096, 1024, 32), (8, 1, 4096, 14336, -1), (8, 12, 14336, 4096, 128), (8, 1, 1008, 64, -1),
-    (2, 1, 4096, 14336, 128), (2, 16, 1088, 64, 64),
+    (2, 1, 4096, 14336, 128), (2, 16, 1088, 64, 64), (3, 1, 4096, 14336, 128), (3, 9, 1152, 64, 128),
 ])
 def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
     """The chosen shape compiles (a slice holds whole chunks, chunks lie in one group) and covers K."""
     group = cols if group == -1 else group
     cfg = cuda_mma.choose_config(bits, rows, cols, out, group, sms=132)
-    chunk = 4 * cfg["U"] * 32 // bits
+    chunk = 4 * cfg["U"] * cuda_mma.codes_per_word(bits)
     assert cfg["KS"] % chunk == 0 and (group % chunk == 0 or group >= cols) and cols % chunk == 0
     assert cfg["R8"] == (1 if rows <= 8 else 2)
     assert cfg["WARPS"] <= math.ceil(cols / cfg["KS"])  # no warp of the first block starts past K
@@ -203,7 +205,8 @@ def test_wide_shape_splits_k_into_equal_blocks(bits, cols, warps):
 
 
 @pytest.mark.parametrize("rows", [1, 2, 8, 9, 16])
-@pytest.mark.parametrize("bits,group,table", [(4, 128, False), (2, 128, False), (8, -1, False), (4, 64, True)])
+@pytest.mark.parametrize("bits,group,table", [(4, 128, False), (2, 128, False), (3, 128, False), (8, -1, False),
+                                              (4, 64, True)])
 def test_chosen_shapes_fit_shared_memory(rows, bits, group, table):
     """Every launch shape auto picks for the Llama-3-8B layers fits an H100's 227 KB of shared memory a block at
     every row count (kern12's first NF4 shape at 16 rows asked for 240 KB and failed to launch)."""
@@ -222,6 +225,7 @@ def _needs_offline_build() -> None:
 @pytest.mark.parametrize("bits,rows,cols,out,group", [
     (4, 1, 4096, 14336, 128), (4, 16, 14336, 4096, 128), (4, 1, 4096, 128256, 128), (2, 1, 4096, 14336, 128),
     (2, 16, 4096, 4096, 64), (8, 1, 4096, 14336, -1), (8, 9, 14336, 4096, -1), (8, 1, 4096, 4096, 128),
+    (3, 1, 4096, 14336, 128), (3, 8, 4096, 4096, 128), (3, 16, 14336, 4096, 128),
 ])
 @pytest.mark.parametrize("bf16", [True, False])
 def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, bf16):
@@ -293,9 +297,43 @@ def _pairs(word: int, magic: int, flip: bool, bits: int = 4) -> int:
     return ptx_models.lop3(word, (2**bits - 1) * 0x00010001, magic, 0xEA)
 
 
-def _steps(bits: int, wa: int, wb: int, v: list[int], magic: int, signed8: bool, lut: list[int] | None = None):
-    """(plane, A registers, B registers) of one word's mma steps, as cuda_mma.cu builds them (plane 1: the high
-    nibbles of 8-bit codes; lut: NF4/FP4's byte-pair table)."""
+def _plan3() -> list[tuple[int, ...]]:
+    """cuda_mma.cu's PLAN3, read from its source: (window s, low code a, its bit p, high code b, its bit 16 + p2)."""
+    text = cuda_mma.SOURCE.read_text()
+    body = text[text.index("#define PLAN3(X)"):]
+    return [tuple(map(int, m)) for m in re.findall(r"X\((\d+), (\d+), (\d+), (\d+), (\d+)\)", body[:body.index("\n\n")])]
+
+
+def _scaled(half: int, p: int, bf16: bool) -> int:
+    """A 16-bit activation times 2^-p, as 16 bits of the same type (cuda_mma.cu's act_scaled)."""
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    value = torch.tensor([half], dtype=torch.int32).to(torch.int16).view(dtype).float() / 2**p
+    return int(value.to(dtype).view(torch.int16).to(torch.int32)[0]) & 0xFFFF
+
+
+def _steps3(wa: list[int], wb: list[int], v: list[int], magic: int, bf16: bool):
+    """(plane 0, A registers, B registers, A of the plain sums) of a 3-bit unit's 8 steps, by PLAN3: each pair's
+    window of the unit's 96 bits, one lop3 with the pair's mask; the activations scaled by 2^-p."""
+    units = [sum(w << (32 * i) for i, w in enumerate(ws)) for ws in (wa, wb)]
+    half = lambda i: (v[i >> 1] >> (16 * (i & 1))) & 0xFFFF  # noqa: E731
+    one = {p: _scaled(0x3F80 if bf16 else 0x3C00, -p, bf16) for p in range(5)}  # 2^p in 16 bits
+    pairs = []
+    for s, a, p, b, p2 in _plan3():
+        mask = 7 << p | 7 << (16 + p2)
+        regs = [ptx_models.lop3((u >> s) & 0xFFFFFFFF, mask, magic, 0xEA) for u in units]
+        pairs.append((regs, _scaled(half(a), p, bf16) | _scaled(half(b), p2, bf16) << 16, one[p] | one[p2] << 16))
+    for q in range(8):
+        (ra, x0, p0), (rb, x1, p1) = pairs[2 * q], pairs[2 * q + 1]
+        yield 0, [ra[0], ra[1], rb[0], rb[1]], [x0, x1], [p0, p0, p1, p1]
+
+
+def _steps(bits: int, wa, wb, v: list[int], magic: int, signed8: bool, lut: list[int] | None = None,
+           bf16: bool = False):
+    """(plane, A registers, B registers[, A of the plain sums]) of one word's mma steps, as cuda_mma.cu builds them
+    (plane 1: the high nibbles of 8-bit codes; lut: NF4/FP4's byte-pair table; 3 bits: a unit's words)."""
+    if bits == 3:
+        yield from _steps3(wa, wb, v, magic, bf16)
+        return
     if lut is not None:  # a byte's pair from the table, the activations as they lie
         for q in range(2):
             a = [lut[(w >> s) & 0xFF] for w, s in ((wa, 16 * q), (wb, 16 * q), (wa, 16 * q + 8), (wb, 16 * q + 8))]
@@ -325,7 +363,7 @@ def _plan_model(qweight, scale, zero, x, bits: int, group: int, words: int, slic
     xs = x.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)  # (rows, K) 16-bit patterns
     magic, offset = (0x43004300, 128.0) if bf16 else (0x64006400, 1024.0)
     ones = 0x3F803F80 if bf16 else 0x3C003C00
-    codes = 32 // bits
+    codes, unit = cuda_mma.codes_per_word(bits), 3 if bits == 3 else 1
     plane_offset, sym_zero = (17 * offset if bits == 8 else offset), 2.0 ** (bits - 1)
     rows, K = xs.shape
     chunk = 4 * words * codes
@@ -333,23 +371,26 @@ def _plan_model(qweight, scale, zero, x, bits: int, group: int, words: int, slic
     tiles, frags = range(w.shape[0] // 16), range(math.ceil(rows / 8))
     for tile, k0, r in itertools.product(tiles, range(0, K, slice_k), frags):
         for kc in range(k0, min(k0 + slice_k, K), chunk):  # a chunk per correction (group >= chunk here)
-            acc, sums = np.zeros((2, 32, 4)), np.zeros((32, 4))
+            acc, sums, plain = np.zeros((2, 32, 4)), np.zeros((32, 4)), np.zeros((32, 4))
             for j in range(words):
                 regs = []
                 for lane in range(32):
                     g, t = divmod(lane, 4)
-                    word = kc // codes + words * t + j
+                    word = (kc // codes + words * t + j) * unit
                     m, k = 8 * r + g, kc + codes * (words * t + j)
                     v = [0] * (codes // 2) if m >= rows else [int(xs[m, k + 2 * i]) | int(xs[m, k + 2 * i + 1]) << 16
                                                               for i in range(codes // 2)]
-                    regs.append(list(_steps(bits, int(w[tile * 16 + g, word]), int(w[tile * 16 + g + 8, word]), v,
-                                            magic, signed8, lut)))
+                    wa, wb = ([int(u) for u in w[row, word:word + unit]] for row in (tile * 16 + g, tile * 16 + g + 8))
+                    regs.append(list(_steps(bits, *(wa, wb) if bits == 3 else (wa[0], wb[0]), v, magic, signed8, lut,
+                                            bf16)))
                 for step in range(len(regs[0])):
                     plane = regs[0][step][0]
                     a, b = [lane_regs[step][1] for lane_regs in regs], [lane_regs[step][2] for lane_regs in regs]
                     acc[plane] = ptx_models.mma_m16n8k16(a, b, acc[plane], bf16)
                     if plane == 0:
                         sums = ptx_models.mma_m16n8k16([[ones] * 4] * 32, b, sums, bf16)
+                    if bits == 3:  # 2^p in A: the plain activations' sums
+                        plain = ptx_models.mma_m16n8k16([lane_regs[step][3] for lane_regs in regs], b, plain, bf16)
             for lane in range(32):
                 g, t = divmod(lane, 4)
                 for e in range(4):
@@ -358,7 +399,9 @@ def _plan_model(qweight, scale, zero, x, bits: int, group: int, words: int, slic
                     z = float(zero[n, kc // group]) if zero is not None else sym_zero
                     if lut is not None:
                         z, plane_offset = 0.0, 0.0  # the products are the weights' own
-                    if m < rows:
+                    if m < rows and bits == 3:  # the offset meets the scaled activations, the zero the plain ones
+                        y[m, n] += s * (acc[0, lane, e] - offset * sums[lane, e & 1] - z * plain[lane, e & 1])
+                    elif m < rows:
                         y[m, n] += s * (acc[0, lane, e] + 16 * acc[1, lane, e] - (plane_offset + z) * sums[lane, e & 1])
     return y
 
@@ -367,6 +410,7 @@ def _plan_model(qweight, scale, zero, x, bits: int, group: int, words: int, slic
     (4, torch.bfloat16, 4, 128, 3, False), (4, torch.float16, 2, 64, 9, True), (4, torch.bfloat16, 1, 32, 1, False),
     (8, torch.bfloat16, 2, 64, 2, False), (8, torch.float16, 1, 32, 1, True), ("int8", torch.bfloat16, 4, -1, 3, True),
     (2, torch.bfloat16, 2, 128, 3, False), (2, torch.float16, 1, 64, 9, True),
+    (3, torch.bfloat16, 1, 128, 3, False), (3, torch.float16, 1, 128, 9, True),
 ])
 def test_kernel_plan_reproduces_the_product(bits, dtype, words, group, rows, symmetric):
     """The kernels' data plan (canonical words -> mma fragments -> corrected sums) modelled on the CPU from the

@@ -1,4 +1,4 @@
-// Integer weights times up to 16 activation rows on tensor cores: group-wise 2-, 4- and 8-bit codes
+// Integer weights times up to 16 activation rows on tensor cores: group-wise 2-, 3-, 4- and 8-bit codes
 // (formats.int_group), int8 weight-only (formats.int8_rows) and NF4/FP4 (formats.nf4), each in its
 // canonical layout.
 //
@@ -18,6 +18,16 @@
 // 2 and 4 bits: code i of a word (CODES = 32 / BITS of them) is input kw + i. The word makes CODES / 4 mma
 // k-steps q: the A pairs (codes 2q, 2q + CODES / 2) and (2q + 1, 2q + 1 + CODES / 2), one lop3 each after a
 // shift, and the B pairs of the same inputs, built once per launch with prmt.
+// 3 bits (GPTQ's stream: 32 codes fill a unit of 3 words, code i at bits 3i .. 3i + 2; a "word" below is a
+// unit, CODES = 32): no shift puts two codes 16 bits apart, but the magic conversion works at any mantissa
+// position: a code at bits p .. p + 2 of a half reads as OFFSET + code 2^p. PLAN3 pairs the 32 codes so that
+// each pair lies in one 32-bit window of the unit (9 funnel shifts a unit and row), its low code at bit
+// p <= 4 and its high code at 16 + p2 (p2 <= 4; bf16 keeps 7 mantissa bits), one lop3 a pair with its own
+// mask. The activation of an input whose code sits at 2^p is scaled by 2^-p when the B pairs are built
+// (exact in 16 bits), so the products are the codes' own; the offset then meets the scaled activations and
+// the zero the plain ones (a second sum, from an mma with 2^p in A):
+//
+//     3 bits: y[n, m] += s[n] * (sum_k (OFFSET + c 2^p) x 2^-p - OFFSET sum_k x 2^-p - z[n] sum_k x).
 // 8 bits: byte i of the word is input kw + i, a code u = lo + 16 hi with nibbles lo and hi (int8 weight-only's
 // signed codes c, SIGNED8, become u = c ^ 0x80 = c + 128 by flipping hi's top bit in the same lop3). bf16
 // holds only 7-bit magic offsets, so the bytes go through the tensor cores as nibble planes sharing one B
@@ -52,7 +62,13 @@
 //
 // The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 
+#if BITS == 3
+#define CODES 32              // inputs per unit of 3 words
+#define UNIT_WORDS 3
+#else
 #define CODES (32 / BITS)     // inputs per word
+#define UNIT_WORDS 1
+#endif
 #define XREGS (CODES / 2)     // B registers per word (pairs of activations)
 #define CK (4 * U * CODES)    // inputs per chunk (4 threads x U words)
 #define NCH (KS / CK)         // chunks per warp slice
@@ -113,6 +129,45 @@ __device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 sel) {
   return r;
 }
 
+#if BITS == 3
+// Pair j of a unit: X(window s, low code a at bit p of it, high code b at bit 16 + p2). Pair 2q feeds k-step q's
+// first A registers (k columns 2t, 2t + 1), pair 2q + 1 its second (2t + 8, 2t + 9).
+#define PLAN3(X) X(0, 0, 0, 6, 2) X(3, 1, 0, 7, 2) X(6, 2, 0, 8, 2) X(9, 3, 0, 9, 2) X(12, 4, 0, 10, 2) \
+  X(15, 5, 0, 11, 2) X(32, 12, 4, 17, 3) X(38, 13, 1, 18, 0) X(38, 14, 4, 19, 3) X(44, 15, 1, 20, 0) \
+  X(44, 16, 4, 21, 3) X(64, 22, 2, 27, 1) X(68, 23, 1, 28, 0) X(68, 24, 4, 29, 3) X(74, 25, 1, 30, 0) \
+  X(74, 26, 4, 31, 3)
+
+template <int S>  // bits S .. S + 31 of a unit's 96 (zeros past them)
+__device__ __forceinline__ u32 window(const u32* w) {
+  if constexpr (S % 32 == 0) return w[S / 32];
+  else if constexpr (S < 64) return __funnelshift_r(w[S / 32], w[S / 32 + 1], S % 32);
+  else return w[2] >> (S - 64);
+}
+
+template <u32 MASK>  // (w & MASK) | MAGIC: a pair's two codes where they lie
+__device__ __forceinline__ u32 magic_bits(u32 w) {
+  u32 r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(w), "n"(MASK), "n"(MAGIC));
+  return r;
+}
+
+__device__ __forceinline__ u32 act_scaled(const u32* v, int i, int p) {  // activation i times 2^-p, 16 bits
+  const u32 h = (v[i >> 1] >> (16 * (i & 1))) & 0xffff;
+#if BF16
+  const float f = __uint_as_float(h << 16);
+#else
+  const float f = half_f32((u16)h);
+#endif
+  return f32_act(f * (1.f / (float)(1 << p)));
+}
+
+__device__ __forceinline__ u32 act_pair(u32 lo, u32 hi) { return lo | hi << 16; }
+
+#define B_PAIR3(s, a, p, b, p2) act_pair(act_scaled(v.v, a, p), act_scaled(v.v, b, p2)),
+#define POW_PAIR3(s, a, p, b, p2) act_pair(f32_act((float)(1 << (p))), f32_act((float)(1 << (p2)))),
+#define A_PAIR3(s, a, p, b, p2) magic_bits<(7u << (p)) | (7u << (16 + (p2)))>(window<(s)>(UNIT)),
+#endif
+
 struct alignas(CODES < 8 ? 2 * CODES : 16) Acts { u32 v[CODES / 2]; };  // one word's 16-bit activations
 typedef Acts Frag;  // one word's B registers: the same size, the pairs permuted for the mma
 
@@ -126,7 +181,12 @@ typedef Acts Frag;  // one word's B registers: the same size, the pairs permuted
 // compiler can issue a tile's loads together and ahead of their use. When !valid the words are left
 // undefined: magic_pair masks any bits to a finite OFFSET + code, and the inputs they meet are zeros.
 __device__ __forceinline__ void load_words(u32* dst, const u32* src, bool valid) {
-#if U == 4
+#if BITS == 3  // a unit's 3 words (U == 1), 4-byte aligned
+#pragma unroll
+  for (int i = 0; i < 3; ++i)
+    asm("{.reg .pred p; setp.ne.b32 p, %1, 0; @p ld.global.nc.L1::no_allocate.u32 %0, [%2];}"
+        : "=r"(dst[i]) : "r"((int)valid), "l"(src + i));
+#elif U == 4
   asm("{.reg .pred p; setp.ne.b32 p, %4, 0; @p ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%5];}"
       : "=r"(dst[0]), "=r"(dst[1]), "=r"(dst[2]), "=r"(dst[3]) : "r"((int)valid), "l"(src));
 #elif U == 2
@@ -161,8 +221,8 @@ typedef u16 Scale;          // fp16 scale
 #endif
 
 struct TileData {
-  u32 wa[NCH][U];   // words of output row g
-  u32 wb[NCH][U];   // words of output row g + 8
+  u32 wa[NCH][U * UNIT_WORDS];  // words of output row g
+  u32 wb[NCH][U * UNIT_WORDS];  // words of output row g + 8
   Scale s[NGRP][2];  // scales of rows g, g + 8 for each correction's group
   u16 z[NGRP][2];   // zeros, or (DQ) the absmax's second-level scales
 };
@@ -188,16 +248,16 @@ __device__ __forceinline__ float group_scale(const TileData& d, int q, int i, fl
 // KS): offsets known at compile time. Tiles past N read the last tile again (never written out).
 __device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, Qparams qp,
                                           int tile, int k0, int K, int N, int ngroups, int g, int t) {
-  const int wpr = K / CODES;
+  const int wpr = K / CODES * UNIT_WORDS;
   const long long ra = (long long)min(tile, N / OUT_TILE - 1) * OUT_TILE + g;
-  const u32* wa = qweight + ra * wpr + k0 / CODES + U * t;
+  const u32* wa = qweight + ra * wpr + (k0 / CODES + U * t) * UNIT_WORDS;
   const u32* wb = wa + 8LL * wpr;
   const long long qa = ra * ngroups + k0 / G, qb = qa + 8LL * ngroups;
 #pragma unroll
   for (int c = 0; c < NCH; ++c) {
     const bool ok = k0 + c * CK < K;
-    load_words(d.wa[c], wa + c * (CK / CODES), ok);
-    load_words(d.wb[c], wb + c * (CK / CODES), ok);
+    load_words(d.wa[c], wa + c * (CK / CODES) * UNIT_WORDS, ok);
+    load_words(d.wb[c], wb + c * (CK / CODES) * UNIT_WORDS, ok);
   }
 #pragma unroll
   for (int q = 0; q < NGRP; ++q) {  // the qparams of the group that starts with chunk q * GCH
@@ -264,15 +324,19 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
 #define B_FRAG(r, c, j) bx[r][c][j]
 #endif
   float xsum[R8][NGRP][2];  // unused by LUT4 (no offset)
+#if BITS == 3
+  float xplain[R8][NGRP][2];  // the sums of the unscaled activations (3 bits' zero term)
+  const u32 pow_pairs[16] = {PLAN3(POW_PAIR3)};  // (2^p, 2^p2) of each pair: A of the plain sums
+#endif
   const u32 ones = BF16 ? 0x3f803f80u : 0x3c003c00u;
 #pragma unroll
   for (int r = 0; r < R8; ++r) {
     const int m = g + 8 * r;
-    float sums[4];
+    float sums[4], plain[4];
 #pragma unroll
     for (int c = 0; c < NCH; ++c) {
       const int kc = k0 + c * CK;
-      if (c % GCH == 0) sums[0] = sums[1] = sums[2] = sums[3] = 0.f;
+      if (c % GCH == 0) sums[0] = sums[1] = sums[2] = sums[3] = plain[0] = plain[1] = plain[2] = plain[3] = 0.f;
 #pragma unroll
       for (int j = 0; j < U; ++j) {
         Acts v = {};
@@ -286,6 +350,15 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
         b[0] = prmt(v.v[0], v.v[1], 0x5410);  // inputs 0, 2 (both planes, a0a1's pair)
         b[1] = prmt(v.v[0], v.v[1], 0x7632);  // inputs 1, 3 (a4a5's pair)
         mma16816(sums, ones, ones, ones, ones, b[0], b[1]);
+#elif BITS == 3
+        const u32 pairs[16] = {PLAN3(B_PAIR3)};  // each input scaled by 2^-p of its code's position
+#pragma unroll
+        for (int q = 0; q < STEPS; ++q) {
+          b[2 * q] = pairs[2 * q], b[2 * q + 1] = pairs[2 * q + 1];
+          mma16816(sums, ones, ones, ones, ones, b[2 * q], b[2 * q + 1]);
+          mma16816(plain, pow_pairs[2 * q], pow_pairs[2 * q], pow_pairs[2 * q + 1], pow_pairs[2 * q + 1], b[2 * q],
+                   b[2 * q + 1]);
+        }
 #else
 #pragma unroll
         for (int q = 0; q < STEPS; ++q) {  // step q: inputs (2q, 2q + CODES / 2) and (2q + 1, 2q + 1 + CODES / 2)
@@ -302,6 +375,10 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
       }
       xsum[r][c / GCH][0] = sums[0];  // (output row g, activation row 8r + 2t): alike for every output row
       xsum[r][c / GCH][1] = sums[1];
+#if BITS == 3
+      xplain[r][c / GCH][0] = plain[0];
+      xplain[r][c / GCH][1] = plain[1];
+#endif
     }
   }
 
@@ -334,7 +411,7 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
       }
 #pragma unroll
       for (int j = 0; j < U; ++j) {
-        const u32 wa = d.wa[c][j], wb = d.wb[c][j];
+        const u32 wa = d.wa[c][j * UNIT_WORDS], wb = d.wb[c][j * UNIT_WORDS];
         Frag bf[R8];
 #pragma unroll
         for (int r = 0; r < R8; ++r) bf[r] = B_FRAG(r, c, j);
@@ -346,6 +423,18 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
 #pragma unroll
           for (int r = 0; r < R8; ++r) mma16816(acc[r], a0, a1, a2, a3, bf[r].v[2 * q], bf[r].v[2 * q + 1]);
         }
+#elif BITS == 3
+#define UNIT (&d.wa[c][j * 3])
+        const u32 pa[16] = {PLAN3(A_PAIR3)};  // row g's pairs
+#undef UNIT
+#define UNIT (&d.wb[c][j * 3])
+        const u32 pb[16] = {PLAN3(A_PAIR3)};  // row g + 8's
+#undef UNIT
+#pragma unroll
+        for (int q = 0; q < STEPS; ++q)
+#pragma unroll
+          for (int r = 0; r < R8; ++r)
+            mma16816(acc[r], pa[2 * q], pb[2 * q], pa[2 * q + 1], pb[2 * q + 1], bf[r].v[2 * q], bf[r].v[2 * q + 1]);
 #elif BITS != 8
 #pragma unroll
         for (int q = 0; q < STEPS; ++q) {
@@ -372,6 +461,9 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
       const float s0 = group_scale(d, c / GCH, 0, mean), s1 = group_scale(d, c / GCH, 1, mean);
 #if LUT4
       const float o0 = 0.f, o1 = 0.f;  // no offset: the products are the weights' own
+#elif BITS == 3  // the zero alone: the offset meets the scaled sums below
+      const float o0 = HAS_ZERO ? half_f32(d.z[c / GCH][0]) : SYMMETRIC_ZERO;
+      const float o1 = HAS_ZERO ? half_f32(d.z[c / GCH][1]) : SYMMETRIC_ZERO;
 #elif HAS_ZERO
       const float o0 = PLANE_OFFSET + half_f32(d.z[c / GCH][0]), o1 = PLANE_OFFSET + half_f32(d.z[c / GCH][1]);
 #else
@@ -382,7 +474,12 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const float sum = BITS == 8 ? acc[r][e] + 16.f * acc_hi[r][e] : acc[r][e];
-          out[r][e] += (e < 2 ? s0 : s1) * (LUT4 ? sum : sum - (e < 2 ? o0 : o1) * xsum[r][c / GCH][e & 1]);
+#if BITS == 3
+          const float net = sum - OFFSET * xsum[r][c / GCH][e & 1] - (e < 2 ? o0 : o1) * xplain[r][c / GCH][e & 1];
+#else
+          const float net = LUT4 ? sum : sum - (e < 2 ? o0 : o1) * xsum[r][c / GCH][e & 1];
+#endif
+          out[r][e] += (e < 2 ? s0 : s1) * net;
         }
       }
     }

@@ -1,5 +1,5 @@
-"""The tensor-core kernel for few activation rows (cuda_mma.cu): group-wise 2-, 4- and 8-bit codes and int8
-weight-only, compiled at first use with NVRTC.
+"""The tensor-core kernel for few activation rows (cuda_mma.cu): group-wise 2-, 3-, 4- and 8-bit codes, int8
+weight-only and NF4/FP4, compiled at first use with NVRTC.
 
 The 1-row Triton kernel (triton_gemv) spends about four SASS instructions per int4 weight on CUDA cores,
 which bounds it near 2x bf16 on an H100. This kernel feeds the codes to mma.sync instead (about 1.6 per
@@ -25,17 +25,24 @@ SOURCE = Path(__file__).with_name("cuda_mma.cu")
 MAX_ROWS = 16  # two 8-row activation fragments per mma k-step
 FRAGMENT_ROWS = 8  # rows of one activation fragment (8 rows took 1.06-1.25x the 1-row time: kern11)
 OUT_TILE = 16  # outputs per mma tile
-BITS = (2, 4, 8)
+BITS = (2, 3, 4, 8)
+
+
+def codes_per_word(bits: int) -> int:
+    """Inputs of one of a thread's load units: a word's 32 / bits codes, or a 3-word unit's 32 3-bit codes."""
+    return 32 if bits == 3 else 32 // bits
+
+
 _FLOAT16 = (torch.float16, torch.bfloat16)
 
 
 def words_per_thread(bits: int, in_features: int, group_size: int) -> int | None:
-    """Words U a thread reads per row and chunk: the largest of 4, 2, 1 whose chunk (4 threads x U words of
-    32 / bits inputs) divides in_features and the group size (a chunk lies in one group) or lies in a group
-    that spans the row, or None."""
-    chunk = 4 * 32 // bits
+    """Words U a thread reads per row and chunk: the largest of 4, 2, 1 (3-bit codes: 1 unit of 3 words) whose
+    chunk (4 threads x U words of codes_per_word inputs) divides in_features and the group size (a chunk lies in
+    one group) or lies in a group that spans the row, or None."""
+    chunk = 4 * codes_per_word(bits)
     fits = (lambda u: in_features % (chunk * u) == 0 and (group_size % (chunk * u) == 0 or group_size >= in_features))
-    return next((u for u in (4, 2, 1) if fits(u)), None)
+    return next((u for u in ((1,) if bits == 3 else (4, 2, 1)) if fits(u)), None)
 
 
 def shape_unsupported(bits: int, rows: int, in_features: int, out_features: int, group_size: int) -> str | None:
@@ -47,7 +54,7 @@ def shape_unsupported(bits: int, rows: int, in_features: int, out_features: int,
     if out_features % OUT_TILE:
         return f"out_features ({out_features}) is not a multiple of {OUT_TILE}"
     if words_per_thread(bits, in_features, group_size) is None:
-        chunk = 4 * 32 // bits
+        chunk = 4 * codes_per_word(bits)
         return f"in_features ({in_features}) and group size ({group_size}) must be multiples of {chunk}"
     if group_size < in_features and group_size & (group_size - 1):
         return f"group size {group_size} is not a power of two (a K slice must hold whole groups or lie in one)"
@@ -80,15 +87,15 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
     long_k_or_n = bits < 8 and (in_features >= 8192 or n_tiles >= 4096)
-    slice_k = max(256 if long_k_or_n or frags == 2 else 512, 4 * words * 32 // bits)  # whole chunks
+    slice_k = max(256 if long_k_or_n or frags == 2 else 512, 4 * words * codes_per_word(bits))  # whole chunks
     slices = math.ceil(in_features / slice_k)
     warps = min(8, slices)
     k_blocks = math.ceil(slices / warps)
     tiles = 4 if math.ceil(n_tiles / 4) * k_blocks >= sms else 1
     shape = {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}
-    wide = tiles == 4 and frags == 1 and (table or (bits in (2, 4) and rows == 1))
+    wide = tiles == 4 and frags == 1 and (table or (bits in (2, 3, 4) and rows == 1))
     if wide:
-        slice_k = max(256, 4 * words * 32 // bits)
+        slice_k = max(256, 4 * words * codes_per_word(bits))
         slices = math.ceil(in_features / slice_k)
         warps = math.ceil(slices / math.ceil(slices / 16))  # at most 16, every K block as busy
         return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1}
@@ -111,7 +118,7 @@ def shared_bytes(spec: dict, rows: int) -> int:
     (red), and with SMEM_X each warp's activation fragments of `rows` rows (XROW u32 a row: half its K slice and a
     bank-shifting pad)."""
     nvals = spec["TILES"] * 32 * 4 * spec["R8"]
-    xregs = 16 // spec["BITS"]
+    xregs = codes_per_word(spec["BITS"]) // 2
     xrow = spec["KS"] // 2 + (4 * xregs if xregs <= 4 else 4)
     lut = 256 * 32 * 4 if spec.get("LUT4") else 0  # the NF4/FP4 pair table, 32 copies
     return lut + 4 * spec["WARPS"] * (nvals + (rows * xrow if spec.get("SMEM_X") else 0))

@@ -133,6 +133,9 @@ def _mma_int_few_rows(ctx: CallContext) -> str | None:
     1.43-3.15x and 1.84-3.07x at 8 rows against 1.01-2.01x (kern13 run 2; 2.21-3.98x at one row with the wide
     shape since, run 3); int4 ran ahead of them at 1 and 8 rows (kern11, kern12). At 16 rows the Triton
     tensor-core kernel was faster for int4."""
+    if ctx.bits == 3:
+        return "3-bit codes: checked on the CPU, not yet timed against the Triton kernels on a GPU (kern13); name " \
+               "cuda_mma to use it"
     if ctx.bits not in (2, 4):
         return f"{ctx.bits}-bit codes: not shown faster than the Triton kernels (kern11); name cuda_mma to use it"
     return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "the Triton tensor-core kernel is faster", ctx)
