@@ -65,6 +65,9 @@
 #if BITS == 3
 #define CODES 32              // inputs per unit of 3 words
 #define UNIT_WORDS 3
+#if U != 1
+#error "3-bit codes take one unit a thread and chunk (U = 1)"
+#endif
 #else
 #define CODES (32 / BITS)     // inputs per word
 #define UNIT_WORDS 1
