@@ -20,7 +20,6 @@ SOURCE = Path(__file__).with_name("cuda_aqlm.cu")
 MAX_ROWS = 8  # one 8-row activation fragment
 SLICE = 256  # inputs a warp slice (32 groups of 8)
 CODEBOOK_BYTES = 256 * 8 * 16  # one codebook's 256 codewords, 8 copies of 16 bytes
-_FLOAT16 = (torch.float16, torch.bfloat16)
 
 
 def shape_unsupported(rows: int, in_features: int, out_features: int, num_codebooks: int, nbits: int,
@@ -80,23 +79,15 @@ def _build_default(device_index: int) -> None:
 def unavailable(device: torch.device, dtype: torch.dtype | None, rows: int, in_features: int, out_features: int,
                 num_codebooks: int, nbits: int, group_size: int) -> str | None:
     """Why the kernel cannot run a call, or None."""
-    if dtype not in _FLOAT16:
-        return f"the tensor-core kernels take fp16/bf16 activations, not {dtype}"
-    reason = shape_unsupported(rows, in_features, out_features, num_codebooks, nbits, group_size)
-    if reason is not None:
-        return reason
-    if device.type != "cuda":
-        return f"they run on CUDA devices, not {device.type}"
-    return _compile_failure(device.index if device.index is not None else torch.cuda.current_device())
+    shape_reason = shape_unsupported(rows, in_features, out_features, num_codebooks, nbits, group_size)
+    return nvrtc.unavailable(device, dtype, shape_reason, _compile_failure)
 
 
 def aqlm_mma(x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, config: dict | None = None) -> torch.Tensor:
     """x (rows <= 8, in) fp16/bf16 @ W^T + bias -> (rows, out) in x's dtype; codes (out, in / 8, M) uint8, codebooks
     (M, <= 256, 8) fp16, scales (out, 1) fp16 (formats.aqlm)."""
-    x = x.contiguous()
-    if x.data_ptr() % 16:
-        x = x.clone()  # 16-byte activation loads
+    x = nvrtc.aligned_rows(x)
     rows, cols = x.shape
     out_features, _, m = codes.shape
     entries, group = codebooks.shape[1:]
@@ -109,9 +100,7 @@ def aqlm_mma(x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scal
     spec = specialization(m, cols, out_features, nvrtc.multiprocessors(device.index), x.dtype == torch.bfloat16,
                           config)
     shared = shared_bytes(spec)
-    if shared > nvrtc.shared_limit(device.index):
-        raise ValueError(f"launch shape {config} needs {shared} bytes of shared memory a block, the device allows "
-                         f"{nvrtc.shared_limit(device.index)}: use fewer WARPS or TILES")
+    nvrtc.check_shared(device.index, shared, config, "use fewer WARPS or TILES")
     y = torch.empty((rows, out_features), dtype=x.dtype, device=device)
     if rows == 0:
         return y

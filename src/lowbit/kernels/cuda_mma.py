@@ -33,8 +33,6 @@ def codes_per_word(bits: int) -> int:
     return 32 if bits == 3 else 32 // bits
 
 
-_FLOAT16 = (torch.float16, torch.bfloat16)
-
 
 def words_per_thread(bits: int, in_features: int, group_size: int) -> int | None:
     """Words U a thread reads per row and chunk: the largest of 4, 2, 1 (3-bit codes: 1 unit of 3 words) whose
@@ -163,14 +161,8 @@ def _build_default(device_index: int) -> None:
 def unavailable(device: torch.device, dtype: torch.dtype | None, bits: int | None, rows: int, in_features: int,
                 out_features: int, group_size: int) -> str | None:
     """Why the kernel cannot run a call, or None."""
-    if dtype not in _FLOAT16:
-        return f"the tensor-core kernels take fp16/bf16 activations, not {dtype}"
-    reason = shape_unsupported(bits or 0, rows, in_features, out_features, group_size)
-    if reason is not None:
-        return reason
-    if device.type != "cuda":
-        return f"they run on CUDA devices, not {device.type}"
-    return _compile_failure(device.index if device.index is not None else torch.cuda.current_device())
+    shape_reason = shape_unsupported(bits or 0, rows, in_features, out_features, group_size)
+    return nvrtc.unavailable(device, dtype, shape_reason, _compile_failure)
 
 
 def mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
@@ -211,9 +203,7 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
             table: torch.Tensor | None = None, mean: torch.Tensor | None = None) -> torch.Tensor:
     """One launch of the specialization for `codes` (the code format's -D settings) and x's rows, K and N;
     `groups` qparams a row."""
-    x = x.contiguous()
-    if x.data_ptr() % 16:
-        x = x.clone()  # 16-byte activation loads
+    x = nvrtc.aligned_rows(x)
     rows, cols = x.shape
     out_features = words.shape[0]
     reason = shape_unsupported(bits, rows, cols, out_features, group_size)
@@ -225,9 +215,7 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
     if not (spec["KS"] % group_size == 0 or group_size % spec["KS"] == 0 or group_size >= cols):
         raise ValueError(f"K slice {spec['KS']} neither holds whole groups of {group_size} nor lies in one")
     shared = shared_bytes(spec, rows)
-    if shared > nvrtc.shared_limit(device.index):
-        raise ValueError(f"launch shape {config} needs {shared} bytes of shared memory a block, the device allows "
-                         f"{nvrtc.shared_limit(device.index)}: use fewer WARPS or TILES, or SMEM_X 0")
+    nvrtc.check_shared(device.index, shared, config, "use fewer WARPS or TILES, or SMEM_X 0")
     kernel = _kernel(device.index, tuple(sorted(spec.items())))
     grid_x = math.ceil(out_features // OUT_TILE / spec["TILES"])
     grid_y = math.ceil(math.ceil(cols / spec["KS"]) / spec["WARPS"])

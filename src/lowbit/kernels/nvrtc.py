@@ -51,6 +51,32 @@ def build_failure(device_index: int, source: Path, build: Callable[[int], object
     return None
 
 
+def unavailable(device: torch.device, dtype: torch.dtype | None, shape_reason: str | None,
+                compile_failure: Callable[[int], str | None]) -> str | None:
+    """Why a kernel built here cannot run a call, or None: the activations are not fp16/bf16, its layout rules the
+    call out (`shape_reason`), the device is not CUDA, or `compile_failure(device_index)` says it does not build."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"the tensor-core kernels take fp16/bf16 activations, not {dtype}"
+    if shape_reason is not None:
+        return shape_reason
+    if device.type != "cuda":
+        return f"they run on CUDA devices, not {device.type}"
+    return compile_failure(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def aligned_rows(x: torch.Tensor) -> torch.Tensor:
+    """x contiguous and 16-byte aligned (the kernels read activations 16 bytes at a time)."""
+    x = x.contiguous()
+    return x.clone() if x.data_ptr() % 16 else x
+
+
+def check_shared(device_index: int, shared: int, config: dict | None, fix: str) -> None:
+    """Raise a ValueError naming `fix` when a launch's `shared` bytes exceed what the device allows a block."""
+    if shared > shared_limit(device_index):
+        raise ValueError(f"launch shape {config} needs {shared} bytes of shared memory a block, the device allows "
+                         f"{shared_limit(device_index)}: {fix}")
+
+
 @functools.lru_cache(maxsize=None)
 def shared_limit(device_index: int) -> int:
     """Shared memory a block may opt in to on the device (bytes)."""
