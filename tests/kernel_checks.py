@@ -1,9 +1,13 @@
-"""Helpers shared by the kernel tests: a fresh random seed per run, and the eager / compiled / CUDA-graph check."""
+"""Helpers shared by the kernel tests: a fresh random seed per run, the eager / compiled / CUDA-graph check, and
+the ptxas usage of a CUDA kernel built offline for sm_90."""
 
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -26,3 +30,18 @@ def compile_and_capture(layer, x: torch.Tensor) -> None:
     x.copy_(torch.randn_like(x))
     graph.replay()
     assert torch.allclose(captured.float(), layer(x).float(), rtol=1e-2, atol=1e-2)
+
+
+def sm90_usage(source: Path, spec: dict) -> tuple[int, int, str]:
+    """(registers a thread, spill-store bytes, ptxas log) of `source` with the -D settings `spec`, built offline for
+    sm_90 (nvrtc.sm90_offline); skips without the nvidia-cuda-nvrtc wheel or Triton's ptxas (.ci/run installs both)."""
+    from lowbit.kernels import nvrtc
+
+    pytest.importorskip("nvidia", reason="needs the nvidia-cuda-nvrtc wheel (.ci/run installs it)")
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    try:
+        info, _ = nvrtc.sm90_offline(source, spec)
+    except ImportError as err:  # the namespace package without libnvrtc
+        pytest.skip(str(err))
+    registers = int(re.search(r"Used (\d+) registers", info).group(1))
+    return registers, int(re.search(r"(\d+) bytes spill stores", info).group(1)), info

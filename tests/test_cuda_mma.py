@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 import ptx_models
-from kernel_checks import compile_and_capture, fresh_seed
+from kernel_checks import compile_and_capture, fresh_seed, sm90_usage
 import pytest
 import torch
 
@@ -145,7 +145,8 @@ def _ctx(rows=1, cols=4096, out=4096, bits=4, group=128, dtype=torch.bfloat16, d
 
 
 @pytest.mark.parametrize("change,reason", [
-    ({"bits": 5}, "take 2, 3, 4, 8-bit codes"), ({"bits": 3, "group": 64}, "multiples of 128"), ({"rows": 17}, "more than 16 rows"), ({"out": 4100}, "multiple of 16"),
+    ({"bits": 5}, "take 2, 3, 4, 8-bit codes"), ({"bits": 3, "group": 64}, "multiples of 128"),
+    ({"rows": 17}, "more than 16 rows"), ({"out": 4100}, "multiple of 16"),
     ({"cols": 4112}, "multiples of 32"), ({"group": 48}, "multiples of 32"), ({"group": 96}, "power of two"),
     ({"bits": 8, "cols": 4104}, "multiples of 16"), ({"dtype": torch.float32}, "fp16/bf16"),
     ({"device": "cpu"}, "run on CUDA devices"),
@@ -216,12 +217,6 @@ def test_chosen_shapes_fit_shared_memory(rows, bits, group, table):
         assert cuda_mma.shared_bytes(spec, rows) <= 232448, (cols, out, spec)
 
 
-def _needs_offline_build() -> None:
-    """Skip without the NVRTC wheel or Triton's ptxas (cuda_mma.sm90_offline needs both)."""
-    pytest.importorskip("nvidia", reason="needs the nvidia-cuda-nvrtc wheel (.ci/run installs it)")
-    pytest.importorskip("triton.backends.nvidia.compiler")
-
-
 @pytest.mark.parametrize("bits,rows,cols,out,group", [
     (4, 1, 4096, 14336, 128), (4, 16, 14336, 4096, 128), (4, 1, 4096, 128256, 128), (2, 1, 4096, 14336, 128),
     (2, 16, 4096, 4096, 64), (8, 1, 4096, 14336, -1), (8, 9, 14336, 4096, -1), (8, 1, 4096, 4096, 128),
@@ -276,12 +271,8 @@ def test_activations_in_shared_memory_free_registers():
 
 
 def _ptxas(spec: dict) -> tuple[int, int, str]:
-    """(registers a thread, spill-store bytes, ptxas log) of `spec` compiled offline for sm_90 (skips without the
-    NVRTC wheel or Triton's ptxas)."""
-    _needs_offline_build()
-    info, _ = cuda_mma.sm90_offline(spec)
-    registers = int(re.search(r"Used (\d+) registers", info).group(1))
-    return registers, int(re.search(r"(\d+) bytes spill stores", info).group(1)), info
+    """(registers a thread, spill-store bytes, ptxas log) of cuda_mma.cu's specialization `spec` for sm_90."""
+    return sm90_usage(cuda_mma.SOURCE, spec)
 
 
 def _blocks_by_registers(registers: int, warps: int) -> int:
@@ -301,7 +292,8 @@ def _plan3() -> list[tuple[int, ...]]:
     """cuda_mma.cu's PLAN3, read from its source: (window s, low code a, its bit p, high code b, its bit 16 + p2)."""
     text = cuda_mma.SOURCE.read_text()
     body = text[text.index("#define PLAN3(X)"):]
-    return [tuple(map(int, m)) for m in re.findall(r"X\((\d+), (\d+), (\d+), (\d+), (\d+)\)", body[:body.index("\n\n")])]
+    body = body[:body.index("\n\n")]
+    return [tuple(map(int, m)) for m in re.findall(r"X\((\d+), (\d+), (\d+), (\d+), (\d+)\)", body)]
 
 
 def _scaled(half: int, p: int, bf16: bool) -> int:
