@@ -46,10 +46,12 @@ def tc_space(rows: int):
                "ASM": False}
         return
     bm = 32 if rows <= 32 else 64 if rows <= 64 else 128
-    tiles = [(64, 128, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 128, 4, 4), (64, 64, 4, 3), (128, 128, 8, 4)]
+    tiles = [(128, 128, 8, 3), (64, 128, 4, 3), (128, 128, 8, 4), (128, 64, 8, 3)]
     for deq in ([True, False] if rows > 64 else [False, True]):
         for bn, bk, nw, st in tiles:
-            yield {"BM": bm, "BN": bn, "BK": bk, "num_warps": nw, "num_stages": st, "waves": 1, "DEQUANT": deq}
+            cfg = {"BM": bm, "BN": bn, "BK": bk, "num_warps": nw, "num_stages": st, "waves": 1, "DEQUANT": deq}
+            yield cfg  # _mm_bytes (2, 4 and 8 bits)
+            yield cfg | {"BYTES": False}  # _mm_tc: one product a tile
 
 
 def mv_space(rows: int):

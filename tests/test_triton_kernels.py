@@ -124,7 +124,7 @@ def test_int4_every_row_count_with_auto_choice(rows):
         assert kernel == ("triton_mv" if rows <= triton_ops.GEMV_MAX_ROWS else "triton_tc")
 
 
-@pytest.mark.parametrize("rows", [1, 3, 16, 33])
+@pytest.mark.parametrize("rows", [1, 3, 16, 33, 128])
 def test_int8_weight_only_matches_reference(rows):
     seed = fresh_seed()
     w = torch.randn(OUT, IN + 4 - IN % 4)  # whole int32 words per row
@@ -280,6 +280,28 @@ def test_prmt_matches_the_ptx_definition():
     prmt_probe[(1,)](*words, out, N=512, ASM=not interpreting())
     expected = [ptx_models.prmt(int(ai), int(bi), int(ci)) for ai, bi, ci in zip(a, b, c)]
     assert out.cpu().numpy().view(np.uint32).tolist() == expected
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_byte_conversion_asm_gives_the_fp32_magic_values(flip):
+    """triton_int._bytes_asm run line by line (xor, and prmt as the PTX ISA defines it) on random words: output i
+    is the fp32 bit pattern of 2**23 + byte i (byte i ^ 0x80 for int8 weight-only's signed codes)."""
+    import re
+    import struct
+
+    from lowbit.kernels.triton_int import _bytes_asm
+
+    rng = torch.Generator().manual_seed(fresh_seed())
+    for word in torch.randint(0, 2**32, (64,), generator=rng, dtype=torch.int64).tolist():
+        regs = {"$4": word}
+        for line in _bytes_asm(flip).splitlines():
+            if m := re.match(r"xor\.b32 (\S+), (\S+), (\w+);", line):
+                regs[m[1]] = regs[m[2]] ^ int(m[3], 16)
+            elif m := re.match(r"prmt\.b32 (\S+), (\S+), (\w+), (\w+);", line):
+                regs[m[1]] = ptx_models.prmt(regs[m[2]], int(m[3], 16), int(m[4], 16))
+        for i in range(4):
+            code = (word >> 8 * i) & 0xFF ^ (0x80 if flip else 0)
+            assert struct.unpack("<f", regs[f"${i}"].to_bytes(4, "little"))[0] == 2.0**23 + code
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])

@@ -219,12 +219,38 @@ def _byte_codes(b, J: tl.constexpr, BITS: tl.constexpr, SIGNED8: tl.constexpr, D
     return _magic16(c, DT, BITS)
 
 
+def _bytes_asm(flip: bool) -> str:
+    """PTX: four bytes of one register -> four fp32 values 2**23 + byte (one prmt each; flip: xor 0x80 first)."""
+    src = "t" if flip else "$4"
+    prmts = "".join(f"prmt.b32 ${i}, {src}, 0x4B000000, 0x765{i};\n" for i in range(4))
+    xor = "xor.b32 t, $4, 0x80808080;\n" if flip else ""
+    return "{ .reg .b32 t;\n" + xor + prmts + "}"
+
+
+_ASM_BYTES = tl.constexpr(_bytes_asm(False))
+_ASM_BYTES_SIGNED = tl.constexpr(_bytes_asm(True))
+
+
+@triton.jit
+def _byte_magic32(b, SIGNED8: tl.constexpr, ASM: tl.constexpr):
+    """8-bit codes (bytes, flipped to offset binary if SIGNED8) -> fp32 2**23 + code, exactly (ASM: one prmt
+    each; else integer ops, for Triton's interpreter)."""
+    if not ASM:
+        c = b.to(tl.int32) ^ 0x80 if SIGNED8 else b.to(tl.int32)
+        v = (c | 0x4B000000).to(tl.float32, bitcast=True)
+    elif SIGNED8:
+        v = tl.inline_asm_elementwise(_ASM_BYTES_SIGNED, "=r,=r,=r,=r,r", [b], dtype=tl.float32, is_pure=True, pack=4)
+    else:
+        v = tl.inline_asm_elementwise(_ASM_BYTES, "=r,=r,=r,=r,r", [b], dtype=tl.float32, is_pure=True, pack=4)
+    return v
+
+
 @triton.jit
 def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, row_bytes, n_groups,
               G, stride_x, stride_y, K_TILES: tl.constexpr, BITS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
               BK: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr, HAS_ZERO: tl.constexpr,
               HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr, DEQUANT: tl.constexpr,
-              EVEN: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr):
+              EVEN: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr, ASM: tl.constexpr):
     """_mm_tc for 2, 4 and 8 bits, reading qweight as bytes of CPB = 8 / BITS codes: one product per code
     position j of a byte, (BN, BK / CPB) codes x the inputs j, j + CPB, ... Every step from the loaded bytes
     to the product's operand is elementwise, so Triton converts in registers, in the product's layout."""
@@ -270,7 +296,12 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, coun
                     kj = (t * BKB + tl.arange(0, BKB)) * CPB + j  # (BKB,) inputs of code position j
                     sj, zj = _qparams(scale_ptr, zero_ptr, offs_n[:, None], mask_n[:, None] & (kj < K)[None, :],
                                       n_groups, (kj // G)[None, :], BITS, HAS_ZERO)
-                w = (_byte_codes(b, j, BITS, SIGNED8, xr.dtype).to(tl.float32) - (zj + OFFSET)) * sj
+                if BITS == 8 and HAS_ZERO:  # fp32 straight from the byte: no round trip through 16 bits
+                    w = ((_byte_magic32(b, SIGNED8, ASM) - 8388608.0) - zj) * sj
+                elif BITS == 8:  # the zero is 128: 2**23 + 128 is exact, one subtraction
+                    w = (_byte_magic32(b, SIGNED8, ASM) - (8388608.0 + zj)) * sj
+                else:
+                    w = (_byte_codes(b, j, BITS, SIGNED8, xr.dtype).to(tl.float32) - (zj + OFFSET)) * sj
                 if j == 0:
                     xj = x0
                 elif j == 1:
@@ -299,15 +330,33 @@ def offset16(dtype: torch.dtype, bits: int) -> int:
 
 
 def tc_config(rows: int, out_features: int, in_features: int, bits: int) -> dict:
-    """Tile shape for _mm_tc (H100: kernels-h100-sweep2-best.txt, kernels-h100-run5/run6 in benchmarks/results)."""
+    """Tile shape for _mm_tc / _mm_bytes (H100 sweeps: kernels-h100-sweep2-best.txt, kernels-h100-run5/run6 and
+    sweep-h100-kern14-* in benchmarks/results). 4-bit codes above 32 rows take _mm_tc (one product a tile,
+    weights dequantized in fp32)."""
     if rows <= 16:
         return {"BM": 16, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 4, "DEQUANT": False}
+    if bits == 4 and rows > 32:
+        return _tc_dequant_tile(rows, out_features, in_features)
     if rows <= 64:
         bm = 32 if rows <= 32 else 64
         return {"BM": bm, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 2, "DEQUANT": False}
+    if bits == 8:  # kern14 run 2: BN 64 at least as fast as BN 128 on every shape; BM 64 where outputs are few
+        bm = 64 if out_features < 32 * 64 else 128
+        return {"BM": bm, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 1, "DEQUANT": True}
     if out_features >= 4096:  # 128 rows: 0.59-0.74x bf16 vs 0.56-0.74x with (BN 64, 4 warps), runs 5 and 6
         return {"BM": 128, "BN": 128, "BK": 128, "num_warps": 8, "num_stages": 3, "waves": 1, "DEQUANT": True}
     return {"BM": 128, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 1, "DEQUANT": True}
+
+
+def _tc_dequant_tile(rows: int, out_features: int, in_features: int) -> dict:
+    """4-bit, 33+ rows (kern14 runs 1-2): 128-output tiles of 8 warps where the weight is large (64 rows: where
+    outputs are few enough that K is split anyway), else 64 outputs of 4 warps; 64-row tiles where fewer than 32
+    output tiles would leave K split many ways."""
+    large = in_features * out_features >= (4096 * 14336 if rows > 64 else 4096 * 4096)
+    bn = 128 if large and (rows > 64 or out_features < 8192) else 64
+    bm = 64 if rows <= 64 or out_features < 32 * bn else 128
+    return {"BM": bm, "BN": bn, "BK": 128, "num_warps": bn // 16, "num_stages": 3, "waves": 1, "DEQUANT": True,
+            "BYTES": False}
 
 
 def _block_units(target_k: int, group_size: int, in_features: int, codes: int) -> tuple[int, bool]:
@@ -343,12 +392,12 @@ def int_group_matmul(
     common = (scale, zero if zero is not None else scale, bias_arg, y, part, counters, rows, out_features, cols)
     flags = dict(K_TILES=k_tiles, BITS=bits, SPLIT_K=split, PER_TILE=per_tile, HAS_ZERO=zero is not None,
                  HAS_BIAS=bias is not None, SIGNED8=signed8, OFFSET=offset16(x.dtype, bits), EVEN=even, **fix)
+    cfg.setdefault("ASM", not interpreting())
     if cfg.pop("BYTES", bits in (2, 4, 8)):
-        cfg.pop("ASM", None)
         _mm_bytes[(*grid, split)](x, qweight.view(torch.uint8), *common, wpr * 4, scale.shape[1], group_size,
                                   x.stride(0), out_features, BK=bu * uc, **flags, **cfg)
     else:
-        cfg.setdefault("ASM", bits == 4 and not signed8 and not interpreting())
+        cfg["ASM"] = cfg["ASM"] and bits == 4 and not signed8
         _mm_tc[(*grid, split)](x, qweight, *common, wpr, scale.shape[1], group_size, x.stride(0), out_features,
                                UC=uc, UW=uw, BU=bu, **flags, **cfg)
     return finish(y, part, bias, split, fix)
