@@ -131,12 +131,10 @@ def _mma_int_few_rows(ctx: CallContext) -> str | None:
     """Auto takes cuda_mma for 2- and 4-bit codes at up to 8 rows (one activation fragment). On an H100, in one
     run over the five Llama-3-8B shapes, int2 ran 2.16-3.46x bf16 at one row against the Triton kernels'
     1.43-3.15x and 1.84-3.07x at 8 rows against 1.01-2.01x (kern13 run 2; 2.21-3.98x at one row with the wide
-    shape since, run 3); int4 ran ahead of them at 1 and 8 rows (kern11, kern12). At 16 rows the Triton
+    shape since, run 3); int4 ran ahead of them at 1 and 8 rows (kern11, kern12); int3 ran 1.56-2.86x at one row
+    against 0.91-1.24x and 1.43-2.31x at 8 rows against 0.50-0.68x (kern14 run 1). At 16 rows the Triton
     tensor-core kernel was faster for int4."""
-    if ctx.bits == 3:
-        return "3-bit codes: checked on the CPU, not yet timed against the Triton kernels on a GPU (kern13); name " \
-               "cuda_mma to use it"
-    if ctx.bits not in (2, 4):
+    if ctx.bits not in (2, 3, 4):
         return f"{ctx.bits}-bit codes: not shown faster than the Triton kernels (kern11); name cuda_mma to use it"
     return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "the Triton tensor-core kernel is faster", ctx)
 
