@@ -232,6 +232,16 @@ def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, b
     assert spills == 0, info
 
 
+def test_three_bit_register_shape_holds_two_blocks():
+    """3-bit codes at one row where the register shape is chosen (4096x4096) ask for two blocks a multiprocessor:
+    ptxas keeps the thread within 128 registers (it takes more without the bound)."""
+    spec = cuda_mma.specialization(3, 1, 4096, 4096, 128, 132)
+    assert spec["SMEM_X"] == 0 and spec["MIN_BLOCKS"] == 2
+    capped, _, info = _ptxas(spec)
+    uncapped, _, _ = _ptxas({k: v for k, v in spec.items() if k != "MIN_BLOCKS"})
+    assert capped <= 128 < uncapped, info
+
+
 def test_min_blocks_caps_the_registers():
     """MIN_BLOCKS=3 at 8 warps fits three blocks a multiprocessor by registers (this shape takes 109 a thread without
     the cap). kern11's profile found one 8-warp block a multiprocessor, register-bound, leaving the schedulers idle

@@ -80,7 +80,9 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     kern13), as many warps as split K into equal blocks (14 for K = 14336: 16 left the last of 4 blocks half
     idle; int4 2.54-2.56x bf16 against kern12's 2.45x at 16); int4 at 8 rows kept the register shapes. Two
     row fragments take 256-input slices in registers (their activations need twice the registers; 16 rows of
-    shared fragments would overflow shared memory at 16 warps)."""
+    shared fragments would overflow shared memory at 16 warps). 3-bit codes at one row in the register shape
+    ask for two blocks a multiprocessor (capped at 128 registers, 16 bytes spilled: 4096x4096 1.69x -> 2.15x
+    bf16, the other shapes within 1%, kern14 run 4)."""
     words = words_per_thread(bits, in_features, group_size)
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
@@ -97,6 +99,8 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
         slices = math.ceil(in_features / slice_k)
         warps = math.ceil(slices / math.ceil(slices / 16))  # at most 16, every K block as busy
         return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1}
+    if bits == 3 and rows == 1:  # 148 registers would hold one block a multiprocessor (kern14 run 4)
+        return shape | {"MIN_BLOCKS": 2}
     return shape
 
 
