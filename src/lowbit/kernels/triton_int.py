@@ -250,10 +250,13 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, coun
               G, stride_x, stride_y, K_TILES: tl.constexpr, BITS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
               BK: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr, HAS_ZERO: tl.constexpr,
               HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr, DEQUANT: tl.constexpr,
-              EVEN: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr, ASM: tl.constexpr):
+              EVEN: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr, ASM: tl.constexpr,
+              SCALE_AFTER: tl.constexpr):
     """_mm_tc for 2, 4 and 8 bits, reading qweight as bytes of CPB = 8 / BITS codes: one product per code
     position j of a byte, (BN, BK / CPB) codes x the inputs j, j + CPB, ... Every step from the loaded bytes
-    to the product's operand is elementwise, so Triton converts in registers, in the product's layout."""
+    to the product's operand is elementwise, so Triton converts in registers, in the product's layout.
+    SCALE_AFTER (DEQUANT, int8 codes without zeros, one scale a row): the products take the codes as they are
+    and the accumulator is scaled once."""
     CPB: tl.constexpr = 8 // BITS
     BKB: tl.constexpr = BK // CPB
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -296,7 +299,9 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, coun
                     kj = (t * BKB + tl.arange(0, BKB)) * CPB + j  # (BKB,) inputs of code position j
                     sj, zj = _qparams(scale_ptr, zero_ptr, offs_n[:, None], mask_n[:, None] & (kj < K)[None, :],
                                       n_groups, (kj // G)[None, :], BITS, HAS_ZERO)
-                if BITS == 8 and HAS_ZERO:  # fp32 straight from the byte: no round trip through 16 bits
+                if SCALE_AFTER:  # the code itself (exact in 16 bits); the row's scale multiplies acc at the end
+                    w = _byte_magic32(b, SIGNED8, ASM) - (8388608.0 + zj)
+                elif BITS == 8 and HAS_ZERO:  # fp32 straight from the byte: no round trip through 16 bits
                     w = ((_byte_magic32(b, SIGNED8, ASM) - 8388608.0) - zj) * sj
                 elif BITS == 8:  # the zero is 128: 2**23 + 128 is exact, one subtraction
                     w = (_byte_magic32(b, SIGNED8, ASM) - (8388608.0 + zj)) * sj
@@ -311,6 +316,8 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, coun
                 else:
                     xj = x3
                 acc = tl.dot(w.to(xr.dtype), tl.trans(xj), acc)
+    if SCALE_AFTER:
+        acc = acc * s[:, None]
     _store(y_ptr, part_ptr, count_ptr, bias_ptr, acc, offs_m[None, :] * stride_y + offs_n[:, None],
            mask_n[:, None] & mask_m[None, :], offs_n[:, None], mask_n[:, None], pid_n + pid_m * tl.num_programs(0),
            pid_k, M * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
@@ -393,9 +400,11 @@ def int_group_matmul(
     flags = dict(K_TILES=k_tiles, BITS=bits, SPLIT_K=split, PER_TILE=per_tile, HAS_ZERO=zero is not None,
                  HAS_BIAS=bias is not None, SIGNED8=signed8, OFFSET=offset16(x.dtype, bits), EVEN=even, **fix)
     cfg.setdefault("ASM", not interpreting())
+    one_scale = bits == 8 and zero is None and group_size >= cols and cfg["DEQUANT"]
     if cfg.pop("BYTES", bits in (2, 4, 8)):
         _mm_bytes[(*grid, split)](x, qweight.view(torch.uint8), *common, wpr * 4, scale.shape[1], group_size,
-                                  x.stride(0), out_features, BK=bu * uc, **flags, **cfg)
+                                  x.stride(0), out_features, BK=bu * uc, SCALE_AFTER=cfg.pop("SCALE_AFTER", one_scale),
+                                  **flags, **cfg)
     else:
         cfg["ASM"] = cfg["ASM"] and bits == 4 and not signed8
         _mm_tc[(*grid, split)](x, qweight, *common, wpr, scale.shape[1], group_size, x.stride(0), out_features,
