@@ -163,14 +163,14 @@ def test_mma_kernel_says_why_it_cannot_run(change, reason):
 @pytest.mark.parametrize("op,bits,rows,taken", [
     ("int_group_linear", 4, 1, True), ("int_group_linear", 4, 8, True), ("int_group_linear", 4, 9, False),
     ("int_group_linear", 2, 1, True), ("int_group_linear", 2, 8, True), ("int_group_linear", 2, 9, False),
-    ("int_group_linear", 3, 1, True), ("int_group_linear", 3, 8, True), ("int_group_linear", 3, 9, False),
+    ("int_group_linear", 3, 1, True), ("int_group_linear", 3, 16, True), ("int_group_linear", 3, 17, False),
     ("int_group_linear", 8, 1, False), ("int8_weight_linear", 8, 1, False), ("int8_weight_linear", 8, 2, True),
     ("int8_weight_linear", 8, 8, True), ("int8_weight_linear", 8, 9, False),
     ("fourbit_linear", 4, 1, True), ("fourbit_linear", 4, 8, True), ("fourbit_linear", 4, 9, False),
 ])
 def test_auto_takes_cuda_mma_where_timed_ahead(op, bits, rows, taken):
     """Where the H100 runs timed it ahead of the Triton kernels (int4 up to one row fragment, kern11; NF4, kern12;
-    int2, and int8 weight-only from 2 to 8 rows, kern13; int3, kern14); elsewhere a reason that names the Triton kernels."""
+    int2, and int8 weight-only from 2 to 8 rows, kern13; int3 up to 16 rows, kern14); elsewhere a reason that names the Triton kernels."""
     from lowbit.kernels import select as select_module
 
     mma = next(c for c in select_module._CANDIDATES[op] if c.name == "cuda_mma")

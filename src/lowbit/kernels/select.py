@@ -132,9 +132,12 @@ def _mma_int_few_rows(ctx: CallContext) -> str | None:
     run over the five Llama-3-8B shapes, int2 ran 2.16-3.46x bf16 at one row against the Triton kernels'
     1.43-3.15x and 1.84-3.07x at 8 rows against 1.01-2.01x (kern13 run 2; 2.21-3.98x at one row with the wide
     shape since, run 3); int4 ran ahead of them at 1 and 8 rows (kern11, kern12); int3 ran 1.56-2.86x at one row
-    against 0.91-1.24x and 1.43-2.31x at 8 rows against 0.50-0.68x (kern14 run 1). At 16 rows the Triton
+    against 0.91-1.24x and 1.43-2.31x at 8 rows against 0.50-0.68x (kern14 run 1), so 3-bit codes take it up
+    to its 16 rows (1.12-1.41x at 9 and 16 rows against 0.50-0.70x, kern14 run 7). At 16 rows the Triton
     tensor-core kernel was faster for int4."""
-    if ctx.bits not in (2, 3, 4):
+    if ctx.bits == 3:
+        return _more_rows_than(cuda_mma.MAX_ROWS, "cuda_mma's limit; the Triton tensor-core kernel runs more", ctx)
+    if ctx.bits not in (2, 4):
         return f"{ctx.bits}-bit codes: not shown faster than the Triton kernels (kern11); name cuda_mma to use it"
     return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "the Triton tensor-core kernel is faster", ctx)
 
