@@ -170,13 +170,26 @@ def test_mma_kernel_says_why_it_cannot_run(change, reason):
 ])
 def test_auto_takes_cuda_mma_where_timed_ahead(op, bits, rows, taken):
     """Where the H100 runs timed it ahead of the Triton kernels (int4 up to one row fragment, kern11; NF4, kern12;
-    int2, and int8 weight-only from 2 to 8 rows, kern13; int3 up to 16 rows, kern14); elsewhere a reason that names the Triton kernels."""
-    from lowbit.kernels import select as select_module
-
-    mma = next(c for c in select_module._CANDIDATES[op] if c.name == "cuda_mma")
-    reason = mma.unsuited(_ctx(rows=rows, bits=bits))
+    int2, and int8 weight-only from 2 to 8 rows, kern13; int3 up to 16 rows, kern14); elsewhere a reason that
+    names the Triton kernels."""
+    reason = _mma_candidate(op).unsuited(_ctx(rows=rows, bits=bits))
     assert (reason is None) == taken
     assert taken or "Triton" in reason
+
+
+@pytest.mark.parametrize("rows,out,taken", [(16, 1024, True), (9, 512, True), (16, 4096, False), (17, 1024, False)])
+def test_auto_takes_cuda_mma_for_narrow_int4_layers_up_to_16_rows(rows, out, taken):
+    """int4 layers of at most 1024 outputs (Llama-3-8B's k/v projections) stay on cuda_mma up to its 16 rows, where
+    the Triton tensor-core kernel was slower (kern13, kern14 run 5); wider layers leave it above 8 rows."""
+    reason = _mma_candidate("int_group_linear").unsuited(_ctx(rows=rows, out=out))
+    assert (reason is None) == taken
+    assert taken or "Triton" in reason
+
+
+def _mma_candidate(op: str):
+    from lowbit.kernels import select as select_module
+
+    return next(c for c in select_module._CANDIDATES[op] if c.name == "cuda_mma")
 
 
 @pytest.mark.parametrize("bits,rows,cols,out,group", [

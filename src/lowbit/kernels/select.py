@@ -127,6 +127,9 @@ def _cuda_mma_int_group(ctx: CallContext) -> str | None:
                                                      ctx.out_features, ctx.group_size or 0)
 
 
+FEW_OUTPUTS = 1024  # int4 layers this narrow stay on cuda_mma up to 16 rows (the k/v projections of Llama-3-8B)
+
+
 def _mma_int_few_rows(ctx: CallContext) -> str | None:
     """Auto takes cuda_mma for 2- and 4-bit codes at up to 8 rows (one activation fragment). On an H100, in one
     run over the five Llama-3-8B shapes, int2 ran 2.16-3.46x bf16 at one row against the Triton kernels'
@@ -134,8 +137,9 @@ def _mma_int_few_rows(ctx: CallContext) -> str | None:
     shape since, run 3); int4 ran ahead of them at 1 and 8 rows (kern11, kern12); int3 ran 1.56-2.86x at one row
     against 0.91-1.24x and 1.43-2.31x at 8 rows against 0.50-0.68x (kern14 run 1), so 3-bit codes take it up
     to its 16 rows (1.12-1.41x at 9 and 16 rows against 0.50-0.70x, kern14 run 7). At 16 rows the Triton
-    tensor-core kernel was faster for int4."""
-    if ctx.bits == 3:
+    tensor-core kernel was faster for int4 except where the outputs are few (4096x1024: 1.36-1.37x against
+    0.93-0.96x, kern13 and kern14 run 5), so int4 takes cuda_mma up to 16 rows there."""
+    if ctx.bits == 3 or (ctx.bits == 4 and ctx.out_features <= FEW_OUTPUTS):
         return _more_rows_than(cuda_mma.MAX_ROWS, "cuda_mma's limit; the Triton tensor-core kernel runs more", ctx)
     if ctx.bits not in (2, 4):
         return f"{ctx.bits}-bit codes: not shown faster than the Triton kernels (kern11); name cuda_mma to use it"
