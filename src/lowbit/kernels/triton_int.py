@@ -336,14 +336,18 @@ def offset16(dtype: torch.dtype, bits: int) -> int:
     return 128 if bits < 8 else 0
 
 
-def tc_config(rows: int, out_features: int, in_features: int, bits: int) -> dict:
+def tc_config(rows: int, out_features: int, in_features: int, bits: int, one_scale: bool = False) -> dict:
     """Tile shape for _mm_tc / _mm_bytes (H100 sweeps: kernels-h100-sweep2-best.txt, kernels-h100-run5/run6 and
     sweep-h100-kern14-* in benchmarks/results). 4-bit codes above 32 rows take _mm_tc (one product a tile,
-    weights dequantized in fp32)."""
+    weights dequantized in fp32); int8 weight-only (`one_scale`: signed codes, one scale a row) dequantizes
+    above 32 rows too, its scale applied after the products."""
     if rows <= 16:
         return {"BM": 16, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 4, "DEQUANT": False}
     if bits == 4 and rows > 32:
         return _tc_dequant_tile(rows, out_features, in_features)
+    if one_scale and 32 < rows <= 64:  # kern14 run 10: 0.86-1.37x bf16 against 0.65-0.92x without dequantizing
+        bn = 128 if out_features >= 2048 else 64
+        return {"BM": 64, "BN": bn, "BK": 128, "num_warps": bn // 16, "num_stages": 3, "waves": 1, "DEQUANT": True}
     if rows <= 64:
         bm = 32 if rows <= 32 else 64
         return {"BM": bm, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 2, "DEQUANT": False}
@@ -386,7 +390,8 @@ def int_group_matmul(
     rows, cols = x.shape
     out_features, wpr = qweight.shape
     uc, uw = unit_shape(bits)
-    cfg = dict(config or tc_config(rows, out_features, cols, bits))
+    one_scale = bits == 8 and zero is None and group_size >= cols  # int8 weight-only: SCALE_AFTER applies
+    cfg = dict(config or tc_config(rows, out_features, cols, bits, one_scale))
     waves, bk, split = cfg.pop("waves"), cfg.pop("BK"), cfg.pop("SPLIT_K", None)
     bu, per_tile = _block_units(bk, group_size, cols, uc)
     k_tiles = math.ceil(cols / (bu * uc))
@@ -400,11 +405,10 @@ def int_group_matmul(
     flags = dict(K_TILES=k_tiles, BITS=bits, SPLIT_K=split, PER_TILE=per_tile, HAS_ZERO=zero is not None,
                  HAS_BIAS=bias is not None, SIGNED8=signed8, OFFSET=offset16(x.dtype, bits), EVEN=even, **fix)
     cfg.setdefault("ASM", not interpreting())
-    one_scale = bits == 8 and zero is None and group_size >= cols and cfg["DEQUANT"]
     if cfg.pop("BYTES", bits in (2, 4, 8)):
+        scale_after = cfg.pop("SCALE_AFTER", one_scale and cfg["DEQUANT"])
         _mm_bytes[(*grid, split)](x, qweight.view(torch.uint8), *common, wpr * 4, scale.shape[1], group_size,
-                                  x.stride(0), out_features, BK=bu * uc, SCALE_AFTER=cfg.pop("SCALE_AFTER", one_scale),
-                                  **flags, **cfg)
+                                  x.stride(0), out_features, BK=bu * uc, SCALE_AFTER=scale_after, **flags, **cfg)
     else:
         cfg["ASM"] = cfg["ASM"] and bits == 4 and not signed8
         _mm_tc[(*grid, split)](x, qweight, *common, wpr, scale.shape[1], group_size, x.stride(0), out_features,
