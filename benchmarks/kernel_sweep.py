@@ -102,18 +102,25 @@ def _int8_weights(cols, out, dev):
     return (q.view(torch.int32), scale, None), q.numel() + 2 * out
 
 
-def _problem(x, cols, out, bits, dev, path, signed8, nf4, aqlm=False):
-    """(weight arguments, packed bytes, fp32 reference output, run(x, weights, config)) of one format: int_group
-    codes (g128), int8 weight-only (signed8), NF4 with double-quantized absmax in blocks of 64 (nf4, mma only) or
-    AQLM 2x8 (aqlm, the CUDA AQLM kernel)."""
-    if aqlm:
+def format_label(bits: int, signed8: bool, nf4: bool, aqlm: bool) -> int | str:
+    """The format a sweep times, as its records name it: the int_group bit width, "int8wo", "nf4" or "aqlm2x8"."""
+    return "aqlm2x8" if aqlm else "nf4" if nf4 else "int8wo" if signed8 else bits
+
+
+def _problem(x, cols, out, fmt, dev, path):
+    """(weight arguments, packed bytes, fp32 reference output, run(x, weights, config)) of one format (fmt, as
+    format_label names it): int_group codes (g128), int8 weight-only, NF4 with double-quantized absmax in blocks
+    of 64 (mma only) or AQLM 2x8 (the CUDA AQLM kernel)."""
+    if fmt == "aqlm2x8":
         args, nbytes = aqlm_weights(cols, out, dev, 2, 8)
         ref = reference.aqlm_linear(x.float(), *args, None)
         return args, nbytes, ref, lambda x, w, cfg: aqlm_mma(x, *w, None, config=cfg)
-    if nf4:
+    if fmt == "nf4":
         args, nbytes = fourbit_weights(cols, out, dev)
         ref = reference.fourbit_linear(x.float(), *args, None)
         return args, nbytes, ref, lambda x, w, cfg: fourbit_mma(x, *w, None, config=cfg)
+    signed8 = fmt == "int8wo"
+    bits = 8 if signed8 else fmt
     weights = _int8_weights(cols, out, dev) if signed8 else int_group_weights(cols, out, bits, dev)
     (qweight, scale, zero), nbytes = weights
     group = cols if signed8 else 128
@@ -126,10 +133,9 @@ def _problem(x, cols, out, bits, dev, path, signed8, nf4, aqlm=False):
                                                                           config=cfg)
 
 
-def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, configs=None, nf4=False,
-               aqlm=False) -> list[dict]:
+def sweep_cell(cols, out, rows, fmt, dev, budget_s, path="tc", configs=None) -> list[dict]:
     x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
-    args, nbytes, ref, run = _problem(x, cols, out, bits, dev, path, signed8, nf4, aqlm)
+    args, nbytes, ref, run = _problem(x, cols, out, fmt, dev, path)
     ws = weight_copies(args, nbytes)
     out_rows = []
     for label, build in (("bf16", lambda: _bf16_variant(cols, out, dev)), ("torch_int4", lambda: _torch_int4_variant(cols, out, dev))):
@@ -137,7 +143,8 @@ def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, c
         out_rows.append({"variant": label, "us": _time_per_call(lambda i: call(x, i), copies) * 1e6})
         del call
     start = time.time()
-    for space in (configs or (aqlm_space if aqlm else {"mv": mv_space, "tc": tc_space, "mma": mma_space}[path])(rows),):
+    space_of = aqlm_space if fmt == "aqlm2x8" else {"mv": mv_space, "tc": tc_space, "mma": mma_space}[path]
+    for space in (configs or space_of(rows),):
         for cfg in space:
             if time.time() - start > budget_s:
                 out_rows.append({"variant": "budget", "error": "cell time budget spent, rest skipped"})
@@ -152,8 +159,7 @@ def sweep_cell(cols, out, rows, bits, dev, budget_s, path="tc", signed8=False, c
             out_rows.append(rec)
     bf16 = out_rows[0]["us"]
     for r in out_rows:
-        label = "aqlm2x8" if aqlm else "nf4" if nf4 else "int8wo" if signed8 else bits
-        r.update(shape=f"{cols}x{out}", rows=rows, bits=label)
+        r.update(shape=f"{cols}x{out}", rows=rows, bits=fmt)
         if "us" in r:
             r["x_bf16"] = bf16 / r["us"]
             r["GBps"] = (nbytes + x.numel() * 2 + rows * out * 2) / r["us"] / 1e3
@@ -175,6 +181,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if (args.nf4 or args.aqlm) and args.path != "mma":
         p.error("--nf4 and --aqlm sweep the CUDA kernels' launch shapes: add --path mma")
+    fmt = format_label(args.bits, args.signed8, args.nf4, args.aqlm)
     dev = torch.device("cuda")
     torch.manual_seed(0)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_GBps": copy_bandwidth(dev)}
@@ -182,9 +189,7 @@ def main(argv=None) -> int:
     records = []
     for shape, rows in itertools.product(args.shapes, args.rows):
         cols, out = map(int, shape.split("x"))
-        bits = 8 if args.signed8 else args.bits
-        cell = sweep_cell(cols, out, rows, bits, dev, args.cell_budget, args.path, args.signed8, args.configs,
-                          args.nf4, args.aqlm)
+        cell = sweep_cell(cols, out, rows, fmt, dev, args.cell_budget, args.path, args.configs)
         records += cell
         for r in cell:
             print(json.dumps(r), flush=True)
