@@ -33,7 +33,6 @@ def codes_per_word(bits: int) -> int:
     return 32 if bits == 3 else 32 // bits
 
 
-
 def words_per_thread(bits: int, in_features: int, group_size: int) -> int | None:
     """Words U a thread reads per row and chunk: the largest of 4, 2, 1 (3-bit codes: 1 unit of 3 words) whose
     chunk (4 threads x U words of codes_per_word inputs) divides in_features and the group size (a chunk lies in
