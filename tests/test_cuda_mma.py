@@ -85,10 +85,13 @@ def test_mma_kernel_matches_reference(bits, cols, group, symmetric, smem_x):
 @pytest.mark.parametrize("config", [{"KS": 256, "WARPS": 2, "TILES": 1}, {"KS": 512, "WARPS": 4, "TILES": 4},
                                     {"KS": 1024, "WARPS": 1, "TILES": 2}, {"KS": 256, "WARPS": 16, "TILES": 2},
                                     {"KS": 512, "WARPS": 8, "TILES": 1, "SMEM_X": 1},
-                                    {"KS": 256, "WARPS": 4, "TILES": 8, "DEPTH": 0, "SMEM_X": 1, "MIN_BLOCKS": 4}])
+                                    {"KS": 256, "WARPS": 4, "TILES": 8, "DEPTH": 0, "SMEM_X": 1, "MIN_BLOCKS": 4},
+                                    {"KS": 512, "WARPS": 4, "TILES": 4, "DEPTH": 1, "EARLY": 1},
+                                    {"KS": 256, "WARPS": 8, "TILES": 2, "DEPTH": 0, "SMEM_X": 1, "EARLY": 1}])
 @pytest.mark.parametrize("bits", [4, "int8"])
 def test_mma_launch_shapes_and_splits_match_reference(config, bits, monkeypatch):
-    """Launch shapes with K split over 1 to 11 blocks, fixed up in the launch or summed on the host."""
+    """Launch shapes with K split over 1 to 11 blocks, fixed up in the launch or summed on the host; the first
+    tiles loaded before the activations (EARLY) with and without tiles in flight."""
     seed = fresh_seed()
     layer, ref_w, call = _layer(16 * 21, 2816, 128, False, True, bits)
     for rows in (1, 5, 12):
@@ -101,11 +104,11 @@ def test_mma_launch_shapes_and_splits_match_reference(config, bits, monkeypatch)
 @pytest.mark.parametrize("quant_type,double_quant,blocksize,cols", [
     ("nf4", True, 64, 4096), ("nf4", False, 64, 1088), ("fp4", True, 128, 2048), ("nf4", True, 32, 1056),
 ])
-@pytest.mark.parametrize("smem_x", [0, 1])
-def test_fourbit_mma_matches_reference(quant_type, double_quant, blocksize, cols, smem_x):
+@pytest.mark.parametrize("smem_x,early", [(0, 0), (1, 0), (0, 1)])
+def test_fourbit_mma_matches_reference(quant_type, double_quant, blocksize, cols, smem_x, early):
     """NF4/FP4 through the byte-pair table: both tables, plain and double-quantized absmax, blocks of 32 to 128
     (1-, 2- and 4-word chunks), K in one block and over several, every row count to 16, fp16 and bf16, with
-    bias, by name through the module and its op."""
+    bias, the first tiles loaded before the activations or after, by name through the module and its op."""
     seed = fresh_seed()
     out = 16 * 37
     layer = FourBitLinear.from_float(torch.randn(out, cols), torch.randn(out),
@@ -115,7 +118,7 @@ def test_fourbit_mma_matches_reference(quant_type, double_quant, blocksize, cols
     for rows, dtype in itertools.product((1, 2, 7, 8, 9, 16), DTYPES):
         x = torch.randn(rows, cols, device="cuda", dtype=dtype) * 3
         ref = reference.fourbit_linear(x.double(), *args, layer.bias.double())
-        y = cuda_mma.fourbit_mma(x, *args, layer.bias, config={"SMEM_X": smem_x})
+        y = cuda_mma.fourbit_mma(x, *args, layer.bias, config={"SMEM_X": smem_x, "EARLY": early})
         assert y.dtype == dtype and torch.isfinite(y).all(), f"{quant_type} rows={rows} seed={seed}"
         err = ((y.double() - ref).norm() / ref.norm()).item()
         assert err < TOL[dtype], f"{quant_type} dq={double_quant} B={blocksize} rows={rows} {dtype} err={err:.2e}"
@@ -253,6 +256,31 @@ def test_three_bit_register_shape_holds_two_blocks():
     capped, _, info = _ptxas(spec)
     uncapped, _, _ = _ptxas({k: v for k, v in spec.items() if k != "MIN_BLOCKS"})
     assert capped <= 128 < uncapped, info
+
+
+@pytest.mark.parametrize("bits,rows,out,table,early", [
+    (8, 1, 4096, False, True), (8, 2, 4096, False, False), (4, 1, 4096, True, True), (4, 1, 1024, True, False),
+    (4, 1, 14336, True, False), (4, 1, 4096, False, False), (2, 1, 4096, False, False),
+])
+def test_early_loads_where_timed_faster(bits, rows, out, table, early):
+    """The first tiles' loads go out before the activations (EARLY) at one row for int8 codes and for NF4's register
+    shape where its blocks outnumber the multiprocessors (4096x4096: 256 blocks), which also asks for two blocks a
+    multiprocessor; int2/int4, NF4's wide shape (4096x14336) and its 64 blocks of 4096x1024 keep them after."""
+    group = 4096 if bits == 8 else 64 if table else 128
+    cfg = cuda_mma.choose_config(bits, rows, 4096, out, group, sms=132, table=table)
+    assert bool(cfg.get("EARLY")) == early
+    assert (cfg.get("MIN_BLOCKS") == 2) == (early and table)
+
+
+def test_early_loads_fit_two_nf4_register_blocks_a_multiprocessor():
+    """NF4's register shape at 4096x4096 takes 192 registers a thread with its loads after the activations' setup
+    (one 8-warp block a multiprocessor: 256 blocks in two waves); with the first tile loaded before, ptxas keeps
+    it within the 128 registers two blocks need, without spills."""
+    spec = cuda_mma.specialization(4, 1, 4096, 4096, 64, 132, has_zero=False, config={"LUT4": 1, "DQ": 1})
+    assert spec["EARLY"] == 1 and spec["SMEM_X"] == 0 and spec["WARPS"] == 8
+    capped, spills, info = _ptxas(spec)
+    late, _, _ = _ptxas({k: v for k, v in spec.items() if k not in ("EARLY", "MIN_BLOCKS")})
+    assert capped <= 128 < late and spills == 0, info
 
 
 def test_min_blocks_caps_the_registers():

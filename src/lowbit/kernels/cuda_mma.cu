@@ -57,7 +57,8 @@
 // codes with BITS 4 and G the absmax block; double-quantized absmax), SMEM_X (keep the
 // activation fragments in shared memory, read per chunk, instead of registers: the fragments of a 512-input
 // slice take 64 registers a thread, most of them zeros at one row, and registers allowed one 8-warp block per
-// multiprocessor: kern11), and optionally MIN_BLOCKS (blocks per multiprocessor that the register use must
+// multiprocessor: kern11), EARLY (the first tiles' loads go out before the activations are read; int8 and the
+// NF4 register shape, kern15), and optionally MIN_BLOCKS (blocks per multiprocessor that the register use must
 // allow). Shared memory is dynamic: the launch passes shared_bytes(...) (cuda_mma.py).
 //
 // The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
@@ -80,7 +81,11 @@
 #define OUT_TILE 16
 #define NVALS (TILES * 32 * 4 * R8)  // a warp's fp32 results per block
 
-#ifndef LUT4  // the newer settings default off
+#ifndef EARLY  // the newer settings default off
+#define EARLY 0
+#endif
+#define EARLY_TILES (EARLY ? (DEPTH > 0 ? DEPTH : 1) : 0)  // tiles loaded before the activations are read
+#ifndef LUT4
 #define LUT4 0
 #endif
 #ifndef DQ
@@ -313,6 +318,14 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
   const float mean = 0.f;
 #endif
 
+  // The tiles' words stream through a ring of DEPTH + 1 register buffers: DEPTH tiles in flight. With EARLY
+  // the first tiles' loads (DEPTH of them, at least one) go out before the activations are read, so that the
+  // two latencies overlap.
+  TileData buf[DEPTH + 1];
+#pragma unroll
+  for (int i = 0; i < EARLY_TILES && i < TILES; ++i)
+    load_tile(buf[i], qweight, qp, blockIdx.x * TILES + i, k0, K, N, ngroups, g, t);
+
   // The slice's activation fragments (B operands), and per chunk the sums of its inputs of activation rows
   // 8r + 2t and 8r + 2t + 1 from an mma with an all-ones A (the sums in the accumulators' layout).
 #if SMEM_X
@@ -384,18 +397,16 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
 #endif
     }
   }
-
-  // The tiles' words stream through a ring of DEPTH + 1 register buffers: DEPTH tiles in flight.
-  TileData buf[DEPTH + 1];
   const int tile0 = blockIdx.x * TILES;
 #pragma unroll
-  for (int i = 0; i < DEPTH && i < TILES; ++i) load_tile(buf[i], qweight, qp, tile0 + i, k0, K, N, ngroups, g, t);
+  for (int i = EARLY_TILES; i < DEPTH && i < TILES; ++i)
+    load_tile(buf[i], qweight, qp, tile0 + i, k0, K, N, ngroups, g, t);
 #if LUT4
   __syncthreads();  // the pair table is written
 #endif
 #pragma unroll
   for (int i = 0; i < TILES; ++i) {
-    if (i + DEPTH < TILES)
+    if (i + DEPTH < TILES && i + DEPTH >= EARLY_TILES)
       load_tile(buf[(i + DEPTH) % (DEPTH + 1)], qweight, qp, tile0 + i + DEPTH, k0, K, N, ngroups, g, t);
     const TileData& d = buf[i % (DEPTH + 1)];
     float out[R8][4];

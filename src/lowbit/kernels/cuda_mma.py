@@ -81,7 +81,12 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     row fragments take 256-input slices in registers (their activations need twice the registers; 16 rows of
     shared fragments would overflow shared memory at 16 warps). 3-bit codes at one row in the register shape
     ask for two blocks a multiprocessor (capped at 128 registers, 16 bytes spilled: 4096x4096 1.69x -> 2.15x
-    bf16, the other shapes within 1%, kern14 run 4)."""
+    bf16, the other shapes within 1%, kern14 run 4). At one row, int8 codes load their first tiles before the
+    activations (EARLY: 1.01-1.08x faster on the five shapes, kern15 run 2), and so does NF4's register shape where
+    its blocks outnumber the multiprocessors, asking for two blocks a multiprocessor (192 registers a thread left a
+    second wave of blocks; the early loads bring it to 128 without spills: 4096x4096 1.76-1.81x -> 1.93-2.03x bf16,
+    runs 2-3). Early loads slowed int2, int3 and int4 on 12 of their 15 cells (0.85-0.98x; 1.03-1.07x on int4's
+    4096x128256 and int2's 4096x4096) and NF4 on 4096x1024 (0.96x): there they stay off."""
     words = words_per_thread(bits, in_features, group_size)
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
@@ -98,8 +103,12 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
         slices = math.ceil(in_features / slice_k)
         warps = math.ceil(slices / math.ceil(slices / 16))  # at most 16, every K block as busy
         return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1}
-    if bits == 3 and rows == 1:  # 148 registers would hold one block a multiprocessor (kern14 run 4)
+    if rows == 1 and bits == 3:  # 148 registers would hold one block a multiprocessor (kern14 run 4)
         return shape | {"MIN_BLOCKS": 2}
+    if rows == 1 and bits == 8:
+        return shape | {"EARLY": 1}
+    if rows == 1 and table and math.ceil(n_tiles / tiles) * k_blocks > sms:  # 192 registers: one block an SM
+        return shape | {"EARLY": 1, "MIN_BLOCKS": 2}
     return shape
 
 
