@@ -169,13 +169,24 @@ def test_mma_kernel_says_why_it_cannot_run(change, reason):
     ("int_group_linear", 3, 1, True), ("int_group_linear", 3, 16, True), ("int_group_linear", 3, 17, False),
     ("int_group_linear", 8, 1, False), ("int8_weight_linear", 8, 1, False), ("int8_weight_linear", 8, 2, True),
     ("int8_weight_linear", 8, 8, True), ("int8_weight_linear", 8, 9, False),
-    ("fourbit_linear", 4, 1, True), ("fourbit_linear", 4, 8, True), ("fourbit_linear", 4, 9, False),
+    ("fourbit_linear", 4, 1, True), ("fourbit_linear", 4, 8, True), ("fourbit_linear", 4, 16, True),
+    ("fourbit_linear", 4, 17, False),
 ])
 def test_auto_takes_cuda_mma_where_timed_ahead(op, bits, rows, taken):
-    """Where the H100 runs timed it ahead of the Triton kernels (int4 up to one row fragment, kern11; NF4, kern12;
-    int2, and int8 weight-only from 2 to 8 rows, kern13; int3 up to 16 rows, kern14); elsewhere a reason that
-    names the Triton kernels."""
+    """Where the H100 runs timed it ahead of the Triton kernels (int4 up to one row fragment, kern11; NF4, kern12,
+    up to 16 rows since kern15; int2, and int8 weight-only from 2 to 8 rows, kern13; int3 up to 16 rows, kern14);
+    elsewhere a reason that names the Triton kernels."""
     reason = _mma_candidate(op).unsuited(_ctx(rows=rows, bits=bits))
+    assert (reason is None) == taken
+    assert taken or "Triton" in reason
+
+
+@pytest.mark.parametrize("rows,out,taken", [(1, 1024, True), (1, 512, True), (1, 1040, False), (1, 128256, False),
+                                           (2, 4096, True)])
+def test_auto_takes_cuda_mma_for_narrow_int8_layers_at_one_row(rows, out, taken):
+    """int8 weight-only at one row: cuda_mma on layers of at most 1024 outputs (4096x1024: 1.59x bf16 against
+    triton_mv's 1.25x, kern15 run 3), triton_mv on wider ones; from 2 rows cuda_mma whatever the width."""
+    reason = _mma_candidate("int8_weight_linear").unsuited(_ctx(rows=rows, out=out, bits=8, group=4096))
     assert (reason is None) == taken
     assert taken or "Triton" in reason
 

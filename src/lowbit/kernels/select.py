@@ -106,10 +106,11 @@ def _cuda_mma_fourbit(ctx: CallContext) -> str | None:
 
 
 def _mma_fourbit_few_rows(ctx: CallContext) -> str | None:
-    """Auto takes cuda_mma for NF4/FP4 at up to 8 rows (one activation fragment): on an H100, in one run over the
-    five Llama-3-8B shapes, 1.78-2.48x bf16 at one row against the Triton kernel's 0.87-1.44x, and 1.57-2.00x at
-    8 rows against 0.44-0.72x (kern12 runs 2-3). 9-16 rows were not timed at the shapes now chosen."""
-    return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "not timed against the Triton kernels (kern12)", ctx)
+    """Auto takes cuda_mma for NF4/FP4 up to its 16 rows: on an H100, in one run over the five Llama-3-8B shapes,
+    1.78-2.48x bf16 at one row against the Triton kernel's 0.87-1.44x, and 1.57-2.00x at 8 rows against 0.44-0.72x
+    (kern12 runs 2-3); 1.22-1.42x at 9 rows and 1.17-1.39x at 16 against the Triton tensor-core kernel's 0.45-0.75x
+    (kern15 run 8)."""
+    return _more_rows_than(cuda_mma.MAX_ROWS, "cuda_mma's limit; the Triton tensor-core kernel runs more", ctx)
 
 
 def _triton_aqlm(kernel: str, ctx: CallContext) -> str | None:
@@ -127,7 +128,7 @@ def _cuda_mma_int_group(ctx: CallContext) -> str | None:
                                                      ctx.out_features, ctx.group_size or 0)
 
 
-FEW_OUTPUTS = 1024  # int4 layers this narrow stay on cuda_mma up to 16 rows (the k/v projections of Llama-3-8B)
+FEW_OUTPUTS = 1024  # layers this narrow (Llama-3-8B's k/v projections) stay on cuda_mma: int4 to 16 rows, int8 at 1
 
 
 def _mma_int_few_rows(ctx: CallContext) -> str | None:
@@ -150,8 +151,10 @@ def _mma_int8_few_rows(ctx: CallContext) -> str | None:
     """int8 weight-only: auto takes cuda_mma from 2 to 8 rows, where the Triton kernel is the tensor-core one: on an
     H100 over the five Llama-3-8B shapes, 1.37-1.89x bf16 at 2 rows against its 0.91-1.46x (kern13 run 3) and
     1.28-1.87x at 8 rows against 0.87-1.45x (run 2). At one row triton_mv was ahead on three of five (1.53-1.68x
-    against 1.36-1.43x, run 2), so auto keeps it there."""
-    if ctx.rows == 1:
+    against 1.36-1.43x, run 2; 1.51-1.69x against 1.44-1.53x, kern15 run 3), so auto keeps it there except on
+    layers of at most FEW_OUTPUTS outputs (4096x1024: 1.59x against 1.25x, kern15 run 3; 1.47x against 1.26x,
+    kern13)."""
+    if ctx.rows == 1 and ctx.out_features > FEW_OUTPUTS:
         return "one row: the Triton matrix-vector kernel is faster on an H100 (kern13); name cuda_mma to use it"
     return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "not timed against the Triton kernels (kern13)", ctx)
 
