@@ -38,7 +38,7 @@ from lowbit.modules.plan import kernel_summary
 LLAMA3_8B = dict(hidden=4096, inter=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
 FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int3_g128", "int3_g128_mma", "int2_g128",
            "int2_g128_mma", "int8_weight_only", "int8_weight_only_mma", "w8a8", "torch_int4_g128", "nf4_dq_b64",
-           "aqlm_2x8"]
+           "nf4_dq_b64_mma", "aqlm_2x8"]
 # *_mma: the CUDA tensor-core kernel by name; *_triton: the Triton kernels by name; else auto's choice
 MODES = ["eager", "compiled"]
 SDPA_BACKENDS = ["default", "math", "flash", "efficient", "cudnn"]
@@ -73,9 +73,11 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
         return layer
     if fmt == "torch_int4_g128":
         return TorchInt4Linear(in_f, out_f, dev)
-    if fmt == "nf4_dq_b64":  # QLoRA's setting: blocks of 64, double-quantized absmax
+    if fmt.startswith("nf4_dq_b64"):  # QLoRA's setting: blocks of 64, double-quantized absmax
         w = torch.randn(out_f, in_f, device=dev) * std
-        return FourBitLinear.from_float(w, None, FourBitLayout(out_f, in_f, "nf4", 64, True))
+        layer = FourBitLinear.from_float(w, None, FourBitLayout(out_f, in_f, "nf4", 64, True))
+        layer.kernel_preference = _preference(fmt)
+        return layer
     if fmt == "aqlm_2x8":  # two codebooks of 256 codewords of 8 inputs, random codes
         codes = torch.randint(0, 256, (out_f, in_f // 8, 2), device=dev)  # (out, G, M)
         books = torch.randn(2, 256, 8, device=dev) * std
