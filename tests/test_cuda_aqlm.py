@@ -34,7 +34,8 @@ def _layer(m: int, nbits: int, out: int, cols: int, bias: bool = True) -> AQLMLi
 
 @gpu
 @pytest.mark.parametrize("m,nbits", [(2, 8), (1, 8), (2, 6)])
-@pytest.mark.parametrize("config", [None, {"TILES": 4, "WARPS": 4}, {"TILES": 2, "WARPS": 8}])
+@pytest.mark.parametrize("config", [None, {"TILES": 4, "WARPS": 4}, {"TILES": 2, "WARPS": 8},
+                                    {"TILES": 2, "WARPS": 4, "EARLY": 1}])
 def test_aqlm_mma_matches_reference(m, nbits, config):
     """1x8, 2x8 and 2x6 codebooks, every row count to 8, fp16 and bf16, with and without bias, K over one warp and
     over several slices a warp, outputs that leave the last block's tiles partly past N."""
@@ -134,3 +135,12 @@ def test_chosen_specializations_build_for_sm90_without_spills(cols, out):
     _, _, log = sm90_usage(cuda_aqlm.SOURCE, spec)  # its register count is read from the log, so it is there
     assert not re.search(r"[1-9]\d* bytes spill", log), log
     assert cuda_aqlm.shared_bytes(spec) <= 227 * 1024
+
+
+@pytest.mark.parametrize("cols,out,tiles,early", [(4096, 1024, 1, True), (4096, 4096, 2, False),
+                                                  (4096, 14336, 4, False), (14336, 4096, 2, False)])
+def test_one_tile_blocks_load_their_first_slice_early(cols, out, tiles, early):
+    """Blocks of one output tile (layers too narrow to fill the GPU otherwise) request each warp's first slice before
+    the codebook copy (faster on 4096x1024, kern15 run 9); wider blocks keep it after (slower with it)."""
+    cfg = cuda_aqlm.choose_config(cols, out, sms=132)
+    assert cfg["TILES"] == tiles and bool(cfg.get("EARLY")) == early

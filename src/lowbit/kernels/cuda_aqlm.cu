@@ -16,7 +16,8 @@
 //
 // A block of WARPS warps covers TILES tiles of 16 outputs and all of K: warp w takes 256-input slices w,
 // w + WARPS, ... (their activations and codes in registers), the warps' sums meet in shared memory, and the block
-// scales and writes them. Compile-time settings (-D): BF16 (activations bf16, else fp16), M, WARPS, TILES.
+// scales and writes them. Compile-time settings (-D): BF16 (activations bf16, else fp16), M, WARPS, TILES, EARLY
+// (each warp's first slice requested before the codebooks are copied).
 //
 // The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 
@@ -24,6 +25,9 @@
 #define SLICE (SLICE_GROUPS * 8)  // inputs a warp slice
 #define COPIES 8                  // copies of each codeword, one per lane of a 16-byte load phase
 #define NVALS (TILES * 32 * 4)    // a warp's fp32 results per block
+#ifndef EARLY                     // load the warp's first slice before the codebooks are copied
+#define EARLY 0
+#endif
 
 #if BF16
 #define ONES 0x3f803f80u
@@ -105,6 +109,10 @@ lowbit_aqlm(const unsigned char* __restrict__ codes, const u16* __restrict__ cod
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int slices = K / SLICE, tile0 = blockIdx.x * TILES;
+#if EARLY  // the warp's first slice is requested before the codebook copy: the two latencies overlap
+  Slice d;
+  if (warp < slices) load_slice(d, codes, x, warp, rows, K, N, tile0, g, t);
+#endif
 
   // The codebooks in the activations' type, 8 copies; a thread's 8 stores staggered over the bank quads.
   for (int e = threadIdx.x; e < M * 256; e += WARPS * 32) {
@@ -132,8 +140,12 @@ lowbit_aqlm(const unsigned char* __restrict__ codes, const u16* __restrict__ cod
   for (int i = 0; i < TILES; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
 
   for (int s = warp; s < slices; s += WARPS) {
+#if EARLY
+    if (s != warp) load_slice(d, codes, x, s, rows, K, N, tile0, g, t);
+#else
     Slice d;
     load_slice(d, codes, x, s, rows, K, N, tile0, g, t);
+#endif
 #pragma unroll
     for (int i = 0; i < TILES; ++i) {
 #pragma unroll

@@ -42,10 +42,13 @@ def choose_config(in_features: int, out_features: int, sms: int) -> dict:
 
     From the H100 sweep of the Llama-3-8B shapes at one row (kern13: `kernel_sweep.py --path mma --aqlm`), the
     fastest shape of each: 4096x14336 and 4096x128256 8 warps x 4 tiles, 14336x4096 and 4096x4096 16 x 2,
-    4096x1024 16 x 1."""
+    4096x1024 16 x 1. One-tile blocks (too few outputs to fill the multiprocessors otherwise) request each warp's
+    first slice before copying the codebooks (EARLY: 4096x1024 1.66-1.68x -> 1.76-1.79x bf16, kern15 run 9; the
+    shapes of 2 and 4 tiles ran 0.84-0.92x with it, their registers rising to 108-158)."""
     n_tiles = out_features // 16
     tiles = next(t for t in (4, 2, 1) if t == 1 or n_tiles / t >= 0.9 * sms)
-    return {"WARPS": min(8 if tiles == 4 else 16, in_features // SLICE), "TILES": tiles}
+    shape = {"WARPS": min(8 if tiles == 4 else 16, in_features // SLICE), "TILES": tiles}
+    return shape | {"EARLY": 1} if tiles == 1 else shape
 
 
 def specialization(num_codebooks: int, in_features: int, out_features: int, sms: int, bf16: bool = True,
