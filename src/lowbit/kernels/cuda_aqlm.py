@@ -48,7 +48,7 @@ def choose_config(in_features: int, out_features: int, sms: int) -> dict:
     n_tiles = out_features // 16
     tiles = next(t for t in (4, 2, 1) if t == 1 or n_tiles / t >= 0.9 * sms)
     shape = {"WARPS": min(8 if tiles == 4 else 16, in_features // SLICE), "TILES": tiles}
-    return shape | {"EARLY": 1} if tiles == 1 else shape
+    return (shape | {"EARLY": 1}) if tiles == 1 else shape
 
 
 def specialization(num_codebooks: int, in_features: int, out_features: int, sms: int, bf16: bool = True,
