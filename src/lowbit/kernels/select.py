@@ -86,6 +86,7 @@ def _more_rows_than(limit: int, faster: str, ctx: CallContext) -> str | None:
 
 
 _few_rows = partial(_more_rows_than, triton_ops.GEMV_MAX_ROWS, "the tensor-core kernel is faster")
+_mma_rows = partial(_more_rows_than, cuda_mma.MAX_ROWS, "cuda_mma's limit; the Triton tensor-core kernel runs more")
 
 
 def _triton_int8_weight(ctx: CallContext) -> str | None:
@@ -110,7 +111,7 @@ def _mma_fourbit_few_rows(ctx: CallContext) -> str | None:
     1.78-2.48x bf16 at one row against the Triton kernel's 0.87-1.44x, and 1.57-2.00x at 8 rows against 0.44-0.72x
     (kern12 runs 2-3); 1.22-1.42x at 9 rows and 1.17-1.39x at 16 against the Triton tensor-core kernel's 0.45-0.75x
     (kern15 run 8)."""
-    return _more_rows_than(cuda_mma.MAX_ROWS, "cuda_mma's limit; the Triton tensor-core kernel runs more", ctx)
+    return _mma_rows(ctx)
 
 
 def _triton_aqlm(kernel: str, ctx: CallContext) -> str | None:
@@ -141,7 +142,7 @@ def _mma_int_few_rows(ctx: CallContext) -> str | None:
     tensor-core kernel was faster for int4 except where the outputs are few (4096x1024: 1.36-1.37x against
     0.93-0.96x, kern13 and kern14 run 5), so int4 takes cuda_mma up to 16 rows there."""
     if ctx.bits == 3 or (ctx.bits == 4 and ctx.out_features <= FEW_OUTPUTS):
-        return _more_rows_than(cuda_mma.MAX_ROWS, "cuda_mma's limit; the Triton tensor-core kernel runs more", ctx)
+        return _mma_rows(ctx)
     if ctx.bits not in (2, 4):
         return f"{ctx.bits}-bit codes: not shown faster than the Triton kernels (kern11); name cuda_mma to use it"
     return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "the Triton tensor-core kernel is faster", ctx)
