@@ -29,3 +29,42 @@ __device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+
+__device__ __forceinline__ float load_cg(const float* p) {  // bypass L1: other blocks wrote it
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+
+// Output n of activation row m from `splits` fp32 partials (arrays of `total` = rows x N values in part, written
+// by other blocks): added up in split order, scaled by scales[n] (unless null), the bias added, written to y.
+__device__ __forceinline__ void sum_partial(const float* part, int splits, long long total, int m, int n, int N,
+                                            const u16* scales, const float* bias, int has_bias, u16* y) {
+  float sum = 0.f;
+  for (int s = 0; s < splits; ++s) sum += load_cg(part + s * total + (long long)m * N + n);
+  if (scales) sum *= half_f32(scales[n]);
+  if (has_bias) sum += bias[n];
+  y[(long long)m * N + n] = f32_act(sum);
+}
+
+// The fix-up of split partials (as stream-K GEMMs', Osama et al. 2023), called by every thread of a block once its
+// partial of outputs [n0, n0 + span) of `rows` rows is in part: the last of the `splits` blocks to arrive at
+// counters[slot] adds the partials up (sum_partial) and resets the counter for the next launch. THREADS: the
+// block's. No barrier after it.
+template <int THREADS>
+__device__ __forceinline__ void add_up_partials(const float* part, int* counters, u32 slot, int splits, int rows,
+                                                int N, int n0, int span, const u16* scales, const float* bias,
+                                                int has_bias, u16* y) {
+  __shared__ int last_block;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last_block = atomicAdd(&counters[slot], 1) == splits - 1;
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  for (int v = threadIdx.x; v < rows * span; v += THREADS) {
+    const int m = v / span, n = n0 + v % span;
+    if (n < N) sum_partial(part, splits, (long long)rows * N, m, n, N, scales, bias, has_bias, y);
+  }
+  if (threadIdx.x == 0) counters[slot] = 0;  // ready for the next launch
+}

@@ -206,12 +206,6 @@ __device__ __forceinline__ void load_words(u32* dst, const u32* src, bool valid)
 #endif
 }
 
-__device__ __forceinline__ float load_cg(const float* p) {  // bypass L1: other blocks wrote it
-  float v;
-  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-  return v;
-}
-
 // NF4/FP4: the table entry of byte i of w in this lane's copy (lut: its shared-space address), copies 128 bytes
 // apart: a prmt and a lea for the address, then one ld.shared.
 __device__ __forceinline__ u32 lut_pair(u32 lut, u32 w, int i) {
@@ -297,7 +291,6 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
   extern __shared__ __align__(16) u32 smem[];
   float* red_flat = reinterpret_cast<float*>(smem + LUT_BYTES / 4);
   float (*red)[NVALS] = reinterpret_cast<float (*)[NVALS]>(red_flat);
-  __shared__ int last_block;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int k0 = (blockIdx.y * WARPS + warp) * KS;
@@ -523,22 +516,6 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
     }
   }
   if (!split || !fixup) return;  // without fix-up the host adds the partials
-
-  // Fix-up: the last block of this output range adds the K slices' partials.
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last_block = atomicAdd(&counters[blockIdx.x], 1) == (int)gridDim.y - 1;
-  __syncthreads();
-  if (!last_block) return;
-  __threadfence();
-  const int span = TILES * OUT_TILE;
-  for (int v = threadIdx.x; v < rows * span; v += WARPS * 32) {
-    const int m = v / span, n = tile0 * OUT_TILE + v % span;
-    if (n >= N) continue;
-    float sum = 0.f;
-    for (int s = 0; s < (int)gridDim.y; ++s) sum += load_cg(part + s * total + (long long)m * N + n);
-    if (has_bias) sum += bias[n];
-    y[(long long)m * N + n] = f32_act(sum);
-  }
-  if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
+  add_up_partials<WARPS * 32>(part, counters, blockIdx.x, gridDim.y, rows, N, tile0 * OUT_TILE, TILES * OUT_TILE,
+                              nullptr, bias, has_bias, y);
 }
