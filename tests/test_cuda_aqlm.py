@@ -32,16 +32,12 @@ def _layer(m: int, nbits: int, out: int, cols: int, bias: bool = True) -> AQLMLi
     return AQLMLinear.from_weights(w, torch.randn(out) if bias else None)
 
 
-@gpu
-@pytest.mark.parametrize("m,nbits", [(2, 8), (1, 8), (2, 6)])
-@pytest.mark.parametrize("config", [None, {"TILES": 4, "WARPS": 4}, {"TILES": 2, "WARPS": 8},
-                                    {"TILES": 2, "WARPS": 4, "EARLY": 1}])
-def test_aqlm_mma_matches_reference(m, nbits, config):
-    """1x8, 2x8 and 2x6 codebooks, every row count to 8, fp16 and bf16, with and without bias, K over one warp and
-    over several slices a warp, outputs that leave the last block's tiles partly past N."""
+def _check_against_reference(m: int, nbits: int, config: dict | None, out: int = 16 * 5) -> None:
+    """Every row count to 8, fp16 and bf16, with and without bias, K over one warp and over several slices a warp,
+    outputs that leave the last block's tiles partly past N."""
     seed = fresh_seed()
     for cols, bias in ((256, False), (2560, True)):
-        layer = _layer(m, nbits, 16 * 5, cols, bias).to("cuda")
+        layer = _layer(m, nbits, out, cols, bias).to("cuda")
         for rows, dtype in itertools.product((1, 2, 3, 7, 8), DTYPES):
             x = torch.randn(rows, cols, device="cuda", dtype=dtype) * 3
             ref = reference.aqlm_linear(x.double(), *layer.weight_args(), layer.bias.double() if bias else None)
@@ -49,6 +45,38 @@ def test_aqlm_mma_matches_reference(m, nbits, config):
             assert y.dtype == dtype and torch.isfinite(y).all(), f"{m}x{nbits} rows={rows} {config} seed={seed}"
             err = ((y.double() - ref).norm() / ref.norm()).item()
             assert err < TOL[dtype], f"{m}x{nbits} K={cols} rows={rows} {dtype} {config} err={err:.2e} seed={seed}"
+
+
+@gpu
+@pytest.mark.parametrize("m,nbits", [(2, 8), (1, 8), (2, 6), (1, 16), (1, 12)])
+@pytest.mark.parametrize("config", [None, {"TILES": 4, "WARPS": 4}, {"TILES": 2, "WARPS": 8},
+                                    {"TILES": 2, "WARPS": 4, "EARLY": 1}])
+def test_aqlm_mma_matches_reference(m, nbits, config):
+    """1x8, 2x8 and 2x6 codebooks in shared memory, 1x16 and 1x12 read from global memory, against fp64."""
+    _check_against_reference(m, nbits, config)
+
+
+@gpu
+@pytest.mark.parametrize("nbits", [16, 12])
+@pytest.mark.parametrize("config", [{"BUCKETS": 1, "WARPS": 16, "TILES": 1}, {"BUCKETS": 5, "WARPS": 8, "TILES": 2},
+                                    {"BUCKETS": 6, "WARPS": 4, "TILES": 1}])
+def test_aqlm_16bit_codebook_matches_reference(nbits, config):
+    """1x16 (and 1x12: codes past 4096 absent) read from global memory (BUCKETS 1) or split in code ranges, one a
+    block's shared memory; 61 tiles make the blocks of a range move on to further tile groups."""
+    _check_against_reference(1, nbits, config, out=16 * 61)
+
+
+@gpu
+def test_aqlm_split_codebook_adds_partials_on_the_host_without_counters(monkeypatch):
+    """When no arrival counters can be had (first call inside a graph capture), the ranges' partials are added up
+    after the launch, with the same result."""
+    layer = _layer(1, 16, 16 * 9, 512).to("cuda")
+    x = torch.randn(3, 512, device="cuda", dtype=torch.bfloat16)
+    split = {"BUCKETS": 5, "WARPS": 2, "TILES": 2}
+    fixed_up = cuda_aqlm.aqlm_mma(x, *layer.weight_args(), layer.bias, split)
+    monkeypatch.setattr(cuda_aqlm, "counters_for", lambda device, tiles: None)
+    on_host = cuda_aqlm.aqlm_mma(x, *layer.weight_args(), layer.bias, split)
+    assert torch.allclose(fixed_up.float(), on_host.float(), rtol=1e-2, atol=1e-2)
 
 
 @gpu
@@ -75,7 +103,8 @@ def test_aqlm_mma_opcheck_compile_and_graph_capture():
 
 @pytest.mark.parametrize("change,reason", [
     ({"rows": 9}, "more than 8 rows"), ({"in_features": 264}, "multiple of 256"), ({"out_features": 40}, "of 16"),
-    ({"codebooks": 1, "bits": 16}, "<= 8 bits"), ({"group_size": 16}, "codewords of 16"),
+    ({"codebooks": 2, "bits": 16}, "one of <= 16"), ({"bits": 17, "codebooks": 1}, "one of <= 16"),
+    ({"group_size": 16}, "codewords of 16"),
     ({"dtype": torch.float32}, "fp16/bf16"), ({"device": torch.device("cpu")}, "CUDA devices"),
 ])
 def test_aqlm_mma_says_why_it_cannot_run(change, reason):
@@ -128,13 +157,24 @@ def test_aqlm_plan_reproduces_the_product(m, bf16):
 
 
 @pytest.mark.parametrize("cols,out", [(4096, 14336), (14336, 4096), (4096, 1024)])
-def test_chosen_specializations_build_for_sm90_without_spills(cols, out):
+@pytest.mark.parametrize("m,nbits", [(2, 8), (1, 16)])
+def test_chosen_specializations_build_for_sm90_without_spills(cols, out, m, nbits):
     """The shapes auto picks for the Llama-3-8B layers compile, with no register spills and within 227 KB of shared
     memory a block."""
-    spec = cuda_aqlm.specialization(2, cols, out, sms=132)
+    spec = cuda_aqlm.specialization(m, cols, out, sms=132, nbits=nbits)
     _, _, log = sm90_usage(cuda_aqlm.SOURCE, spec)  # its register count is read from the log, so it is there
     assert not re.search(r"[1-9]\d* bytes spill", log), log
     assert cuda_aqlm.shared_bytes(spec) <= 227 * 1024
+
+
+@pytest.mark.parametrize("cols,out,buckets", [(4096, 1024, 1), (4096, 4096, 1), (4096, 14336, 5), (14336, 4096, 5),
+                                              (4096, 128256, 5)])
+def test_16bit_codebooks_split_in_ranges_on_large_layers(cols, out, buckets):
+    """1x16 reads codewords from L2 on layers of at most 2**24 weights and splits the codes in 5 ranges above
+    (faster there, kern16 run 6), unless a block cannot have the shared memory a range takes (an A100's 163 KB)."""
+    assert cuda_aqlm.specialization(1, cols, out, sms=132, nbits=16)["BUCKETS"] == buckets
+    spec = cuda_aqlm.specialization(1, cols, out, sms=108, nbits=16, shared_limit=163 * 1024)
+    assert spec["BUCKETS"] == 1 and cuda_aqlm.shared_bytes(spec) <= 163 * 1024
 
 
 @pytest.mark.parametrize("cols,out,tiles,early", [(4096, 1024, 1, True), (4096, 4096, 2, False),
