@@ -38,7 +38,7 @@ from lowbit.modules.plan import kernel_summary
 LLAMA3_8B = dict(hidden=4096, inter=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
 FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int3_g128", "int3_g128_mma", "int2_g128",
            "int2_g128_mma", "int8_weight_only", "int8_weight_only_mma", "w8a8", "torch_int4_g128", "nf4_dq_b64",
-           "nf4_dq_b64_mma", "aqlm_2x8"]
+           "nf4_dq_b64_mma", "aqlm_2x8", "aqlm_1x16"]
 # *_mma: the CUDA tensor-core kernel by name; *_triton: the Triton kernels by name; else auto's choice
 MODES = ["eager", "compiled"]
 SDPA_BACKENDS = ["default", "math", "flash", "efficient", "cudnn"]
@@ -78,9 +78,10 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
         layer = FourBitLinear.from_float(w, None, FourBitLayout(out_f, in_f, "nf4", 64, True))
         layer.kernel_preference = _preference(fmt)
         return layer
-    if fmt == "aqlm_2x8":  # two codebooks of 256 codewords of 8 inputs, random codes
-        codes = torch.randint(0, 256, (out_f, in_f // 8, 2), device=dev)  # (out, G, M)
-        books = torch.randn(2, 256, 8, device=dev) * std
+    if fmt.startswith("aqlm_"):  # aqlm_MxB: M codebooks of 2**B codewords of 8 inputs, random codes
+        m, nbits = map(int, fmt.removeprefix("aqlm_").split("x"))
+        codes = torch.randint(0, 2**nbits, (out_f, in_f // 8, m), device=dev)  # (out, G, M)
+        books = torch.randn(m, 2**nbits, 8, device=dev) * std
         return AQLMLinear.from_weights(AQLMWeights(codes, books, torch.ones(out_f, 1, device=dev), in_f), None)
     if fmt.startswith("int") and "_g" in fmt:
         bits, group = int(fmt[3]), int(fmt.split("_g")[1].split("_")[0])

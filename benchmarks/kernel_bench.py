@@ -209,6 +209,8 @@ def variants(cols, out, rows, dev):
     yield "aqlm_2x8", lambda: _aqlm(cols, out, rows, dev, 2, 8)
     yield "aqlm_1x16", lambda: _aqlm(cols, out, rows, dev, 1, 16)
     yield "aqlm_2x8_mma", lambda: _aqlm(cols, out, rows, dev, 2, 8, "cuda_mma")  # cuda_aqlm by name
+    yield "aqlm_1x16_mma", lambda: _aqlm(cols, out, rows, dev, 1, 16, "cuda_mma")
+    yield "aqlm_1x16_gather", lambda: _aqlm(cols, out, rows, dev, 1, 16, "triton_gather")
     yield "aqlm_2x8_lut", lambda: _aqlm(cols, out, rows, dev, 2, 8, "triton_lut")
     if rows == 1:  # the kernels auto does not take at one row
         yield "nf4_dq_b64_tc", lambda: _nf4(cols, out, rows, dev, "triton_tc")
@@ -219,7 +221,7 @@ def variants(cols, out, rows, dev):
         yield "nf4_dq_b64_ref", lambda: _nf4(cols, out, rows, dev, "reference")
         yield "nf4_dq_b64_mv", lambda: _nf4(cols, out, rows, dev, "triton_mv")
         yield "aqlm_2x8_ref", lambda: _aqlm(cols, out, rows, dev, 2, 8, "reference")
-        yield "aqlm_1x16_gather", lambda: _aqlm(cols, out, rows, dev, 1, 16, "triton_gather")
+        yield "aqlm_1x16_ref", lambda: _aqlm(cols, out, rows, dev, 1, 16, "reference")
 
 
 def _int_variants(cols, out, rows, dev):

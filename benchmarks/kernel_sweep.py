@@ -5,7 +5,7 @@
 For each (shape, rows) cell it times bf16 cuBLAS, torch's int4 kernel and every candidate configuration
 of `_mm_tc` (--path tc), of the matrix-vector `_gemv` (--path mv; --bits 8 --signed8 is the int8
 weight-only layout) or of the CUDA tensor-core kernels (--path mma: cuda_mma; --nf4 its NF4 path; --aqlm
-cuda_aqlm with AQLM 2x8) side by side (benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that
+2x8|1x16 cuda_aqlm) side by side (benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that
 overflow L2, do_bench median), checks each configuration once against an fp32 reference, and prints the best per
 cell. The tuned table in
 kernels/triton_int.py (tc_config) comes from its output.
@@ -89,10 +89,21 @@ def mma_space(rows: int):
 
 
 def aqlm_space(rows: int):
-    """Launch shapes of the CUDA AQLM kernel (cuda_aqlm.cu): its default, then (warps, tiles of 16 outputs)."""
+    """Launch shapes of the CUDA AQLM kernel (cuda_aqlm.cu) for 8-bit codebooks: its default, then (warps, tiles of
+    16 outputs)."""
     yield {}
     for warps, tiles in [(8, 1), (8, 2), (8, 4), (4, 4), (4, 2), (16, 1), (16, 2), (4, 8)]:
         yield {"WARPS": warps, "TILES": tiles}
+
+
+def aqlm16_space(rows: int):
+    """Launch shapes of the CUDA AQLM kernel for one 16-bit codebook: its default, codewords from L2 (BUCKETS 1),
+    then the codes split in 5 or 6 ranges, one a block's shared memory (lowbit_aqlm_split)."""
+    yield {}
+    for warps, tiles in [(16, 1), (4, 2)]:
+        yield {"WARPS": warps, "TILES": tiles, "BUCKETS": 1}
+    for buckets, warps, tiles in [(5, 16, 2), (6, 16, 2), (5, 8, 4), (6, 8, 4), (5, 8, 2)]:
+        yield {"WARPS": warps, "TILES": tiles, "BUCKETS": buckets}
 
 
 def _int8_weights(cols, out, dev):
@@ -102,17 +113,18 @@ def _int8_weights(cols, out, dev):
     return (q.view(torch.int32), scale, None), q.numel() + 2 * out
 
 
-def format_label(bits: int, signed8: bool, nf4: bool, aqlm: bool) -> int | str:
-    """The format a sweep times, as its records name it: the int_group bit width, "int8wo", "nf4" or "aqlm2x8"."""
-    return "aqlm2x8" if aqlm else "nf4" if nf4 else "int8wo" if signed8 else bits
+def format_label(bits: int, signed8: bool, nf4: bool, aqlm: str | None) -> int | str:
+    """The format a sweep times, as its records name it: the int_group bit width, "int8wo", "nf4", "aqlm2x8" or
+    "aqlm1x16"."""
+    return f"aqlm{aqlm}" if aqlm else "nf4" if nf4 else "int8wo" if signed8 else bits
 
 
 def _problem(x, cols, out, fmt, dev, path):
     """(weight arguments, packed bytes, fp32 reference output, run(x, weights, config)) of one format (fmt, as
     format_label names it): int_group codes (g128), int8 weight-only, NF4 with double-quantized absmax in blocks
     of 64 (mma only) or AQLM 2x8 (the CUDA AQLM kernel)."""
-    if fmt == "aqlm2x8":
-        args, nbytes = aqlm_weights(cols, out, dev, 2, 8)
+    if fmt in ("aqlm2x8", "aqlm1x16"):
+        args, nbytes = aqlm_weights(cols, out, dev, *((2, 8) if fmt == "aqlm2x8" else (1, 16)))
         ref = reference.aqlm_linear(x.float(), *args, None)
         return args, nbytes, ref, lambda x, w, cfg: aqlm_mma(x, *w, None, config=cfg)
     if fmt == "nf4":
@@ -143,7 +155,8 @@ def sweep_cell(cols, out, rows, fmt, dev, budget_s, path="tc", configs=None) -> 
         out_rows.append({"variant": label, "us": _time_per_call(lambda i: call(x, i), copies) * 1e6})
         del call
     start = time.time()
-    space_of = aqlm_space if fmt == "aqlm2x8" else {"mv": mv_space, "tc": tc_space, "mma": mma_space}[path]
+    spaces = {"aqlm2x8": aqlm_space, "aqlm1x16": aqlm16_space}
+    space_of = spaces.get(fmt) or {"mv": mv_space, "tc": tc_space, "mma": mma_space}[path]
     for space in (configs or space_of(rows),):
         for cfg in space:
             if time.time() - start > budget_s:
@@ -174,7 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--signed8", action="store_true", help="int8 weight-only layout (implies --bits 8)")
     p.add_argument("--path", choices=["tc", "mv", "mma"], default="tc")
     p.add_argument("--nf4", action="store_true", help="NF4, double-quantized absmax in blocks of 64 (--path mma)")
-    p.add_argument("--aqlm", action="store_true", help="AQLM 2x8 on the CUDA AQLM kernel (--path mma)")
+    p.add_argument("--aqlm", choices=["2x8", "1x16"], help="AQLM on the CUDA AQLM kernel (--path mma)")
     p.add_argument("--cell-budget", type=float, default=40.0, help="seconds per cell")
     p.add_argument("--configs", type=json.loads, help="a JSON list of configurations to time instead of the space")
     p.add_argument("--out", type=Path)
