@@ -5,6 +5,7 @@
     ncu ... -k regex:_gemv python benchmarks/profile_kernel.py --path mv --rows 1    # matrix-vector (_gemv)
     ncu ... -k regex:tinygemm python benchmarks/profile_kernel.py --path tinygemm --rows 1  # torch's int4 kernel
     ncu ... -k lowbit_mma python benchmarks/profile_kernel.py --path mma --rows 1 --config '{"MIN_BLOCKS": 2}'
+    ncu ... -k regex:lowbit_aqlm python benchmarks/profile_kernel.py --path aqlm1x16 --rows 1   # cuda_aqlm
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import json
 
 import torch
 
-from kernel_bench import _torch_int4_variant, int_group_weights
+from kernel_bench import _torch_int4_variant, aqlm_weights, int_group_weights
+from lowbit.kernels.cuda_aqlm import aqlm_mma
 from lowbit.kernels.cuda_mma import mma_matmul
 from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
@@ -25,14 +27,18 @@ def main() -> None:
     p.add_argument("--shape", default="4096x14336")
     p.add_argument("--rows", type=int, nargs="+", default=[1, 128])
     p.add_argument("--bits", type=int, default=4)
-    p.add_argument("--path", choices=["tc", "mv", "tinygemm", "mma"], default="tc")
-    p.add_argument("--config", type=json.loads, default=None, help="mma: launch-shape overrides (JSON)")
+    p.add_argument("--path", choices=["tc", "mv", "tinygemm", "mma", "aqlm2x8", "aqlm1x16"], default="tc")
+    p.add_argument("--config", type=json.loads, default=None, help="mma, aqlm*: launch-shape overrides (JSON)")
     args = p.parse_args()
     cols, out = map(int, args.shape.split("x"))
     dev = torch.device("cuda")
     if args.path == "tinygemm":  # int4 g128 only
         tinygemm = _torch_int4_variant(cols, out, dev)[0]
         call = lambda x: tinygemm(x, 0)
+    elif args.path.startswith("aqlm"):  # cuda_aqlm, random codes
+        m, nbits = (2, 8) if args.path == "aqlm2x8" else (1, 16)
+        weights, _ = aqlm_weights(cols, out, dev, m, nbits)
+        call = lambda x: aqlm_mma(x, *weights, None, config=args.config)
     else:
         (qweight, scale, zero), _ = int_group_weights(cols, out, args.bits, dev)
         kernel = {"mv": int_group_gemv, "tc": int_group_matmul, "mma": mma_matmul}[args.path]
