@@ -164,7 +164,7 @@ def test_chosen_specializations_build_for_sm90_without_spills(cols, out, m, nbit
     spec = cuda_aqlm.specialization(m, cols, out, sms=132, nbits=nbits)
     _, _, log = sm90_usage(cuda_aqlm.SOURCE, spec)  # its register count is read from the log, so it is there
     assert not re.search(r"[1-9]\d* bytes spill", log), log
-    assert cuda_aqlm.shared_bytes(spec) <= 227 * 1024
+    assert cuda_aqlm.block_shared_bytes(spec) <= 227 * 1024
 
 
 @pytest.mark.parametrize("cols,out,buckets", [(4096, 1024, 1), (4096, 4096, 1), (4096, 14336, 5), (14336, 4096, 5),
@@ -174,7 +174,7 @@ def test_16bit_codebooks_split_in_ranges_on_large_layers(cols, out, buckets):
     (faster there, kern16 run 6), unless a block cannot have the shared memory a range takes (an A100's 163 KB)."""
     assert cuda_aqlm.specialization(1, cols, out, sms=132, nbits=16)["BUCKETS"] == buckets
     spec = cuda_aqlm.specialization(1, cols, out, sms=108, nbits=16, shared_limit=163 * 1024)
-    assert spec["BUCKETS"] == 1 and cuda_aqlm.shared_bytes(spec) <= 163 * 1024
+    assert spec["BUCKETS"] == 1 and cuda_aqlm.block_shared_bytes(spec) <= 163 * 1024
 
 
 @pytest.mark.parametrize("cols,out,tiles,early", [(4096, 1024, 1, True), (4096, 4096, 2, False),

@@ -66,7 +66,7 @@ def choose_book16_config(in_features: int, out_features: int, shared_limit: int 
     4096x128256 (L2 0.71-0.80)."""
     warps = min(16, in_features // SLICE)
     split = {"WARPS": warps, "TILES": 2, "BUCKETS": 5, "BOOK16": 1}
-    if in_features * out_features <= 2**24 or shared_bytes(split) + SPLIT_STATIC_BYTES > shared_limit:
+    if in_features * out_features <= 2**24 or block_shared_bytes(split) > shared_limit:
         return {"WARPS": warps, "TILES": 1, "BUCKETS": 1}
     return {"WARPS": warps, "TILES": 2, "BUCKETS": 5}
 
@@ -90,6 +90,11 @@ def shared_bytes(spec: dict) -> int:
     else:
         book = spec["M"] * CODEBOOK_BYTES
     return book + 4 * spec["WARPS"] * spec["TILES"] * 32 * 4
+
+
+def block_shared_bytes(spec: dict) -> int:
+    """All the shared memory a block of the launch takes: shared_bytes and lowbit_aqlm_split's static arrays."""
+    return shared_bytes(spec) + (SPLIT_STATIC_BYTES if _split(spec) else 0)
 
 
 def _split(spec: dict) -> bool:
@@ -153,7 +158,7 @@ def aqlm_mma(x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scal
     spec = specialization(m, cols, out_features, sms, x.dtype == torch.bfloat16, config, nbits,
                           nvrtc.shared_limit(device.index))
     shared = shared_bytes(spec)
-    nvrtc.check_shared(device.index, shared, config, "use fewer WARPS or TILES")
+    nvrtc.check_shared(device.index, block_shared_bytes(spec), config, "use fewer WARPS or TILES, or more BUCKETS")
     y = torch.empty((rows, out_features), dtype=x.dtype, device=device)
     if rows == 0:
         return y

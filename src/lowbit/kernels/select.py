@@ -120,8 +120,9 @@ def _triton_aqlm(kernel: str, ctx: CallContext) -> str | None:
 
 
 def _cuda_mma_aqlm(ctx: CallContext) -> str | None:
-    """Auto takes cuda_aqlm first, up to its 8 rows: 2x8 at 1.78-3.44x bf16 at one row (kern13-15); 1x16 at 0.86-1.10x
-    against triton_gather's 0.76-0.93x at one row and 0.54-0.92x against 0.09-0.24x at 8 rows (kern16 run 6)."""
+    """Auto takes cuda_aqlm first, up to its 8 rows: 2x8 at 1.76-3.44x bf16 at one row (kern15 run 10, kern16 run 6);
+    1x16 at 0.86-1.10x against triton_gather's 0.76-0.93x at one row and 0.54-0.92x against 0.09-0.24x at 8 rows
+    (kern16 run 6)."""
     return cuda_aqlm.unavailable(ctx.device, ctx.dtype, ctx.rows, ctx.in_features, ctx.out_features,
                                  ctx.codebooks or 0, ctx.bits or 0, ctx.group_size or 0)
 
