@@ -122,7 +122,7 @@ def format_label(bits: int, signed8: bool, nf4: bool, aqlm: str | None) -> int |
 def _problem(x, cols, out, fmt, dev, path):
     """(weight arguments, packed bytes, fp32 reference output, run(x, weights, config)) of one format (fmt, as
     format_label names it): int_group codes (g128), int8 weight-only, NF4 with double-quantized absmax in blocks
-    of 64 (mma only) or AQLM 2x8 (the CUDA AQLM kernel)."""
+    of 64 (mma only) or AQLM 2x8 or 1x16 (the CUDA AQLM kernel)."""
     if fmt in ("aqlm2x8", "aqlm1x16"):
         args, nbytes = aqlm_weights(cols, out, dev, *((2, 8) if fmt == "aqlm2x8" else (1, 16)))
         ref = reference.aqlm_linear(x.float(), *args, None)

@@ -41,7 +41,7 @@
 #ifndef BOOK16                    // one codebook of up to 65536 codewords (codes of 16 bits), M = 1
 #define BOOK16 0
 #endif
-#ifndef BUCKETS                   // BOOK16: ranges the codes are split in, one a block (1: codewords from global memory)
+#ifndef BUCKETS                   // BOOK16: ranges the codes are split in, one a block (1: codewords from global)
 #define BUCKETS 1
 #endif
 #define GROUP_BYTES (BOOK16 ? 2 : M)                      // code bytes a group of 8 inputs
@@ -277,26 +277,27 @@ __device__ __forceinline__ void add_up_ranges(const float* part, int* counters, 
   __syncthreads();
   for (int c0 = 0; c0 < mine; c0 += ARRIVALS) {
     const int round = min(ARRIVALS, mine - c0);
+    const auto group = [&](int c) { return member + (c0 + c) * members; };  // the block's c-th group of the round
     for (int c = threadIdx.x; c < round; c += WARPS * 32)
-      last[c] = atomicAdd(&counters[member + (c0 + c) * members], 1) == BUCKETS - 1;
+      last[c] = atomicAdd(&counters[group(c)], 1) == BUCKETS - 1;
     __syncthreads();
     __threadfence();
     for (int v = threadIdx.x; v < round * per; v += WARPS * 32) {
-      const int c = v / per, n = (member + (c0 + c) * members) * span + v % span;
+      const int c = v / per, n = group(c) * span + v % span;
       if (last[c] && n < N) sum_partial(part, BUCKETS, (long long)rows * N, v % per / span, n, N, scales, bias,
                                         has_bias, y);
     }
     for (int c = threadIdx.x; c < round; c += WARPS * 32)
-      if (last[c]) counters[member + (c0 + c) * members] = 0;  // ready for the next launch
+      if (last[c]) counters[group(c)] = 0;  // ready for the next launch
     __syncthreads();  // last is written again
   }
 }
 
 // BOOK16 with the codes' range split in BUCKETS (above). Block k takes range k % BUCKETS and the tile groups
 // k / BUCKETS, k / BUCKETS + gridDim.x / BUCKETS, ...; each warp requests the codes of its next slice (of this
-// group or the next) before it works through the current one. The ranges' fp32 partials go to part (BUCKETS, rows, N); the last block
-// of a tile group to finish adds them up (add_up_ranges, after all its groups), unless fixup is 0 (the host adds
-// them).
+// group or the next) before it works through the current one. The ranges' fp32 partials go to part (BUCKETS, rows,
+// N); the last block of a tile group to finish adds them up (add_up_ranges, after all its groups), unless fixup is
+// 0 (the host adds them).
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 lowbit_aqlm_split(const unsigned char* __restrict__ codes, const u16* __restrict__ codebooks,
                   const u16* __restrict__ scales, const u16* __restrict__ x, const float* __restrict__ bias,

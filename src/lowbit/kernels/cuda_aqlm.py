@@ -102,10 +102,15 @@ def _split(spec: dict) -> bool:
     return bool(spec.get("BOOK16")) and spec.get("BUCKETS", 1) > 1
 
 
+def tile_groups(spec: dict, out_features: int) -> int:
+    """Groups of TILES tiles of 16 outputs a launch covers."""
+    return math.ceil(out_features / 16 / spec["TILES"])
+
+
 def grid_blocks(spec: dict, out_features: int, sms: int) -> int:
     """Blocks of a launch: one a group of TILES tiles; split in code ranges, BUCKETS blocks a group and at most one
     a multiprocessor (their blocks move on to the next groups)."""
-    groups = math.ceil(out_features / 16 / spec["TILES"])
+    groups = tile_groups(spec, out_features)
     if not _split(spec):
         return groups
     buckets = spec["BUCKETS"]
@@ -169,7 +174,7 @@ def aqlm_mma(x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scal
     part = counters = None
     if _split(spec):  # the code ranges' fp32 partials, added up by the last block of each tile group
         part = torch.empty((spec["BUCKETS"], rows, out_features), dtype=torch.float32, device=device)
-        counters = counters_for(device, math.ceil(out_features / 16 / spec["TILES"]))
+        counters = counters_for(device, tile_groups(spec, out_features))
         args += [part, counters if counters is not None else part]
         sizes += [int(counters is not None)]
     with torch.cuda.device(device):

@@ -52,9 +52,9 @@
 //
 // Compile-time settings (-D): BITS (2, 3, 4 or 8), BF16 (activations bf16, else fp16), U (words a thread reads
 // per row and chunk: 1, 2 or 4; 3 bits: one unit of 3 words), KS (inputs per warp, a multiple of CK), G (group
-// size: a multiple of CK, or K and more), WARPS, TILES, DEPTH (tiles loaded ahead), R8 (8-row activation fragments: 1 or 2),
-// HAS_ZERO (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed), LUT4 and DQ (NF4/FP4
-// codes with BITS 4 and G the absmax block; double-quantized absmax), SMEM_X (keep the
+// size: a multiple of CK, or K and more), WARPS, TILES, DEPTH (tiles loaded ahead), R8 (8-row activation
+// fragments: 1 or 2), HAS_ZERO (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed), LUT4
+// and DQ (NF4/FP4 codes with BITS 4 and G the absmax block; double-quantized absmax), SMEM_X (keep the
 // activation fragments in shared memory, read per chunk, instead of registers: the fragments of a 512-input
 // slice take 64 registers a thread, most of them zeros at one row, and registers allowed one 8-warp block per
 // multiprocessor: kern11), EARLY (the first tiles' loads go out before the activations are read; int8 and the
