@@ -29,10 +29,25 @@ def kernel(device_index: int, source: Path, entry: str, defines: tuple, shared: 
     options = ["-std=c++17"] + [f"-D{k}={int(v)}" for k, v in defines]
     with torch.cuda.device(device_index):
         built = torch.cuda._compile_kernel(full_source(source), entry, nvcc_options=options)
-        most = min(shared, shared_limit(device_index))
+        built.static_shared = static_shared(built)
+        most = min(shared, shared_limit(device_index) - built.static_shared)
         if most >= 48 * 1024:  # above the default limit: opt in (up to the device's 227 KB on an H100)
             built.set_shared_memory_config(most)
         return built
+
+
+def static_shared(built) -> int:
+    """Bytes of static shared memory (__shared__ arrays) of a kernel built by torch.cuda._compile_kernel: a block's
+    dynamic shared memory may take the device's limit less these."""
+    import ctypes
+
+    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+    value = ctypes.c_int()
+    cu_func_attribute_shared_size_bytes = 1
+    _check_cuda(_get_gpu_runtime_library().cuFuncGetAttribute(ctypes.byref(value), cu_func_attribute_shared_size_bytes,
+                                                              built.func))
+    return value.value
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,11 +85,12 @@ def aligned_rows(x: torch.Tensor) -> torch.Tensor:
     return x.clone() if x.data_ptr() % 16 else x
 
 
-def check_shared(device_index: int, shared: int, config: dict | None, fix: str) -> None:
-    """Raise a ValueError naming `fix` when a launch's `shared` bytes exceed what the device allows a block."""
-    if shared > shared_limit(device_index):
-        raise ValueError(f"launch shape {config} needs {shared} bytes of shared memory a block, the device allows "
-                         f"{shared_limit(device_index)}: {fix}")
+def check_shared(device_index: int, shared: int, config: dict | None, fix: str, static: int = 0) -> None:
+    """Raise a ValueError naming `fix` when a launch's `shared` bytes (dynamic, with `static` bytes of __shared__
+    arrays beside them) exceed what the device allows a block."""
+    if shared + static > shared_limit(device_index):
+        raise ValueError(f"launch shape {config} needs {shared + static} bytes of shared memory a block, the device "
+                         f"allows {shared_limit(device_index)}: {fix}")
 
 
 @functools.lru_cache(maxsize=None)
