@@ -87,11 +87,15 @@ def test_mma_kernel_matches_reference(bits, cols, group, symmetric, smem_x):
                                     {"KS": 512, "WARPS": 8, "TILES": 1, "SMEM_X": 1},
                                     {"KS": 256, "WARPS": 4, "TILES": 8, "DEPTH": 0, "SMEM_X": 1, "MIN_BLOCKS": 4},
                                     {"KS": 512, "WARPS": 4, "TILES": 4, "DEPTH": 1, "EARLY": 1},
-                                    {"KS": 256, "WARPS": 8, "TILES": 2, "DEPTH": 0, "SMEM_X": 1, "EARLY": 1}])
-@pytest.mark.parametrize("bits", [4, "int8"])
+                                    {"KS": 256, "WARPS": 8, "TILES": 2, "DEPTH": 0, "SMEM_X": 1, "EARLY": 1},
+                                    {"KS": 256, "WARPS": 8, "TILES": 4, "SMEM_X": 1, "ASYNC": 2},
+                                    {"KS": 512, "WARPS": 4, "TILES": 5, "ASYNC": 3},
+                                    {"KS": 256, "WARPS": 8, "TILES": 1, "SMEM_X": 1, "ASYNC": 3}])
+@pytest.mark.parametrize("bits", [2, 3, 4, "int8"])
 def test_mma_launch_shapes_and_splits_match_reference(config, bits, monkeypatch):
     """Launch shapes with K split over 1 to 11 blocks, fixed up in the launch or summed on the host; the first
-    tiles loaded before the activations (EARLY) with and without tiles in flight."""
+    tiles loaded before the activations (EARLY) with and without tiles in flight; the words through shared-memory
+    rings (ASYNC) of 2 and 3 tiles, over 4 and 5 tiles a block and past a block's one tile."""
     seed = fresh_seed()
     layer, ref_w, call = _layer(16 * 21, 2816, 128, False, True, bits)
     for rows in (1, 5, 12):
@@ -100,15 +104,48 @@ def test_mma_launch_shapes_and_splits_match_reference(config, bits, monkeypatch)
     _check(layer, ref_w, call, 3, torch.float16, seed, config)
 
 
+def test_tile_words_puts_a_warps_chunk_words_in_a_row():
+    """tile_words' order against the kernel's TILED addressing: lane 4 g + t of row half h reads, for chunk c,
+    words 4 U c + U t .. of row 16 tile + 8 h + g at 64 U c + 32 U h + U (4 g + t) of its tile's block."""
+    for bits, cols, group in [(4, 4096, 128), (2, 2816, 128), (8, 1024, 1024), (4, 1056, 32)]:
+        out, words = 48, cols * bits // 32
+        q = torch.randint(-2**31, 2**31 - 1, (out, words), dtype=torch.int32)
+        u = cuda_mma.words_per_thread(bits, cols, group)
+        tiled = cuda_mma.tile_words(q, bits, group).flatten()
+        tile, c, h, g, t, j = np.meshgrid(*map(np.arange, (out // 16, words // (4 * u), 2, 8, 4, u)), indexing="ij")
+        at = torch.from_numpy((tile * 16 * words + c * 64 * u + h * 32 * u + (4 * g + t) * u + j).ravel())
+        row, word = torch.from_numpy((16 * tile + 8 * h + g).ravel()), torch.from_numpy((4 * u * c + u * t + j).ravel())
+        assert torch.equal(tiled[at], q[row, word]), (bits, cols, group)
+        assert torch.equal(tiled.sort().values, q.flatten().sort().values)
+
+
+@gpu
+@pytest.mark.parametrize("config", [{}, {"TILED": 1, "ASYNC": 2}, {"KS": 512, "WARPS": 4, "TILES": 5, "DEPTH": 1},
+                                    {"KS": 256, "WARPS": 16, "TILES": 4, "DEPTH": 0, "SMEM_X": 1}])
+@pytest.mark.parametrize("bits", [2, 4, "int8"])
+def test_tiled_words_match_reference(config, bits):
+    """TILED launches over tile_words' order (K in one block and split, tiles past the layer, two fragments)."""
+    seed = fresh_seed()
+    layer, ref_w, _ = _layer(16 * 21, 2816, 128, False, True, bits)
+    width, group = (8, 2816) if bits == "int8" else (bits, 128)
+    words = cuda_mma.tile_words(layer.qweight.view(torch.int32), width, group)
+    zero = getattr(layer, "zero", None)
+    call = (lambda x, cfg: cuda_mma.mma_matmul(x, words, layer.scale, zero, layer.bias, width, group,
+                                               signed8=bits == "int8", config=cfg | {"TILED": 1}))
+    for rows in (1, 5, 12):
+        _check(layer, ref_w, call, rows, torch.bfloat16, seed, config)
+
+
 @gpu
 @pytest.mark.parametrize("quant_type,double_quant,blocksize,cols", [
     ("nf4", True, 64, 4096), ("nf4", False, 64, 1088), ("fp4", True, 128, 2048), ("nf4", True, 32, 1056),
 ])
-@pytest.mark.parametrize("smem_x,early", [(0, 0), (1, 0), (0, 1)])
-def test_fourbit_mma_matches_reference(quant_type, double_quant, blocksize, cols, smem_x, early):
+@pytest.mark.parametrize("shape", [{"SMEM_X": 0}, {"SMEM_X": 1}, {"SMEM_X": 0, "EARLY": 1}, {"SMEM_X": 1, "ASYNC": 2}])
+def test_fourbit_mma_matches_reference(quant_type, double_quant, blocksize, cols, shape):
     """NF4/FP4 through the byte-pair table: both tables, plain and double-quantized absmax, blocks of 32 to 128
     (1-, 2- and 4-word chunks), K in one block and over several, every row count to 16, fp16 and bf16, with
-    bias, the first tiles loaded before the activations or after, by name through the module and its op."""
+    bias, the first tiles loaded before the activations or after, or through shared-memory rings (ASYNC), by name
+    through the module and its op."""
     seed = fresh_seed()
     out = 16 * 37
     layer = FourBitLinear.from_float(torch.randn(out, cols), torch.randn(out),
@@ -118,7 +155,7 @@ def test_fourbit_mma_matches_reference(quant_type, double_quant, blocksize, cols
     for rows, dtype in itertools.product((1, 2, 7, 8, 9, 16), DTYPES):
         x = torch.randn(rows, cols, device="cuda", dtype=dtype) * 3
         ref = reference.fourbit_linear(x.double(), *args, layer.bias.double())
-        y = cuda_mma.fourbit_mma(x, *args, layer.bias, config={"SMEM_X": smem_x, "EARLY": early})
+        y = cuda_mma.fourbit_mma(x, *args, layer.bias, config=shape)
         assert y.dtype == dtype and torch.isfinite(y).all(), f"{quant_type} rows={rows} seed={seed}"
         err = ((y.double() - ref).norm() / ref.norm()).item()
         assert err < TOL[dtype], f"{quant_type} dq={double_quant} B={blocksize} rows={rows} {dtype} err={err:.2e}"
@@ -247,12 +284,13 @@ def test_chosen_shapes_fit_shared_memory(rows, bits, group, table):
 @pytest.mark.parametrize("bits,rows,cols,out,group", [
     (4, 1, 4096, 14336, 128), (4, 16, 14336, 4096, 128), (4, 1, 4096, 128256, 128), (2, 1, 4096, 14336, 128),
     (2, 16, 4096, 4096, 64), (8, 1, 4096, 14336, -1), (8, 9, 14336, 4096, -1), (8, 1, 4096, 4096, 128),
-    (3, 1, 4096, 14336, 128), (3, 8, 4096, 4096, 128), (3, 16, 14336, 4096, 128),
+    (3, 1, 4096, 4096, 128), (3, 8, 4096, 4096, 128), (3, 16, 14336, 4096, 128),
 ])
 @pytest.mark.parametrize("bf16", [True, False])
 def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, bf16):
     """The launch shapes auto picks for Llama-sized layers compile (NVRTC, no GPU) to sm_90 code that keeps
-    everything in registers: ptxas reports no spills."""
+    everything in registers: ptxas reports no spills. (3-bit codes' wide one-row shape spills 8 bytes under its
+    two-block bound, as timed: test_rings_where_timed_faster.)"""
     group = cols if group == -1 else group
     spec = cuda_mma.specialization(bits, rows, cols, out, group, 132, bf16, bits != 8, bits == 8 and group == cols)
     _, spills, info = _ptxas(spec)
@@ -260,13 +298,34 @@ def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, b
 
 
 def test_three_bit_register_shape_holds_two_blocks():
-    """3-bit codes at one row where the register shape is chosen (4096x4096) ask for two blocks a multiprocessor:
-    ptxas keeps the thread within 128 registers (it takes more without the bound)."""
+    """3-bit codes at one row where the register shape is chosen (4096x4096) ask for two blocks a multiprocessor
+    and load their words through shared-memory rings: ptxas keeps the thread within 128 registers without spills,
+    where the tile ahead in registers took more without the bound and spilled within it."""
     spec = cuda_mma.specialization(3, 1, 4096, 4096, 128, 132)
-    assert spec["SMEM_X"] == 0 and spec["MIN_BLOCKS"] == 2
-    capped, _, info = _ptxas(spec)
-    uncapped, _, _ = _ptxas({k: v for k, v in spec.items() if k != "MIN_BLOCKS"})
-    assert capped <= 128 < uncapped, info
+    assert spec["SMEM_X"] == 0 and spec["MIN_BLOCKS"] == 2 and spec["ASYNC"] == 2
+    capped, spills, info = _ptxas(spec)
+    assert capped <= 128 and spills == 0, info
+    in_registers = {k: v for k, v in spec.items() if k != "ASYNC"}
+    uncapped, _, _ = _ptxas({k: v for k, v in in_registers.items() if k != "MIN_BLOCKS"})
+    _, ring_spills, _ = _ptxas(in_registers)
+    assert uncapped > 128 and ring_spills > 0
+
+
+@pytest.mark.parametrize("bits,out,ring,spill", [(3, 4096, True, 0), (3, 1024, True, 0), (3, 14336, True, 8),
+                                                 (2, 4096, True, 0), (2, 14336, True, 0), (2, 1024, False, 0),
+                                                 (4, 14336, False, 0), (8, 4096, False, 0)])
+def test_rings_where_timed_faster(bits, out, ring, spill):
+    """Shared-memory rings of two tiles (ASYNC 2) at one row for 3-bit codes and for 2-bit codes where the blocks
+    fill a wave (4096x1024's 64 blocks do not); int4 and int8 keep the register path. Each chosen specialization
+    compiles within its spill bound (8 bytes for 3-bit codes' wide shape capped at 64 registers, as timed), its
+    shared memory (rings, results and activations) within half an H100's 227 KB so two blocks share a
+    multiprocessor."""
+    group = 4096 if bits == 8 else 128
+    spec = cuda_mma.specialization(bits, 1, 4096, out, group, 132, has_zero=bits != 8, signed8=bits == 8)
+    assert spec.get("ASYNC", 0) == (2 if ring else 0)
+    if ring:
+        _, spills, info = _ptxas(spec)
+        assert spills <= spill and 2 * cuda_mma.shared_bytes(spec, 1) <= 227 * 1024, info
 
 
 @pytest.mark.parametrize("bits,rows,out,table,early", [

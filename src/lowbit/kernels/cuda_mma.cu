@@ -85,6 +85,24 @@
 #define EARLY 0
 #endif
 #define EARLY_TILES (EARLY ? (DEPTH > 0 ? DEPTH : 1) : 0)  // tiles loaded before the activations are read
+#ifndef ASYNC
+#define ASYNC 0
+#endif
+#if ASYNC  // a ring of ASYNC tiles a warp in shared memory: DEPTH tiles ahead, loaded first (as EARLY)
+#if ASYNC < 2
+#error "ASYNC rings hold at least 2 tiles (one ahead)"
+#endif
+#undef DEPTH
+#define DEPTH (ASYNC - 1)
+#undef EARLY_TILES
+#define EARLY_TILES DEPTH
+#endif
+#ifndef TILED
+#define TILED 0
+#endif
+#if TILED && BITS == 3
+#error "TILED takes 2-, 4- and 8-bit words"
+#endif
 #ifndef LUT4
 #define LUT4 0
 #endif
@@ -206,6 +224,42 @@ __device__ __forceinline__ void load_words(u32* dst, const u32* src, bool valid)
 #endif
 }
 
+// ASYNC: a thread's words of one row and chunk (WB bytes) go straight to its own place in the warp's ring, from
+// which it alone reads them back, so a cp.async.wait_group orders them without a barrier. Field f (chunk c, row
+// half h: f = 2c + h) of a ring slot holds the 32 lanes' words side by side (bank-conflict free).
+#define WB (U * UNIT_WORDS * 4)              // bytes of a thread's words of one row and chunk
+#define SLOT_BYTES (2 * NCH * 32 * WB)       // one tile of a warp
+#define RING_WORDS (ASYNC * SLOT_BYTES / 4)  // a warp's ring, in u32
+
+__device__ __forceinline__ void copy_words(u32* dst, const u32* src, bool valid) {  // zero-filled when !valid
+  const u32 to = (u32)__cvta_generic_to_shared(dst);
+#if WB == 16
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(to), "l"(src), "r"(valid ? 16 : 0));
+#elif WB == 12  // a 3-bit unit, 4-byte aligned
+#pragma unroll
+  for (int i = 0; i < 3; ++i)
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(to + 4 * i), "l"(src + i), "r"(valid ? 4 : 0));
+#else
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" :: "r"(to), "l"(src), "n"(WB), "r"(valid ? WB : 0));
+#endif
+}
+
+__device__ __forceinline__ void read_words(u32* dst, const u32* src) {  // a thread's words of one field
+#if WB == 16
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+#elif WB == 8
+  *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(src);
+#else
+#pragma unroll
+  for (int i = 0; i < WB / 4; ++i) dst[i] = src[i];
+#endif
+}
+
+__device__ __forceinline__ void async_commit() { asm volatile("cp.async.commit_group;"); }
+
+template <int N>  // wait until at most N of this thread's copy groups are pending
+__device__ __forceinline__ void async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
 // NF4/FP4: the table entry of byte i of w in this lane's copy (lut: its shared-space address), copies 128 bytes
 // apart: a prmt and a lea for the address, then one ld.shared.
 __device__ __forceinline__ u32 lut_pair(u32 lut, u32 w, int i) {
@@ -248,18 +302,32 @@ __device__ __forceinline__ float group_scale(const TileData& d, int q, int i, fl
 // A tile's words and qparams for this warp's K slice. Chunk c starts c * CK / CODES words and, with groups no
 // wider than the slice, c * CK / G groups after the slice's first (k0 is a multiple of KS, KS of G or G of
 // KS): offsets known at compile time. Tiles past N read the last tile again (never written out).
-__device__ __forceinline__ void load_tile(TileData& d, const u32* qweight, Qparams qp,
+// ASYNC: the words go to `slot` (this thread's place in a ring slot) and read_slot brings them to d before use.
+// TILED: the words in tile_words' order (cuda_mma.py), a warp's words of one chunk and row half 32 U in a row.
+__device__ __forceinline__ void load_tile(TileData& d, u32* slot, const u32* qweight, Qparams qp,
                                           int tile, int k0, int K, int N, int ngroups, int g, int t) {
   const int wpr = K / CODES * UNIT_WORDS;
   const long long ra = (long long)min(tile, N / OUT_TILE - 1) * OUT_TILE + g;
+#if TILED
+  const u32* wa = qweight + (ra - g) * wpr + (k0 / CK) * 64 * U + (4 * g + t) * U;
+  const u32* wb = wa + 32 * U;
+#define CHUNK_WORDS (64 * U)
+#else
   const u32* wa = qweight + ra * wpr + (k0 / CODES + U * t) * UNIT_WORDS;
   const u32* wb = wa + 8LL * wpr;
+#define CHUNK_WORDS (CK / CODES * UNIT_WORDS)
+#endif
   const long long qa = ra * ngroups + k0 / G, qb = qa + 8LL * ngroups;
 #pragma unroll
   for (int c = 0; c < NCH; ++c) {
     const bool ok = k0 + c * CK < K;
-    load_words(d.wa[c], wa + c * (CK / CODES) * UNIT_WORDS, ok);
-    load_words(d.wb[c], wb + c * (CK / CODES) * UNIT_WORDS, ok);
+#if ASYNC
+    copy_words(slot + (2 * c) * 8 * WB, wa + c * CHUNK_WORDS, ok);
+    copy_words(slot + (2 * c + 1) * 8 * WB, wb + c * CHUNK_WORDS, ok);
+#else
+    load_words(d.wa[c], wa + c * CHUNK_WORDS, ok);
+    load_words(d.wb[c], wb + c * CHUNK_WORDS, ok);
+#endif
   }
 #pragma unroll
   for (int q = 0; q < NGRP; ++q) {  // the qparams of the group that starts with chunk q * GCH
@@ -287,7 +355,8 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
            float* __restrict__ part, int* __restrict__ counters,
            int rows, int K, int N, int ngroups, int has_bias, int fixup,
            const float* __restrict__ table, const float* __restrict__ dq_mean) {
-  // Dynamic shared memory: (LUT4) the pair table, red[WARPS][NVALS], then (SMEM_X) the fragments.
+  // Dynamic shared memory: (LUT4) the pair table, red[WARPS][NVALS], (ASYNC) the warps' rings, then (SMEM_X) the
+  // fragments.
   extern __shared__ __align__(16) u32 smem[];
   float* red_flat = reinterpret_cast<float*>(smem + LUT_BYTES / 4);
   float (*red)[NVALS] = reinterpret_cast<float (*)[NVALS]>(red_flat);
@@ -315,14 +384,25 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
   // the first tiles' loads (DEPTH of them, at least one) go out before the activations are read, so that the
   // two latencies overlap.
   TileData buf[DEPTH + 1];
+#if ASYNC  // each prologue tile a copy group, committed even past TILES so that tile i's group is always i
+  u32* ring = reinterpret_cast<u32*>(red_flat + WARPS * NVALS) + warp * RING_WORDS + lane * (WB / 4);  // its slot 0
+#pragma unroll
+  for (int i = 0; i < DEPTH; ++i) {
+    if (i < TILES) load_tile(buf[i], ring + i * (SLOT_BYTES / 4), qweight, qp, blockIdx.x * TILES + i, k0, K, N,
+                             ngroups, g, t);
+    async_commit();
+  }
+#else
+  u32* ring = nullptr;
 #pragma unroll
   for (int i = 0; i < EARLY_TILES && i < TILES; ++i)
-    load_tile(buf[i], qweight, qp, blockIdx.x * TILES + i, k0, K, N, ngroups, g, t);
+    load_tile(buf[i], ring, qweight, qp, blockIdx.x * TILES + i, k0, K, N, ngroups, g, t);
+#endif
 
   // The slice's activation fragments (B operands), and per chunk the sums of its inputs of activation rows
   // 8r + 2t and 8r + 2t + 1 from an mma with an all-ones A (the sums in the accumulators' layout).
 #if SMEM_X
-  u32* xs = reinterpret_cast<u32*>(red_flat + WARPS * NVALS);
+  u32* xs = reinterpret_cast<u32*>(red_flat + WARPS * (NVALS + RING_WORDS));
   u32* xrow[R8];  // this thread's fragments of row g + 8r (it reads back only what it wrote), or null past the rows
 #pragma unroll
   for (int r = 0; r < R8; ++r) xrow[r] = g + 8 * r < rows ? xs + (warp * rows + g + 8 * r) * XROW + XREGS * t : nullptr;
@@ -393,14 +473,25 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
   const int tile0 = blockIdx.x * TILES;
 #pragma unroll
   for (int i = EARLY_TILES; i < DEPTH && i < TILES; ++i)
-    load_tile(buf[i], qweight, qp, tile0 + i, k0, K, N, ngroups, g, t);
+    load_tile(buf[i], ring, qweight, qp, tile0 + i, k0, K, N, ngroups, g, t);
 #if LUT4
   __syncthreads();  // the pair table is written
 #endif
 #pragma unroll
   for (int i = 0; i < TILES; ++i) {
+    const int ahead = (i + DEPTH) % (DEPTH + 1);
     if (i + DEPTH < TILES && i + DEPTH >= EARLY_TILES)
-      load_tile(buf[(i + DEPTH) % (DEPTH + 1)], qweight, qp, tile0 + i + DEPTH, k0, K, N, ngroups, g, t);
+      load_tile(buf[ahead], ASYNC ? ring + ahead * (SLOT_BYTES / 4) : ring, qweight, qp, tile0 + i + DEPTH, k0, K, N,
+                ngroups, g, t);
+#if ASYNC
+    async_commit();
+    async_wait<DEPTH>();  // tile i's words are in its slot
+#pragma unroll
+    for (int c = 0; c < NCH; ++c) {
+      read_words(buf[i % (DEPTH + 1)].wa[c], ring + (i % (DEPTH + 1)) * (SLOT_BYTES / 4) + (2 * c) * 8 * WB);
+      read_words(buf[i % (DEPTH + 1)].wb[c], ring + (i % (DEPTH + 1)) * (SLOT_BYTES / 4) + (2 * c + 1) * 8 * WB);
+    }
+#endif
     const TileData& d = buf[i % (DEPTH + 1)];
     float out[R8][4];
 #pragma unroll

@@ -86,7 +86,8 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     its blocks outnumber the multiprocessors, asking for two blocks a multiprocessor (192 registers a thread left a
     second wave of blocks; the early loads bring it to 128 without spills: 4096x4096 1.76-1.81x -> 1.93-2.03x bf16,
     runs 2-3). Early loads slowed int2, int3 and int4 on 12 of their 15 cells (0.85-0.98x; 1.03-1.07x on int4's
-    4096x128256 and int2's 4096x4096) and NF4 on 4096x1024 (0.96x): there they stay off."""
+    4096x128256 and int2's 4096x4096) and NF4 on 4096x1024 (0.96x): there they stay off. 2- and 3-bit codes at
+    one row load their words through shared-memory rings where _ring says so (kern17)."""
     words = words_per_thread(bits, in_features, group_size)
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
@@ -97,19 +98,32 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     k_blocks = math.ceil(slices / warps)
     tiles = 4 if math.ceil(n_tiles / 4) * k_blocks >= sms else 1
     shape = {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}
+    ring = _ring(bits, rows, math.ceil(n_tiles / tiles) * k_blocks >= sms)
     wide = tiles == 4 and frags == 1 and (table or (bits in (2, 3, 4) and rows == 1))
     if wide:
         slice_k = max(256, 4 * words * codes_per_word(bits))
         slices = math.ceil(in_features / slice_k)
         warps = math.ceil(slices / math.ceil(slices / 16))  # at most 16, every K block as busy
-        return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1}
+        return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1} | ring
     if rows == 1 and bits == 3:  # 148 registers would hold one block a multiprocessor (kern14 run 4)
-        return shape | {"MIN_BLOCKS": 2}
+        return shape | {"MIN_BLOCKS": 2} | ring
     if rows == 1 and bits == 8:
         return shape | {"EARLY": 1}
+    if ring:
+        return shape | ring
     if rows == 1 and table and math.ceil(n_tiles / tiles) * k_blocks > sms:  # 192 registers: one block an SM
         return shape | {"EARLY": 1, "MIN_BLOCKS": 2}
     return shape
+
+
+def _ring(bits: int, rows: int, full_wave: bool) -> dict:
+    """The words through shared-memory rings of two tiles (ASYNC 2: cp.async, no registers for the tile ahead) for
+    3-bit codes at one row (with two blocks a multiprocessor: 1.02-1.07x faster on the five shapes, kern17 run 3) and
+    2-bit codes at one row where the blocks fill a wave (1.03-1.08x; 0.80x on 4096x1024's 64 blocks, runs 1-3).
+    int4, NF4 and int8 ran 0.84-0.99x with them at one row and int4 0.89-0.92x at 8 rows (runs 1, 3)."""
+    if rows == 1 and (bits == 3 or (bits == 2 and full_wave)):
+        return {"ASYNC": 2} | ({"MIN_BLOCKS": 2} if bits == 3 else {})
+    return {}
 
 
 def specialization(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int,
@@ -123,15 +137,27 @@ def specialization(bits: int, rows: int, in_features: int, out_features: int, gr
     return shape | code | (config or {})
 
 
+def tile_words(qweight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """qweight (out, in * bits / 32) int32 words in the order that TILED launches read: per tile of 16 outputs, per
+    chunk of the row (4 U words), row halves h (rows 0-7, 8-15), then lane 4 g + t's U words (row 8 h + g, words
+    4 U chunk + U t ..). A warp's load of one chunk and row half is then 32 U words in a row."""
+    out, words = qweight.shape
+    u = words_per_thread(bits, words * codes_per_word(bits), group_size)
+    tiled = qweight.reshape(out // OUT_TILE, 2, 8, words // (4 * u), 4, u).permute(0, 3, 1, 2, 4, 5)
+    return tiled.contiguous().view(out, words)
+
+
 def shared_bytes(spec: dict, rows: int) -> int:
     """Dynamic shared memory of a launch (cuda_mma.cu): the NF4/FP4 pair table (LUT4), the warps' fp32 results
-    (red), and with SMEM_X each warp's activation fragments of `rows` rows (XROW u32 a row: half its K slice and a
-    bank-shifting pad)."""
+    (red), their rings of ASYNC tiles' words, and with SMEM_X each warp's activation fragments of
+    `rows` rows (XROW u32 a row: half its K slice and a bank-shifting pad)."""
     nvals = spec["TILES"] * 32 * 4 * spec["R8"]
-    xregs = codes_per_word(spec["BITS"]) // 2
+    bits = spec["BITS"]
+    xregs = codes_per_word(bits) // 2
     xrow = spec["KS"] // 2 + (4 * xregs if xregs <= 4 else 4)
+    ring = spec.get("ASYNC", 0) * spec["KS"] * bits * OUT_TILE // 32  # u32: 16 outputs x KS inputs a tile
     lut = 256 * 32 * 4 if spec.get("LUT4") else 0  # the NF4/FP4 pair table, 32 copies
-    return lut + 4 * spec["WARPS"] * (nvals + (rows * xrow if spec.get("SMEM_X") else 0))
+    return lut + 4 * spec["WARPS"] * (nvals + ring + (rows * xrow if spec.get("SMEM_X") else 0))
 
 
 def _kernel(device_index: int, config: tuple):
@@ -227,8 +253,8 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
     if not (spec["KS"] % group_size == 0 or group_size % spec["KS"] == 0 or group_size >= cols):
         raise ValueError(f"K slice {spec['KS']} neither holds whole groups of {group_size} nor lies in one")
     shared = shared_bytes(spec, rows)
-    nvrtc.check_shared(device.index, shared, config, "use fewer WARPS or TILES, or SMEM_X 0")
     kernel = _kernel(device.index, tuple(sorted(spec.items())))
+    nvrtc.check_shared(device.index, shared, config, "use fewer WARPS or TILES, or SMEM_X 0", kernel.static_shared)
     grid_x = math.ceil(out_features // OUT_TILE / spec["TILES"])
     grid_y = math.ceil(math.ceil(cols / spec["KS"]) / spec["WARPS"])
     y = torch.empty((rows, out_features), dtype=x.dtype, device=device)
