@@ -28,6 +28,7 @@ from lowbit.formats.aqlm import AQLMLayout
 from lowbit.formats.bitpack import pack_bits
 from lowbit.formats.int_group import IntGroupLayout
 from lowbit.formats.nf4 import FourBitLayout
+from lowbit.kernels.cuda_mma import tile_chunk
 from lowbit.kernels.select import CallContext, select
 
 SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096), (4096, 128256)]  # (in, out)
@@ -134,11 +135,11 @@ def _w8a8_variant(cols, out, rows, dev):
     return call, n, q.numel() + 2 * out, kernel.name
 
 
-def fourbit_weights(cols, out, dev) -> tuple[tuple, int]:
+def fourbit_weights(cols, out, dev, chunk: int = 0) -> tuple[tuple, int]:
     """NF4, blocksize 64, double-quantized absmax (QLoRA's setting), random codes: (the op's weight and setting
-    arguments, packed bytes)."""
-    layout = FourBitLayout(out, cols, "nf4", 64, True)
-    qweight = torch.randint(0, 256, (out * cols // 2,), dtype=torch.uint8, device=dev)  # (out * in / 2,)
+    arguments, packed bytes); the codes in row order, or with `chunk` in tile order (formats.nf4)."""
+    layout = FourBitLayout(out, cols, "nf4", 64, True, chunk)
+    qweight = torch.randint(0, 256, layout.buffer_shapes()["qweight"][0], dtype=torch.uint8, device=dev)
     absmax_q, absmax_scale, absmax_mean = double_quantize(torch.rand(layout.n_blocks, device=dev) * 0.1 + 0.01)
     table = code_table("nf4", dev)  # (16,)
     return (qweight, absmax_q, absmax_scale, absmax_mean, table, 64, out), layout.nbytes()
@@ -162,9 +163,11 @@ def _codebook_variant(op, weights, ctx, preference="auto"):
     return call, len(ws), nbytes, name
 
 
-def _nf4(cols, out, rows, dev, preference="auto"):
-    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, 4, 64)
-    return _codebook_variant("fourbit_linear", fourbit_weights(cols, out, dev), ctx, preference)
+def _nf4(cols, out, rows, dev, preference="auto", order="tiles"):
+    """NF4 through the selector, the codes in tile order as a CUDA layer holds them (order "rows": row order)."""
+    chunk = tile_chunk(4, cols, out, 64) if order == "tiles" else 0
+    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, 4, 64, tile_chunk=chunk)
+    return _codebook_variant("fourbit_linear", fourbit_weights(cols, out, dev, chunk), ctx, preference)
 
 
 def _nf4_mv(cols, out, dev, mv_config):
@@ -206,6 +209,7 @@ def variants(cols, out, rows, dev):
     yield "nf4_dq_b64", lambda: _nf4(cols, out, rows, dev)
     yield "nf4_dq_b64_mma", lambda: _nf4(cols, out, rows, dev, "cuda_mma")  # cuda_mma's byte-pair table by name
     yield "nf4_dq_b64_triton", lambda: _nf4(cols, out, rows, dev, "triton")  # the Triton kernels by name
+    yield "nf4_dq_b64_rows", lambda: _nf4(cols, out, rows, dev, order="rows")  # auto, the codes in row order
     yield "aqlm_2x8", lambda: _aqlm(cols, out, rows, dev, 2, 8)
     yield "aqlm_1x16", lambda: _aqlm(cols, out, rows, dev, 1, 16)
     yield "aqlm_2x8_mma", lambda: _aqlm(cols, out, rows, dev, 2, 8, "cuda_mma")  # cuda_aqlm by name

@@ -5,6 +5,7 @@
     ncu ... -k regex:_gemv python benchmarks/profile_kernel.py --path mv --rows 1    # matrix-vector (_gemv)
     ncu ... -k regex:tinygemm python benchmarks/profile_kernel.py --path tinygemm --rows 1  # torch's int4 kernel
     ncu ... -k lowbit_mma python benchmarks/profile_kernel.py --path mma --rows 1 --config '{"MIN_BLOCKS": 2}'
+    ncu ... -k lowbit_mma python benchmarks/profile_kernel.py --path mma --rows 1 --config '{"TILED": 1}'  # tile_words
     ncu ... -k regex:lowbit_aqlm python benchmarks/profile_kernel.py --path aqlm1x16 --rows 1   # cuda_aqlm
 """
 
@@ -17,7 +18,7 @@ import torch
 
 from kernel_bench import _torch_int4_variant, aqlm_weights, int_group_weights
 from lowbit.kernels.cuda_aqlm import aqlm_mma
-from lowbit.kernels.cuda_mma import mma_matmul
+from lowbit.kernels.cuda_mma import mma_matmul, tile_words
 from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
 
@@ -41,6 +42,8 @@ def main() -> None:
         call = lambda x: aqlm_mma(x, *weights, None, config=args.config)
     else:
         (qweight, scale, zero), _ = int_group_weights(cols, out, args.bits, dev)
+        if (args.config or {}).get("TILED"):  # mma: the words in the order TILED launches read
+            qweight = tile_words(qweight, args.bits, 128)
         kernel = {"mv": int_group_gemv, "tc": int_group_matmul, "mma": mma_matmul}[args.path]
         settings = {"config": args.config} if args.path == "mma" else {}
         call = lambda x: kernel(x, qweight, scale, zero, None, args.bits, 128, **settings)

@@ -141,15 +141,19 @@ def test_tiled_words_match_reference(config, bits):
     ("nf4", True, 64, 4096), ("nf4", False, 64, 1088), ("fp4", True, 128, 2048), ("nf4", True, 32, 1056),
 ])
 @pytest.mark.parametrize("shape", [{"SMEM_X": 0}, {"SMEM_X": 1}, {"SMEM_X": 0, "EARLY": 1}, {"SMEM_X": 1, "ASYNC": 2}])
-def test_fourbit_mma_matches_reference(quant_type, double_quant, blocksize, cols, shape):
+@pytest.mark.parametrize("order", ["tiles", "rows"])
+def test_fourbit_mma_matches_reference(quant_type, double_quant, blocksize, cols, shape, order):
     """NF4/FP4 through the byte-pair table: both tables, plain and double-quantized absmax, blocks of 32 to 128
     (1-, 2- and 4-word chunks), K in one block and over several, every row count to 16, fp16 and bf16, with
-    bias, the first tiles loaded before the activations or after, or through shared-memory rings (ASYNC), by name
-    through the module and its op."""
+    bias, the first tiles loaded before the activations or after, or through shared-memory rings (ASYNC), the words
+    in tile order (as .to("cuda") leaves them) or row order, by name through the module and its op."""
     seed = fresh_seed()
     out = 16 * 37
     layer = FourBitLinear.from_float(torch.randn(out, cols), torch.randn(out),
                                      FourBitLayout(out, cols, quant_type, blocksize, double_quant)).to("cuda")
+    assert layer.layout.tile_chunk == cuda_mma.tile_chunk(4, cols, out, blocksize) > 0
+    if order == "rows":
+        layer.order_words(0)
     args = (*layer.weight_args(), layer.code_table("cuda"), blocksize, out)
     layer.kernel_preference = "cuda_mma"
     for rows, dtype in itertools.product((1, 2, 7, 8, 9, 16), DTYPES):

@@ -14,6 +14,9 @@ n_blocks = ceil(N / B), blocks of the absmax values n2 = ceil(n_blocks / 256):
 
 Bytes: ceil(N / 2) + 4 * n_blocks, or ceil(N / 2) + n_blocks + 2 * n2 + 4 with double quantization
 (4.5 and about 4.127 bits per weight at B = 64).
+
+tile_chunk > 0: qweight holds the same bytes in tile order (formats.word_tiles: (out / 16, in / (8 tile_chunk),
+64 tile_chunk), chunks of tile_chunk 4-byte words), the order the GPU kernels read fastest; 0 is the row order above.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 
 from lowbit.core.affine import QPARAM_DTYPE
 from lowbit.core.codebook import DOUBLE_QUANT_BLOCK
+from lowbit.formats.word_tiles import TILE_ROWS, tile_order_problem, to_rows, to_tiles
 
 
 @dataclass(frozen=True)
@@ -34,13 +38,24 @@ class FourBitLayout:
     quant_type: str  # "nf4" or "fp4"
     blocksize: int
     double_quant: bool
+    tile_chunk: int = 0  # words of a tile chunk when qweight is in tile order (formats.word_tiles), else 0
+
+    def __post_init__(self):
+        if self.tile_chunk:
+            problem = tile_order_problem(self.out_features, self.in_features // 8, self.tile_chunk)
+            if problem or self.in_features % 8:
+                raise ValueError(f"NF4/FP4 layout {self.out_features}x{self.in_features} in tile order: "
+                                 f"{problem or 'in_features is not a multiple of 8'}")
 
     @property
     def n_blocks(self) -> int:
         return math.ceil(self.out_features * self.in_features / self.blocksize)
 
     def buffer_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        shapes = {"qweight": ((math.ceil(self.out_features * self.in_features / 2),), torch.uint8)}
+        chunk = self.tile_chunk
+        packed = ((self.out_features // TILE_ROWS, self.in_features // (8 * chunk), 4 * TILE_ROWS * chunk) if chunk
+                  else (math.ceil(self.out_features * self.in_features / 2),))
+        shapes = {"qweight": (packed, torch.uint8)}
         if not self.double_quant:
             return shapes | {"absmax": ((self.n_blocks,), torch.float32)}
         return shapes | {
@@ -51,6 +66,16 @@ class FourBitLayout:
 
     def nbytes(self) -> int:
         return sum(math.prod(shape) * dtype.itemsize for shape, dtype in self.buffer_shapes().values())
+
+
+def bytes_in_tile_order(qweight: torch.Tensor, out_features: int, chunk: int) -> torch.Tensor:
+    """Row-order packed codes (out * in / 2,) -> tile order with chunks of `chunk` words (buffer_shapes' shape)."""
+    return to_tiles(qweight.view(out_features, -1), 4 * chunk)
+
+
+def bytes_in_row_order(qweight: torch.Tensor) -> torch.Tensor:
+    """Packed codes in either order -> the row order (out * in / 2,)."""
+    return to_rows(qweight).flatten() if qweight.dim() == 3 else qweight
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:

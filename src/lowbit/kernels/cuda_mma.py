@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from lowbit.formats.word_tiles import to_tiles
 from lowbit.kernels import nvrtc
 from lowbit.kernels.split_counters import counters_for
 
@@ -137,14 +138,19 @@ def specialization(bits: int, rows: int, in_features: int, out_features: int, gr
     return shape | code | (config or {})
 
 
+def tile_chunk(bits: int, in_features: int, out_features: int, group_size: int) -> int:
+    """Words of a tile chunk (formats.word_tiles) that TILED launches read for a layer: a chunk's 4 U words a row
+    (words_per_thread), or 0 where the kernel does not take the shape."""
+    if bits not in (2, 4, 8) or shape_unsupported(bits, 1, in_features, out_features, group_size):
+        return 0
+    return 4 * words_per_thread(bits, in_features, group_size)
+
+
 def tile_words(qweight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """qweight (out, in * bits / 32) int32 words in the order that TILED launches read: per tile of 16 outputs, per
-    chunk of the row (4 U words), row halves h (rows 0-7, 8-15), then lane 4 g + t's U words (row 8 h + g, words
-    4 U chunk + U t ..). A warp's load of one chunk and row half is then 32 U words in a row."""
+    """qweight (out, in * bits / 32) int32 words in tile order (formats.word_tiles) with tile_chunk's chunks, viewed
+    as (out, in * bits / 32): a TILED launch's arguments (benchmarks and tests)."""
     out, words = qweight.shape
-    u = words_per_thread(bits, words * codes_per_word(bits), group_size)
-    tiled = qweight.reshape(out // OUT_TILE, 2, 8, words // (4 * u), 4, u).permute(0, 3, 1, 2, 4, 5)
-    return tiled.contiguous().view(out, words)
+    return to_tiles(qweight, tile_chunk(bits, words * codes_per_word(bits), out, group_size)).view(out, words)
 
 
 def shared_bytes(spec: dict, rows: int) -> int:
@@ -222,16 +228,23 @@ def fourbit_mma(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, ab
                 bias: torch.Tensor | None, config: dict | None = None) -> torch.Tensor:
     """NF4/FP4 (formats.nf4): x (rows <= 16, in) fp16/bf16 @ (table[code] * absmax)^T + bias -> (rows, out).
 
-    qweight (out * in / 2,) uint8, two codes a byte (the first in the high nibble); table (16,) fp32; absmax
+    qweight (out * in / 2,) uint8, two codes a byte (the first in the high nibble), or those bytes in tile order
+    (formats.nf4's tile_chunk: (out / 16, in / (8 chunk), 64 chunk)); table (16,) fp32; absmax
     (out * in / blocksize,) fp32, or int8 with absmax_scale (fp16, one per 256 blocks) and absmax_mean (1,) fp32
     under double quantization. Each row must hold whole blocks (in_features % blocksize == 0)."""
     cols = x.shape[-1]
     reason = fourbit_unsupported(cols, blocksize)
     if reason is not None or table.dtype != torch.float32 or table.numel() != 16:
         raise ValueError(f"the tensor-core NF4/FP4 kernel: {reason or 'it takes a 16-entry fp32 table'}")
-    words = qweight.view(torch.int32).view(out_features, cols // 8)  # eight codes a word, row-major
+    words = qweight.view(torch.int32).view(out_features, cols // 8)  # eight codes a word, row or tile order
     dq = absmax_scale is not None
     codes = {"LUT4": 1, "DQ": int(dq), "HAS_ZERO": 0}
+    if qweight.dim() == 3:  # tile order (formats.nf4): the chunks must be the ones this kernel reads
+        chunk, expected = qweight.shape[2] // 64, tile_chunk(4, cols, out_features, blocksize)
+        if chunk != expected:
+            raise ValueError(f"the tensor-core NF4/FP4 kernel reads tile chunks of {expected} words, not {chunk}: "
+                             f"put the layer back in row order (FourBitLinear.order_words(0))")
+        codes["TILED"] = 1
     return _launch(x, words, absmax, absmax_scale, bias, 4, blocksize, cols // blocksize, codes, config,
                    table=table, mean=absmax_mean if dq else None)
 

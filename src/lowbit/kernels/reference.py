@@ -12,7 +12,7 @@ from lowbit.core.aqlm import aqlm_decode
 from lowbit.core.codebook import codebook_dequantize, double_dequantize
 from lowbit.formats.aqlm import unpack_codes
 from lowbit.formats.bitpack import unpack_bits
-from lowbit.formats.nf4 import unpack_nibbles
+from lowbit.formats.nf4 import bytes_in_row_order, unpack_nibbles
 
 
 def int_group_linear(
@@ -156,12 +156,12 @@ def fourbit_linear(
     out_features: int,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W) (out, in)^T + bias; absmax (n_blocks,) float32, or
-    int8 double-quantized with absmax_scale and absmax_mean; code the (16,) code table."""
+    """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W) (out, in)^T + bias; qweight in row or tile order; absmax
+    (n_blocks,) float32, or int8 double-quantized with absmax_scale and absmax_mean; code the (16,) code table."""
     if absmax_scale is not None:
         absmax = double_dequantize(absmax, absmax_scale, absmax_mean)
     n = out_features * x.shape[-1]
-    w = codebook_dequantize(unpack_nibbles(qweight, n), absmax, code, blocksize)
+    w = codebook_dequantize(unpack_nibbles(bytes_in_row_order(qweight), n), absmax, code, blocksize)
     return F.linear(x, w.view(out_features, -1).to(x.dtype), bias)
 
 

@@ -37,6 +37,7 @@ class CallContext:
     bits: int | None = None  # of the weight codes, for formats with a bit width
     group_size: int | None = None  # resolved group size of group-wise formats
     codebooks: int | None = None  # AQLM's number of codebooks
+    tile_chunk: int = 0  # words of a tile chunk where the packed words are in tile order (formats.word_tiles)
 
 
 def always(_ctx: CallContext) -> str | None:
@@ -102,8 +103,18 @@ def _triton_fourbit(ctx: CallContext) -> str | None:
 
 def _cuda_mma_fourbit(ctx: CallContext) -> str | None:
     blocksize = ctx.group_size or 0
-    return (cuda_mma.fourbit_unsupported(ctx.in_features, blocksize) or _int32_index(ctx)
+    return (cuda_mma.fourbit_unsupported(ctx.in_features, blocksize) or _int32_index(ctx) or _tile_chunk_differs(ctx)
             or cuda_mma.unavailable(ctx.device, ctx.dtype, 4, ctx.rows, ctx.in_features, ctx.out_features, blocksize))
+
+
+def _tile_chunk_differs(ctx: CallContext) -> str | None:
+    """A layer in tile order whose chunks are not the ones cuda_mma reads (a checkpoint tiled elsewhere), or None."""
+    if not ctx.tile_chunk:
+        return None
+    expected = cuda_mma.tile_chunk(ctx.bits or 0, ctx.in_features, ctx.out_features, ctx.group_size or 0)
+    if ctx.tile_chunk != expected:
+        return f"its words are in tile chunks of {ctx.tile_chunk}, the kernel reads {expected}"
+    return None
 
 
 def _mma_fourbit_few_rows(ctx: CallContext) -> str | None:

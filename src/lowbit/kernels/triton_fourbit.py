@@ -40,11 +40,16 @@ from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buf
 
 @triton.jit
 def _words(w_ptr, absmax_ptr, dq_scale_ptr, dq_mean, offs_n, mask_n, t, N, K, WPR, B, NBLK: tl.constexpr,
-           WPB: tl.constexpr, DOUBLE: tl.constexpr, EVEN: tl.constexpr):
-    """Words (BN, NBLK, WPB) int32 and absmax (BN, NBLK) fp32 of K tile t (NBLK * WPB words per row)."""
+           WPB: tl.constexpr, DOUBLE: tl.constexpr, EVEN: tl.constexpr, TILE: tl.constexpr):
+    """Words (BN, NBLK, WPB) int32 and absmax (BN, NBLK) fp32 of K tile t (NBLK * WPB words per row); the words in
+    row order, or with TILE > 0 in tile order with chunks of TILE words (formats.word_tiles)."""
     first = t * (NBLK * WPB) + tl.arange(0, NBLK) * WPB  # (NBLK,) first word of each group
     wcol = first[:, None] + tl.arange(0, WPB)[None, :]  # (NBLK, WPB)
-    ptrs = w_ptr + offs_n[:, None, None] * WPR + wcol[None, :, :]  # the host keeps N * K under 2**31
+    if TILE:  # row n's word w at tile n // 16, chunk w // TILE, row n % 16 of it, word w % TILE
+        row_at = (offs_n // 16) * (16 * WPR) + (offs_n % 16) * TILE
+        ptrs = w_ptr + row_at[:, None, None] + ((wcol // TILE) * (16 * TILE) + wcol % TILE)[None, :, :]
+    else:
+        ptrs = w_ptr + offs_n[:, None, None] * WPR + wcol[None, :, :]  # the host keeps N * K under 2**31
     words = _load(ptrs, mask_n[:, None, None] & (wcol < WPR)[None, :, :], EVEN)
     amask = mask_n[:, None] & (first < WPR)[None, :]  # (BN, NBLK)
     block = (offs_n[:, None] * K + first[None, :] * 8) // B  # (BN, NBLK)
@@ -192,7 +197,7 @@ def _fourbit_gemv(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr
                   K_TILES: tl.constexpr, NBLK: tl.constexpr, WPB: tl.constexpr, BN: tl.constexpr,
                   SPLIT_K: tl.constexpr, DOUBLE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr,
                   FIXUP: tl.constexpr, FENCE: tl.constexpr, LOOKUP: tl.constexpr, ASM: tl.constexpr,
-                  X64: tl.constexpr, STAGES: tl.constexpr):
+                  X64: tl.constexpr, STAGES: tl.constexpr, TILE: tl.constexpr):
     """y[m, offs_n] (or this K slice's fp32 partial) for one row m; grid (N / BN, rows, SPLIT_K).
 
     LOOKUP "prmt": codes become fp16 table values in registers (_pair_f32), "gather": loads from the table.
@@ -212,17 +217,17 @@ def _fourbit_gemv(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr
         for t0 in tl.range(0, K_TILES, SPLIT_K, num_stages=STAGES):  # constant bounds (Triton's interpreter)
             t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
             words, absmax = _words(w_ptr, absmax_ptr, dq_scale_ptr, dq_mean, offs_n, mask_n, t, N, K, WPR, B, NBLK,
-                                   WPB, DOUBLE, EVEN)
+                                   WPB, DOUBLE, EVEN, TILE)
             acc = _tile_sum(acc, words, absmax, x_row, t, K, table_ptr, planes, NBLK, WPB, EVEN,
                             LOOKUP, ASM, X64)
     else:
         words, absmax = _words(w_ptr, absmax_ptr, dq_scale_ptr, dq_mean, offs_n, mask_n, pid_k, N, K, WPR, B, NBLK,
-                               WPB, DOUBLE, EVEN)
+                               WPB, DOUBLE, EVEN, TILE)
         for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
             t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
             t_next = tl.minimum(t + SPLIT_K, K_TILES - 1)  # next tile's words, loaded before this one is used
             nxt, absmax_next = _words(w_ptr, absmax_ptr, dq_scale_ptr, dq_mean, offs_n, mask_n, t_next, N, K, WPR,
-                                      B, NBLK, WPB, DOUBLE, EVEN)
+                                      B, NBLK, WPB, DOUBLE, EVEN, TILE)
             acc = _tile_sum(acc, words, absmax, x_row, t, K, table_ptr, planes, NBLK, WPB, EVEN,
                             LOOKUP, ASM, X64)
             words, absmax = nxt, absmax_next
@@ -236,7 +241,7 @@ def _fourbit_tc(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr, 
                 count_ptr, ROWS, N, K, WPR, B, stride_x, stride_y,
                 K_TILES: tl.constexpr, NBLK: tl.constexpr, WPB: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
                 SPLIT_K: tl.constexpr, DOUBLE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr,
-                FIXUP: tl.constexpr, FENCE: tl.constexpr):
+                FIXUP: tl.constexpr, FENCE: tl.constexpr, TILE: tl.constexpr):
     """Tensor cores: y[offs_m, offs_n] (or a K slice's partial); grid (N / BN, rows / BM, SPLIT_K).
 
     Each weight tile is looked up once for all BM rows, scaled by its absmax, interleaved back into input
@@ -254,7 +259,7 @@ def _fourbit_tc(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr, 
     for t0 in range(0, K_TILES, SPLIT_K):
         t = t0 + pid_k
         words, absmax = _words(w_ptr, absmax_ptr, dq_scale_ptr, dq_mean, offs_n, mask_n, t, N, K, WPR, B, NBLK,
-                               WPB, DOUBLE, EVEN)
+                               WPB, DOUBLE, EVEN, TILE)
         w = tl.join(tl.join(tl.join(_code(words, table_ptr, 0), _code(words, table_ptr, 4)),
                             tl.join(_code(words, table_ptr, 2), _code(words, table_ptr, 6))),
                     tl.join(tl.join(_code(words, table_ptr, 1), _code(words, table_ptr, 5)),
@@ -297,7 +302,8 @@ def fourbit_matmul(
 ) -> torch.Tensor:
     """x (rows, in) fp16/bf16 @ dequant(W)^T + bias -> (rows, out) in x's dtype; table (16,) fp32 (the code
     table); absmax fp32, or int8 with absmax_scale (n_blocks / 256,) and absmax_mean (1,) under double
-    quantization. path "mv": one program row per x row (CUDA cores); "tc": BM rows per program (tensor cores)."""
+    quantization; qweight (out * in / 2,) uint8 in row order or its tile order (formats.nf4). path "mv": one
+    program row per x row (CUDA cores); "tc": BM rows per program (tensor cores)."""
     assert DOUBLE_QUANT_BLOCK == 256  # the kernel's block // 256
     x = x.contiguous()
     rows, cols = x.shape
@@ -307,7 +313,8 @@ def fourbit_matmul(
         cfg["X64"] = cfg["X64"] and x.data_ptr() % 8 == 0
     waves, bkw, split = cfg.pop("waves"), cfg.pop("BKW"), cfg.pop("SPLIT_K", None)
     nblk, wpb = _groups(cols, blocksize, bkw)
-    words = qweight.view(torch.int32)  # (out * in / 8,): eight codes per word, row-major
+    words = qweight.view(torch.int32)  # eight codes per word: (out * in / 8,) row order, or tile order (3-D)
+    tile = qweight.shape[2] // 64 if qweight.dim() == 3 else 0  # words of a tile chunk (formats.nf4)
     wpr = cols // 8
     k_tiles = math.ceil(wpr / bkw)
     n_tiles = math.ceil(out_features / cfg["BN"])
@@ -321,7 +328,7 @@ def fourbit_matmul(
             bias if bias is not None else absmax, y, part, counters)
     sizes = (out_features, cols, wpr, blocksize, x.stride(0), out_features)
     flags = dict(K_TILES=k_tiles, NBLK=nblk, WPB=wpb, SPLIT_K=split, DOUBLE=double, HAS_BIAS=bias is not None,
-                 EVEN=even, **fix, **cfg)
+                 EVEN=even, TILE=tile, **fix, **cfg)
     if path == "mv":
         _fourbit_gemv[(n_tiles, rows, split)](*args, *sizes, **flags)
     else:

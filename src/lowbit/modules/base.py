@@ -21,7 +21,9 @@ class QuantizedLinear(nn.Module):
 
     A kernel that needs its own layout gets it from `prepared()`: repacked once and held in a plain
     attribute (not a buffer, so never saved), counted by `kernel_cache_bytes()` and dropped when the
-    module moves (`.to()`) or its buffers are replaced.
+    module moves (`.to()`) or its buffers are replaced. Formats with a tile order (formats.word_tiles) instead put
+    their one copy of the words in the order of the device they move to (`order_words_for`); the layout, and so
+    the spec, records it.
     """
 
     op: ClassVar[str]
@@ -55,6 +57,11 @@ class QuantizedLinear(nn.Module):
     def format_context(self) -> dict[str, Any]:
         """Format facts a kernel's capability check needs (bits, group_size); none by default."""
         return {}
+
+    def order_words_for(self, device: torch.device) -> bool:
+        """Put the packed words in the order `device`'s kernels read fastest (formats.word_tiles); returns whether
+        the order changed. Formats without a tile order keep their one order."""
+        return False
 
     def call_context(self, rows: int, device: torch.device, dtype: torch.dtype | None = None) -> CallContext:
         return CallContext(
@@ -105,8 +112,14 @@ class QuantizedLinear(nn.Module):
         return total
 
     def _apply(self, fn, recurse=True):
+        """Moves and casts (`.to()`, `.cuda()`) as nn.Module does; the packed words then take the order of the device
+        they are on (order_words_for)."""
         self._kernel_cache.clear()
-        return super()._apply(fn, recurse)
+        module = super()._apply(fn, recurse)
+        buffer = next(self.buffers(recurse=False), None)
+        if buffer is not None:
+            self.order_words_for(buffer.device)
+        return module
 
     def packed_bytes(self) -> int:
         """Bytes of the quantized weight and its qparams (bias excluded: it is not quantized)."""

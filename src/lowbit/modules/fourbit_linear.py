@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from lowbit.core.codebook import code_table, codebook_quantize, double_quantize
-from lowbit.formats.nf4 import FourBitLayout, pack_nibbles
+from lowbit.formats.nf4 import (
+    FourBitLayout,
+    bytes_in_row_order,
+    bytes_in_tile_order,
+    pack_nibbles,
+)
+from lowbit.kernels.cuda_mma import fourbit_unsupported, tile_chunk
 from lowbit.modules.base import QuantizedLinear
 
 
@@ -42,7 +49,29 @@ class FourBitLinear(QuantizedLinear):
         return (self.qweight, self.absmax, None, None)
 
     def format_context(self) -> dict[str, Any]:
-        return {"bits": 4, "group_size": self.layout.blocksize}
+        return {"bits": 4, "group_size": self.layout.blocksize, "tile_chunk": self.layout.tile_chunk}
+
+    def order_words(self, chunk: int) -> None:
+        """Put qweight in tile order with chunks of `chunk` words (formats.word_tiles), or with 0 in row order, in
+        place; the layout, and so the spec a checkpoint records, says which."""
+        if chunk == self.layout.tile_chunk:
+            return
+        layout = dataclasses.replace(self.layout, tile_chunk=chunk)  # checks that the shape allows it
+        rows = bytes_in_row_order(self.qweight)
+        self.qweight = bytes_in_tile_order(rows, layout.out_features, chunk) if chunk else rows
+        self.layout = layout
+        self._kernel_cache.clear()
+
+    def order_words_for(self, device: torch.device) -> bool:
+        """Tile order on CUDA where the tensor-core kernel takes the layer (its loads read consecutive bytes: NF4
+        1.17-1.22x faster at one row on the three large Llama-3-8B shapes, docs/kern17.md), row order elsewhere
+        (the CPU path reads rows). Returns whether the order changed."""
+        lay = self.layout
+        suits = device.type == "cuda" and not fourbit_unsupported(lay.in_features, lay.blocksize)
+        chunk = tile_chunk(4, lay.in_features, lay.out_features, lay.blocksize) if suits else 0
+        changed = chunk != lay.tile_chunk
+        self.order_words(chunk)
+        return changed
 
     def code_table(self, device: torch.device) -> torch.Tensor:
         """The (16,) float32 code table on `device`, made once per device (no host copy per call, none inside a

@@ -1,7 +1,8 @@
 """Which kernel each quantized layer of a model runs, and why the faster ones were skipped.
 
 The comparison report reads `layer_kernels` to name the kernel behind each speed figure;
-`prepare_kernels` repacks every layer into its kernel's layout ahead of the first call (at load time).
+`prepare_kernels` repacks every layer into its kernel's layout ahead of the first call (at load time), its words in
+its device's order first.
 """
 
 from __future__ import annotations
@@ -60,12 +61,14 @@ def kernel_summary(
 
 @torch.no_grad()
 def prepare_kernels(model: nn.Module, rows: int = 1) -> int:
-    """Repack every quantized layer for the kernel it will run on its own device; returns layers repacked."""
+    """Repack every quantized layer for the kernel it will run on its own device (its words first in that device's
+    order, order_words_for); returns layers repacked."""
     done = 0
     for _, m in _quantized(model):
         device = next(m.buffers()).device
         if device.type == "meta":
             continue
+        done += m.order_words_for(device)
         candidate = select(m.op, m.call_context(rows, device), m.kernel_preference)
         if candidate.prepare is not None:
             m.prepared(candidate.name, candidate.prepare, device)

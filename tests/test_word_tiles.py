@@ -1,0 +1,103 @@
+"""Tile order (formats.word_tiles) and the NF4/FP4 layers that hold their words in it on CUDA."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from kernel_checks import fresh_seed
+from safetensors.torch import load, save
+
+from lowbit.formats.bnb4 import bnb_tensors
+from lowbit.formats.nf4 import FourBitLayout
+from lowbit.formats.word_tiles import to_rows, to_tiles
+from lowbit.kernels import select as select_module
+from lowbit.kernels.select import CallContext
+from lowbit.modules import FourBitLinear
+from lowbit.modules.plan import prepare_kernels
+
+CUDA = torch.device("cuda")  # order_words_for reads only the device's type: no GPU needed
+
+
+def test_tile_order_puts_a_chunk_of_16_rows_together():
+    """Row n's word w lands at tile n // 16, chunk w // chunk, position (n % 16) * chunk + w % chunk; to_rows undoes
+    it for every dtype the formats pack into."""
+    for dtype, chunk in [(torch.int32, 4), (torch.uint8, 32), (torch.int8, 16)]:
+        words = torch.randint(-100, 100, (48, 96)).to(dtype)
+        tiles = to_tiles(words, chunk)
+        n, w = np.meshgrid(np.arange(48), np.arange(96), indexing="ij")
+        expected = tiles[n // 16, w // chunk, (n % 16) * chunk + w % chunk]
+        assert torch.equal(torch.from_numpy(np.asarray(expected)), words)
+        assert torch.equal(to_rows(tiles), words)
+
+
+@pytest.mark.parametrize("out,cols,chunk,problem", [(40, 64, 4, "multiple of 16"), (32, 96, 5, "whole chunks"),
+                                                    (32, 64, -1, "chunk of -1")])
+def test_shapes_without_a_tile_order_are_refused(out, cols, chunk, problem):
+    with pytest.raises(ValueError, match=problem):
+        to_tiles(torch.zeros(out, cols, dtype=torch.int32), chunk)
+    with pytest.raises(ValueError, match=problem):  # a spec from a corrupt checkpoint, say
+        FourBitLayout(out, cols * 8, "nf4", 64, True, chunk)
+
+
+def _layer(double_quant: bool = True, out: int = 48, cols: int = 384) -> FourBitLinear:
+    torch.manual_seed(fresh_seed())
+    return FourBitLinear.from_float(torch.randn(out, cols), torch.randn(out),
+                                    FourBitLayout(out, cols, "nf4", 64, double_quant))
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_tile_order_on_cuda_row_order_elsewhere(double_quant):
+    """order_words_for puts a layer in the tensor-core kernel's tile chunks for CUDA (8 words a chunk for blocks of
+    64: the kernel's 2 words a thread) and back in row order for the CPU; the outputs do not change, the spec records
+    the order, and a module rebuilt from that spec loads the state dict."""
+    layer = _layer(double_quant)
+    x = torch.randn(3, 384)
+    rows_out, packed = layer(x), layer.qweight.clone()
+    assert layer.order_words_for(CUDA) and not layer.order_words_for(CUDA)
+    assert layer.layout.tile_chunk == 8 and layer.qweight.shape == (3, 6, 512)
+    assert torch.equal(layer(x), rows_out)
+    spec, state = layer.spec(), layer.state_dict()
+    assert spec["tile_chunk"] == 8
+    rebuilt = FourBitLinear.from_spec(spec, device="cpu")
+    rebuilt.load_state_dict(state)
+    assert torch.equal(rebuilt(x), rows_out)
+    assert layer.order_words_for(torch.device("cpu")) and layer.layout.tile_chunk == 0
+    assert torch.equal(layer.qweight, packed)
+
+
+def test_layers_the_kernel_does_not_take_keep_row_order():
+    """No tile order where the tensor-core kernel cannot run the layer (blocks spanning rows: 200 inputs in
+    blocks of 64), so every CUDA kernel still reads rows there."""
+    layer = FourBitLinear.from_float(torch.randn(32, 200), None, FourBitLayout(32, 200, "nf4", 64, True))
+    assert not layer.order_words_for(CUDA) and layer.layout.tile_chunk == 0
+
+
+def test_moving_a_model_and_preparing_it_set_the_order():
+    """.to() of the CPU and prepare_kernels (the loaders' last step) leave row order on the CPU whatever order the
+    layer came in; a layer in tile order still saves and exports bitsandbytes' row-order bytes."""
+    layer = _layer()
+    expected = bnb_tensors(dict(layer.named_buffers()), "nf4", 64, (48, 384), "bfloat16")
+    layer.order_words(8)
+    tiled = bnb_tensors(dict(layer.named_buffers()), "nf4", 64, (48, 384), "bfloat16")
+    assert all(torch.equal(tiled[k], expected[k]) for k in expected)
+    buffer = io.BytesIO(save(layer.state_dict()))
+    assert load(buffer.getvalue())["qweight"].shape == (3, 6, 512)  # saved as held, the spec says how
+    model = torch.nn.Sequential(layer)
+    assert prepare_kernels(model) >= 1 and layer.layout.tile_chunk == 0
+    layer.order_words(8)
+    model.to("cpu")
+    assert layer.layout.tile_chunk == 0
+
+
+def test_selector_passes_over_cuda_mma_for_chunks_it_does_not_read():
+    """A layer whose tile chunks are not the kernel's (a checkpoint tiled for another kernel, say) is refused by the
+    tensor-core kernel with that reason, so the selector falls back instead of reading the words wrongly."""
+    ctx = CallContext(CUDA, 1, 384, 48, torch.bfloat16, 4, 64, tile_chunk=4)
+    cuda_mma = next(c for c in select_module._CANDIDATES["fourbit_linear"] if c.name == "cuda_mma")
+    assert cuda_mma.unavailable(ctx) == "its words are in tile chunks of 4, the kernel reads 8"
+    assert select_module._tile_chunk_differs(replace(ctx, tile_chunk=8)) is None
+    assert select_module._tile_chunk_differs(replace(ctx, tile_chunk=0)) is None
