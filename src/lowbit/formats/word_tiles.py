@@ -4,9 +4,9 @@ A layer's packed words, (out, words_per_row) in row order, become (out / 16, wor
 tile order: for each tile of 16 output rows and each chunk of `chunk` words along the row, the 16 rows' words of
 that chunk, row after row. kernels/cuda_mma.cu reads a tile's chunk as two row halves of 8 rows, lane 4 g + t taking
 the chunk's words t * chunk / 4 .. of row g, so one warp load covers 8 * chunk consecutive words instead of 8 pieces
-of chunk / 2 words in 8 rows: on an H100 that halved the L2 requests of the same bytes and ran NF4 17-22% and int4
-4-8% faster at one row (docs/kern17.md). Only the order changes: the words, their count and the qparams are the row
-order's.
+of chunk / 2 words in 8 rows: on an H100 that halved the L2 requests of the same bytes and ran NF4 15-22% and int4
+4-8% faster at one row on large layers (docs/kern17.md). Only the order changes: the words, their count and the
+qparams are the row order's.
 """
 
 from __future__ import annotations

@@ -58,8 +58,11 @@
 // activation fragments in shared memory, read per chunk, instead of registers: the fragments of a 512-input
 // slice take 64 registers a thread, most of them zeros at one row, and registers allowed one 8-warp block per
 // multiprocessor: kern11), EARLY (the first tiles' loads go out before the activations are read; int8 and the
-// NF4 register shape, kern15), and optionally MIN_BLOCKS (blocks per multiprocessor that the register use must
-// allow). Shared memory is dynamic: the launch passes shared_bytes(...) (cuda_mma.py).
+// NF4 register shape, kern15), ASYNC (2 or 3: each warp's words through a ring of that many tiles in shared memory,
+// copied by cp.async, ASYNC - 1 tiles ahead, instead of the register ring; 2- and 3-bit codes at one row, kern17),
+// TILED (the words in tile order, formats/word_tiles.py: NF4/FP4 layers on CUDA, kern17), and optionally MIN_BLOCKS
+// (blocks per multiprocessor that the register use must allow). Shared memory is dynamic: the launch passes
+// shared_bytes(...) (cuda_mma.py).
 //
 // The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 
@@ -255,6 +258,8 @@ __device__ __forceinline__ void read_words(u32* dst, const u32* src) {  // a thr
 #endif
 }
 
+__device__ __forceinline__ u32* slot_at(u32* ring, int s) { return ring + s * (SLOT_BYTES / 4); }
+
 __device__ __forceinline__ void async_commit() { asm volatile("cp.async.commit_group;"); }
 
 template <int N>  // wait until at most N of this thread's copy groups are pending
@@ -303,7 +308,8 @@ __device__ __forceinline__ float group_scale(const TileData& d, int q, int i, fl
 // wider than the slice, c * CK / G groups after the slice's first (k0 is a multiple of KS, KS of G or G of
 // KS): offsets known at compile time. Tiles past N read the last tile again (never written out).
 // ASYNC: the words go to `slot` (this thread's place in a ring slot) and read_slot brings them to d before use.
-// TILED: the words in tile_words' order (cuda_mma.py), a warp's words of one chunk and row half 32 U in a row.
+// TILED: the words in tile order (formats/word_tiles.py, chunks of 4 U words): a warp's words of one chunk and row
+// half are 32 U words in a row.
 __device__ __forceinline__ void load_tile(TileData& d, u32* slot, const u32* qweight, Qparams qp,
                                           int tile, int k0, int K, int N, int ngroups, int g, int t) {
   const int wpr = K / CODES * UNIT_WORDS;
@@ -342,6 +348,14 @@ __device__ __forceinline__ void load_tile(TileData& d, u32* slot, const u32* qwe
     d.z[q][0] = ok ? qp.zero[(qa + grp) >> 8] : (u16)0;
     d.z[q][1] = ok ? qp.zero[(qb + grp) >> 8] : (u16)0;
 #endif
+  }
+}
+
+__device__ __forceinline__ void read_slot(TileData& d, const u32* slot) {  // ASYNC: a tile's words, ring -> d
+#pragma unroll
+  for (int c = 0; c < NCH; ++c) {
+    read_words(d.wa[c], slot + (2 * c) * 8 * WB);
+    read_words(d.wb[c], slot + (2 * c + 1) * 8 * WB);
   }
 }
 
@@ -388,8 +402,7 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
   u32* ring = reinterpret_cast<u32*>(red_flat + WARPS * NVALS) + warp * RING_WORDS + lane * (WB / 4);  // its slot 0
 #pragma unroll
   for (int i = 0; i < DEPTH; ++i) {
-    if (i < TILES) load_tile(buf[i], ring + i * (SLOT_BYTES / 4), qweight, qp, blockIdx.x * TILES + i, k0, K, N,
-                             ngroups, g, t);
+    if (i < TILES) load_tile(buf[i], slot_at(ring, i), qweight, qp, blockIdx.x * TILES + i, k0, K, N, ngroups, g, t);
     async_commit();
   }
 #else
@@ -481,16 +494,12 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
   for (int i = 0; i < TILES; ++i) {
     const int ahead = (i + DEPTH) % (DEPTH + 1);
     if (i + DEPTH < TILES && i + DEPTH >= EARLY_TILES)
-      load_tile(buf[ahead], ASYNC ? ring + ahead * (SLOT_BYTES / 4) : ring, qweight, qp, tile0 + i + DEPTH, k0, K, N,
-                ngroups, g, t);
+      load_tile(buf[ahead], ASYNC ? slot_at(ring, ahead) : ring, qweight, qp, tile0 + i + DEPTH, k0, K, N, ngroups,
+                g, t);
 #if ASYNC
     async_commit();
     async_wait<DEPTH>();  // tile i's words are in its slot
-#pragma unroll
-    for (int c = 0; c < NCH; ++c) {
-      read_words(buf[i % (DEPTH + 1)].wa[c], ring + (i % (DEPTH + 1)) * (SLOT_BYTES / 4) + (2 * c) * 8 * WB);
-      read_words(buf[i % (DEPTH + 1)].wb[c], ring + (i % (DEPTH + 1)) * (SLOT_BYTES / 4) + (2 * c + 1) * 8 * WB);
-    }
+    read_slot(buf[i % (DEPTH + 1)], slot_at(ring, i % (DEPTH + 1)));
 #endif
     const TileData& d = buf[i % (DEPTH + 1)];
     float out[R8][4];

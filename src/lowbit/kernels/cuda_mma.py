@@ -119,9 +119,10 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
 
 def _ring(bits: int, rows: int, full_wave: bool) -> dict:
     """The words through shared-memory rings of two tiles (ASYNC 2: cp.async, no registers for the tile ahead) for
-    3-bit codes at one row (with two blocks a multiprocessor: 1.02-1.07x faster on the five shapes, kern17 run 3) and
-    2-bit codes at one row where the blocks fill a wave (1.03-1.08x; 0.80x on 4096x1024's 64 blocks, runs 1-3).
-    int4, NF4 and int8 ran 0.84-0.99x with them at one row and int4 0.89-0.92x at 8 rows (runs 1, 3)."""
+    3-bit codes at one row (with two blocks a multiprocessor: 1.03-1.07x faster on the five shapes, kern17 run 3;
+    1.03-1.11x in run 5) and 2-bit codes at one row where the blocks fill a wave (1.03-1.13x, runs 1 and 3; 0.80x
+    on 4096x1024's 64 blocks). int4, NF4 and int8 ran 0.80-0.99x with them at one row and int4 0.87-0.97x at 8
+    rows (runs 1, 3)."""
     if rows == 1 and (bits == 3 or (bits == 2 and full_wave)):
         return {"ASYNC": 2} | ({"MIN_BLOCKS": 2} if bits == 3 else {})
     return {}

@@ -64,7 +64,7 @@ class FourBitLinear(QuantizedLinear):
 
     def order_words_for(self, device: torch.device) -> bool:
         """Tile order on CUDA where the tensor-core kernel takes the layer (its loads read consecutive bytes: NF4
-        1.17-1.22x faster at one row on the three large Llama-3-8B shapes, docs/kern17.md), row order elsewhere
+        1.15-1.22x faster at one row on the three large Llama-3-8B shapes, docs/kern17.md), row order elsewhere
         (the CPU path reads rows). Returns whether the order changed."""
         lay = self.layout
         suits = device.type == "cuda" and not fourbit_unsupported(lay.in_features, lay.blocksize)
