@@ -101,3 +101,20 @@ def test_selector_passes_over_cuda_mma_for_chunks_it_does_not_read():
     assert cuda_mma.unavailable(ctx) == "its words are in tile chunks of 4, the kernel reads 8"
     assert select_module._tile_chunk_differs(replace(ctx, tile_chunk=8)) is None
     assert select_module._tile_chunk_differs(replace(ctx, tile_chunk=0)) is None
+
+
+def test_a_state_dict_in_either_order_loads_into_either():
+    """load_state_dict takes the codes in row or tile order whatever order the layer holds (a state dict saved on
+    the CPU loaded into a CUDA layer, or the reverse); a wrong size still fails."""
+    layer = _layer()
+    x = torch.randn(2, 384)
+    expected, rows_state = layer(x), dict(layer.state_dict())
+    layer.order_words(8)
+    tiles_state = dict(layer.state_dict())
+    for order, state in [(8, rows_state), (0, tiles_state), (8, tiles_state), (0, rows_state)]:
+        target = _layer()
+        target.order_words(order)
+        target.load_state_dict(dict(state))
+        assert target.layout.tile_chunk == order and torch.equal(target(x), expected)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        target.load_state_dict(dict(rows_state, qweight=rows_state["qweight"][:-2]))

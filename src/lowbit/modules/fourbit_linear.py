@@ -62,6 +62,16 @@ class FourBitLinear(QuantizedLinear):
         self.layout = layout
         self._kernel_cache.clear()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A state dict's codes in either order load into this layer's order (a CUDA layer from a CPU save, say)."""
+        key = prefix + "qweight"
+        packed = state_dict.get(key)
+        if packed is not None and packed.shape != self.qweight.shape and packed.numel() == self.qweight.numel():
+            rows = bytes_in_row_order(packed)
+            lay = self.layout
+            state_dict[key] = bytes_in_tile_order(rows, lay.out_features, lay.tile_chunk) if lay.tile_chunk else rows
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def order_words_for(self, device: torch.device) -> bool:
         """Tile order on CUDA where the tensor-core kernel takes the layer (its loads read consecutive bytes: NF4
         1.15-1.22x faster at one row on the three large Llama-3-8B shapes, docs/kern17.md), row order elsewhere
