@@ -260,6 +260,38 @@ def test_fourbit_kernels_read_tile_order(double_quant):
         assert err < TOL[dtype], f"tile order {kernel} rows={rows} err={err:.2e} seed={seed}"
 
 
+@pytest.mark.parametrize("bits,symmetric", [(4, False), (2, True), (8, False)])
+def test_int_kernels_read_tile_order(bits, symmetric):
+    """The matrix-vector kernel and the tensor-core one (its byte path and its word path) on an int_group layer in
+    tile order (formats.word_tiles, cuda_mma's chunks), every row count, against the layer's fp64 weights."""
+    from lowbit.kernels.cuda_mma import tile_chunk
+    from lowbit.kernels.triton_int import int_group_matmul
+
+    seed = fresh_seed()
+    out, cols, group = (336, 2048, 128) if CUDA else (48, 512, 128)
+    q = rtn_quantize(torch.randn(out, cols), bits, group, symmetric)
+    layer = IntLinear.from_weights(q, torch.randn(out)).to(DEVICE)
+    ref_w = q.dequantize().double().to(DEVICE)
+    layer.order_words(tile_chunk(bits, cols, out, group))
+    assert layer.qweight.dim() == 3
+    zero = getattr(layer, "zero", None)
+    paths = [("triton_mv", None), ("triton_tc", None)] + ([("words", {"BYTES": False})] if bits != 8 else [])
+    for (kernel, config), rows in itertools.product(paths, ROWS_CODEBOOK):
+        x = torch.randn(rows, cols, device=DEVICE, dtype=torch.float16)
+        ref = x.double() @ ref_w.t() + layer.bias.double()
+        _poison(rows, out)
+        if config is None:
+            layer.kernel_preference = kernel
+            assert layer.kernel(x).name == kernel
+            y = layer(x)
+        else:  # _mm_tc: the tuned tile with the word path
+            from lowbit.kernels.triton_int import tc_config
+            y = int_group_matmul(x, layer.qweight, layer.scale, zero, layer.bias, bits, group,
+                                 config=tc_config(rows, out, cols, bits, False) | config)
+        err = _rel_err(y, ref)
+        assert err < TOL[torch.float16], f"tile order {bits}-bit {kernel} rows={rows} err={err:.2e} seed={seed}"
+
+
 FOURBIT_SCHEDULES = ({"LOOKUP": "gather", "STAGES": 0, "X64": False}, {"LOOKUP": "gather", "STAGES": 3, "X64": False},
                      {"LOOKUP": "prmt", "STAGES": 0, "X64": True}, {"LOOKUP": "prmt", "STAGES": 3, "X64": True},
                      {"LOOKUP": "prmt", "STAGES": 0, "X64": False})

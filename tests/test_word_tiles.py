@@ -1,4 +1,5 @@
-"""Tile order (formats.word_tiles) and the NF4/FP4 layers that hold their words in it on CUDA."""
+"""Tile order (formats.word_tiles): the NF4/FP4 layers that hold their words in it on CUDA, and int_group layers
+put in it by hand (not yet on CUDA)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import torch
 from kernel_checks import fresh_seed
 from safetensors.torch import load, save
 
+from lowbit.core.affine import rtn_quantize
 from lowbit.formats.bnb4 import bnb_tensors
+from lowbit.formats.int_group import IntGroupLayout
 from lowbit.formats.nf4 import FourBitLayout
 from lowbit.formats.word_tiles import to_rows, to_tiles
 from lowbit.kernels import select as select_module
+from lowbit.kernels.cuda_mma import mma_matmul, tile_chunk
 from lowbit.kernels.select import CallContext
-from lowbit.modules import FourBitLinear
+from lowbit.modules import FourBitLinear, IntLinear
 from lowbit.modules.plan import prepare_kernels
 
 CUDA = torch.device("cuda")  # order_words_for reads only the device's type: no GPU needed
@@ -118,3 +122,36 @@ def test_a_state_dict_in_either_order_loads_into_either():
         assert target.layout.tile_chunk == order and torch.equal(target(x), expected)
     with pytest.raises(RuntimeError, match="size mismatch"):
         target.load_state_dict(dict(rows_state, qweight=rows_state["qweight"][:-2]))
+
+
+@pytest.mark.parametrize("bits,symmetric", [(4, False), (2, True), (8, False)])
+def test_int_group_layers_read_alike_in_tile_order(bits, symmetric):
+    """An int_group layer put in tile order (cuda_mma's chunks) gives the same outputs through the CPU kernels, the
+    same unpacked codes (exports read those) and the same state after a save in either order; its spec records the
+    order. On CUDA it stays in row order until its Triton paths have run on a GPU (docs/kern17.md)."""
+    torch.manual_seed(fresh_seed())
+    q = rtn_quantize(torch.randn(48, 512), bits, 128, symmetric)
+    layer = IntLinear.from_weights(q, torch.randn(48))
+    x = torch.randn(3, 512)
+    expected, codes, rows_state = layer(x), layer.int_weights().codes, dict(layer.state_dict())
+    assert not layer.order_words_for(CUDA) and layer.layout.tile_chunk == 0
+    layer.order_words(tile_chunk(bits, 512, 48, 128))
+    assert layer.qweight.dim() == 3 and layer.spec()["tile_chunk"] == layer.layout.tile_chunk
+    assert torch.allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(layer.int_weights().codes, codes)
+    rebuilt = IntLinear.from_spec(layer.spec(), device="cpu")
+    rebuilt.load_state_dict(rows_state)  # a row-order save into a tile-order layer
+    assert torch.equal(rebuilt.qweight, layer.qweight)
+
+
+def test_three_bit_and_foreign_chunks_are_refused():
+    """3-bit units of 3 words have no tile order; a layer whose chunks are not cuda_mma's is refused by its
+    selector check and by the kernel's own launch, naming the fix."""
+    with pytest.raises(ValueError, match="3-bit"):
+        IntGroupLayout(48, 512, 3, 128, False, 4)
+    ctx = CallContext(CUDA, 1, 512, 48, torch.bfloat16, 4, 128, tile_chunk=8)
+    cuda_mma = next(c for c in select_module._CANDIDATES["int_group_linear"] if c.name == "cuda_mma")
+    assert cuda_mma.unavailable(ctx) == "its words are in tile chunks of 8, the kernel reads 16"
+    words = torch.zeros(3, 8, 128, dtype=torch.int32)  # 48 x 64 words in chunks of 8
+    with pytest.raises(ValueError, match="reads tile chunks of 16 words, not 8"):
+        mma_matmul(torch.zeros(1, 512, dtype=torch.bfloat16), words, torch.ones(48, 4).half(), None, None, 4, 128)

@@ -23,7 +23,7 @@ import json
 import torch
 
 from lowbit.core.codebook import DOUBLE_QUANT_BLOCK, code_table
-from lowbit.formats.nf4 import bytes_in_row_order
+from lowbit.formats.word_tiles import row_order
 
 BNB_BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)  # what bitsandbytes' blockwise kernels accept
 _INT8_MAP = torch.arange(256, dtype=torch.float32) - 128  # (256,) index -> the int8 value it stands for
@@ -33,7 +33,7 @@ def bnb_tensors(buffers: dict[str, torch.Tensor], quant_type: str, blocksize: in
                 dtype: str) -> dict[str, torch.Tensor]:
     """A FourBitLinear's buffers -> {suffix: tensor} to store under the weight's name ("" is the weight)."""
     state = {"quant_type": quant_type, "blocksize": blocksize, "dtype": dtype, "shape": list(shape)}
-    tensors = {"": bytes_in_row_order(buffers["qweight"]).reshape(-1, 1), ".quant_map": code_table(quant_type)}
+    tensors = {"": row_order(buffers["qweight"]).reshape(-1, 1), ".quant_map": code_table(quant_type)}
     if "absmax_q" in buffers:
         tensors[".absmax"] = (buffers["absmax_q"].to(torch.int16) + 128).to(torch.uint8)  # (n_blocks,)
         tensors[".nested_absmax"] = buffers["absmax_scale"].float()  # (n2,)

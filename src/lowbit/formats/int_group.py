@@ -11,6 +11,9 @@ Buffers of one (out, in) layer quantized to b bits with groups of g input column
 
 Bytes: 4 * out * words_per_row(in, b) + 2 * out * n_groups * (2 if asymmetric else 1).
 
+tile_chunk > 0: qweight holds the same words in tile order (formats.word_tiles: (out / 16, words_per_row /
+tile_chunk, 16 tile_chunk)), the order the GPU kernels read fastest; 0 is the row order above.
+
 The offset variant (IntGroupOffsetLayout, GGUF's Q4_1/Q5_1 "min" form) stores the same qweight and scale
 and, instead of `zero`, an additive offset, so that weights imported from GGUF keep their exact values:
 
@@ -25,6 +28,7 @@ import torch
 
 from lowbit.core.affine import QPARAM_DTYPE, IntWeights, n_groups
 from lowbit.formats.bitpack import pack_bits, unpack_bits, words_per_row
+from lowbit.formats.word_tiles import TILE_ROWS, row_order, tile_order_problem
 
 
 @dataclass(frozen=True)
@@ -34,14 +38,26 @@ class IntGroupLayout:
     bits: int
     group_size: int  # resolved (never -1)
     symmetric: bool
+    tile_chunk: int = 0  # words of a tile chunk when qweight is in tile order (formats.word_tiles), else 0
+
+    def __post_init__(self):
+        if self.tile_chunk:
+            problem = tile_order_problem(self.out_features, words_per_row(self.in_features, self.bits),
+                                         self.tile_chunk)
+            if problem or self.bits == 3:
+                raise ValueError(f"int_group layout {self.out_features}x{self.in_features} in tile order: "
+                                 f"{problem or '3-bit units of 3 words have no tile order'}")
 
     @property
     def n_groups(self) -> int:
         return n_groups(self.in_features, self.group_size)
 
     def buffer_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        per_row, chunk = words_per_row(self.in_features, self.bits), self.tile_chunk
+        words = ((self.out_features // TILE_ROWS, per_row // chunk, TILE_ROWS * chunk) if chunk
+                 else (self.out_features, per_row))
         shapes = {
-            "qweight": ((self.out_features, words_per_row(self.in_features, self.bits)), torch.int32),
+            "qweight": (words, torch.int32),
             "scale": ((self.out_features, self.n_groups), QPARAM_DTYPE),
         }
         if not self.symmetric:
@@ -86,5 +102,5 @@ def pack_int(w: IntWeights) -> dict[str, torch.Tensor]:
 
 
 def unpack_int(packed: dict[str, torch.Tensor], layout: IntGroupLayout) -> IntWeights:
-    codes = unpack_bits(packed["qweight"], layout.bits, layout.in_features)
+    codes = unpack_bits(row_order(packed["qweight"]), layout.bits, layout.in_features)
     return IntWeights(codes, packed["scale"], packed.get("zero"), layout.bits, layout.group_size)

@@ -28,7 +28,7 @@ import torch
 
 from lowbit.core.affine import QPARAM_DTYPE
 from lowbit.core.codebook import DOUBLE_QUANT_BLOCK
-from lowbit.formats.word_tiles import TILE_ROWS, tile_order_problem, to_rows, to_tiles
+from lowbit.formats.word_tiles import TILE_ROWS, tile_order_problem
 
 
 @dataclass(frozen=True)
@@ -66,16 +66,6 @@ class FourBitLayout:
 
     def nbytes(self) -> int:
         return sum(math.prod(shape) * dtype.itemsize for shape, dtype in self.buffer_shapes().values())
-
-
-def bytes_in_tile_order(qweight: torch.Tensor, out_features: int, chunk: int) -> torch.Tensor:
-    """Row-order packed codes (out * in / 2,) -> tile order with chunks of `chunk` words (buffer_shapes' shape)."""
-    return to_tiles(qweight.view(out_features, -1), 4 * chunk)
-
-
-def bytes_in_row_order(qweight: torch.Tensor) -> torch.Tensor:
-    """Packed codes in either order -> the row order (out * in / 2,)."""
-    return to_rows(qweight).flatten() if qweight.dim() == 3 else qweight
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:

@@ -43,3 +43,27 @@ def to_rows(tiles: torch.Tensor) -> torch.Tensor:
     chunk = block // TILE_ROWS
     rows = tiles.reshape(n_tiles, n_chunks, TILE_ROWS, chunk).transpose(1, 2)
     return rows.reshape(n_tiles * TILE_ROWS, n_chunks * chunk).contiguous()
+
+
+def row_order(packed: torch.Tensor) -> torch.Tensor:
+    """Packed words in either order -> row order: a tile-order tensor (3-D) as (out, per_row), others unchanged."""
+    return to_rows(packed) if packed.dim() == 3 else packed
+
+
+def in_order(packed: torch.Tensor, out_features: int, row_shape: tuple[int, ...], chunk: int) -> torch.Tensor:
+    """Packed words of any dtype, in either order -> row order of shape `row_shape` (chunk 0) or tile order with
+    chunks of `chunk` 4-byte words."""
+    rows = row_order(packed)
+    if not chunk:
+        return rows.reshape(row_shape)
+    return to_tiles(rows.reshape(out_features, -1), chunk * 4 // packed.element_size())
+
+
+def row_shaped(words: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(words viewed as (out, words_per_row), tile chunk): a tile-order tensor keeps its memory order under the
+    row-shaped view, which gives a kernel launch its sizes; chunk 0 for a row-order tensor, returned as it is."""
+    if words.dim() != 3:
+        return words, 0
+    n_tiles, n_chunks, block = words.shape
+    chunk = block // TILE_ROWS
+    return words.view(n_tiles * TILE_ROWS, n_chunks * chunk), chunk

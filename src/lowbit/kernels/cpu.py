@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from lowbit.core.affine import n_groups, symmetric_zero
 from lowbit.formats.bitpack import unpack_bits
+from lowbit.formats.word_tiles import row_order
 from lowbit.kernels import cpp_ops, reference
 
 KERNEL_DTYPE = torch.bfloat16
@@ -137,7 +138,7 @@ def _prepare(ctx, qweight: torch.Tensor, scale: torch.Tensor, bits: int, group_s
     k_pad = -(-k // g_kernel) * g_kernel
     mid = symmetric_zero(bits)
     packed: list[list[torch.Tensor]] = [[], []]
-    for rows in qweight.split(PACK_ROWS):
+    for rows in row_order(qweight).split(PACK_ROWS):
         codes = F.pad(unpack_bits(rows, bits, k), (0, k_pad - k))  # (rows, K_pad) uint8; padding meets x = 0
         parts = [codes + (8 - mid)] if bits <= 4 else [(codes >> 4) + (8 - mid // 16), codes & 15]
         for plane, part in zip(packed, parts):

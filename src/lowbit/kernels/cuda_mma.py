@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lowbit.formats.word_tiles import to_tiles
+from lowbit.formats.word_tiles import TILE_ROWS, row_shaped, to_tiles
 from lowbit.kernels import nvrtc
 from lowbit.kernels.split_counters import counters_for
 
@@ -215,13 +215,26 @@ def mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero
                config: dict | None = None) -> torch.Tensor:
     """x (rows <= 16, in) fp16/bf16 @ dequant(qweight)^T + bias -> (rows, out) in x's dtype.
 
-    qweight (out, in * bits / 32) int32 words of int_group codes (bits 2, 4 or 8), or with signed8 int8
+    qweight (out, in * bits / 32) int32 words of int_group codes (bits 2, 4 or 8), or those words in tile order
+    (formats.int_group's tile_chunk: (out / 16, in * bits / (32 chunk), 16 chunk)), or with signed8 int8
     weight-only's codes seen as words (zero None, group_size = in); scale (and zero) (out, groups) fp16."""
     if scale.dtype != torch.float16 or (signed8 and (bits != 8 or zero is not None)):
         raise ValueError(f"the tensor-core kernels take fp16 qparams and signed 8-bit codes without zeros, not "
                          f"{scale.dtype}, {bits} bits, zero {zero is not None}")
     codes = {"HAS_ZERO": int(zero is not None), "SIGNED8": int(signed8)}
-    return _launch(x, qweight, scale, zero, bias, bits, group_size, scale.shape[1], codes, config)
+    words, chunk = row_shaped(qweight)
+    if chunk:
+        codes["TILED"] = _own_chunk(chunk, bits, x.shape[-1], words.shape[0], group_size)
+    return _launch(x, words, scale, zero, bias, bits, group_size, scale.shape[1], codes, config)
+
+
+def _own_chunk(chunk: int, bits: int, in_features: int, out_features: int, group_size: int) -> int:
+    """1 where a tile-order layer's chunks are the ones TILED launches read, else a ValueError naming the fix."""
+    expected = tile_chunk(bits, in_features, out_features, group_size)
+    if chunk != expected:
+        raise ValueError(f"the tensor-core kernel reads tile chunks of {expected} words, not {chunk}: put the layer "
+                         f"back in row order (order_words(0))")
+    return 1
 
 
 def fourbit_mma(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, absmax_scale: torch.Tensor | None,
@@ -240,12 +253,8 @@ def fourbit_mma(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, ab
     words = qweight.view(torch.int32).view(out_features, cols // 8)  # eight codes a word, row or tile order
     dq = absmax_scale is not None
     codes = {"LUT4": 1, "DQ": int(dq), "HAS_ZERO": 0}
-    if qweight.dim() == 3:  # tile order (formats.nf4): the chunks must be the ones this kernel reads
-        chunk, expected = qweight.shape[2] // 64, tile_chunk(4, cols, out_features, blocksize)
-        if chunk != expected:
-            raise ValueError(f"the tensor-core NF4/FP4 kernel reads tile chunks of {expected} words, not {chunk}: "
-                             f"put the layer back in row order (FourBitLinear.order_words(0))")
-        codes["TILED"] = 1
+    if qweight.dim() == 3:  # tile order (formats.nf4)
+        codes["TILED"] = _own_chunk(qweight.shape[2] // (4 * TILE_ROWS), 4, cols, out_features, blocksize)
     return _launch(x, words, absmax, absmax_scale, bias, 4, blocksize, cols // blocksize, codes, config,
                    table=table, mean=absmax_mean if dq else None)
 

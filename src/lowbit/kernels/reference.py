@@ -12,7 +12,8 @@ from lowbit.core.aqlm import aqlm_decode
 from lowbit.core.codebook import codebook_dequantize, double_dequantize
 from lowbit.formats.aqlm import unpack_codes
 from lowbit.formats.bitpack import unpack_bits
-from lowbit.formats.nf4 import bytes_in_row_order, unpack_nibbles
+from lowbit.formats.nf4 import unpack_nibbles
+from lowbit.formats.word_tiles import row_order
 
 
 def int_group_linear(
@@ -24,8 +25,8 @@ def int_group_linear(
     group_size: int,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """x (..., in) @ dequant(W) (out, in)^T + bias."""
-    return F.linear(x, _dequantize_int(qweight, scale, zero, bits, group_size, x.shape[-1], x.dtype), bias)
+    """x (..., in) @ dequant(W) (out, in)^T + bias; qweight in row or tile order (formats.int_group)."""
+    return F.linear(x, _dequantize_int(row_order(qweight), scale, zero, bits, group_size, x.shape[-1], x.dtype), bias)
 
 
 def _dequantize_int(qweight, scale, zero, bits: int, group_size: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
@@ -161,7 +162,7 @@ def fourbit_linear(
     if absmax_scale is not None:
         absmax = double_dequantize(absmax, absmax_scale, absmax_mean)
     n = out_features * x.shape[-1]
-    w = codebook_dequantize(unpack_nibbles(bytes_in_row_order(qweight), n), absmax, code, blocksize)
+    w = codebook_dequantize(unpack_nibbles(row_order(qweight).reshape(-1), n), absmax, code, blocksize)
     return F.linear(x, w.view(out_features, -1).to(x.dtype), bias)
 
 

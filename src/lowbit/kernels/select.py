@@ -139,8 +139,8 @@ def _cuda_mma_aqlm(ctx: CallContext) -> str | None:
 
 
 def _cuda_mma_int_group(ctx: CallContext) -> str | None:
-    return _int32_index(ctx) or cuda_mma.unavailable(ctx.device, ctx.dtype, ctx.bits, ctx.rows, ctx.in_features,
-                                                     ctx.out_features, ctx.group_size or 0)
+    return _int32_index(ctx) or _tile_chunk_differs(ctx) or cuda_mma.unavailable(
+        ctx.device, ctx.dtype, ctx.bits, ctx.rows, ctx.in_features, ctx.out_features, ctx.group_size or 0)
 
 
 FEW_OUTPUTS = 1024  # layers this narrow (Llama-3-8B's k/v projections) stay on cuda_mma: int4 to 16 rows, int8 at 1

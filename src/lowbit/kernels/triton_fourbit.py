@@ -34,7 +34,7 @@ import triton.language as tl
 
 from lowbit.core.codebook import DOUBLE_QUANT_BLOCK
 from lowbit.kernels.triton_gemv import _x_f32
-from lowbit.kernels.triton_int import _load
+from lowbit.kernels.triton_int import _load, _tile_cols, _tile_rows
 from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buffers, split_k
 
 
@@ -45,9 +45,8 @@ def _words(w_ptr, absmax_ptr, dq_scale_ptr, dq_mean, offs_n, mask_n, t, N, K, WP
     row order, or with TILE > 0 in tile order with chunks of TILE words (formats.word_tiles)."""
     first = t * (NBLK * WPB) + tl.arange(0, NBLK) * WPB  # (NBLK,) first word of each group
     wcol = first[:, None] + tl.arange(0, WPB)[None, :]  # (NBLK, WPB)
-    if TILE:  # row n's word w at tile n // 16, chunk w // TILE, row n % 16 of it, word w % TILE
-        row_at = (offs_n // 16) * (16 * WPR) + (offs_n % 16) * TILE
-        ptrs = w_ptr + row_at[:, None, None] + ((wcol // TILE) * (16 * TILE) + wcol % TILE)[None, :, :]
+    if TILE:
+        ptrs = w_ptr + _tile_rows(offs_n, WPR, TILE)[:, None, None] + _tile_cols(wcol, TILE)[None, :, :]
     else:
         ptrs = w_ptr + offs_n[:, None, None] * WPR + wcol[None, :, :]  # the host keeps N * K under 2**31
     words = _load(ptrs, mask_n[:, None, None] & (wcol < WPR)[None, :, :], EVEN)

@@ -30,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from lowbit.kernels.triton_int import _load, unit_shape
+from lowbit.formats.word_tiles import row_shaped
+from lowbit.kernels.triton_int import _load, _word_ptrs, unit_shape
 from lowbit.kernels.triton_ops import gemv_tile_units
 from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buffers, split_k
 
@@ -136,12 +137,13 @@ def _x_f32(x_ptr, xw, k, K, J: tl.constexpr, X64: tl.constexpr, EVEN: tl.constex
 
 @triton.jit
 def _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t, BITS: tl.constexpr, UW: tl.constexpr,
-          BU: tl.constexpr, BK: tl.constexpr, HAS_ZERO: tl.constexpr, EVEN: tl.constexpr):
-    """Words (three (BN, BU) int32 tensors; one when UW == 1) and scale, zero (BN,) fp32 of K tile t."""
+          BU: tl.constexpr, BK: tl.constexpr, HAS_ZERO: tl.constexpr, EVEN: tl.constexpr, TILE: tl.constexpr):
+    """Words (three (BN, BU) int32 tensors; one when UW == 1) and scale, zero (BN,) fp32 of K tile t; the words in
+    row order, or (TILE > 0, UW == 1) in tile order."""
     units = t * BU + tl.arange(0, BU)  # (BU,)
     row = w_ptr + offs_n[:, None] * wpr  # (BN, 1); the host keeps qweight under 2**31 words
     wmask = mask_n[:, None] & (units[None, :] * UW < wpr)
-    w0 = _load(row + units[None, :] * UW, wmask, EVEN)  # (BN, BU) int32
+    w0 = _load(_word_ptrs(w_ptr, offs_n, units * UW, wpr, TILE), wmask, EVEN)  # (BN, BU) int32
     w1 = w0
     w2 = w0
     if UW == 3:
@@ -217,7 +219,7 @@ def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_pt
           K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr, BN: tl.constexpr,
           BU: tl.constexpr, SPLIT_K: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
           SIGNED8: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr,
-          XMODE: tl.constexpr, PREFETCH: tl.constexpr, STAGES: tl.constexpr):
+          XMODE: tl.constexpr, PREFETCH: tl.constexpr, STAGES: tl.constexpr, TILE: tl.constexpr):
     """y[m, offs_n] (or this K slice's fp32 partial) for one row m; grid (N / BN, rows, SPLIT_K).
 
     STAGES > 0: Triton's software pipeliner copies the next STAGES - 1 tiles' words, qparams and inputs
@@ -235,7 +237,7 @@ def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_pt
         for t0 in tl.range(0, K_TILES, SPLIT_K, num_stages=STAGES):  # constant bounds (Triton's interpreter)
             t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
             w0, w1, w2, s, z = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t, BITS, UW, BU,
-                                     BK, HAS_ZERO, EVEN)
+                                     BK, HAS_ZERO, EVEN, TILE)
             xa, xb, xc, xd = _no_xwords(BU)
             if XMODE == 2:
                 xa, xb, xc, xd = _xwords(x_row, t, BU, UC)
@@ -243,11 +245,11 @@ def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_pt
                             XMODE)
     else:
         w0, w1, w2, s, z = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, pid_k, BITS, UW,
-                                 BU, BK, HAS_ZERO, EVEN)
+                                 BU, BK, HAS_ZERO, EVEN, TILE)
         if PREFETCH == 2:  # the tile after: (f0, f1, f2, s_f, z_f) moves to the next tile each round
             t_f = tl.minimum(pid_k + SPLIT_K, K_TILES - 1)
             f0, f1, f2, s_f, z_f = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t_f, BITS,
-                                         UW, BU, BK, HAS_ZERO, EVEN)
+                                         UW, BU, BK, HAS_ZERO, EVEN, TILE)
         xa, xb, xc, xd = _no_xwords(BU)
         if XMODE == 2:
             xa, xb, xc, xd = _xwords(x_row, pid_k, BU, UC)
@@ -255,7 +257,7 @@ def _gemv(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_pt
             t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
             t_next = tl.minimum(t + PREFETCH * SPLIT_K, K_TILES - 1)  # clamped: the last prefetches are never used
             n0, n1, n2, s_next, z_next = _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G,
-                                               t_next, BITS, UW, BU, BK, HAS_ZERO, EVEN)
+                                               t_next, BITS, UW, BU, BK, HAS_ZERO, EVEN, TILE)
             na, nb, nc, nd = xa, xb, xc, xd
             if XMODE == 2:
                 na, nb, nc, nd = _xwords(x_row, tl.minimum(t + SPLIT_K, K_TILES - 1), BU, UC)
@@ -286,6 +288,7 @@ def int_group_gemv(
     """x (rows, in) fp16/bf16 @ dequant(qweight)^T + bias -> (rows, out) in x's dtype, one program row per x row."""
     x = x.contiguous()
     rows, cols = x.shape
+    qweight, tile = row_shaped(qweight)  # row order, or tile order's words under a row-shaped view
     out_features, wpr = qweight.shape
     uc, uw = unit_shape(bits)
     cfg = dict(GEMV_CONFIG | (GEMV_CONFIG_8BIT if bits == 8 else {}) | (config or {}))
@@ -307,5 +310,5 @@ def int_group_gemv(
         counters, out_features, cols, wpr, scale.shape[1], group_size, x.stride(0), out_features, K_TILES=k_tiles,
         BITS=bits, UC=uc, UW=uw, BU=bu, SPLIT_K=split, HAS_ZERO=zero is not None, HAS_BIAS=bias is not None,
         SIGNED8=signed8, EVEN=even, ASM=cfg.pop("ASM", not interpreting()), XMODE=xmode,
-        PREFETCH=cfg.pop("PREFETCH"), STAGES=cfg.pop("STAGES"), **fix, **cfg)
+        PREFETCH=cfg.pop("PREFETCH"), STAGES=cfg.pop("STAGES"), TILE=tile, **fix, **cfg)
     return finish(y, part, bias, split, fix)

@@ -33,19 +33,44 @@ import torch
 import triton
 import triton.language as tl
 
+from lowbit.formats.word_tiles import row_shaped
 from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buffers, split_k
 
 
 @triton.jit
+def _tile_rows(offs_n, wpr, TILE: tl.constexpr):
+    """The row part of word offsets in tile order (formats.word_tiles, chunks of TILE words): row n's word w lies at
+    _tile_rows(n) + _tile_cols(w)."""
+    return (offs_n // 16) * (16 * wpr) + (offs_n % 16) * TILE
+
+
+@triton.jit
+def _tile_cols(words, TILE: tl.constexpr):
+    """The word part of word offsets in tile order (see _tile_rows), any shape."""
+    return (words // TILE) * (16 * TILE) + words % TILE
+
+
+@triton.jit
+def _word_ptrs(w_ptr, offs_n, words, wpr, TILE: tl.constexpr):
+    """Pointers (BN, BW) to words `words` (BW,) of rows offs_n, in row order or (TILE > 0) tile order."""
+    if TILE:
+        ptrs = w_ptr + _tile_rows(offs_n, wpr, TILE)[:, None] + _tile_cols(words, TILE)[None, :]
+    else:
+        ptrs = w_ptr + offs_n[:, None] * wpr + words[None, :]  # the host keeps qweight under 2**31 words
+    return ptrs
+
+
+@triton.jit
 def _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr,
-            UW: tl.constexpr, SIGNED8: tl.constexpr, EVEN: tl.constexpr):
-    """Codes of units unit0 .. unit0 + BU of rows offs_n -> (BN, BU, UC) int32 (input k = unit * UC + j)."""
+            UW: tl.constexpr, SIGNED8: tl.constexpr, EVEN: tl.constexpr, TILE: tl.constexpr):
+    """Codes of units unit0 .. unit0 + BU of rows offs_n -> (BN, BU, UC) int32 (input k = unit * UC + j); the
+    words in row order, or (TILE > 0, not 3 bits) in tile order."""
     units = unit0 + tl.arange(0, BU)  # (BU,)
     row = w_ptr + offs_n[:, None] * wpr  # (BN, 1); the host keeps qweight under 2**31 words
     mask = mask_n[:, None] & (units[None, :] * UW < wpr)  # (BN, BU)
     j = tl.arange(0, UC)  # code index inside a unit
     if UW == 1:
-        words = _load(row + units[None, :], mask, EVEN)  # (BN, BU)
+        words = _load(_word_ptrs(w_ptr, offs_n, units, wpr, TILE), mask, EVEN)  # (BN, BU)
         codes = (words[:, :, None] >> (j * BITS)[None, None, :]) & ((1 << BITS) - 1)
         if SIGNED8:
             codes = codes ^ 0x80
@@ -108,16 +133,17 @@ def _join8(v0, v1, v2, v3, v4, v5, v6, v7):
 
 @triton.jit
 def _weight_tile(w_ptr, offs_n, mask_n, wpr, unit0, DT: tl.constexpr, BU: tl.constexpr, BITS: tl.constexpr,
-                 UC: tl.constexpr, UW: tl.constexpr, SIGNED8: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr):
+                 UC: tl.constexpr, UW: tl.constexpr, SIGNED8: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr,
+                 TILE: tl.constexpr):
     """(BN, BU * UC) DT tile of OFFSET + code, columns = consecutive inputs from unit0 * UC."""
     if ASM:  # 4-bit only
         units = unit0 + tl.arange(0, BU)
         mask = mask_n[:, None] & (units[None, :] < wpr)
-        words = _load(w_ptr + offs_n[:, None] * wpr + units[None, :], mask, EVEN)
+        words = _load(_word_ptrs(w_ptr, offs_n, units, wpr, TILE), mask, EVEN)
         c0, c1, c2, c3, c4, c5, c6, c7 = _nibbles_asm(words, DT)
         w = _join8(c0, c1, c2, c3, c4, c5, c6, c7)
     else:
-        codes = _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU, BITS, UC, UW, SIGNED8, EVEN)
+        codes = _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU, BITS, UC, UW, SIGNED8, EVEN, TILE)
         w = tl.reshape(_magic16(codes, DT, BITS), (offs_n.shape[0], BU * UC))
     return w
 
@@ -151,7 +177,7 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
            BN: tl.constexpr, BU: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr,
            HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr,
            ASM: tl.constexpr, DEQUANT: tl.constexpr, EVEN: tl.constexpr, FIXUP: tl.constexpr,
-           FENCE: tl.constexpr):
+           FENCE: tl.constexpr, TILE: tl.constexpr):
     """acc (BN outputs, BM rows) = W_tile x^T on tensor cores; grid (N / BN, M / BM, SPLIT_K).
 
     DEQUANT (or a tile spanning groups): weights are dequantized (fp32 math, rounded to x's dtype) and one
@@ -171,7 +197,7 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
         k = t * BK + tl.arange(0, BK)
         x_mask = mask_m[:, None] if EVEN else mask_m[:, None] & (k < K)[None, :]
         xt = tl.trans(tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :], mask=x_mask, other=0.0))  # (BK, BM)
-        w = _weight_tile(w_ptr, offs_n, mask_n, wpr, t * BU, xt.dtype, BU, BITS, UC, UW, SIGNED8, ASM, EVEN)
+        w = _weight_tile(w_ptr, offs_n, mask_n, wpr, t * BU, xt.dtype, BU, BITS, UC, UW, SIGNED8, ASM, EVEN, TILE)
         if PER_TILE:
             t_next = tl.minimum(t + SPLIT_K, K_TILES - 1)  # clamped: the last prefetch is never used
             s_next, z_next = _qparams(scale_ptr, zero_ptr, offs_n, mask_n, n_groups, (t_next * BK) // G, BITS,
@@ -251,7 +277,7 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, coun
               BK: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr, HAS_ZERO: tl.constexpr,
               HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr, DEQUANT: tl.constexpr,
               EVEN: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr, ASM: tl.constexpr,
-              SCALE_AFTER: tl.constexpr):
+              SCALE_AFTER: tl.constexpr, TILE: tl.constexpr):
     """_mm_tc for 2, 4 and 8 bits, reading qweight as bytes of CPB = 8 / BITS codes: one product per code
     position j of a byte, (BN, BK / CPB) codes x the inputs j, j + CPB, ... Every step from the loaded bytes
     to the product's operand is elementwise, so Triton converts in registers, in the product's layout.
@@ -272,8 +298,12 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, coun
         xr = tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :],
                      mask=mask_m[:, None] if EVEN else mask_m[:, None] & (k < K)[None, :], other=0.0)  # (BM, BK)
         kb = t * BKB + tl.arange(0, BKB)
-        b = _load(w_ptr + offs_n[:, None] * row_bytes + kb[None, :], mask_n[:, None] & (kb < row_bytes)[None, :],
-                  EVEN)  # (BN, BKB) uint8
+        if TILE:  # byte kb of word kb // 4, in tile order
+            b_ptrs = (w_ptr + 4 * _tile_rows(offs_n, row_bytes // 4, TILE)[:, None]
+                      + (4 * _tile_cols(kb // 4, TILE) + kb % 4)[None, :])
+        else:
+            b_ptrs = w_ptr + offs_n[:, None] * row_bytes + kb[None, :]
+        b = _load(b_ptrs, mask_n[:, None] & (kb < row_bytes)[None, :], EVEN)  # (BN, BKB) uint8
         x0, x1, x2, x3 = _x_parts(xr, CPB)
         if PER_TILE and not DEQUANT:
             t_next = tl.minimum(t + SPLIT_K, K_TILES - 1)  # clamped: the last prefetch is never used
@@ -388,6 +418,7 @@ def int_group_matmul(
     """
     x = x.contiguous()
     rows, cols = x.shape
+    qweight, tile = row_shaped(qweight)  # row order, or tile order's words under a row-shaped view
     out_features, wpr = qweight.shape
     uc, uw = unit_shape(bits)
     one_scale = bits == 8 and zero is None and group_size >= cols  # int8 weight-only: SCALE_AFTER applies
@@ -403,7 +434,8 @@ def int_group_matmul(
     bias_arg = bias if bias is not None else scale
     common = (scale, zero if zero is not None else scale, bias_arg, y, part, counters, rows, out_features, cols)
     flags = dict(K_TILES=k_tiles, BITS=bits, SPLIT_K=split, PER_TILE=per_tile, HAS_ZERO=zero is not None,
-                 HAS_BIAS=bias is not None, SIGNED8=signed8, OFFSET=offset16(x.dtype, bits), EVEN=even, **fix)
+                 HAS_BIAS=bias is not None, SIGNED8=signed8, OFFSET=offset16(x.dtype, bits), EVEN=even, TILE=tile,
+                 **fix)
     cfg.setdefault("ASM", not interpreting())
     if cfg.pop("BYTES", bits in (2, 4, 8)):
         scale_after = cfg.pop("SCALE_AFTER", one_scale and cfg["DEQUANT"])

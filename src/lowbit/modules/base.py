@@ -8,6 +8,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from lowbit.formats.word_tiles import in_order
 from lowbit.kernels.select import CallContext, Candidate, check_preference, select
 
 
@@ -62,6 +63,30 @@ class QuantizedLinear(nn.Module):
         """Put the packed words in the order `device`'s kernels read fastest (formats.word_tiles); returns whether
         the order changed. Formats without a tile order keep their one order."""
         return False
+
+    def order_words(self, chunk: int) -> None:
+        """Put qweight in tile order with chunks of `chunk` words (formats.word_tiles), or with 0 in row order, in
+        place, for layouts with a `tile_chunk`; the layout, and so the spec a checkpoint records, says which."""
+        if chunk == self.layout.tile_chunk:
+            return
+        layout = dataclasses.replace(self.layout, tile_chunk=chunk)  # checks that the shape allows it
+        self.qweight = self._in_layout_order(self.qweight, layout)
+        self.layout = layout
+        self._kernel_cache.clear()
+
+    @staticmethod
+    def _in_layout_order(packed: torch.Tensor, layout: Any) -> torch.Tensor:
+        row_shape = dataclasses.replace(layout, tile_chunk=0).buffer_shapes()["qweight"][0]
+        return in_order(packed, layout.out_features, row_shape, layout.tile_chunk)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A state dict's codes in either order load into the layer's order (a CPU save into a CUDA layer, say)."""
+        packed = state_dict.get(prefix + "qweight")
+        mine = getattr(self, "qweight", None)
+        if (hasattr(self.layout, "tile_chunk") and packed is not None and mine is not None
+                and packed.shape != mine.shape and packed.numel() == mine.numel()):
+            state_dict[prefix + "qweight"] = self._in_layout_order(packed, self.layout)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def call_context(self, rows: int, device: torch.device, dtype: torch.dtype | None = None) -> CallContext:
         return CallContext(

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 
 from lowbit.core.codebook import code_table, codebook_quantize, double_quantize
-from lowbit.formats.nf4 import (
-    FourBitLayout,
-    bytes_in_row_order,
-    bytes_in_tile_order,
-    pack_nibbles,
-)
+from lowbit.formats.nf4 import FourBitLayout, pack_nibbles
 from lowbit.kernels.cuda_mma import fourbit_unsupported, tile_chunk
 from lowbit.modules.base import QuantizedLinear
 
@@ -50,27 +44,6 @@ class FourBitLinear(QuantizedLinear):
 
     def format_context(self) -> dict[str, Any]:
         return {"bits": 4, "group_size": self.layout.blocksize, "tile_chunk": self.layout.tile_chunk}
-
-    def order_words(self, chunk: int) -> None:
-        """Put qweight in tile order with chunks of `chunk` words (formats.word_tiles), or with 0 in row order, in
-        place; the layout, and so the spec a checkpoint records, says which."""
-        if chunk == self.layout.tile_chunk:
-            return
-        layout = dataclasses.replace(self.layout, tile_chunk=chunk)  # checks that the shape allows it
-        rows = bytes_in_row_order(self.qweight)
-        self.qweight = bytes_in_tile_order(rows, layout.out_features, chunk) if chunk else rows
-        self.layout = layout
-        self._kernel_cache.clear()
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """A state dict's codes in either order load into this layer's order (a CUDA layer from a CPU save, say)."""
-        key = prefix + "qweight"
-        packed = state_dict.get(key)
-        if packed is not None and packed.shape != self.qweight.shape and packed.numel() == self.qweight.numel():
-            rows = bytes_in_row_order(packed)
-            lay = self.layout
-            state_dict[key] = bytes_in_tile_order(rows, lay.out_features, lay.tile_chunk) if lay.tile_chunk else rows
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def order_words_for(self, device: torch.device) -> bool:
         """Tile order on CUDA where the tensor-core kernel takes the layer (its loads read consecutive bytes: NF4

@@ -41,4 +41,4 @@ class IntLinear(QuantizedLinear):
         return (self.qweight, self.scale, getattr(self, "zero", None), lay.bits, lay.group_size)
 
     def format_context(self) -> dict[str, Any]:
-        return {"bits": self.layout.bits, "group_size": self.layout.group_size}
+        return {"bits": self.layout.bits, "group_size": self.layout.group_size, "tile_chunk": self.layout.tile_chunk}
