@@ -128,7 +128,8 @@ def test_a_state_dict_in_either_order_loads_into_either():
 def test_int_group_layers_read_alike_in_tile_order(bits, symmetric):
     """An int_group layer put in tile order (cuda_mma's chunks) gives the same outputs through the CPU kernels, the
     same unpacked codes (exports read those) and the same state after a save in either order; its spec records the
-    order. On CUDA it stays in row order until its Triton paths have run on a GPU (docs/kern17.md)."""
+    order. Moving it (to CUDA too) puts it back in row order until its Triton paths have run on a GPU
+    (docs/kern17.md)."""
     torch.manual_seed(fresh_seed())
     q = rtn_quantize(torch.randn(48, 512), bits, 128, symmetric)
     layer = IntLinear.from_weights(q, torch.randn(48))
@@ -142,6 +143,7 @@ def test_int_group_layers_read_alike_in_tile_order(bits, symmetric):
     rebuilt = IntLinear.from_spec(layer.spec(), device="cpu")
     rebuilt.load_state_dict(rows_state)  # a row-order save into a tile-order layer
     assert torch.equal(rebuilt.qweight, layer.qweight)
+    assert layer.order_words_for(CUDA) and layer.layout.tile_chunk == 0  # back to rows until a GPU run
 
 
 def test_three_bit_and_foreign_chunks_are_refused():
