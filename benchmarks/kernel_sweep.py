@@ -146,9 +146,9 @@ def _problem(x, cols, out, fmt, dev, path):
 
 
 def _tiled(qweight: torch.Tensor, fmt, cols: int, out: int) -> torch.Tensor:
-    """A format's words in tile_words' order (TILED launches), in the tensor type its call takes."""
+    """A format's words in tile order (tile_words: what TILED launches read), in the tensor type its call takes."""
     if fmt == "nf4":  # (out * in / 2,) bytes, eight codes a word; absmax blocks of 64
-        return tile_words(qweight.view(torch.int32).view(out, cols // 8), 4, 64).view(torch.uint8).flatten()
+        return tile_words(qweight.view(torch.int32).view(out, cols // 8), 4, 64).view(torch.uint8)
     return tile_words(qweight, *((8, cols) if fmt == "int8wo" else (fmt, 128)))
 
 

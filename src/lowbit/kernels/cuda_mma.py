@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lowbit.formats.word_tiles import TILE_ROWS, row_shaped, to_tiles
+from lowbit.formats.word_tiles import row_shaped, to_tiles
 from lowbit.kernels import nvrtc
 from lowbit.kernels.split_counters import counters_for
 
@@ -148,10 +148,10 @@ def tile_chunk(bits: int, in_features: int, out_features: int, group_size: int) 
 
 
 def tile_words(qweight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """qweight (out, in * bits / 32) int32 words in tile order (formats.word_tiles) with tile_chunk's chunks, viewed
-    as (out, in * bits / 32): a TILED launch's arguments (benchmarks and tests)."""
+    """qweight (out, in * bits / 32) int32 words in tile order (formats.word_tiles) with tile_chunk's chunks, the
+    order TILED launches read (benchmarks and tests; a layer's own words: order_words)."""
     out, words = qweight.shape
-    return to_tiles(qweight, tile_chunk(bits, words * codes_per_word(bits), out, group_size)).view(out, words)
+    return to_tiles(qweight, tile_chunk(bits, words * codes_per_word(bits), out, group_size))
 
 
 def shared_bytes(spec: dict, rows: int) -> int:
@@ -250,11 +250,12 @@ def fourbit_mma(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, ab
     reason = fourbit_unsupported(cols, blocksize)
     if reason is not None or table.dtype != torch.float32 or table.numel() != 16:
         raise ValueError(f"the tensor-core NF4/FP4 kernel: {reason or 'it takes a 16-entry fp32 table'}")
-    words = qweight.view(torch.int32).view(out_features, cols // 8)  # eight codes a word, row or tile order
+    words, chunk = row_shaped(qweight.view(torch.int32))  # eight codes a word, row or tile order
+    words = words.view(out_features, cols // 8)
     dq = absmax_scale is not None
     codes = {"LUT4": 1, "DQ": int(dq), "HAS_ZERO": 0}
-    if qweight.dim() == 3:  # tile order (formats.nf4)
-        codes["TILED"] = _own_chunk(qweight.shape[2] // (4 * TILE_ROWS), 4, cols, out_features, blocksize)
+    if chunk:
+        codes["TILED"] = _own_chunk(chunk, 4, cols, out_features, blocksize)
     return _launch(x, words, absmax, absmax_scale, bias, 4, blocksize, cols // blocksize, codes, config,
                    table=table, mean=absmax_mean if dq else None)
 

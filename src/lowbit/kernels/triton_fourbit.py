@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from lowbit.core.codebook import DOUBLE_QUANT_BLOCK
+from lowbit.formats.word_tiles import row_shaped
 from lowbit.kernels.triton_gemv import _x_f32
 from lowbit.kernels.triton_int import _load, _tile_cols, _tile_rows
 from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buffers, split_k
@@ -313,7 +314,7 @@ def fourbit_matmul(
     waves, bkw, split = cfg.pop("waves"), cfg.pop("BKW"), cfg.pop("SPLIT_K", None)
     nblk, wpb = _groups(cols, blocksize, bkw)
     words = qweight.view(torch.int32)  # eight codes per word: (out * in / 8,) row order, or tile order (3-D)
-    tile = qweight.shape[2] // 64 if qweight.dim() == 3 else 0  # words of a tile chunk (formats.nf4)
+    tile = row_shaped(words)[1]  # words of a tile chunk, 0 in row order
     wpr = cols // 8
     k_tiles = math.ceil(wpr / bkw)
     n_tiles = math.ceil(out_features / cfg["BN"])

@@ -64,15 +64,17 @@ class QuantizedLinear(nn.Module):
         the order changed. Formats without a tile order keep their one order."""
         return False
 
-    def order_words(self, chunk: int) -> None:
+    def order_words(self, chunk: int) -> bool:
         """Put qweight in tile order with chunks of `chunk` words (formats.word_tiles), or with 0 in row order, in
-        place, for layouts with a `tile_chunk`; the layout, and so the spec a checkpoint records, says which."""
+        place, for layouts with a `tile_chunk`; the layout, and so the spec a checkpoint records, says which.
+        Returns whether the order changed."""
         if chunk == self.layout.tile_chunk:
-            return
+            return False
         layout = dataclasses.replace(self.layout, tile_chunk=chunk)  # checks that the shape allows it
         self.qweight = self._in_layout_order(self.qweight, layout)
         self.layout = layout
         self._kernel_cache.clear()
+        return True
 
     @staticmethod
     def _in_layout_order(packed: torch.Tensor, layout: Any) -> torch.Tensor:

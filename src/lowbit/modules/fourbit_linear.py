@@ -51,10 +51,7 @@ class FourBitLinear(QuantizedLinear):
         (the CPU path reads rows). Returns whether the order changed."""
         lay = self.layout
         suits = device.type == "cuda" and not fourbit_unsupported(lay.in_features, lay.blocksize)
-        chunk = tile_chunk(4, lay.in_features, lay.out_features, lay.blocksize) if suits else 0
-        changed = chunk != lay.tile_chunk
-        self.order_words(chunk)
-        return changed
+        return self.order_words(tile_chunk(4, lay.in_features, lay.out_features, lay.blocksize) if suits else 0)
 
     def code_table(self, device: torch.device) -> torch.Tensor:
         """The (16,) float32 code table on `device`, made once per device (no host copy per call, none inside a

@@ -43,9 +43,7 @@ class IntLinear(QuantizedLinear):
     def order_words_for(self, device: torch.device) -> bool:
         """Row order on every device for now: the tile order's Triton paths have run only under the interpreter
         (docs/kern17.md, Next). Returns whether the order changed."""
-        changed = self.layout.tile_chunk != 0
-        self.order_words(0)
-        return changed
+        return self.order_words(0)
 
     def format_context(self) -> dict[str, Any]:
         return {"bits": self.layout.bits, "group_size": self.layout.group_size, "tile_chunk": self.layout.tile_chunk}
