@@ -28,6 +28,7 @@ from lowbit.formats.aqlm import AQLMLayout
 from lowbit.formats.bitpack import pack_bits
 from lowbit.formats.int_group import IntGroupLayout
 from lowbit.formats.nf4 import FourBitLayout
+from lowbit.formats.word_tiles import to_tiles
 from lowbit.kernels.cuda_mma import tile_chunk
 from lowbit.kernels.select import CallContext, select
 
@@ -89,15 +90,17 @@ def weight_copies(args: tuple, nbytes: int) -> list[tuple]:
     return [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in range(_copies(nbytes))]
 
 
-def _int_group_variant(cols, out, bits, rows, dev, preference="auto", gemv_config=None):
+def _int_group_variant(cols, out, bits, rows, dev, preference="auto", gemv_config=None, order="tiles"):
     """int_group_weights through the selector, or straight to the matrix-vector kernel with `gemv_config`
-    (launch settings other than its defaults)."""
+    (launch settings other than its defaults); the words in tile order where a CUDA layer holds them so
+    (IntLinear.order_words_for; order "rows": row order)."""
     (qweight, scale, zero), nbytes = int_group_weights(cols, out, bits, dev)
-    ws = weight_copies((qweight, scale, zero, bits, 128), nbytes)
+    chunk = tile_chunk(bits, cols, out, 128) if order == "tiles" else 0
+    ws = weight_copies((to_tiles(qweight, chunk) if chunk else qweight, scale, zero, bits, 128), nbytes)
     if gemv_config is not None:
         args = [(q, s, z, None, bits, 128) for q, s, z, _, _ in ws]  # no bias
         return _gemv_call(args, gemv_config), len(ws), nbytes, "triton_mv"
-    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, bits, 128)
+    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, bits, 128, tile_chunk=chunk)
     call, name = _candidate_call("int_group_linear", ctx, preference, ws)
     return call, len(ws), nbytes, name
 
@@ -235,6 +238,8 @@ def _int_variants(cols, out, rows, dev):
     yield "int4_g128", lambda: _int_group_variant(cols, out, 4, rows, dev)
     yield "int4_g128_mma", lambda: _int_group_variant(cols, out, 4, rows, dev, "cuda_mma")  # cuda_mma by name
     yield "int4_g128_triton", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton")  # the Triton kernels
+    yield "int4_g128_rows", lambda: _int_group_variant(cols, out, 4, rows, dev, order="rows")  # auto, row order
+    yield "int4_g128_triton_rows", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton", order="rows")
     if rows == 1:  # the selector takes the matrix-vector kernel there: the tensor-core one for comparison
         yield "int4_g128_tc", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton_tc")
         yield "int3_g128_tc", lambda: _int_group_variant(cols, out, 3, rows, dev, "triton_tc")
@@ -246,6 +251,7 @@ def _int_variants(cols, out, rows, dev):
     yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, dev)
     yield "int2_g128_mma", lambda: _int_group_variant(cols, out, 2, rows, dev, "cuda_mma")
     yield "int2_g128_triton", lambda: _int_group_variant(cols, out, 2, rows, dev, "triton")
+    yield "int2_g128_rows", lambda: _int_group_variant(cols, out, 2, rows, dev, order="rows")
     yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)
     yield "int8_weight_only_mma", lambda: _int8_variant(cols, out, rows, dev, preference="cuda_mma")
     yield "int8_weight_only_triton", lambda: _int8_variant(cols, out, rows, dev, preference="triton")

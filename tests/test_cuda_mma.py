@@ -21,6 +21,7 @@ from lowbit.core.affine import int8_absmax, rtn_quantize
 from lowbit.kernels import cuda_mma, split_counters, triton_ops
 from lowbit.kernels.select import CallContext, select
 from lowbit.formats.nf4 import FourBitLayout
+from lowbit.formats.word_tiles import row_order
 from lowbit.kernels import reference
 from lowbit.modules import FourBitLinear, Int8Linear, IntLinear
 
@@ -124,11 +125,14 @@ def test_tile_words_puts_a_warps_chunk_words_in_a_row():
                                     {"KS": 256, "WARPS": 16, "TILES": 4, "DEPTH": 0, "SMEM_X": 1}])
 @pytest.mark.parametrize("bits", [2, 4, "int8"])
 def test_tiled_words_match_reference(config, bits):
-    """TILED launches over tile_words' order (K in one block and split, tiles past the layer, two fragments)."""
+    """TILED launches over tile_words' order (K in one block and split, tiles past the layer, two fragments); an
+    int_group layer moved to CUDA already holds that order."""
     seed = fresh_seed()
     layer, ref_w, _ = _layer(16 * 21, 2816, 128, False, True, bits)
     width, group = (8, 2816) if bits == "int8" else (bits, 128)
-    words = cuda_mma.tile_words(layer.qweight.view(torch.int32), width, group)
+    words = cuda_mma.tile_words(row_order(layer.qweight).view(torch.int32), width, group)
+    if bits != "int8":
+        assert torch.equal(layer.qweight, words)
     zero = getattr(layer, "zero", None)
     call = (lambda x, cfg: cuda_mma.mma_matmul(x, words, layer.scale, zero, layer.bias, width, group,
                                                signed8=bits == "int8", config=cfg | {"TILED": 1}))

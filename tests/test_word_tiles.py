@@ -1,5 +1,4 @@
-"""Tile order (formats.word_tiles): the NF4/FP4 layers that hold their words in it on CUDA, and int_group layers
-put in it by hand (not yet on CUDA)."""
+"""Tile order (formats.word_tiles): the NF4/FP4 and int_group layers that hold their words in it on CUDA."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from lowbit.formats.int_group import IntGroupLayout
 from lowbit.formats.nf4 import FourBitLayout
 from lowbit.formats.word_tiles import to_rows, to_tiles
 from lowbit.kernels import select as select_module
+from lowbit.kernels import triton_ops
 from lowbit.kernels.cuda_mma import mma_matmul, tile_chunk
 from lowbit.kernels.select import CallContext
 from lowbit.modules import FourBitLinear, IntLinear
@@ -126,24 +126,44 @@ def test_a_state_dict_in_either_order_loads_into_either():
 
 @pytest.mark.parametrize("bits,symmetric", [(4, False), (2, True), (8, False)])
 def test_int_group_layers_read_alike_in_tile_order(bits, symmetric):
-    """An int_group layer put in tile order (cuda_mma's chunks) gives the same outputs through the CPU kernels, the
-    same unpacked codes (exports read those) and the same state after a save in either order; its spec records the
-    order. Moving it (to CUDA too) puts it back in row order until its Triton paths have run on a GPU
-    (docs/kern17.md)."""
+    """order_words_for puts an int_group layer in cuda_mma's tile chunks for CUDA and back in row order for the
+    CPU; in tile order it gives the same outputs through the CPU kernels, the same unpacked codes (exports read
+    those) and the same state after a save in either order, and its spec records the order."""
     torch.manual_seed(fresh_seed())
     q = rtn_quantize(torch.randn(48, 512), bits, 128, symmetric)
     layer = IntLinear.from_weights(q, torch.randn(48))
     x = torch.randn(3, 512)
     expected, codes, rows_state = layer(x), layer.int_weights().codes, dict(layer.state_dict())
-    assert not layer.order_words_for(CUDA) and layer.layout.tile_chunk == 0
-    layer.order_words(tile_chunk(bits, 512, 48, 128))
+    assert layer.order_words_for(CUDA) and not layer.order_words_for(CUDA)
+    assert layer.layout.tile_chunk == tile_chunk(bits, 512, 48, 128) > 0
     assert layer.qweight.dim() == 3 and layer.spec()["tile_chunk"] == layer.layout.tile_chunk
     assert torch.allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(layer.int_weights().codes, codes)
     rebuilt = IntLinear.from_spec(layer.spec(), device="cpu")
     rebuilt.load_state_dict(rows_state)  # a row-order save into a tile-order layer
     assert torch.equal(rebuilt.qweight, layer.qweight)
-    assert layer.order_words_for(CUDA) and layer.layout.tile_chunk == 0  # back to rows until a GPU run
+    assert layer.order_words_for(torch.device("cpu")) and layer.layout.tile_chunk == 0
+    assert torch.equal(layer.qweight, rows_state["qweight"])
+
+
+def test_int_group_shapes_the_kernel_does_not_take_keep_row_order():
+    """3-bit codes (no tile order) and shapes cuda_mma does not read (outputs not a multiple of 16) stay in row
+    order on CUDA, where the Triton kernels and the reference path read them."""
+    for bits, out in [(3, 48), (4, 40)]:
+        layer = IntLinear.from_weights(rtn_quantize(torch.randn(out, 512), bits, 128, False), None)
+        assert not layer.order_words_for(CUDA) and layer.layout.tile_chunk == 0 and layer.qweight.dim() == 2
+
+
+@pytest.mark.parametrize("path", ["mma", "mv", "tc"])
+def test_fake_outputs_have_the_layers_outputs_in_tile_order(path):
+    """torch.compile traces the custom ops through their fake implementations: a layer in tile order (qweight
+    (out / 16, chunks, 16 chunk)) still gives (rows, out)."""
+    layer = IntLinear.from_weights(rtn_quantize(torch.randn(48, 512), 4, 128, False), torch.randn(48))
+    layer.order_words(tile_chunk(4, 512, 48, 128))
+    meta = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in layer.weight_args()]
+    x = torch.empty(3, 512, device="meta", dtype=torch.float16)
+    qweight, scale, zero, bits, group = meta
+    assert triton_ops.int_group_mm(x, qweight, scale, zero, None, bits, group, path).shape == (3, 48)
 
 
 def test_three_bit_and_foreign_chunks_are_refused():

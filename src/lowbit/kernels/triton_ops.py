@@ -105,7 +105,7 @@ def int_group_mm(
 
 @int_group_mm.register_fake
 def _(x, qweight, scale, zero, bias, bits, group_size, path="tc"):
-    return x.new_empty((x.shape[0], qweight.shape[0]))
+    return x.new_empty((x.shape[0], scale.shape[0]))  # scale (out, groups): qweight may be in tile order
 
 
 @torch.library.custom_op("lowbit::int8_weight_mm", mutates_args=())

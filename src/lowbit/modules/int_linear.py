@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
 
 import torch
 
 from lowbit.core.affine import IntWeights, resolve_group_size
 from lowbit.formats.int_group import IntGroupLayout, pack_int, unpack_int
+from lowbit.kernels.cuda_mma import tile_chunk
 from lowbit.modules.base import QuantizedLinear
 
 
@@ -41,9 +43,12 @@ class IntLinear(QuantizedLinear):
         return (self.qweight, self.scale, getattr(self, "zero", None), lay.bits, lay.group_size)
 
     def order_words_for(self, device: torch.device) -> bool:
-        """Row order on every device for now: the tile order's Triton paths have run only under the interpreter
-        (docs/kern17.md, Next). Returns whether the order changed."""
-        return self.order_words(0)
+        """Tile order on CUDA where the tensor-core kernel reads the shape (2-, 4- and 8-bit codes; its warp loads
+        then read consecutive words, docs/kern17.md and kern18.md), row order elsewhere (the CPU kernels read
+        rows; 3-bit codes have no tile order). Returns whether the order changed."""
+        lay = self.layout
+        chunk = tile_chunk(lay.bits, lay.in_features, lay.out_features, lay.group_size)
+        return self.order_words(chunk if device.type == "cuda" else 0)
 
     def format_context(self) -> dict[str, Any]:
         return {"bits": self.layout.bits, "group_size": self.layout.group_size, "tile_chunk": self.layout.tile_chunk}
