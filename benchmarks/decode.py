@@ -36,11 +36,12 @@ from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A
 from lowbit.modules.plan import kernel_summary
 
 LLAMA3_8B = dict(hidden=4096, inter=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
-FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int3_g128", "int3_g128_mma", "int2_g128",
-           "int2_g128_mma", "int8_weight_only", "int8_weight_only_mma", "w8a8", "torch_int4_g128", "nf4_dq_b64",
-           "nf4_dq_b64_mma", "nf4_dq_b64_rows", "int4_g128_rows", "aqlm_2x8", "aqlm_1x16"]
+FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int4_g128_rows", "int3_g128", "int3_g128_mma",
+           "int2_g128", "int2_g128_mma", "int8_weight_only", "int8_weight_only_mma", "int8_weight_only_rows", "w8a8",
+           "torch_int4_g128", "nf4_dq_b64", "nf4_dq_b64_mma", "nf4_dq_b64_rows", "aqlm_2x8", "aqlm_1x16"]
 # *_mma: the CUDA tensor-core kernel by name; *_triton: the Triton kernels by name; else auto's choice; *_rows: the
-# words kept in row order (a CUDA layer holds NF4 and 2-, 4- and 8-bit int_group codes in tile order, formats.word_tiles)
+# words kept in row order (a CUDA layer holds NF4, 2-, 4- and 8-bit int_group and int8 weight-only codes in tile
+# order, formats.word_tiles)
 MODES = ["eager", "compiled"]
 SDPA_BACKENDS = ["default", "math", "flash", "efficient", "cudnn"]
 
@@ -96,10 +97,12 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
             layer.order_words_for(dev)
         layer.kernel_preference = _preference(fmt)
         return layer
-    cls = {"int8_weight_only": Int8Linear, "int8_weight_only_mma": Int8Linear, "w8a8": W8A8Linear}[fmt]
+    cls = W8A8Linear if fmt == "w8a8" else Int8Linear
     layer = cls(Int8RowLayout(out_f, in_f), has_bias=False, device=dev)
     layer.qweight.random_(-127, 128)
     layer.scale.fill_(2 * std / 127)
+    if not fmt.endswith("_rows"):
+        layer.order_words_for(dev)
     if fmt == "w8a8":
         layer.input_scale.fill_(4.0 / 127)
     layer.kernel_preference = _preference(fmt)

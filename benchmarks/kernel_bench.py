@@ -112,16 +112,21 @@ def _gemv_call(args, config, signed8=False):
     return lambda x, i: int_group_gemv(x, *args[i], signed8=signed8, config=config)
 
 
-def _int8_variant(cols, out, rows, dev, gemv_config=None, preference="auto"):
+def _int8_variant(cols, out, rows, dev, gemv_config=None, preference="auto", order="tiles"):
+    """int8 weight-only (one scale a row) through the selector, or straight to the matrix-vector kernel with
+    `gemv_config`; the codes in tile order as a CUDA layer holds them (Int8Linear.order_words_for; "rows": row
+    order)."""
     q, s = int8_absmax(torch.randn(out, cols, device=dev))  # (out, in) int8, (out, 1)
-    n = _copies(q.numel() + 2 * out)
+    chunk = tile_chunk(8, cols, out, cols) if order == "tiles" else 0
+    q = to_tiles(q, 4 * chunk) if chunk else q  # chunks of 4 * chunk bytes
+    n, nbytes = _copies(q.numel() + 2 * out), q.numel() + 2 * out
     ws = [(q.clone(), s.clone()) for _ in range(n)]
     if gemv_config is not None:  # as the int8_weight_mm op calls it: int32 words of four codes
         args = [(q.view(torch.int32), s, None, None, 8, cols) for q, s in ws]
-        return _gemv_call(args, gemv_config, signed8=True), n, q.numel() + 2 * out, "triton_mv"
-    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, 8)
+        return _gemv_call(args, gemv_config, signed8=True), n, nbytes, "triton_mv"
+    ctx = CallContext(dev, rows, cols, out, torch.bfloat16, 8, tile_chunk=chunk)
     call, name = _candidate_call("int8_weight_linear", ctx, preference, ws)
-    return call, n, q.numel() + 2 * out, name
+    return call, n, nbytes, name
 
 
 def _w8a8_variant(cols, out, rows, dev):
@@ -255,6 +260,10 @@ def _int_variants(cols, out, rows, dev):
     yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)
     yield "int8_weight_only_mma", lambda: _int8_variant(cols, out, rows, dev, preference="cuda_mma")
     yield "int8_weight_only_triton", lambda: _int8_variant(cols, out, rows, dev, preference="triton")
+    yield "int8_weight_only_rows", lambda: _int8_variant(cols, out, rows, dev, order="rows")
+    yield "int8_weight_only_mma_rows", lambda: _int8_variant(cols, out, rows, dev, preference="cuda_mma", order="rows")
+    yield "int8_weight_only_triton_rows", lambda: _int8_variant(cols, out, rows, dev, preference="triton",
+                                                                order="rows")
     yield "w8a8", lambda: _w8a8_variant(cols, out, rows, dev)
 
 

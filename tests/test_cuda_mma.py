@@ -126,13 +126,12 @@ def test_tile_words_puts_a_warps_chunk_words_in_a_row():
 @pytest.mark.parametrize("bits", [2, 4, "int8"])
 def test_tiled_words_match_reference(config, bits):
     """TILED launches over tile_words' order (K in one block and split, tiles past the layer, two fragments); an
-    int_group layer moved to CUDA already holds that order."""
+    int_group or int8 weight-only layer moved to CUDA already holds that order."""
     seed = fresh_seed()
     layer, ref_w, _ = _layer(16 * 21, 2816, 128, False, True, bits)
     width, group = (8, 2816) if bits == "int8" else (bits, 128)
     words = cuda_mma.tile_words(row_order(layer.qweight).view(torch.int32), width, group)
-    if bits != "int8":
-        assert torch.equal(layer.qweight, words)
+    assert torch.equal(layer.qweight.view(torch.int32), words)
     zero = getattr(layer, "zero", None)
     call = (lambda x, cfg: cuda_mma.mma_matmul(x, words, layer.scale, zero, layer.bias, width, group,
                                                signed8=bits == "int8", config=cfg | {"TILED": 1}))

@@ -292,6 +292,28 @@ def test_int_kernels_read_tile_order(bits, symmetric):
         assert err < TOL[torch.float16], f"tile order {bits}-bit {kernel} rows={rows} err={err:.2e} seed={seed}"
 
 
+def test_int8_weight_only_kernels_read_tile_order():
+    """Both Triton kernels on an int8 weight-only layer in tile order (cuda_mma's chunks of 16 words, what a CUDA
+    layer holds), every row count, against the row-order codes in fp64."""
+    from lowbit.kernels.cuda_mma import tile_chunk
+
+    seed = fresh_seed()
+    out, cols = (336, 2048) if CUDA else (48, 512)
+    q, s = int8_absmax(torch.randn(out, cols))
+    layer = Int8Linear.from_int8(q, s, torch.randn(out)).to(DEVICE)
+    layer.order_words(tile_chunk(8, cols, out, cols))
+    assert layer.qweight.dim() == 3
+    ref_w = (q.double() * s.double()).to(DEVICE)
+    for kernel, rows in itertools.product(("triton_mv", "triton_tc"), ROWS_CODEBOOK):
+        layer.kernel_preference = kernel
+        x = torch.randn(rows, cols, device=DEVICE, dtype=torch.float16)
+        ref = x.double() @ ref_w.t() + layer.bias.double()
+        _poison(rows, out)
+        assert layer.kernel(x).name == kernel
+        err = _rel_err(layer(x), ref)
+        assert err < TOL[torch.float16], f"tile order int8 {kernel} rows={rows} err={err:.2e} seed={seed}"
+
+
 FOURBIT_SCHEDULES = ({"LOOKUP": "gather", "STAGES": 0, "X64": False}, {"LOOKUP": "gather", "STAGES": 3, "X64": False},
                      {"LOOKUP": "prmt", "STAGES": 0, "X64": True}, {"LOOKUP": "prmt", "STAGES": 3, "X64": True},
                      {"LOOKUP": "prmt", "STAGES": 0, "X64": False})

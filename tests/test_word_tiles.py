@@ -1,4 +1,5 @@
-"""Tile order (formats.word_tiles): the NF4/FP4 and int_group layers that hold their words in it on CUDA."""
+"""Tile order (formats.word_tiles): the NF4/FP4, int_group and int8 weight-only layers that hold their words in it
+on CUDA."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ import torch
 from kernel_checks import fresh_seed
 from safetensors.torch import load, save
 
-from lowbit.core.affine import rtn_quantize
+from lowbit.core.affine import int8_absmax, rtn_quantize
 from lowbit.formats.bnb4 import bnb_tensors
+from lowbit.formats.int8_rows import Int8RowLayout
 from lowbit.formats.int_group import IntGroupLayout
 from lowbit.formats.nf4 import FourBitLayout
 from lowbit.formats.word_tiles import to_rows, to_tiles
 from lowbit.kernels import select as select_module
-from lowbit.kernels import triton_ops
+from lowbit.kernels import reference, triton_ops
 from lowbit.kernels.cuda_mma import mma_matmul, tile_chunk
 from lowbit.kernels.select import CallContext
-from lowbit.modules import FourBitLinear, IntLinear
+from lowbit.modules import FourBitLinear, Int8Linear, IntLinear, LLMInt8Linear, W8A8Linear
 from lowbit.modules.plan import prepare_kernels
 
 CUDA = torch.device("cuda")  # order_words_for reads only the device's type: no GPU needed
@@ -164,6 +166,32 @@ def test_fake_outputs_have_the_layers_outputs_in_tile_order(path):
     x = torch.empty(3, 512, device="meta", dtype=torch.float16)
     qweight, scale, zero, bits, group = meta
     assert triton_ops.int_group_mm(x, qweight, scale, zero, None, bits, group, path).shape == (3, 48)
+    int8 = Int8Linear.from_int8(*int8_absmax(torch.randn(48, 512)), None)
+    int8.order_words_for(CUDA)
+    qweight, scale = (t.to("meta") for t in int8.weight_args())
+    assert triton_ops.int8_weight_mm(x, qweight, scale, None, path).shape == (3, 48)
+
+
+def test_int8_weight_only_layers_read_alike_in_tile_order():
+    """order_words_for puts an int8 weight-only layer in cuda_mma's tile chunks (16 words: 64 bytes of a row) for
+    CUDA and back in row order for the CPU, with the same outputs and state either way; the W8A8 and LLM.int8
+    layers, whose integer kernels read rows, keep row order on CUDA."""
+    torch.manual_seed(fresh_seed())
+    q, s = int8_absmax(torch.randn(48, 512))
+    layer = Int8Linear.from_int8(q, s, torch.randn(48))
+    x = torch.randn(3, 512)
+    expected, rows_state = layer(x), dict(layer.state_dict())
+    assert layer.order_words_for(CUDA) and layer.layout.tile_chunk == tile_chunk(8, 512, 48, 512) == 16
+    assert layer.qweight.shape == (3, 8, 1024) and layer.spec()["tile_chunk"] == 16
+    assert torch.allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(reference.int8_weight_linear(x, *layer.weight_args(), layer.bias),
+                       reference.int8_weight_linear(x, q, s, layer.bias))
+    rebuilt = Int8Linear.from_spec(layer.spec(), device="cpu")
+    rebuilt.load_state_dict(rows_state)  # a row-order save into a tile-order layer
+    assert torch.equal(rebuilt.qweight, layer.qweight)
+    assert layer.order_words_for(torch.device("cpu")) and torch.equal(layer.qweight, rows_state["qweight"])
+    for other in (W8A8Linear.from_calibrated(q, s, 0.02, None), LLMInt8Linear.from_int8(q, s, None)):
+        assert not other.order_words_for(CUDA) and other.qweight.shape == (48, 512)
 
 
 def test_three_bit_and_foreign_chunks_are_refused():
@@ -177,3 +205,8 @@ def test_three_bit_and_foreign_chunks_are_refused():
     words = torch.zeros(3, 8, 128, dtype=torch.int32)  # 48 x 64 words in chunks of 8
     with pytest.raises(ValueError, match="reads tile chunks of 16 words, not 8"):
         mma_matmul(torch.zeros(1, 512, dtype=torch.bfloat16), words, torch.ones(48, 4).half(), None, None, 4, 128)
+    int8_ctx = CallContext(CUDA, 1, 512, 48, torch.bfloat16, 8, tile_chunk=8)  # int8 weight-only: one scale a row
+    int8_mma = next(c for c in select_module._CANDIDATES["int8_weight_linear"] if c.name == "cuda_mma")
+    assert int8_mma.unavailable(int8_ctx) == "its words are in tile chunks of 8, the kernel reads 16"
+    with pytest.raises(ValueError, match="in tile order: a row's 128 words are not whole chunks of 48"):
+        Int8RowLayout(48, 512, 48)

@@ -180,7 +180,9 @@ class Int8CpuWeights:
 
 def prepare_int8_cpu(ctx, qweight: torch.Tensor, scale: torch.Tensor) -> Int8CpuWeights:
     """The kernel reads the module's own int8 buffer, copied only when it is not 64-byte aligned (tensors
-    loaded from safetensors can sit at any offset, and the kernel's vector loads then crash)."""
+    loaded from safetensors can sit at any offset, and the kernel's vector loads then crash); a tile-order buffer
+    (formats.int8_rows) is read in row order."""
+    qweight = row_order(qweight)
     aligned = qweight.is_contiguous() and qweight.data_ptr() % 64 == 0
     return Int8CpuWeights(qweight if aligned else qweight.clone(), scale.reshape(-1).to(KERNEL_DTYPE))
 

@@ -304,6 +304,7 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
 
 def int8_weight_mma(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
                     config: dict | None = None) -> torch.Tensor:
-    """W8A16 (formats.int8_rows): x (rows, in) @ (qweight (out, in) int8 * scale (out, 1))^T + bias."""
+    """W8A16 (formats.int8_rows): x (rows, in) @ (qweight (out, in) int8 * scale (out, 1))^T + bias; qweight in
+    row or tile order."""
     words = qweight.contiguous().view(torch.int32)  # four codes per word, the first input in the low byte
-    return mma_matmul(x, words, scale, None, bias, 8, qweight.shape[1], signed8=True, config=config)
+    return mma_matmul(x, words, scale, None, bias, 8, x.shape[-1], signed8=True, config=config)

@@ -67,8 +67,8 @@ def w8a8_linear_int_mm(
 def int8_weight_linear(
     x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """W8A16: x (rows, in) float @ (qweight (out, in) int8 * scale (out, 1))^T + bias."""
-    w = (qweight.float() * scale.float()).to(x.dtype)
+    """W8A16: x (rows, in) float @ (qweight (out, in) int8, row or tile order, * scale (out, 1))^T + bias."""
+    w = (row_order(qweight).float() * scale.float()).to(x.dtype)
     return F.linear(x, w, bias)
 
 

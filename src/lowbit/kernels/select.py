@@ -111,7 +111,8 @@ def _tile_chunk_differs(ctx: CallContext) -> str | None:
     """A layer in tile order whose chunks are not the ones cuda_mma reads (a checkpoint tiled elsewhere), or None."""
     if not ctx.tile_chunk:
         return None
-    expected = cuda_mma.tile_chunk(ctx.bits or 0, ctx.in_features, ctx.out_features, ctx.group_size or 0)
+    group = ctx.group_size or ctx.in_features  # int8 weight-only: one scale a row
+    expected = cuda_mma.tile_chunk(ctx.bits or 0, ctx.in_features, ctx.out_features, group)
     if ctx.tile_chunk != expected:
         return f"its words are in tile chunks of {ctx.tile_chunk}, the kernel reads {expected}"
     return None
@@ -176,8 +177,8 @@ def _mma_int8_few_rows(ctx: CallContext) -> str | None:
 
 def _cuda_mma_int8(ctx: CallContext) -> str | None:
     """int8 weight-only: signed codes, one scale per row (a group spanning the row)."""
-    return _int32_index(ctx) or cuda_mma.unavailable(ctx.device, ctx.dtype, 8, ctx.rows, ctx.in_features,
-                                                     ctx.out_features, ctx.in_features)
+    return _int32_index(ctx) or _tile_chunk_differs(ctx) or cuda_mma.unavailable(
+        ctx.device, ctx.dtype, 8, ctx.rows, ctx.in_features, ctx.out_features, ctx.in_features)
 
 
 _few_rows_fourbit = partial(_more_rows_than, triton_ops.FOURBIT_MV_ROWS, "the tensor-core kernel is faster")

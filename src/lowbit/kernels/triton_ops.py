@@ -112,14 +112,15 @@ def _(x, qweight, scale, zero, bias, bits, group_size, path="tc"):
 def int8_weight_mm(
     x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], path: str = "tc"
 ) -> torch.Tensor:
-    """W8A16: x (rows, in) @ (qweight (out, in) int8 * scale (out, 1))^T + bias -> (rows, out)."""
-    words = qweight.contiguous().view(torch.int32)  # (out, in / 4): four int8 codes per word, low byte first
-    return _matmul(path)(x, words, scale, None, bias, 8, qweight.shape[1], signed8=True)
+    """W8A16: x (rows, in) @ (qweight (out, in) int8 * scale (out, 1))^T + bias -> (rows, out); qweight in row or
+    tile order (formats.int8_rows)."""
+    words = qweight.contiguous().view(torch.int32)  # four int8 codes per word, low byte first
+    return _matmul(path)(x, words, scale, None, bias, 8, x.shape[-1], signed8=True)  # one group a row
 
 
 @int8_weight_mm.register_fake
 def _(x, qweight, scale, bias, path="tc"):
-    return x.new_empty((x.shape[0], qweight.shape[0]))
+    return x.new_empty((x.shape[0], scale.shape[0]))  # scale (out, 1): qweight may be in tile order
 
 
 @torch.library.custom_op("lowbit::w8a8_mm", mutates_args=())

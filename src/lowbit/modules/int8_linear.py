@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
 
 import torch
 
 from lowbit.formats.int8_rows import Int8RowLayout
+from lowbit.kernels.cuda_mma import tile_chunk
 from lowbit.modules.base import QuantizedLinear
 
 
@@ -14,6 +16,7 @@ class Int8Linear(QuantizedLinear):
 
     layout_type = Int8RowLayout
     op = "int8_weight_linear"
+    tiles_on_cuda = True  # the weight-only kernels read tile order; the W8A8 and LLM.int8 subclasses' read rows
 
     @classmethod
     def from_int8(cls, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> "Int8Linear":
@@ -26,3 +29,13 @@ class Int8Linear(QuantizedLinear):
 
     def weight_args(self) -> tuple:
         return (self.qweight, self.scale)
+
+    def format_context(self) -> dict[str, Any]:
+        return {"bits": 8, "tile_chunk": self.layout.tile_chunk}
+
+    def order_words_for(self, device: torch.device) -> bool:
+        """Tile order on CUDA where the tensor-core kernel reads the shape (docs/kern18.md), row order elsewhere (the
+        CPU kernel reads rows). Returns whether the order changed."""
+        lay = self.layout
+        suits = self.tiles_on_cuda and device.type == "cuda"
+        return self.order_words(tile_chunk(8, lay.in_features, lay.out_features, lay.in_features) if suits else 0)
