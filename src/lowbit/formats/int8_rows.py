@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.core.affine import QPARAM_DTYPE
-from lowbit.formats.word_tiles import TILE_ROWS, tile_order_problem
+from lowbit.formats.word_tiles import TILE_ROWS, check_layout_order
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,9 @@ class Int8RowLayout:
     tile_chunk: int = 0  # words of a tile chunk when qweight is in tile order (formats.word_tiles), else 0
 
     def __post_init__(self):
-        if self.tile_chunk:
-            problem = tile_order_problem(self.out_features, self.in_features // 4, self.tile_chunk)
-            if problem or self.in_features % 4:
-                raise ValueError(f"int8 layout {self.out_features}x{self.in_features} in tile order: "
-                                 f"{problem or 'in_features is not a multiple of 4'}")
+        cols = self.in_features
+        check_layout_order("int8", self.out_features, cols, cols // 4, self.tile_chunk,
+                           "in_features is not a multiple of 4" if cols % 4 else None)
 
     def buffer_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         chunk = self.tile_chunk

@@ -28,7 +28,7 @@ import torch
 
 from lowbit.core.affine import QPARAM_DTYPE, IntWeights, n_groups
 from lowbit.formats.bitpack import pack_bits, unpack_bits, words_per_row
-from lowbit.formats.word_tiles import TILE_ROWS, row_order, tile_order_problem
+from lowbit.formats.word_tiles import TILE_ROWS, check_layout_order, row_order
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,8 @@ class IntGroupLayout:
     tile_chunk: int = 0  # words of a tile chunk when qweight is in tile order (formats.word_tiles), else 0
 
     def __post_init__(self):
-        if self.tile_chunk:
-            problem = tile_order_problem(self.out_features, words_per_row(self.in_features, self.bits),
-                                         self.tile_chunk)
-            if problem or self.bits == 3:
-                raise ValueError(f"int_group layout {self.out_features}x{self.in_features} in tile order: "
-                                 f"{problem or '3-bit units of 3 words have no tile order'}")
+        check_layout_order("int_group", self.out_features, self.in_features, words_per_row(self.in_features, self.bits),
+                           self.tile_chunk, "3-bit units of 3 words have no tile order" if self.bits == 3 else None)
 
     @property
     def n_groups(self) -> int:

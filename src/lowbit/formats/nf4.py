@@ -28,7 +28,7 @@ import torch
 
 from lowbit.core.affine import QPARAM_DTYPE
 from lowbit.core.codebook import DOUBLE_QUANT_BLOCK
-from lowbit.formats.word_tiles import TILE_ROWS, tile_order_problem
+from lowbit.formats.word_tiles import TILE_ROWS, check_layout_order
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,9 @@ class FourBitLayout:
     tile_chunk: int = 0  # words of a tile chunk when qweight is in tile order (formats.word_tiles), else 0
 
     def __post_init__(self):
-        if self.tile_chunk:
-            problem = tile_order_problem(self.out_features, self.in_features // 8, self.tile_chunk)
-            if problem or self.in_features % 8:
-                raise ValueError(f"NF4/FP4 layout {self.out_features}x{self.in_features} in tile order: "
-                                 f"{problem or 'in_features is not a multiple of 8'}")
+        cols = self.in_features
+        check_layout_order("NF4/FP4", self.out_features, cols, cols // 8, self.tile_chunk,
+                           "in_features is not a multiple of 8" if cols % 8 else None)
 
     @property
     def n_blocks(self) -> int:

@@ -27,6 +27,17 @@ def tile_order_problem(out_features: int, words_per_row: int, chunk: int) -> str
     return None
 
 
+def check_layout_order(layout: str, out_features: int, in_features: int, words_per_row: int, chunk: int,
+                       problem: str | None = None) -> None:
+    """Raise a ValueError naming `layout` if a layer of its shape cannot hold tile order with chunks of `chunk`
+    words (0: row order, always possible); `problem` is the format's own reason, if it has one."""
+    if not chunk:
+        return
+    problem = problem or tile_order_problem(out_features, words_per_row, chunk)
+    if problem:
+        raise ValueError(f"{layout} layout {out_features}x{in_features} in tile order: {problem}")
+
+
 def to_tiles(words: torch.Tensor, chunk: int) -> torch.Tensor:
     """(out, words_per_row) words in row order -> (out / 16, words_per_row / chunk, 16 * chunk) in tile order."""
     out, per_row = words.shape
