@@ -32,16 +32,17 @@ from lowbit.core.aqlm import AQLMWeights
 from lowbit.formats.int8_rows import Int8RowLayout
 from lowbit.formats.int_group import IntGroupLayout
 from lowbit.formats.nf4 import FourBitLayout
+from lowbit.kernels.cuda_mma import tile_chunk
 from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A8Linear
 from lowbit.modules.plan import kernel_summary
 
 LLAMA3_8B = dict(hidden=4096, inter=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
 FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int4_g128_rows", "int3_g128", "int3_g128_mma",
-           "int2_g128", "int2_g128_mma", "int8_weight_only", "int8_weight_only_mma", "int8_weight_only_rows", "w8a8",
+           "int2_g128", "int2_g128_mma", "int8_weight_only", "int8_weight_only_mma", "int8_weight_only_tiles", "w8a8",
            "torch_int4_g128", "nf4_dq_b64", "nf4_dq_b64_mma", "nf4_dq_b64_rows", "aqlm_2x8", "aqlm_1x16"]
 # *_mma: the CUDA tensor-core kernel by name; *_triton: the Triton kernels by name; else auto's choice; *_rows: the
-# words kept in row order (a CUDA layer holds NF4, 2-, 4- and 8-bit int_group and int8 weight-only codes in tile
-# order, formats.word_tiles)
+# words kept in row order (a CUDA layer holds NF4 and 2-, 4- and 8-bit int_group codes in tile order,
+# formats.word_tiles); int8_weight_only_tiles: int8 weight-only codes in tile order (its layers keep rows for now)
 MODES = ["eager", "compiled"]
 SDPA_BACKENDS = ["default", "math", "flash", "efficient", "cudnn"]
 
@@ -101,7 +102,9 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
     layer = cls(Int8RowLayout(out_f, in_f), has_bias=False, device=dev)
     layer.qweight.random_(-127, 128)
     layer.scale.fill_(2 * std / 127)
-    if not fmt.endswith("_rows"):
+    if fmt.endswith("_tiles"):  # tile order, which CUDA layers do not hold yet (Int8Linear.tiles_on_cuda)
+        layer.order_words(tile_chunk(8, in_f, out_f, in_f))
+    else:
         layer.order_words_for(dev)
     if fmt == "w8a8":
         layer.input_scale.fill_(4.0 / 127)

@@ -31,6 +31,7 @@ from lowbit.formats.nf4 import FourBitLayout
 from lowbit.formats.word_tiles import to_tiles
 from lowbit.kernels.cuda_mma import tile_chunk
 from lowbit.kernels.select import CallContext, select
+from lowbit.modules import Int8Linear
 
 SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096), (4096, 128256)]  # (in, out)
 ROWS = [1, 4, 16, 64, 128, 512]
@@ -112,12 +113,11 @@ def _gemv_call(args, config, signed8=False):
     return lambda x, i: int_group_gemv(x, *args[i], signed8=signed8, config=config)
 
 
-def _int8_variant(cols, out, rows, dev, gemv_config=None, preference="auto", order="tiles"):
+def _int8_variant(cols, out, rows, dev, gemv_config=None, preference="auto", tiles=Int8Linear.tiles_on_cuda):
     """int8 weight-only (one scale a row) through the selector, or straight to the matrix-vector kernel with
-    `gemv_config`; the codes in tile order as a CUDA layer holds them (Int8Linear.order_words_for; "rows": row
-    order)."""
+    `gemv_config`; the codes in the order a CUDA layer holds them (Int8Linear.tiles_on_cuda), or in tile order."""
     q, s = int8_absmax(torch.randn(out, cols, device=dev))  # (out, in) int8, (out, 1)
-    chunk = tile_chunk(8, cols, out, cols) if order == "tiles" else 0
+    chunk = tile_chunk(8, cols, out, cols) if tiles else 0
     q = to_tiles(q, 4 * chunk) if chunk else q  # chunks of 4 * chunk bytes
     n, nbytes = _copies(q.numel() + 2 * out), q.numel() + 2 * out
     ws = [(q.clone(), s.clone()) for _ in range(n)]
@@ -260,10 +260,9 @@ def _int_variants(cols, out, rows, dev):
     yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)
     yield "int8_weight_only_mma", lambda: _int8_variant(cols, out, rows, dev, preference="cuda_mma")
     yield "int8_weight_only_triton", lambda: _int8_variant(cols, out, rows, dev, preference="triton")
-    yield "int8_weight_only_rows", lambda: _int8_variant(cols, out, rows, dev, order="rows")
-    yield "int8_weight_only_mma_rows", lambda: _int8_variant(cols, out, rows, dev, preference="cuda_mma", order="rows")
-    yield "int8_weight_only_triton_rows", lambda: _int8_variant(cols, out, rows, dev, preference="triton",
-                                                                order="rows")
+    yield "int8_weight_only_tiles", lambda: _int8_variant(cols, out, rows, dev, tiles=True)
+    yield "int8_weight_only_mma_tiles", lambda: _int8_variant(cols, out, rows, dev, preference="cuda_mma", tiles=True)
+    yield "int8_weight_only_triton_tiles", lambda: _int8_variant(cols, out, rows, dev, preference="triton", tiles=True)
     yield "w8a8", lambda: _w8a8_variant(cols, out, rows, dev)
 
 

@@ -18,11 +18,17 @@ from lowbit.formats.int8_rows import Int8RowLayout
 from lowbit.formats.int_group import IntGroupLayout
 from lowbit.formats.nf4 import FourBitLayout
 from lowbit.formats.word_tiles import to_rows, to_tiles
-from lowbit.kernels import select as select_module
 from lowbit.kernels import reference, triton_ops
+from lowbit.kernels import select as select_module
 from lowbit.kernels.cuda_mma import mma_matmul, tile_chunk
 from lowbit.kernels.select import CallContext
-from lowbit.modules import FourBitLinear, Int8Linear, IntLinear, LLMInt8Linear, W8A8Linear
+from lowbit.modules import (
+    FourBitLinear,
+    Int8Linear,
+    IntLinear,
+    LLMInt8Linear,
+    W8A8Linear,
+)
 from lowbit.modules.plan import prepare_kernels
 
 CUDA = torch.device("cuda")  # order_words_for reads only the device's type: no GPU needed
@@ -167,20 +173,23 @@ def test_fake_outputs_have_the_layers_outputs_in_tile_order(path):
     qweight, scale, zero, bits, group = meta
     assert triton_ops.int_group_mm(x, qweight, scale, zero, None, bits, group, path).shape == (3, 48)
     int8 = Int8Linear.from_int8(*int8_absmax(torch.randn(48, 512)), None)
-    int8.order_words_for(CUDA)
+    int8.order_words(tile_chunk(8, 512, 48, 512))
     qweight, scale = (t.to("meta") for t in int8.weight_args())
     assert triton_ops.int8_weight_mm(x, qweight, scale, None, path).shape == (3, 48)
 
 
-def test_int8_weight_only_layers_read_alike_in_tile_order():
+def test_int8_weight_only_layers_read_alike_in_tile_order(monkeypatch):
     """order_words_for puts an int8 weight-only layer in cuda_mma's tile chunks (16 words: 64 bytes of a row) for
-    CUDA and back in row order for the CPU, with the same outputs and state either way; the W8A8 and LLM.int8
-    layers, whose integer kernels read rows, keep row order on CUDA."""
+    CUDA once its kernels have run so on a GPU (tiles_on_cuda; rows until then) and back in row order for the CPU,
+    with the same outputs and state either way; the W8A8 and LLM.int8 layers, whose integer kernels read rows, keep
+    row order on CUDA."""
     torch.manual_seed(fresh_seed())
     q, s = int8_absmax(torch.randn(48, 512))
     layer = Int8Linear.from_int8(q, s, torch.randn(48))
     x = torch.randn(3, 512)
     expected, rows_state = layer(x), dict(layer.state_dict())
+    assert not layer.order_words_for(CUDA) and layer.layout.tile_chunk == 0  # rows until a GPU run
+    monkeypatch.setattr(Int8Linear, "tiles_on_cuda", True)
     assert layer.order_words_for(CUDA) and layer.layout.tile_chunk == tile_chunk(8, 512, 48, 512) == 16
     assert layer.qweight.shape == (3, 8, 1024) and layer.spec()["tile_chunk"] == 16
     assert torch.allclose(layer(x), expected, rtol=1e-5, atol=1e-5)

@@ -16,7 +16,9 @@ class Int8Linear(QuantizedLinear):
 
     layout_type = Int8RowLayout
     op = "int8_weight_linear"
-    tiles_on_cuda = True  # the weight-only kernels read tile order; the W8A8 and LLM.int8 subclasses' read rows
+    # The weight-only kernels read tile order (the W8A8 and LLM.int8 subclasses' kernels read rows), but they have
+    # run in it only on the CPU and under Triton's interpreter: rows on CUDA until a GPU run (docs/kern18.md, Next).
+    tiles_on_cuda = False
 
     @classmethod
     def from_int8(cls, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> "Int8Linear":

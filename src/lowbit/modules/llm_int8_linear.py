@@ -18,7 +18,7 @@ class LLMInt8Linear(Int8Linear):
     """y = int8(x_regular) @ q_w^T * s_x s_w + x_outliers @ W[:, outliers]^T + bias."""
 
     op = "llm_int8_linear"
-    tiles_on_cuda = False
+    tiles_on_cuda = False  # its int8 x int8 paths read rows
 
     def __init__(
         self, layout: Int8RowLayout, has_bias: bool, device: torch.device | str | None = None, threshold: float = 6.0

@@ -12,7 +12,7 @@ class W8A8Linear(Int8Linear):
     """y = (round(x / s_x) @ q_w^T) * s_x * s_w + bias: integer matmul, scales calibrated ahead of time."""
 
     op = "w8a8_linear"
-    tiles_on_cuda = False
+    tiles_on_cuda = False  # torch._int_mm and the Triton W8A8 kernel read rows
 
     def __init__(self, layout: Int8RowLayout, has_bias: bool, device: torch.device | str | None = None):
         super().__init__(layout, has_bias, device)
