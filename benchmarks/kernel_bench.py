@@ -32,6 +32,7 @@ from lowbit.formats.word_tiles import to_tiles
 from lowbit.kernels.cuda_mma import tile_chunk
 from lowbit.kernels.select import CallContext, select
 from lowbit.modules import Int8Linear
+from lowbit.modules.int_linear import cuda_tile_chunk
 
 SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096), (4096, 128256)]  # (in, out)
 ROWS = [1, 4, 16, 64, 128, 512]
@@ -96,7 +97,7 @@ def _int_group_variant(cols, out, bits, rows, dev, preference="auto", gemv_confi
     (launch settings other than its defaults); the words in tile order where a CUDA layer holds them so
     (IntLinear.order_words_for; order "rows": row order)."""
     (qweight, scale, zero), nbytes = int_group_weights(cols, out, bits, dev)
-    chunk = tile_chunk(bits, cols, out, 128) if order == "tiles" else 0
+    chunk = cuda_tile_chunk(IntGroupLayout(out, cols, bits, 128, symmetric=False)) if order == "tiles" else 0
     ws = weight_copies((to_tiles(qweight, chunk) if chunk else qweight, scale, zero, bits, 128), nbytes)
     if gemv_config is not None:
         args = [(q, s, z, None, bits, 128) for q, s, z, _, _ in ws]  # no bias

@@ -105,12 +105,13 @@ def test_mma_launch_shapes_and_splits_match_reference(config, bits, monkeypatch)
 
 
 def test_tile_words_puts_a_warps_chunk_words_in_a_row():
-    """tile_words' order against the kernel's TILED addressing: lane 4 g + t of row half h reads, for chunk c,
-    words 4 U c + U t .. of row 16 tile + 8 h + g at 64 U c + 32 U h + U (4 g + t) of its tile's block."""
-    for bits, cols, group in [(4, 4096, 128), (2, 2816, 128), (8, 1024, 1024), (4, 1056, 32)]:
+    """tile_words' order against the kernel's TILED addressing: with u = U x UNIT_WORDS words a lane and row,
+    lane 4 g + t of row half h reads, for chunk c, words 4 u c + u t .. of row 16 tile + 8 h + g at
+    64 u c + 32 u h + u (4 g + t) of its tile's block (3-bit codes: one unit of 3 words, chunks of 12)."""
+    for bits, cols, group in [(4, 4096, 128), (2, 2816, 128), (8, 1024, 1024), (4, 1056, 32), (3, 1152, 128)]:
         out, words = 48, cols * bits // 32
         q = torch.randint(-2**31, 2**31 - 1, (out, words), dtype=torch.int32)
-        u = cuda_mma.words_per_thread(bits, cols, group)
+        u = cuda_mma.words_per_thread(bits, cols, group) * cuda_mma.unit_words(bits)
         tiled = cuda_mma.tile_words(q, bits, group).flatten()
         tile, c, h, g, t, j = np.meshgrid(*map(np.arange, (out // 16, words // (4 * u), 2, 8, 4, u)), indexing="ij")
         at = torch.from_numpy((tile * 16 * words + c * 64 * u + h * 32 * u + (4 * g + t) * u + j).ravel())
@@ -122,15 +123,15 @@ def test_tile_words_puts_a_warps_chunk_words_in_a_row():
 @gpu
 @pytest.mark.parametrize("config", [{}, {"TILED": 1, "ASYNC": 2}, {"KS": 512, "WARPS": 4, "TILES": 5, "DEPTH": 1},
                                     {"KS": 256, "WARPS": 16, "TILES": 4, "DEPTH": 0, "SMEM_X": 1}])
-@pytest.mark.parametrize("bits", [2, 4, "int8"])
+@pytest.mark.parametrize("bits", [2, 3, 4, "int8"])
 def test_tiled_words_match_reference(config, bits):
-    """TILED launches over tile_words' order (K in one block and split, tiles past the layer, two fragments); an
-    int_group layer moved to CUDA already holds that order (int8 weight-only layers keep rows for now)."""
+    """TILED launches over tile_words' order (K in one block and split, tiles past the layer, two fragments); a 2- or
+    4-bit int_group layer moved to CUDA already holds that order (3-bit and int8 weight-only layers keep rows)."""
     seed = fresh_seed()
     layer, ref_w, _ = _layer(16 * 21, 2816, 128, False, True, bits)
     width, group = (8, 2816) if bits == "int8" else (bits, 128)
     words = cuda_mma.tile_words(row_order(layer.qweight).view(torch.int32), width, group)
-    if bits != "int8":
+    if bits in (2, 4):
         assert torch.equal(layer.qweight, words)
     zero = getattr(layer, "zero", None)
     call = (lambda x, cfg: cuda_mma.mma_matmul(x, words, layer.scale, zero, layer.bias, width, group,
@@ -301,6 +302,16 @@ def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, b
     group = cols if group == -1 else group
     spec = cuda_mma.specialization(bits, rows, cols, out, group, 132, bf16, bits != 8, bits == 8 and group == cols)
     _, spills, info = _ptxas(spec)
+    assert spills == 0, info
+
+
+@pytest.mark.parametrize("rows,cols,out", [(1, 4096, 4096), (1, 4096, 1024), (8, 4096, 4096), (16, 14336, 4096)])
+def test_three_bit_tile_order_compiles_without_spills(rows, cols, out):
+    """3-bit codes read in tile order (TILED, chunks of 4 units: benchmarks only until timed) compile for sm_90
+    without spills where auto's shape has none in row order (the wide one-row shapes, which spill under their
+    two-block bound in row order, spill 24-32 bytes in tile order: docs/kern18.md)."""
+    spec = cuda_mma.specialization(3, rows, cols, out, 128, 132)
+    _, spills, info = _ptxas(spec | {"TILED": 1})
     assert spills == 0, info
 
 

@@ -60,7 +60,8 @@
 // multiprocessor: kern11), EARLY (the first tiles' loads go out before the activations are read; int8 and the
 // NF4 register shape, kern15), ASYNC (2 or 3: each warp's words through a ring of that many tiles in shared memory,
 // copied by cp.async, ASYNC - 1 tiles ahead, instead of the register ring; 2- and 3-bit codes at one row, kern17),
-// TILED (the words in tile order, formats/word_tiles.py: NF4/FP4 layers on CUDA, kern17), and optionally MIN_BLOCKS
+// TILED (the words in tile order, formats/word_tiles.py: NF4/FP4 and int_group layers on CUDA, kern17-18; 3-bit
+// codes in chunks of 4 units, benchmarks only until timed), and optionally MIN_BLOCKS
 // (blocks per multiprocessor that the register use must allow). Shared memory is dynamic: the launch passes
 // shared_bytes(...) (cuda_mma.py).
 //
@@ -102,9 +103,6 @@
 #endif
 #ifndef TILED
 #define TILED 0
-#endif
-#if TILED && BITS == 3
-#error "TILED takes 2-, 4- and 8-bit words"
 #endif
 #ifndef LUT4
 #define LUT4 0
@@ -308,16 +306,16 @@ __device__ __forceinline__ float group_scale(const TileData& d, int q, int i, fl
 // wider than the slice, c * CK / G groups after the slice's first (k0 is a multiple of KS, KS of G or G of
 // KS): offsets known at compile time. Tiles past N read the last tile again (never written out).
 // ASYNC: the words go to `slot` (this thread's place in a ring slot) and read_slot brings them to d before use.
-// TILED: the words in tile order (formats/word_tiles.py, chunks of 4 U words): a warp's words of one chunk and row
-// half are 32 U words in a row.
+// TILED: the words in tile order (formats/word_tiles.py, chunks of 4 U units of UNIT_WORDS words): a warp's words of
+// one chunk and row half are 32 U units in a row.
 __device__ __forceinline__ void load_tile(TileData& d, u32* slot, const u32* qweight, Qparams qp,
                                           int tile, int k0, int K, int N, int ngroups, int g, int t) {
   const int wpr = K / CODES * UNIT_WORDS;
   const long long ra = (long long)min(tile, N / OUT_TILE - 1) * OUT_TILE + g;
 #if TILED
-  const u32* wa = qweight + (ra - g) * wpr + (k0 / CK) * 64 * U + (4 * g + t) * U;
-  const u32* wb = wa + 32 * U;
-#define CHUNK_WORDS (64 * U)
+  const u32* wa = qweight + (ra - g) * wpr + (k0 / CK) * 64 * U * UNIT_WORDS + (4 * g + t) * U * UNIT_WORDS;
+  const u32* wb = wa + 32 * U * UNIT_WORDS;
+#define CHUNK_WORDS (64 * U * UNIT_WORDS)
 #else
   const u32* wa = qweight + ra * wpr + (k0 / CODES + U * t) * UNIT_WORDS;
   const u32* wb = wa + 8LL * wpr;

@@ -34,6 +34,11 @@ def codes_per_word(bits: int) -> int:
     return 32 if bits == 3 else 32 // bits
 
 
+def unit_words(bits: int) -> int:
+    """Words of one load unit: 3 for 3-bit codes, else 1."""
+    return 3 if bits == 3 else 1
+
+
 def words_per_thread(bits: int, in_features: int, group_size: int) -> int | None:
     """Words U a thread reads per row and chunk: the largest of 4, 2, 1 (3-bit codes: 1 unit of 3 words) whose
     chunk (4 threads x U words of codes_per_word inputs) divides in_features and the group size (a chunk lies in
@@ -140,18 +145,19 @@ def specialization(bits: int, rows: int, in_features: int, out_features: int, gr
 
 
 def tile_chunk(bits: int, in_features: int, out_features: int, group_size: int) -> int:
-    """Words of a tile chunk (formats.word_tiles) that TILED launches read for a layer: a chunk's 4 U words a row
-    (words_per_thread), or 0 where the kernel does not take the shape."""
-    if bits not in (2, 4, 8) or shape_unsupported(bits, 1, in_features, out_features, group_size):
+    """Words of a tile chunk (formats.word_tiles) that TILED launches read for a layer: a chunk's 4 U units a row
+    (words_per_thread; 12 words for 3-bit codes), or 0 where the kernel does not take the shape."""
+    if shape_unsupported(bits, 1, in_features, out_features, group_size):
         return 0
-    return 4 * words_per_thread(bits, in_features, group_size)
+    return 4 * words_per_thread(bits, in_features, group_size) * unit_words(bits)
 
 
 def tile_words(qweight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
     """qweight (out, in * bits / 32) int32 words in tile order (formats.word_tiles) with tile_chunk's chunks, the
     order TILED launches read (benchmarks and tests; a layer's own words: order_words)."""
     out, words = qweight.shape
-    return to_tiles(qweight, tile_chunk(bits, words * codes_per_word(bits), out, group_size))
+    in_features = words // unit_words(bits) * codes_per_word(bits)
+    return to_tiles(qweight, tile_chunk(bits, in_features, out, group_size))
 
 
 def shared_bytes(spec: dict, rows: int) -> int:

@@ -43,12 +43,18 @@ class IntLinear(QuantizedLinear):
         return (self.qweight, self.scale, getattr(self, "zero", None), lay.bits, lay.group_size)
 
     def order_words_for(self, device: torch.device) -> bool:
-        """Tile order on CUDA where the tensor-core kernel reads the shape (2-, 4- and 8-bit codes; its warp loads
-        then read consecutive words, docs/kern17.md and kern18.md), row order elsewhere (the CPU kernels read
-        rows; 3-bit codes have no tile order). Returns whether the order changed."""
-        lay = self.layout
-        chunk = tile_chunk(lay.bits, lay.in_features, lay.out_features, lay.group_size)
-        return self.order_words(chunk if device.type == "cuda" else 0)
+        """Tile order on CUDA (cuda_tile_chunk), row order elsewhere (the CPU kernels read rows). Returns whether the
+        order changed."""
+        return self.order_words(cuda_tile_chunk(self.layout) if device.type == "cuda" else 0)
 
     def format_context(self) -> dict[str, Any]:
         return {"bits": self.layout.bits, "group_size": self.layout.group_size, "tile_chunk": self.layout.tile_chunk}
+
+
+def cuda_tile_chunk(layout: IntGroupLayout) -> int:
+    """The tile chunk an int_group layer holds on CUDA: cuda_mma's where it reads the shape, for 2-, 4- and 8-bit
+    codes (its warp loads then read consecutive words: docs/kern17.md, kern18.md); 0, row order, for 3-bit codes,
+    which only cuda_mma reads in tile order (benchmarks only, not yet timed) and for shapes it does not take."""
+    if layout.bits == 3:
+        return 0
+    return tile_chunk(layout.bits, layout.in_features, layout.out_features, layout.group_size)
