@@ -260,7 +260,7 @@ def test_fourbit_kernels_read_tile_order(double_quant):
         assert err < TOL[dtype], f"tile order {kernel} rows={rows} err={err:.2e} seed={seed}"
 
 
-@pytest.mark.parametrize("bits,symmetric", [(4, False), (2, True), (8, False)])
+@pytest.mark.parametrize("bits,symmetric", [(4, False), (2, True), (8, False), (3, False)])
 def test_int_kernels_read_tile_order(bits, symmetric):
     """The matrix-vector kernel and the tensor-core one (its byte path and its word path) on an int_group layer in
     tile order (formats.word_tiles, cuda_mma's chunks), every row count, against the layer's fp64 weights."""

@@ -154,6 +154,23 @@ def test_int_group_layers_read_alike_in_tile_order(bits, symmetric):
     assert torch.equal(layer.qweight, rows_state["qweight"])
 
 
+def test_three_bit_layers_read_alike_in_tile_order():
+    """3-bit codes in tile order (chunks of 4 units, cuda_mma's 12 words), put so by hand (layers keep them in rows on
+    CUDA until the kernel is timed): the same outputs, unpacked codes and state as in row order."""
+    torch.manual_seed(fresh_seed())
+    q = rtn_quantize(torch.randn(48, 512), 3, 128, False)
+    layer = IntLinear.from_weights(q, torch.randn(48))
+    x = torch.randn(3, 512)
+    expected, codes, rows_state = layer(x), layer.int_weights().codes, dict(layer.state_dict())
+    layer.order_words(tile_chunk(3, 512, 48, 128))
+    assert layer.layout.tile_chunk == 12 and layer.qweight.shape == (3, 4, 192)
+    assert torch.allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(layer.int_weights().codes, codes)
+    rebuilt = IntLinear.from_spec(layer.spec(), device="cpu")
+    rebuilt.load_state_dict(rows_state)
+    assert torch.equal(rebuilt.qweight, layer.qweight)
+
+
 def test_int_group_shapes_the_kernel_does_not_take_keep_row_order():
     """3-bit codes (no tile order) and shapes cuda_mma does not read (outputs not a multiple of 16) stay in row
     order on CUDA, where the Triton kernels and the reference path read them."""
@@ -203,10 +220,10 @@ def test_int8_weight_only_layers_read_alike_in_tile_order(monkeypatch):
         assert not other.order_words_for(CUDA) and other.qweight.shape == (48, 512)
 
 
-def test_three_bit_and_foreign_chunks_are_refused():
-    """3-bit units of 3 words have no tile order; a layer whose chunks are not cuda_mma's is refused by its
+def test_split_units_and_foreign_chunks_are_refused():
+    """A 3-bit chunk must hold whole units of 3 words; a layer whose chunks are not cuda_mma's is refused by its
     selector check and by the kernel's own launch, naming the fix."""
-    with pytest.raises(ValueError, match="3-bit"):
+    with pytest.raises(ValueError, match="a chunk of 4 words splits 3-bit units"):
         IntGroupLayout(48, 512, 3, 128, False, 4)
     ctx = CallContext(CUDA, 1, 512, 48, torch.bfloat16, 4, 128, tile_chunk=8)
     cuda_mma = next(c for c in select_module._CANDIDATES["int_group_linear"] if c.name == "cuda_mma")

@@ -12,7 +12,8 @@ Buffers of one (out, in) layer quantized to b bits with groups of g input column
 Bytes: 4 * out * words_per_row(in, b) + 2 * out * n_groups * (2 if asymmetric else 1).
 
 tile_chunk > 0: qweight holds the same words in tile order (formats.word_tiles: (out / 16, words_per_row /
-tile_chunk, 16 tile_chunk)), the order the GPU kernels read fastest; 0 is the row order above.
+tile_chunk, 16 tile_chunk)), the order the GPU kernels read fastest; 0 is the row order above. 3-bit chunks hold
+whole units of 3 words (cuda_mma's: 4 units, 12 words).
 
 The offset variant (IntGroupOffsetLayout, GGUF's Q4_1/Q5_1 "min" form) stores the same qweight and scale
 and, instead of `zero`, an additive offset, so that weights imported from GGUF keep their exact values:
@@ -41,8 +42,9 @@ class IntGroupLayout:
     tile_chunk: int = 0  # words of a tile chunk when qweight is in tile order (formats.word_tiles), else 0
 
     def __post_init__(self):
+        split = self.bits == 3 and self.tile_chunk % 3
         check_layout_order("int_group", self.out_features, self.in_features, words_per_row(self.in_features, self.bits),
-                           self.tile_chunk, "3-bit units of 3 words have no tile order" if self.bits == 3 else None)
+                           self.tile_chunk, f"a chunk of {self.tile_chunk} words splits 3-bit units" if split else None)
 
     @property
     def n_groups(self) -> int:

@@ -139,16 +139,15 @@ def _x_f32(x_ptr, xw, k, K, J: tl.constexpr, X64: tl.constexpr, EVEN: tl.constex
 def _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t, BITS: tl.constexpr, UW: tl.constexpr,
           BU: tl.constexpr, BK: tl.constexpr, HAS_ZERO: tl.constexpr, EVEN: tl.constexpr, TILE: tl.constexpr):
     """Words (three (BN, BU) int32 tensors; one when UW == 1) and scale, zero (BN,) fp32 of K tile t; the words in
-    row order, or (TILE > 0, UW == 1) in tile order."""
+    row order, or (TILE > 0) in tile order (3-bit chunks hold whole units)."""
     units = t * BU + tl.arange(0, BU)  # (BU,)
-    row = w_ptr + offs_n[:, None] * wpr  # (BN, 1); the host keeps qweight under 2**31 words
     wmask = mask_n[:, None] & (units[None, :] * UW < wpr)
     w0 = _load(_word_ptrs(w_ptr, offs_n, units * UW, wpr, TILE), wmask, EVEN)  # (BN, BU) int32
     w1 = w0
     w2 = w0
     if UW == 3:
-        w1 = _load(row + units[None, :] * 3 + 1, wmask, EVEN)
-        w2 = _load(row + units[None, :] * 3 + 2, wmask, EVEN)
+        w1 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 1, wpr, TILE), wmask, EVEN)
+        w2 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 2, wpr, TILE), wmask, EVEN)
     g = (t * BK) // G
     s = _load(scale_ptr + offs_n * n_groups + g, mask_n, EVEN).to(tl.float32)  # (BN,)
     if HAS_ZERO:

@@ -64,9 +64,8 @@ def _word_ptrs(w_ptr, offs_n, words, wpr, TILE: tl.constexpr):
 def _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr,
             UW: tl.constexpr, SIGNED8: tl.constexpr, EVEN: tl.constexpr, TILE: tl.constexpr):
     """Codes of units unit0 .. unit0 + BU of rows offs_n -> (BN, BU, UC) int32 (input k = unit * UC + j); the
-    words in row order, or (TILE > 0, not 3 bits) in tile order."""
+    words in row order, or (TILE > 0) in tile order (3-bit chunks hold whole units)."""
     units = unit0 + tl.arange(0, BU)  # (BU,)
-    row = w_ptr + offs_n[:, None] * wpr  # (BN, 1); the host keeps qweight under 2**31 words
     mask = mask_n[:, None] & (units[None, :] * UW < wpr)  # (BN, BU)
     j = tl.arange(0, UC)  # code index inside a unit
     if UW == 1:
@@ -75,9 +74,9 @@ def _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU: tl.constexpr, BITS: tl.conste
         if SIGNED8:
             codes = codes ^ 0x80
     else:  # 3 bits: 32 codes in 3 words; bit position 3 j lies in word 3 j // 32
-        w0 = _load(row + units[None, :] * 3, mask, EVEN).to(tl.uint32, bitcast=True)
-        w1 = _load(row + units[None, :] * 3 + 1, mask, EVEN).to(tl.uint32, bitcast=True)
-        w2 = _load(row + units[None, :] * 3 + 2, mask, EVEN).to(tl.uint32, bitcast=True)
+        w0 = _load(_word_ptrs(w_ptr, offs_n, units * 3, wpr, TILE), mask, EVEN).to(tl.uint32, bitcast=True)
+        w1 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 1, wpr, TILE), mask, EVEN).to(tl.uint32, bitcast=True)
+        w2 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 2, wpr, TILE), mask, EVEN).to(tl.uint32, bitcast=True)
         wi = ((j * BITS) // 32)[None, None, :]  # (1, 1, UC)
         off = ((j * BITS) % 32)[None, None, :]
         a, b, c = w0[:, :, None], w1[:, :, None], w2[:, :, None]
