@@ -38,11 +38,12 @@ from lowbit.modules.plan import kernel_summary
 
 LLAMA3_8B = dict(hidden=4096, inter=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
 FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int4_g128_rows", "int3_g128", "int3_g128_mma",
-           "int2_g128", "int2_g128_mma", "int8_weight_only", "int8_weight_only_mma", "int8_weight_only_tiles", "w8a8",
-           "torch_int4_g128", "nf4_dq_b64", "nf4_dq_b64_mma", "nf4_dq_b64_rows", "aqlm_2x8", "aqlm_1x16"]
+           "int3_g128_tiles", "int2_g128", "int2_g128_mma", "int8_weight_only", "int8_weight_only_mma",
+           "int8_weight_only_tiles", "w8a8", "torch_int4_g128", "nf4_dq_b64", "nf4_dq_b64_mma", "nf4_dq_b64_rows",
+           "aqlm_2x8", "aqlm_1x16"]
 # *_mma: the CUDA tensor-core kernel by name; *_triton: the Triton kernels by name; else auto's choice; *_rows: the
 # words kept in row order (a CUDA layer holds NF4 and 2-, 4- and 8-bit int_group codes in tile order,
-# formats.word_tiles); int8_weight_only_tiles: int8 weight-only codes in tile order (its layers keep rows for now)
+# formats.word_tiles); *_tiles: 3-bit and int8 weight-only codes in tile order (their layers keep rows for now)
 MODES = ["eager", "compiled"]
 SDPA_BACKENDS = ["default", "math", "flash", "efficient", "cudnn"]
 
@@ -79,7 +80,9 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
     if fmt.startswith("nf4_dq_b64"):  # QLoRA's setting: blocks of 64, double-quantized absmax
         w = torch.randn(out_f, in_f, device=dev) * std
         layer = FourBitLinear.from_float(w, None, FourBitLayout(out_f, in_f, "nf4", 64, True))
-        if not fmt.endswith("_rows"):  # the words in the device's order, as .to() and the loaders leave them
+        if fmt.endswith("_tiles"):  # tile order, which CUDA layers of 3-bit codes do not hold yet
+            layer.order_words(tile_chunk(bits, in_f, out_f, group))
+        elif not fmt.endswith("_rows"):  # the words in the device's order, as .to() and the loaders leave them
             layer.order_words_for(dev)
         layer.kernel_preference = _preference(fmt)
         return layer
@@ -94,7 +97,9 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
         layer.qweight.random_(-(2**31), 2**31 - 1)  # every bit pattern is a valid code sequence
         layer.scale.copy_((torch.rand_like(layer.scale, dtype=torch.float32) + 0.5) * 2 * std / 2**bits)
         layer.zero.copy_(torch.full_like(layer.zero, (2**bits - 1) / 2))
-        if not fmt.endswith("_rows"):  # the words in the device's order, as .to() and the loaders leave them
+        if fmt.endswith("_tiles"):  # tile order, which CUDA layers of 3-bit codes do not hold yet
+            layer.order_words(tile_chunk(bits, in_f, out_f, group))
+        elif not fmt.endswith("_rows"):  # the words in the device's order, as .to() and the loaders leave them
             layer.order_words_for(dev)
         layer.kernel_preference = _preference(fmt)
         return layer

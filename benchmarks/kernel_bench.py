@@ -92,12 +92,13 @@ def weight_copies(args: tuple, nbytes: int) -> list[tuple]:
     return [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in range(_copies(nbytes))]
 
 
-def _int_group_variant(cols, out, bits, rows, dev, preference="auto", gemv_config=None, order="tiles"):
+def _int_group_variant(cols, out, bits, rows, dev, preference="auto", gemv_config=None, order="layer"):
     """int_group_weights through the selector, or straight to the matrix-vector kernel with `gemv_config`
-    (launch settings other than its defaults); the words in tile order where a CUDA layer holds them so
-    (IntLinear.order_words_for; order "rows": row order)."""
+    (launch settings other than its defaults); the words in the order a CUDA layer holds them (order "layer":
+    int_linear.cuda_tile_chunk), in row order ("rows") or in cuda_mma's tile order ("tiles")."""
     (qweight, scale, zero), nbytes = int_group_weights(cols, out, bits, dev)
-    chunk = cuda_tile_chunk(IntGroupLayout(out, cols, bits, 128, symmetric=False)) if order == "tiles" else 0
+    chunk = {"layer": cuda_tile_chunk(IntGroupLayout(out, cols, bits, 128, symmetric=False)), "rows": 0,
+             "tiles": tile_chunk(bits, cols, out, 128)}[order]
     ws = weight_copies((to_tiles(qweight, chunk) if chunk else qweight, scale, zero, bits, 128), nbytes)
     if gemv_config is not None:
         args = [(q, s, z, None, bits, 128) for q, s, z, _, _ in ws]  # no bias
@@ -254,6 +255,7 @@ def _int_variants(cols, out, rows, dev):
         yield "int8_weight_only_pf2", lambda: _int8_variant(cols, out, rows, dev, gemv_config=TWO_TILES_AHEAD)
     yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, dev)
     yield "int3_g128_mma", lambda: _int_group_variant(cols, out, 3, rows, dev, "cuda_mma")  # PLAN3, by name
+    yield "int3_g128_tiles", lambda: _int_group_variant(cols, out, 3, rows, dev, order="tiles")  # not yet a layer's
     yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, dev)
     yield "int2_g128_mma", lambda: _int_group_variant(cols, out, 2, rows, dev, "cuda_mma")
     yield "int2_g128_triton", lambda: _int_group_variant(cols, out, 2, rows, dev, "triton")
