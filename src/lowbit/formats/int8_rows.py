@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.core.affine import QPARAM_DTYPE
-from lowbit.formats.word_tiles import TILE_ROWS, check_layout_order
+from lowbit.formats.word_tiles import check_layout_order, tile_shape
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Int8RowLayout:
 
     def buffer_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         chunk = self.tile_chunk
-        packed = ((self.out_features // TILE_ROWS, self.in_features // (4 * chunk), 4 * TILE_ROWS * chunk) if chunk
+        packed = (tile_shape(self.out_features, self.in_features // 4, chunk, 4) if chunk
                   else (self.out_features, self.in_features))
         return {"qweight": (packed, torch.int8), "scale": ((self.out_features, 1), QPARAM_DTYPE)}
 

@@ -29,7 +29,7 @@ import torch
 
 from lowbit.core.affine import QPARAM_DTYPE, IntWeights, n_groups
 from lowbit.formats.bitpack import pack_bits, unpack_bits, words_per_row
-from lowbit.formats.word_tiles import TILE_ROWS, check_layout_order, row_order
+from lowbit.formats.word_tiles import check_layout_order, row_order, tile_shape
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,7 @@ class IntGroupLayout:
 
     def buffer_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         per_row, chunk = words_per_row(self.in_features, self.bits), self.tile_chunk
-        words = ((self.out_features // TILE_ROWS, per_row // chunk, TILE_ROWS * chunk) if chunk
-                 else (self.out_features, per_row))
+        words = tile_shape(self.out_features, per_row, chunk) if chunk else (self.out_features, per_row)
         shapes = {
             "qweight": (words, torch.int32),
             "scale": ((self.out_features, self.n_groups), QPARAM_DTYPE),

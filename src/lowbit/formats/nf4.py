@@ -28,7 +28,7 @@ import torch
 
 from lowbit.core.affine import QPARAM_DTYPE
 from lowbit.core.codebook import DOUBLE_QUANT_BLOCK
-from lowbit.formats.word_tiles import TILE_ROWS, check_layout_order
+from lowbit.formats.word_tiles import check_layout_order, tile_shape
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class FourBitLayout:
 
     def buffer_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         chunk = self.tile_chunk
-        packed = ((self.out_features // TILE_ROWS, self.in_features // (8 * chunk), 4 * TILE_ROWS * chunk) if chunk
+        packed = (tile_shape(self.out_features, self.in_features // 8, chunk, 4) if chunk
                   else (math.ceil(self.out_features * self.in_features / 2),))
         shapes = {"qweight": (packed, torch.uint8)}
         if not self.double_quant:

@@ -27,6 +27,12 @@ def tile_order_problem(out_features: int, words_per_row: int, chunk: int) -> str
     return None
 
 
+def tile_shape(out_features: int, words_per_row: int, chunk: int, per_word: int = 1) -> tuple[int, int, int]:
+    """The tile-order shape of (out_features, words_per_row) words, counted in elements of which `per_word` make a
+    4-byte word (4 for the byte-packed formats)."""
+    return (out_features // TILE_ROWS, words_per_row // chunk, TILE_ROWS * chunk * per_word)
+
+
 def check_layout_order(layout: str, out_features: int, in_features: int, words_per_row: int, chunk: int,
                        problem: str | None = None) -> None:
     """Raise a ValueError naming `layout` if a layer of its shape cannot hold tile order with chunks of `chunk`
@@ -45,7 +51,7 @@ def to_tiles(words: torch.Tensor, chunk: int) -> torch.Tensor:
     if problem:
         raise ValueError(f"cannot put the words in tile order: {problem}")
     tiles = words.reshape(out // TILE_ROWS, TILE_ROWS, per_row // chunk, chunk).transpose(1, 2)
-    return tiles.reshape(out // TILE_ROWS, per_row // chunk, TILE_ROWS * chunk).contiguous()
+    return tiles.reshape(tile_shape(out, per_row, chunk)).contiguous()
 
 
 def to_rows(tiles: torch.Tensor) -> torch.Tensor:

@@ -59,10 +59,17 @@ class QuantizedLinear(nn.Module):
         """Format facts a kernel's capability check needs (bits, group_size); none by default."""
         return {}
 
+    def cuda_tile_chunk(self) -> int:
+        """Words of the tile chunks (formats.word_tiles) this layer's words take on CUDA; 0 keeps row order there."""
+        return 0
+
     def order_words_for(self, device: torch.device) -> bool:
-        """Put the packed words in the order `device`'s kernels read fastest (formats.word_tiles); returns whether
-        the order changed. Formats without a tile order keep their one order."""
-        return False
+        """Put the packed words in the order `device`'s kernels read fastest: on CUDA cuda_tile_chunk's tile order,
+        elsewhere row order (the CPU kernels read rows); formats without a tile order keep their one order. Returns
+        whether the order changed."""
+        if not hasattr(self.layout, "tile_chunk"):
+            return False
+        return self.order_words(self.cuda_tile_chunk() if device.type == "cuda" else 0)
 
     def order_words(self, chunk: int) -> bool:
         """Put qweight in tile order with chunks of `chunk` words (formats.word_tiles), or with 0 in row order, in

@@ -45,13 +45,13 @@ class FourBitLinear(QuantizedLinear):
     def format_context(self) -> dict[str, Any]:
         return {"bits": 4, "group_size": self.layout.blocksize, "tile_chunk": self.layout.tile_chunk}
 
-    def order_words_for(self, device: torch.device) -> bool:
-        """Tile order on CUDA where the tensor-core kernel takes the layer (its loads read consecutive bytes: NF4
-        1.15-1.22x faster at one row on the three large Llama-3-8B shapes, docs/kern17.md), row order elsewhere
-        (the CPU path reads rows). Returns whether the order changed."""
+    def cuda_tile_chunk(self) -> int:
+        """The tensor-core kernel's chunks where it takes the layer (its loads then read consecutive bytes: NF4
+        1.15-1.22x faster at one row on the three large Llama-3-8B shapes, docs/kern17.md), else 0."""
         lay = self.layout
-        suits = device.type == "cuda" and not fourbit_unsupported(lay.in_features, lay.blocksize)
-        return self.order_words(tile_chunk(4, lay.in_features, lay.out_features, lay.blocksize) if suits else 0)
+        if fourbit_unsupported(lay.in_features, lay.blocksize):
+            return 0
+        return tile_chunk(4, lay.in_features, lay.out_features, lay.blocksize)
 
     def code_table(self, device: torch.device) -> torch.Tensor:
         """The (16,) float32 code table on `device`, made once per device (no host copy per call, none inside a

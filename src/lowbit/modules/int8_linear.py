@@ -35,9 +35,7 @@ class Int8Linear(QuantizedLinear):
     def format_context(self) -> dict[str, Any]:
         return {"bits": 8, "tile_chunk": self.layout.tile_chunk}
 
-    def order_words_for(self, device: torch.device) -> bool:
-        """Tile order on CUDA where the tensor-core kernel reads the shape (docs/kern18.md), row order elsewhere (the
-        CPU kernel reads rows). Returns whether the order changed."""
+    def cuda_tile_chunk(self) -> int:
+        """The tensor-core kernel's chunks where it reads the shape, once tiles_on_cuda (docs/kern18.md), else 0."""
         lay = self.layout
-        suits = self.tiles_on_cuda and device.type == "cuda"
-        return self.order_words(tile_chunk(8, lay.in_features, lay.out_features, lay.in_features) if suits else 0)
+        return tile_chunk(8, lay.in_features, lay.out_features, lay.in_features) if self.tiles_on_cuda else 0

@@ -42,10 +42,8 @@ class IntLinear(QuantizedLinear):
         lay = self.layout
         return (self.qweight, self.scale, getattr(self, "zero", None), lay.bits, lay.group_size)
 
-    def order_words_for(self, device: torch.device) -> bool:
-        """Tile order on CUDA (cuda_tile_chunk), row order elsewhere (the CPU kernels read rows). Returns whether the
-        order changed."""
-        return self.order_words(cuda_tile_chunk(self.layout) if device.type == "cuda" else 0)
+    def cuda_tile_chunk(self) -> int:
+        return cuda_tile_chunk(self.layout)
 
     def format_context(self) -> dict[str, Any]:
         return {"bits": self.layout.bits, "group_size": self.layout.group_size, "tile_chunk": self.layout.tile_chunk}
