@@ -5,10 +5,12 @@ handles per round).
     PYTHONPATH=src python benchmarks/sass_stats.py fourbit '{}' '{"LOOKUP": "gather"}' '{"STAGES": 3}'
     PYTHONPATH=src python benchmarks/sass_stats.py gemv '{"PREFETCH": 2}' '{"STAGES": 3}' '{"BITS": 3}'
     PYTHONPATH=src python benchmarks/sass_stats.py cuda_mma '{}' '{"TILES": 4, "KS": 256}'
+    PYTHONPATH=src python benchmarks/sass_stats.py mm_bytes '{"num_stages": 3}' '{"num_stages": 3, "TILE": 16}'
 
 Each JSON object overrides the kernel's constexprs (num_warps too; gemv derives its unit shape from BITS).
 Uses Triton's bundled ptxas and cuobjdump; 4096 inputs in whole tiles (EVEN), K split in 4, bf16 inputs
-(fourbit: NF4, blocksize 64, double quantization).
+(fourbit: NF4, blocksize 64, double quantization; mm_bytes: the tensor-core kernel for 2-, 4- and 8-bit codes as
+int8 weight-only at 16 rows, TILE 16 for tile order).
 cuda_mma compiles kernels/cuda_mma.cu (4096 x 14336, 1 row, bf16, group 128 unless overridden) with the
 NVRTC of the `nvidia-cuda-nvrtc` wheel (pip install nvidia-cuda-nvrtc==13.0.88; PTX lowered to 8.7 for
 Triton's ptxas); it has no K loop, so per_weight counts the whole kernel over the weights a thread reads.
@@ -67,7 +69,19 @@ def _fourbit_spec():
     return _fourbit_gemv, names, types, const, lambda c: c["BN"] * c["NBLK"] * c["WPB"] * 8
 
 
-KERNELS = {"gemv": _gemv_spec, "fourbit": _fourbit_spec}
+def _mm_bytes_spec():
+    from lowbit.kernels.triton_int import _mm_bytes
+
+    names = ["x_ptr", "w_ptr", "scale_ptr", "zero_ptr", "bias_ptr", "y_ptr", "part_ptr", "count_ptr", "M", "N", "K",
+             "row_bytes", "n_groups", "G", "stride_x", "stride_y"]
+    types = [POINTER, "*u8", POINTER, POINTER, POINTER, POINTER, "*fp32", "*i32"] + ["i32"] * 8
+    const = {"K_TILES": 32, "BITS": 8, "BM": 16, "BN": 64, "BK": 128, "SPLIT_K": 4, "PER_TILE": True,  # int8, 16 rows
+             "HAS_ZERO": False, "HAS_BIAS": False, "SIGNED8": True, "OFFSET": 0, "DEQUANT": False, "EVEN": True,
+             "FIXUP": True, "FENCE": True, "ASM": True, "SCALE_AFTER": False, "TILE": 0}
+    return _mm_bytes, names, types, const, lambda c: c["BN"] * c["BK"]
+
+
+KERNELS = {"gemv": _gemv_spec, "fourbit": _fourbit_spec, "mm_bytes": _mm_bytes_spec}
 
 
 def _loop_body(sass: str) -> list[str]:
@@ -90,13 +104,13 @@ def _opcodes(lines: list[str]) -> collections.Counter:
 
 def compile_stats(kernel: str, overrides: dict) -> dict:
     fn, names, types, const, weights_per_round = KERNELS[kernel]()
-    num_warps = overrides.pop("num_warps", 4)
+    num_warps, num_stages = overrides.pop("num_warps", 4), overrides.pop("num_stages", 1)
     const |= overrides
     per_thread = weights_per_round(const) / (32 * num_warps)  # (and the gemv's unit shape filled in)
     sig = dict(zip(names, types)) | {k: "constexpr" for k in const}
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name not in ("G", "B")}
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1})
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
     sass = get_sass(compiled.asm["cubin"])
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
@@ -108,7 +122,14 @@ def compile_stats(kernel: str, overrides: dict) -> dict:
     return {"registers": int(re.search(r"REG:(\d+)", usage).group(1)),
             "stack": int(re.search(r"STACK:(\d+)", usage).group(1)), "shared": compiled.metadata.shared,
             "instructions": sum(_opcodes(sass.splitlines()).values()), "loop": len(loop),
-            "per_weight": round(len(loop) / per_thread, 2), "loop_mix": dict(ops.most_common(14))}
+            "per_weight": round(len(loop) / per_thread, 2), "loop_mix": dict(ops.most_common(14)),
+            "global_loads": _global_loads(sass)}
+
+
+def _global_loads(sass: str) -> dict[str, int]:
+    """Global loads and global-to-shared copies by opcode and width (LDG.E.128, LDGSTS.E.64, ...)."""
+    return dict(collections.Counter(m.group(1) for ln in sass.splitlines()
+                                    if (m := re.search(r"\t(?:@!?U?P\w+\s+)?(LDGSTS[A-Z0-9_.]*|LDG(?!DEPBAR)[A-Z0-9_.]*)", ln))))
 
 
 def cuda_mma_stats(overrides: dict) -> dict:

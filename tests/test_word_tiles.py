@@ -4,7 +4,12 @@ on CUDA."""
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,3 +241,22 @@ def test_split_units_and_foreign_chunks_are_refused():
     assert int8_mma.unavailable(int8_ctx) == "its words are in tile chunks of 8, the kernel reads 16"
     with pytest.raises(ValueError, match="in tile order: a row's 128 words are not whole chunks of 48"):
         Int8RowLayout(48, 512, 48)
+
+
+@pytest.mark.parametrize("bits,chunk", [(8, 16), (4, 16), (2, 8)])
+def test_tensor_core_kernel_loads_tile_order_as_wide_as_rows(bits, chunk):
+    """The Triton tensor-core kernel for 2-, 4- and 8-bit codes (_mm_bytes, 16 rows) compiled for sm_90 here: its
+    global loads in tile order are as wide and as few as in row order (byte offsets split once by 4 * chunk; split
+    by word first, they compiled to 4-byte copies, twice as many as 8-byte ones: docs/kern19.md)."""
+    pytest.importorskip("triton")
+    flags = {"num_stages": 3, "BITS": bits}
+    if bits < 8:
+        flags |= {"HAS_ZERO": True, "SIGNED8": False, "OFFSET": 128}
+    script = Path(__file__).parents[1] / "benchmarks" / "sass_stats.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    specs = [json.dumps(flags), json.dumps(flags | {"TILE": chunk})]
+    out = subprocess.run([sys.executable, str(script), "mm_bytes", *specs], capture_output=True, text=True, env=env,
+                         check=True).stdout.splitlines()
+    rows, tiles = (json.loads(line[json.JSONDecoder().raw_decode(line)[1]:])["global_loads"] for line in out)
+    assert any(op.startswith("LDGSTS.E.64") or op.endswith(".128") for op in rows), rows
+    assert tiles == rows

@@ -297,9 +297,8 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, coun
         xr = tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :],
                      mask=mask_m[:, None] if EVEN else mask_m[:, None] & (k < K)[None, :], other=0.0)  # (BM, BK)
         kb = t * BKB + tl.arange(0, BKB)
-        if TILE:  # byte kb of word kb // 4, in tile order
-            b_ptrs = (w_ptr + 4 * _tile_rows(offs_n, row_bytes // 4, TILE)[:, None]
-                      + (4 * _tile_cols(kb // 4, TILE) + kb % 4)[None, :])
+        if TILE:  # tile order in bytes: chunks of 4 TILE bytes (one div and mod, so loads stay vectorized)
+            b_ptrs = w_ptr + 4 * _tile_rows(offs_n, row_bytes // 4, TILE)[:, None] + _tile_cols(kb, 4 * TILE)[None, :]
         else:
             b_ptrs = w_ptr + offs_n[:, None] * row_bytes + kb[None, :]
         b = _load(b_ptrs, mask_n[:, None] & (kb < row_bytes)[None, :], EVEN)  # (BN, BKB) uint8
