@@ -32,18 +32,17 @@ from lowbit.core.aqlm import AQLMWeights
 from lowbit.formats.int8_rows import Int8RowLayout
 from lowbit.formats.int_group import IntGroupLayout
 from lowbit.formats.nf4 import FourBitLayout
-from lowbit.kernels.cuda_mma import tile_chunk
 from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A8Linear
 from lowbit.modules.plan import kernel_summary
 
 LLAMA3_8B = dict(hidden=4096, inter=14336, layers=32, heads=32, kv_heads=8, head_dim=128, vocab=128256)
 FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int4_g128_rows", "int3_g128", "int3_g128_mma",
-           "int3_g128_tiles", "int2_g128", "int2_g128_mma", "int8_weight_only", "int8_weight_only_mma",
-           "int8_weight_only_tiles", "w8a8", "torch_int4_g128", "nf4_dq_b64", "nf4_dq_b64_mma", "nf4_dq_b64_rows",
+           "int3_g128_rows", "int2_g128", "int2_g128_mma", "int8_weight_only", "int8_weight_only_mma",
+           "int8_weight_only_rows", "w8a8", "torch_int4_g128", "nf4_dq_b64", "nf4_dq_b64_mma", "nf4_dq_b64_rows",
            "aqlm_2x8", "aqlm_1x16"]
 # *_mma: the CUDA tensor-core kernel by name; *_triton: the Triton kernels by name; else auto's choice; *_rows: the
-# words kept in row order (a CUDA layer holds NF4 and 2-, 4- and 8-bit int_group codes in tile order,
-# formats.word_tiles); *_tiles: 3-bit and int8 weight-only codes in tile order (their layers keep rows for now)
+# words kept in row order (a CUDA layer holds NF4, int_group and int8 weight-only codes in tile order,
+# formats.word_tiles)
 MODES = ["eager", "compiled"]
 SDPA_BACKENDS = ["default", "math", "flash", "efficient", "cudnn"]
 
@@ -80,12 +79,7 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
     if fmt.startswith("nf4_dq_b64"):  # QLoRA's setting: blocks of 64, double-quantized absmax
         w = torch.randn(out_f, in_f, device=dev) * std
         layer = FourBitLinear.from_float(w, None, FourBitLayout(out_f, in_f, "nf4", 64, True))
-        if fmt.endswith("_tiles"):  # tile order, which CUDA layers of 3-bit codes do not hold yet
-            layer.order_words(tile_chunk(bits, in_f, out_f, group))
-        elif not fmt.endswith("_rows"):  # the words in the device's order, as .to() and the loaders leave them
-            layer.order_words_for(dev)
-        layer.kernel_preference = _preference(fmt)
-        return layer
+        return _ordered(layer, fmt, dev)
     if fmt.startswith("aqlm_"):  # aqlm_MxB: M codebooks of 2**B codewords of 8 inputs, random codes
         m, nbits = map(int, fmt.removeprefix("aqlm_").split("x"))
         codes = torch.randint(0, 2**nbits, (out_f, in_f // 8, m), device=dev)  # (out, G, M)
@@ -97,22 +91,21 @@ def make_linear(fmt: str, in_f: int, out_f: int, dev: torch.device) -> nn.Module
         layer.qweight.random_(-(2**31), 2**31 - 1)  # every bit pattern is a valid code sequence
         layer.scale.copy_((torch.rand_like(layer.scale, dtype=torch.float32) + 0.5) * 2 * std / 2**bits)
         layer.zero.copy_(torch.full_like(layer.zero, (2**bits - 1) / 2))
-        if fmt.endswith("_tiles"):  # tile order, which CUDA layers of 3-bit codes do not hold yet
-            layer.order_words(tile_chunk(bits, in_f, out_f, group))
-        elif not fmt.endswith("_rows"):  # the words in the device's order, as .to() and the loaders leave them
-            layer.order_words_for(dev)
-        layer.kernel_preference = _preference(fmt)
-        return layer
+        return _ordered(layer, fmt, dev)
     cls = W8A8Linear if fmt == "w8a8" else Int8Linear
     layer = cls(Int8RowLayout(out_f, in_f), has_bias=False, device=dev)
     layer.qweight.random_(-127, 128)
     layer.scale.fill_(2 * std / 127)
-    if fmt.endswith("_tiles"):  # tile order, which CUDA layers do not hold yet (Int8Linear.tiles_on_cuda)
-        layer.order_words(tile_chunk(8, in_f, out_f, in_f))
-    else:
-        layer.order_words_for(dev)
     if fmt == "w8a8":
         layer.input_scale.fill_(4.0 / 127)
+    return _ordered(layer, fmt, dev)
+
+
+def _ordered(layer: nn.Module, fmt: str, dev: torch.device) -> nn.Module:
+    """The layer's words in the device's order, as .to() and the loaders leave them (*_rows: kept in row order),
+    and its kernel preference set from the format's name."""
+    if not fmt.endswith("_rows"):
+        layer.order_words_for(dev)
     layer.kernel_preference = _preference(fmt)
     return layer
 

@@ -95,10 +95,9 @@ def weight_copies(args: tuple, nbytes: int) -> list[tuple]:
 def _int_group_variant(cols, out, bits, rows, dev, preference="auto", gemv_config=None, order="layer"):
     """int_group_weights through the selector, or straight to the matrix-vector kernel with `gemv_config`
     (launch settings other than its defaults); the words in the order a CUDA layer holds them (order "layer":
-    int_linear.cuda_tile_chunk), in row order ("rows") or in cuda_mma's tile order ("tiles")."""
+    int_linear.cuda_tile_chunk) or in row order ("rows")."""
     (qweight, scale, zero), nbytes = int_group_weights(cols, out, bits, dev)
-    chunk = {"layer": cuda_tile_chunk(IntGroupLayout(out, cols, bits, 128, symmetric=False)), "rows": 0,
-             "tiles": tile_chunk(bits, cols, out, 128)}[order]
+    chunk = cuda_tile_chunk(IntGroupLayout(out, cols, bits, 128, symmetric=False)) if order == "layer" else 0
     ws = weight_copies((to_tiles(qweight, chunk) if chunk else qweight, scale, zero, bits, 128), nbytes)
     if gemv_config is not None:
         args = [(q, s, z, None, bits, 128) for q, s, z, _, _ in ws]  # no bias
@@ -115,11 +114,12 @@ def _gemv_call(args, config, signed8=False):
     return lambda x, i: int_group_gemv(x, *args[i], signed8=signed8, config=config)
 
 
-def _int8_variant(cols, out, rows, dev, gemv_config=None, preference="auto", tiles=Int8Linear.tiles_on_cuda):
+def _int8_variant(cols, out, rows, dev, gemv_config=None, preference="auto", order="layer"):
     """int8 weight-only (one scale a row) through the selector, or straight to the matrix-vector kernel with
-    `gemv_config`; the codes in the order a CUDA layer holds them (Int8Linear.tiles_on_cuda), or in tile order."""
+    `gemv_config`; the codes in the order a CUDA layer holds them (order "layer": Int8Linear.cuda_tile_chunk) or in
+    row order ("rows")."""
     q, s = int8_absmax(torch.randn(out, cols, device=dev))  # (out, in) int8, (out, 1)
-    chunk = tile_chunk(8, cols, out, cols) if tiles else 0
+    chunk = Int8Linear.from_int8(q, s, None).cuda_tile_chunk() if order == "layer" else 0
     q = to_tiles(q, 4 * chunk) if chunk else q  # chunks of 4 * chunk bytes
     n, nbytes = _copies(q.numel() + 2 * out), q.numel() + 2 * out
     ws = [(q.clone(), s.clone()) for _ in range(n)]
@@ -255,7 +255,8 @@ def _int_variants(cols, out, rows, dev):
         yield "int8_weight_only_pf2", lambda: _int8_variant(cols, out, rows, dev, gemv_config=TWO_TILES_AHEAD)
     yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, dev)
     yield "int3_g128_mma", lambda: _int_group_variant(cols, out, 3, rows, dev, "cuda_mma")  # PLAN3, by name
-    yield "int3_g128_tiles", lambda: _int_group_variant(cols, out, 3, rows, dev, order="tiles")  # not yet a layer's
+    yield "int3_g128_triton", lambda: _int_group_variant(cols, out, 3, rows, dev, "triton")  # the Triton kernels
+    yield "int3_g128_rows", lambda: _int_group_variant(cols, out, 3, rows, dev, order="rows")
     yield "int2_g128", lambda: _int_group_variant(cols, out, 2, rows, dev)
     yield "int2_g128_mma", lambda: _int_group_variant(cols, out, 2, rows, dev, "cuda_mma")
     yield "int2_g128_triton", lambda: _int_group_variant(cols, out, 2, rows, dev, "triton")
@@ -263,9 +264,9 @@ def _int_variants(cols, out, rows, dev):
     yield "int8_weight_only", lambda: _int8_variant(cols, out, rows, dev)
     yield "int8_weight_only_mma", lambda: _int8_variant(cols, out, rows, dev, preference="cuda_mma")
     yield "int8_weight_only_triton", lambda: _int8_variant(cols, out, rows, dev, preference="triton")
-    yield "int8_weight_only_tiles", lambda: _int8_variant(cols, out, rows, dev, tiles=True)
-    yield "int8_weight_only_mma_tiles", lambda: _int8_variant(cols, out, rows, dev, preference="cuda_mma", tiles=True)
-    yield "int8_weight_only_triton_tiles", lambda: _int8_variant(cols, out, rows, dev, preference="triton", tiles=True)
+    yield "int8_weight_only_rows", lambda: _int8_variant(cols, out, rows, dev, order="rows")
+    yield "int8_weight_only_mma_rows", lambda: _int8_variant(cols, out, rows, dev, preference="cuda_mma", order="rows")
+    yield "int8_weight_only_triton_rows", lambda: _int8_variant(cols, out, rows, dev, preference="triton", order="rows")
     yield "w8a8", lambda: _w8a8_variant(cols, out, rows, dev)
 
 

@@ -137,10 +137,10 @@ def test_a_state_dict_in_either_order_loads_into_either():
         target.load_state_dict(dict(rows_state, qweight=rows_state["qweight"][:-2]))
 
 
-@pytest.mark.parametrize("bits,symmetric", [(4, False), (2, True), (8, False)])
+@pytest.mark.parametrize("bits,symmetric", [(4, False), (2, True), (8, False), (3, False)])
 def test_int_group_layers_read_alike_in_tile_order(bits, symmetric):
-    """order_words_for puts an int_group layer in cuda_mma's tile chunks for CUDA and back in row order for the
-    CPU; in tile order it gives the same outputs through the CPU kernels, the same unpacked codes (exports read
+    """order_words_for puts an int_group layer in cuda_mma's tile chunks for CUDA (3-bit codes: chunks of 4 units, 12
+    words) and back in row order for the CPU; in tile order it gives the same outputs through the CPU kernels, the same unpacked codes (exports read
     those) and the same state after a save in either order, and its spec records the order."""
     torch.manual_seed(fresh_seed())
     q = rtn_quantize(torch.randn(48, 512), bits, 128, symmetric)
@@ -159,27 +159,10 @@ def test_int_group_layers_read_alike_in_tile_order(bits, symmetric):
     assert torch.equal(layer.qweight, rows_state["qweight"])
 
 
-def test_three_bit_layers_read_alike_in_tile_order():
-    """3-bit codes in tile order (chunks of 4 units, cuda_mma's 12 words), put so by hand (layers keep them in rows on
-    CUDA until the kernel is timed): the same outputs, unpacked codes and state as in row order."""
-    torch.manual_seed(fresh_seed())
-    q = rtn_quantize(torch.randn(48, 512), 3, 128, False)
-    layer = IntLinear.from_weights(q, torch.randn(48))
-    x = torch.randn(3, 512)
-    expected, codes, rows_state = layer(x), layer.int_weights().codes, dict(layer.state_dict())
-    layer.order_words(tile_chunk(3, 512, 48, 128))
-    assert layer.layout.tile_chunk == 12 and layer.qweight.shape == (3, 4, 192)
-    assert torch.allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
-    assert torch.equal(layer.int_weights().codes, codes)
-    rebuilt = IntLinear.from_spec(layer.spec(), device="cpu")
-    rebuilt.load_state_dict(rows_state)
-    assert torch.equal(rebuilt.qweight, layer.qweight)
-
-
 def test_int_group_shapes_the_kernel_does_not_take_keep_row_order():
-    """3-bit codes (no tile order) and shapes cuda_mma does not read (outputs not a multiple of 16) stay in row
-    order on CUDA, where the Triton kernels and the reference path read them."""
-    for bits, out in [(3, 48), (4, 40)]:
+    """Shapes cuda_mma does not read (outputs not a multiple of 16) stay in row order on CUDA, where the Triton
+    kernels and the reference path read them."""
+    for bits, out in [(3, 40), (4, 40)]:
         layer = IntLinear.from_weights(rtn_quantize(torch.randn(out, 512), bits, 128, False), None)
         assert not layer.order_words_for(CUDA) and layer.layout.tile_chunk == 0 and layer.qweight.dim() == 2
 
@@ -200,19 +183,16 @@ def test_fake_outputs_have_the_layers_outputs_in_tile_order(path):
     assert triton_ops.int8_weight_mm(x, qweight, scale, None, path).shape == (3, 48)
 
 
-def test_int8_weight_only_layers_read_alike_in_tile_order(monkeypatch):
+def test_int8_weight_only_layers_read_alike_in_tile_order():
     """order_words_for puts an int8 weight-only layer in cuda_mma's tile chunks (16 words: 64 bytes of a row) for
-    CUDA once its kernels have run so on a GPU (tiles_on_cuda; rows until then) and back in row order for the CPU,
-    with the same outputs and state either way; the W8A8 and LLM.int8 layers, whose integer kernels read rows, keep
-    row order on CUDA."""
+    CUDA and back in row order for the CPU, with the same outputs and state either way; the W8A8 and LLM.int8
+    layers, whose integer kernels read rows, keep row order on CUDA."""
     torch.manual_seed(fresh_seed())
     q, s = int8_absmax(torch.randn(48, 512))
     layer = Int8Linear.from_int8(q, s, torch.randn(48))
     x = torch.randn(3, 512)
     expected, rows_state = layer(x), dict(layer.state_dict())
-    assert not layer.order_words_for(CUDA) and layer.layout.tile_chunk == 0  # rows until a GPU run
-    monkeypatch.setattr(Int8Linear, "tiles_on_cuda", True)
-    assert layer.order_words_for(CUDA) and layer.layout.tile_chunk == tile_chunk(8, 512, 48, 512) == 16
+    assert layer.layout.tile_chunk == 0 and layer.order_words_for(CUDA) and layer.layout.tile_chunk == tile_chunk(8, 512, 48, 512) == 16
     assert layer.qweight.shape == (3, 8, 1024) and layer.spec()["tile_chunk"] == 16
     assert torch.allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(reference.int8_weight_linear(x, *layer.weight_args(), layer.bias),

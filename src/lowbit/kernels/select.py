@@ -164,14 +164,14 @@ def _mma_int_few_rows(ctx: CallContext) -> str | None:
 
 
 def _mma_int8_few_rows(ctx: CallContext) -> str | None:
-    """int8 weight-only: auto takes cuda_mma from 2 to 8 rows, where the Triton kernel is the tensor-core one: on an
-    H100 over the five Llama-3-8B shapes, 1.37-1.89x bf16 at 2 rows against its 0.91-1.46x (kern13 run 3) and
-    1.28-1.87x at 8 rows against 0.87-1.45x (run 2). At one row triton_mv was ahead on three of five (1.53-1.68x
-    against 1.36-1.43x, run 2; 1.51-1.69x against 1.44-1.53x, kern15 run 3), so auto keeps it there except on
-    layers of at most FEW_OUTPUTS outputs (4096x1024: 1.59x against 1.25x, kern15 run 3; 1.47x against 1.26x,
-    kern13)."""
-    if ctx.rows == 1 and ctx.out_features > FEW_OUTPUTS:
-        return "one row: the Triton matrix-vector kernel is faster on an H100 (kern13); name cuda_mma to use it"
+    """int8 weight-only: auto takes cuda_mma up to 8 rows, where the Triton kernel is the tensor-core one from 2
+    rows: on an H100 over the five Llama-3-8B shapes, 1.37-1.89x bf16 at 2 rows against its 0.91-1.46x (kern13 run
+    3) and 1.28-1.87x at 8 rows against 0.87-1.45x (run 2). At one row, with the codes in tile order, cuda_mma ran
+    1.55 / 1.67 / 1.64 / 2.07x against triton_mv's 1.52 / 1.28 / 1.63 / 1.97x on 4096x4096 / 4096x1024 /
+    4096x14336 / 4096x128256 and 1.60x against 1.74x on 14336x4096 (kern19 run 1), so auto keeps triton_mv at one
+    row where inputs outnumber outputs and the outputs are more than FEW_OUTPUTS."""
+    if ctx.rows == 1 and ctx.in_features > ctx.out_features > FEW_OUTPUTS:
+        return "one row, many outputs, more inputs: the Triton matrix-vector kernel is faster on an H100 (kern19)"
     return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "not timed against the Triton kernels (kern13)", ctx)
 
 

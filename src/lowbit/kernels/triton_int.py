@@ -62,29 +62,63 @@ def _word_ptrs(w_ptr, offs_n, words, wpr, TILE: tl.constexpr):
 
 @triton.jit
 def _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr,
-            UW: tl.constexpr, SIGNED8: tl.constexpr, EVEN: tl.constexpr, TILE: tl.constexpr):
-    """Codes of units unit0 .. unit0 + BU of rows offs_n -> (BN, BU, UC) int32 (input k = unit * UC + j); the
-    words in row order, or (TILE > 0) in tile order (3-bit chunks hold whole units)."""
+            SIGNED8: tl.constexpr, EVEN: tl.constexpr, TILE: tl.constexpr):
+    """Codes of one-word units unit0 .. unit0 + BU of rows offs_n (2, 4, 8 bits) -> (BN, BU, UC) int32 (input k =
+    unit * UC + j); the words in row order, or (TILE > 0) in tile order."""
     units = unit0 + tl.arange(0, BU)  # (BU,)
-    mask = mask_n[:, None] & (units[None, :] * UW < wpr)  # (BN, BU)
+    mask = mask_n[:, None] & (units[None, :] < wpr)  # (BN, BU)
     j = tl.arange(0, UC)  # code index inside a unit
-    if UW == 1:
-        words = _load(_word_ptrs(w_ptr, offs_n, units, wpr, TILE), mask, EVEN)  # (BN, BU)
-        codes = (words[:, :, None] >> (j * BITS)[None, None, :]) & ((1 << BITS) - 1)
-        if SIGNED8:
-            codes = codes ^ 0x80
-    else:  # 3 bits: 32 codes in 3 words; bit position 3 j lies in word 3 j // 32
-        w0 = _load(_word_ptrs(w_ptr, offs_n, units * 3, wpr, TILE), mask, EVEN).to(tl.uint32, bitcast=True)
-        w1 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 1, wpr, TILE), mask, EVEN).to(tl.uint32, bitcast=True)
-        w2 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 2, wpr, TILE), mask, EVEN).to(tl.uint32, bitcast=True)
-        wi = ((j * BITS) // 32)[None, None, :]  # (1, 1, UC)
-        off = ((j * BITS) % 32)[None, None, :]
-        a, b, c = w0[:, :, None], w1[:, :, None], w2[:, :, None]
-        lo = tl.where(wi == 0, a, tl.where(wi == 1, b, c)) >> off.to(tl.uint32)
-        nxt = tl.where(wi == 0, b, c)
-        hi = tl.where(off + BITS > 32, nxt << ((32 - off) & 31).to(tl.uint32), 0)
-        codes = ((lo | hi) & ((1 << BITS) - 1)).to(tl.int32)
+    words = _load(_word_ptrs(w_ptr, offs_n, units, wpr, TILE), mask, EVEN)  # (BN, BU)
+    codes = (words[:, :, None] >> (j * BITS)[None, None, :]) & ((1 << BITS) - 1)
+    if SIGNED8:
+        codes = codes ^ 0x80
     return codes
+
+
+@triton.jit
+def _unit3_words(w_ptr, offs_n, mask_n, wpr, unit0, BU: tl.constexpr, EVEN: tl.constexpr, TILE: tl.constexpr):
+    """The three words (BN, BU) uint32 of 3-bit units unit0 .. unit0 + BU (32 codes in 3 words)."""
+    units = unit0 + tl.arange(0, BU)
+    mask = mask_n[:, None] & (units[None, :] * 3 < wpr)
+    w0 = _load(_word_ptrs(w_ptr, offs_n, units * 3, wpr, TILE), mask, EVEN).to(tl.uint32, bitcast=True)
+    w1 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 1, wpr, TILE), mask, EVEN).to(tl.uint32, bitcast=True)
+    w2 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 2, wpr, TILE), mask, EVEN).to(tl.uint32, bitcast=True)
+    return w0, w1, w2
+
+
+@triton.jit
+def _code3(w0, w1, w2, J: tl.constexpr):
+    """Code J (0..31) of 3-bit units as int32 (BN, BU): bits 3 J .. 3 J + 2 of the words w0 w1 w2 (J = 10 and 21
+    straddle two words); shifts known when compiled, so each code is a shift and a mask."""
+    P: tl.constexpr = 3 * J
+    OFF: tl.constexpr = P % 32
+    if P // 32 == 0:
+        word, nxt = w0, w1
+    elif P // 32 == 1:
+        word, nxt = w1, w2
+    else:
+        word, nxt = w2, w2
+    c = word >> OFF
+    if OFF > 29:
+        c = c | (nxt << (32 - OFF))
+    return (c & 7).to(tl.int32)
+
+
+@triton.jit
+def _codes3_every4(w0, w1, w2, R: tl.constexpr):
+    """Codes R, R + 4, .., R + 28 of 3-bit units as _join8_tree's (BN, BU, 2, 2, 2): code R + 4 k at index k."""
+    return _join8_tree(_code3(w0, w1, w2, R), _code3(w0, w1, w2, R + 4), _code3(w0, w1, w2, R + 8),
+                       _code3(w0, w1, w2, R + 12), _code3(w0, w1, w2, R + 16), _code3(w0, w1, w2, R + 20),
+                       _code3(w0, w1, w2, R + 24), _code3(w0, w1, w2, R + 28))
+
+
+@triton.jit
+def _codes3(w0, w1, w2):
+    """3-bit units' words (BN, BU) each -> codes (BN, BU * 32) int32 in input order, all in registers: the joins
+    place code R + 4 k at column 32 u + 4 k + R (the outer two joins pick R's bits, as in _join8)."""
+    a = tl.join(tl.join(_codes3_every4(w0, w1, w2, 0), _codes3_every4(w0, w1, w2, 2)),
+                tl.join(_codes3_every4(w0, w1, w2, 1), _codes3_every4(w0, w1, w2, 3)))
+    return tl.reshape(a, (w0.shape[0], w0.shape[1] * 32))
 
 
 @triton.jit
@@ -124,10 +158,16 @@ def _nibbles_asm(words, DT: tl.constexpr):
 
 
 @triton.jit
+def _join8_tree(v0, v1, v2, v3, v4, v5, v6, v7):
+    """Eight (BN, BU) tensors -> (BN, BU, 2, 2, 2): tl.join appends the last dimension, so the innermost join picks
+    bit 2 of j and the outermost bit 0, and v_j lies at [n, u] + (j // 4, j // 2 % 2, j % 2)."""
+    return tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+
+
+@triton.jit
 def _join8(v0, v1, v2, v3, v4, v5, v6, v7):
     """Eight (BN, BU) tensors -> (BN, BU * 8), v_j landing in column 8 u + j."""
-    a = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
-    return tl.reshape(a, (v0.shape[0], v0.shape[1] * 8))
+    return tl.reshape(_join8_tree(v0, v1, v2, v3, v4, v5, v6, v7), (v0.shape[0], v0.shape[1] * 8))
 
 
 @triton.jit
@@ -141,8 +181,11 @@ def _weight_tile(w_ptr, offs_n, mask_n, wpr, unit0, DT: tl.constexpr, BU: tl.con
         words = _load(_word_ptrs(w_ptr, offs_n, units, wpr, TILE), mask, EVEN)
         c0, c1, c2, c3, c4, c5, c6, c7 = _nibbles_asm(words, DT)
         w = _join8(c0, c1, c2, c3, c4, c5, c6, c7)
+    elif UW == 3:
+        w0, w1, w2 = _unit3_words(w_ptr, offs_n, mask_n, wpr, unit0, BU, EVEN, TILE)
+        w = _magic16(_codes3(w0, w1, w2), DT, BITS)
     else:
-        codes = _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU, BITS, UC, UW, SIGNED8, EVEN, TILE)
+        codes = _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU, BITS, UC, SIGNED8, EVEN, TILE)
         w = tl.reshape(_magic16(codes, DT, BITS), (offs_n.shape[0], BU * UC))
     return w
 

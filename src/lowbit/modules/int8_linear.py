@@ -16,9 +16,9 @@ class Int8Linear(QuantizedLinear):
 
     layout_type = Int8RowLayout
     op = "int8_weight_linear"
-    # The weight-only kernels read tile order (the W8A8 and LLM.int8 subclasses' kernels read rows), but they have
-    # run in it only on the CPU and under Triton's interpreter: rows on CUDA until a GPU run (docs/kern18.md, Next).
-    tiles_on_cuda = False
+    # The weight-only kernels read tile order, faster at one row on an H100 (docs/kern19.md); the W8A8 and LLM.int8
+    # subclasses' integer kernels read rows and set this False.
+    tiles_on_cuda = True
 
     @classmethod
     def from_int8(cls, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> "Int8Linear":
@@ -36,6 +36,6 @@ class Int8Linear(QuantizedLinear):
         return {"bits": 8, "tile_chunk": self.layout.tile_chunk}
 
     def cuda_tile_chunk(self) -> int:
-        """The tensor-core kernel's chunks where it reads the shape, once tiles_on_cuda (docs/kern18.md), else 0."""
+        """cuda_mma's chunks where it reads the shape (docs/kern18.md, kern19.md); 0 for the row-reading subclasses."""
         lay = self.layout
         return tile_chunk(8, lay.in_features, lay.out_features, lay.in_features) if self.tiles_on_cuda else 0

@@ -50,9 +50,7 @@ class IntLinear(QuantizedLinear):
 
 
 def cuda_tile_chunk(layout: IntGroupLayout) -> int:
-    """The tile chunk an int_group layer holds on CUDA: cuda_mma's where it reads the shape, for 2-, 4- and 8-bit
-    codes (its warp loads then read consecutive words: docs/kern17.md, kern18.md); 0, row order, for shapes it does
-    not take and for 3-bit codes, whose readers all take tile order but whose kernel has not been timed in it."""
-    if layout.bits == 3:
-        return 0
+    """The tile chunk an int_group layer holds on CUDA: cuda_mma's where it reads the shape (its warp loads then read
+    consecutive words: docs/kern17.md, kern18.md, kern19.md for 3-bit codes); 0, row order, for shapes it does not
+    take."""
     return tile_chunk(layout.bits, layout.in_features, layout.out_features, layout.group_size)
