@@ -28,6 +28,7 @@ from lowbit.kernels import reference
 from lowbit.kernels.cuda_aqlm import aqlm_mma
 from lowbit.kernels.cuda_mma import FRAGMENT_ROWS, fourbit_mma, mma_matmul, tile_words
 from lowbit.kernels.reference import int_group_linear
+from lowbit.kernels.triton_fourbit import fourbit_matmul
 from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
 
@@ -52,6 +53,15 @@ def tc_space(rows: int):
             cfg = {"BM": bm, "BN": bn, "BK": bk, "num_warps": nw, "num_stages": st, "waves": 1, "DEQUANT": deq}
             yield cfg  # _mm_bytes (2, 4 and 8 bits)
             yield cfg | {"BYTES": False}  # _mm_tc: one product a tile
+
+
+def nf4_tc_space(rows: int):
+    """_fourbit_tc tiles (NF4/FP4, 128 inputs a K step): its default (fourbit_tc_config), then (BM, BN, warps,
+    stages)."""
+    yield {}
+    for bm, bn, warps, stages in [(128, 128, 8, 2), (128, 64, 4, 1), (64, 128, 8, 1), (64, 64, 4, 1), (64, 64, 4, 3),
+                                  (128, 128, 4, 1), (32, 128, 4, 1), (16, 64, 4, 1)]:
+        yield {"BM": min(bm, max(16, rows)), "BN": bn, "num_warps": warps, "num_stages": stages}
 
 
 def mv_space(rows: int):
@@ -130,6 +140,8 @@ def _problem(x, cols, out, fmt, dev, path):
     if fmt == "nf4":
         args, nbytes = fourbit_weights(cols, out, dev)
         ref = reference.fourbit_linear(x.float(), *args, None)
+        if path == "tc":
+            return args, nbytes, ref, lambda x, w, cfg: fourbit_matmul(x, *w, None, "tc", config=cfg)
         return args, nbytes, ref, lambda x, w, cfg: fourbit_mma(x, *w, None, config=cfg)
     signed8 = fmt == "int8wo"
     bits = 8 if signed8 else fmt
@@ -162,7 +174,7 @@ def sweep_cell(cols, out, rows, fmt, dev, budget_s, path="tc", configs=None) -> 
         out_rows.append({"variant": label, "us": _time_per_call(lambda i: call(x, i), copies) * 1e6})
         del call
     start = time.time()
-    spaces = {"aqlm2x8": aqlm_space, "aqlm1x16": aqlm16_space}
+    spaces = {"aqlm2x8": aqlm_space, "aqlm1x16": aqlm16_space} | ({"nf4": nf4_tc_space} if path == "tc" else {})
     space_of = spaces.get(fmt) or {"mv": mv_space, "tc": tc_space, "mma": mma_space}[path]
     tiled = {}  # TILED launches read the words in tile_words' order: copies of ws made once, outside the timing
     weights_for = (lambda cfg: ws if not cfg.get("TILED") else tiled.setdefault("ws", [
@@ -197,14 +209,14 @@ def main(argv=None) -> int:
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--signed8", action="store_true", help="int8 weight-only layout (implies --bits 8)")
     p.add_argument("--path", choices=["tc", "mv", "mma"], default="tc")
-    p.add_argument("--nf4", action="store_true", help="NF4, double-quantized absmax in blocks of 64 (--path mma)")
+    p.add_argument("--nf4", action="store_true", help="NF4, double-quantized absmax in blocks of 64 (--path mma or tc)")
     p.add_argument("--aqlm", choices=["2x8", "1x16"], help="AQLM on the CUDA AQLM kernel (--path mma)")
     p.add_argument("--cell-budget", type=float, default=40.0, help="seconds per cell")
     p.add_argument("--configs", type=json.loads, help="a JSON list of configurations to time instead of the space")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    if (args.nf4 or args.aqlm) and args.path != "mma":
-        p.error("--nf4 and --aqlm sweep the CUDA kernels' launch shapes: add --path mma")
+    if (args.nf4 and args.path == "mv") or (args.aqlm and args.path != "mma"):
+        p.error("--nf4 sweeps cuda_mma (--path mma) or _fourbit_tc (--path tc), --aqlm the CUDA kernel (--path mma)")
     fmt = format_label(args.bits, args.signed8, args.nf4, args.aqlm)
     dev = torch.device("cuda")
     torch.manual_seed(0)

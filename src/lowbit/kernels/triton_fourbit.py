@@ -284,7 +284,15 @@ def _fourbit_tc(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr, 
 # conversions).
 FOURBIT_CONFIG = {"BN": 256, "BKW": 4, "num_warps": 4, "num_stages": 1, "waves": 4, "LOOKUP": "gather", "STAGES": 0,
                   "X64": False}
-FOURBIT_TC_CONFIG = {"BN": 64, "BM": 16, "BKW": 16, "num_warps": 4, "num_stages": 1, "waves": 4}
+def fourbit_tc_config(rows: int) -> dict:
+    """_fourbit_tc's tile: 16 rows a program up to 16 rows (the measured kern6 shape); above, one program decodes
+    a weight tile for up to 128 rows (BM), as _mm_tc does for int_group codes. A decode costs about 12 SASS a weight
+    (sm_90): 16-row programs, decoding every tile once per 16 rows, ran 0.14-0.32x bf16 at 64 rows and 0.07-0.18x
+    at 128 (kern19 run 5); these tiles 0.43-0.56x and 0.32-0.44x (run 7)."""
+    if rows <= 16:
+        return {"BN": 64, "BM": 16, "BKW": 16, "num_warps": 4, "num_stages": 1, "waves": 4}
+    bm = 32 if rows <= 32 else 64 if rows <= 64 else 128
+    return {"BN": 128, "BM": bm, "BKW": 16, "num_warps": 8, "num_stages": 1, "waves": 1}
 
 
 def _groups(in_features: int, blocksize: int, bkw: int) -> tuple[int, int]:
@@ -308,7 +316,7 @@ def fourbit_matmul(
     x = x.contiguous()
     rows, cols = x.shape
     mv_config = FOURBIT_CONFIG | {"ASM": not interpreting()}  # inline PTX but in the interpreter
-    cfg = dict((mv_config if path == "mv" else FOURBIT_TC_CONFIG) | (config or {}))
+    cfg = dict((mv_config if path == "mv" else fourbit_tc_config(rows)) | (config or {}))
     if path == "mv":  # inputs as int64 words of four where rows (in_features a multiple of 8) start 8-aligned
         cfg["X64"] = cfg["X64"] and x.data_ptr() % 8 == 0
     waves, bkw, split = cfg.pop("waves"), cfg.pop("BKW"), cfg.pop("SPLIT_K", None)
