@@ -93,7 +93,8 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     second wave of blocks; the early loads bring it to 128 without spills: 4096x4096 1.76-1.81x -> 1.93-2.03x bf16,
     runs 2-3). Early loads slowed int2, int3 and int4 on 12 of their 15 cells (0.85-0.98x; 1.03-1.07x on int4's
     4096x128256 and int2's 4096x4096) and NF4 on 4096x1024 (0.96x): there they stay off. 2- and 3-bit codes at
-    one row load their words through shared-memory rings where _ring says so (kern17)."""
+    one row, and 3-bit codes in two row fragments, load their words through shared-memory rings where _ring says so
+    (kern17, kern19)."""
     words = words_per_thread(bits, in_features, group_size)
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
@@ -125,11 +126,17 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
 def _ring(bits: int, rows: int, full_wave: bool) -> dict:
     """The words through shared-memory rings of two tiles (ASYNC 2: cp.async, no registers for the tile ahead) for
     3-bit codes at one row (with two blocks a multiprocessor: 1.03-1.07x faster on the five shapes, kern17 run 3;
-    1.03-1.11x in run 5) and 2-bit codes at one row where the blocks fill a wave (1.03-1.13x, runs 1 and 3; 0.80x
-    on 4096x1024's 64 blocks). int4, NF4 and int8 ran 0.80-0.99x with them at one row and int4 0.87-0.97x at 8
-    rows (runs 1, 3)."""
-    if rows == 1 and (bits == 3 or (bits == 2 and full_wave)):
-        return {"ASYNC": 2} | ({"MIN_BLOCKS": 2} if bits == 3 else {})
+    1.03-1.11x in run 5) and in two row fragments (likewise, in tile order at 16 rows: 1.35-1.40x faster where
+    blocks hold 4 tiles, 4096x14336 / 14336x4096 / 4096x128256 1.70 / 1.73 / 1.91x bf16 against 1.26 / 1.36 /
+    1.37x, and 1.00-1.03x on 4096x4096 and 4096x1024, kern19 runs 1 and 8), and 2-bit codes at one row where the
+    blocks fill a wave (1.03-1.13x, kern17 runs 1 and 3; 0.80x on 4096x1024's 64 blocks). int4, NF4 and int8 ran
+    0.80-0.99x with them at one row and int4 0.87-0.97x at 8 rows (runs 1, 3); int4 at 16 rows 1.16-1.33x faster
+    where blocks hold 4 tiles but behind the Triton tensor-core kernel that auto takes there on two of three shapes,
+    0.90x on 4096x4096 (kern19 run 8)."""
+    if bits == 3 and (rows == 1 or rows > FRAGMENT_ROWS):
+        return {"ASYNC": 2, "MIN_BLOCKS": 2}
+    if rows == 1 and bits == 2 and full_wave:
+        return {"ASYNC": 2}
     return {}
 
 
