@@ -214,7 +214,7 @@ def test_split_units_and_foreign_chunks_are_refused():
     cuda_mma = next(c for c in select_module._CANDIDATES["int_group_linear"] if c.name == "cuda_mma")
     assert cuda_mma.unavailable(ctx) == "its words are in tile chunks of 8, the kernel reads 16"
     words = torch.zeros(3, 8, 128, dtype=torch.int32)  # 48 x 64 words in chunks of 8
-    with pytest.raises(ValueError, match="reads tile chunks of 16 words, not 8"):
+    with pytest.raises(ValueError, match="tile chunks of 8, the kernel reads 16: put the layer back in row order"):
         mma_matmul(torch.zeros(1, 512, dtype=torch.bfloat16), words, torch.ones(48, 4).half(), None, None, 4, 128)
     int8_ctx = CallContext(CUDA, 1, 512, 48, torch.bfloat16, 8, tile_chunk=8)  # int8 weight-only: one scale a row
     int8_mma = next(c for c in select_module._CANDIDATES["int8_weight_linear"] if c.name == "cuda_mma")

@@ -241,12 +241,19 @@ def mma_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero
     return _launch(x, words, scale, zero, bias, bits, group_size, scale.shape[1], codes, config)
 
 
-def _own_chunk(chunk: int, bits: int, in_features: int, out_features: int, group_size: int) -> int:
-    """1 where a tile-order layer's chunks are the ones TILED launches read, else a ValueError naming the fix."""
+def foreign_chunk(chunk: int, bits: int, in_features: int, out_features: int, group_size: int) -> str | None:
+    """Why a tile-order layer's chunks are not the ones TILED launches read (a checkpoint tiled elsewhere), or None."""
     expected = tile_chunk(bits, in_features, out_features, group_size)
     if chunk != expected:
-        raise ValueError(f"the tensor-core kernel reads tile chunks of {expected} words, not {chunk}: put the layer "
-                         f"back in row order (order_words(0))")
+        return f"its words are in tile chunks of {chunk}, the kernel reads {expected}"
+    return None
+
+
+def _own_chunk(chunk: int, bits: int, in_features: int, out_features: int, group_size: int) -> int:
+    """1 where a tile-order layer's chunks are the ones TILED launches read, else a ValueError naming the fix."""
+    reason = foreign_chunk(chunk, bits, in_features, out_features, group_size)
+    if reason:
+        raise ValueError(f"{reason}: put the layer back in row order (order_words(0))")
     return 1
 
 
