@@ -56,9 +56,11 @@ def tc_space(rows: int):
 
 
 def nf4_tc_space(rows: int):
-    """_fourbit_tc tiles (NF4/FP4, 128 inputs a K step): its default (fourbit_tc_config), then (BM, BN, warps,
-    stages)."""
+    """_fourbit_tc tiles (NF4/FP4, 128 inputs a K step): its default (fourbit_tc_config), the same with the table
+    read by byte permutes (LOOKUP "prmt"), then (BM, BN, warps, stages)."""
     yield {}
+    yield {"LOOKUP": "prmt"}
+    yield {"LOOKUP": "prmt", "BM": min(128, max(16, rows)), "BN": 64, "num_warps": 4}
     for bm, bn, warps, stages in [(128, 128, 8, 2), (128, 64, 4, 1), (64, 128, 8, 1), (64, 64, 4, 1), (64, 64, 4, 3),
                                   (128, 128, 4, 1), (32, 128, 4, 1), (16, 64, 4, 1)]:
         yield {"BM": min(bm, max(16, rows)), "BN": bn, "num_warps": warps, "num_stages": stages}

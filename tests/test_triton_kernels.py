@@ -237,10 +237,13 @@ def test_fourbit_kernel_matches_reference(quant_type, double_quant, blocksize):
         assert err < TOL[dtype], f"{quant_type} {kernel} rows={rows} err={err:.2e} seed={seed}"
 
 
-@pytest.mark.parametrize("rows", [40, 130])
-def test_fourbit_tensor_core_tiles_above_16_rows(rows):
-    """The NF4 tensor-core kernel's tiles past 16 rows (fourbit_tc_config: 64 and 128 rows a program, the last one
-    partial), in row order and in tile order, against the reference."""
+@pytest.mark.parametrize("rows,lookup", [(40, "gather"), (130, "gather"), (7, "prmt"), (130, "prmt")])
+def test_fourbit_tensor_core_tiles_above_16_rows(rows, lookup):
+    """The NF4 tensor-core kernel's tiles (fourbit_tc_config: 16, 64 and 128 rows a program, the last one partial),
+    in row order and in tile order, the table read by gathers (auto's) or by byte permutes in registers (LOOKUP
+    "prmt", untimed), against the reference."""
+    from lowbit.kernels.triton_fourbit import fourbit_matmul
+
     seed = fresh_seed()
     out, cols = (336, 2816) if CUDA else (144, 384)
     layer = FourBitLinear.from_float(torch.randn(out, cols), torch.randn(out),
@@ -249,13 +252,12 @@ def test_fourbit_tensor_core_tiles_above_16_rows(rows):
     row_args, table = layer.weight_args(), layer.code_table(DEVICE)
     x = torch.randn(rows, cols, device=DEVICE, dtype=torch.float16)
     ref = reference.fourbit_linear(x.double(), *row_args, table, 64, out, layer.bias.double())
-    layer.kernel_preference = "triton_tc"
     for chunk in (0, 8):
         layer.order_words(chunk)
         _poison(rows, out)
-        assert layer.kernel(x).name == "triton_tc"
-        err = _rel_err(layer(x), ref)
-        assert err < TOL[torch.float16], f"chunk {chunk} rows={rows} err={err:.2e} seed={seed}"
+        y = fourbit_matmul(x, *layer.weight_args(), table, 64, out, layer.bias, "tc", config={"LOOKUP": lookup})
+        err = _rel_err(y, ref)
+        assert err < TOL[torch.float16], f"{lookup} chunk {chunk} rows={rows} err={err:.2e} seed={seed}"
 
 
 @pytest.mark.parametrize("double_quant", [True, False])

@@ -35,7 +35,7 @@ import triton.language as tl
 from lowbit.core.codebook import DOUBLE_QUANT_BLOCK
 from lowbit.formats.word_tiles import row_shaped
 from lowbit.kernels.triton_gemv import _x_f32
-from lowbit.kernels.triton_int import _load, _tile_cols, _tile_rows
+from lowbit.kernels.triton_int import _join8_tree, _load, _tile_cols, _tile_rows
 from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buffers, split_k
 
 
@@ -241,11 +241,13 @@ def _fourbit_tc(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr, 
                 count_ptr, ROWS, N, K, WPR, B, stride_x, stride_y,
                 K_TILES: tl.constexpr, NBLK: tl.constexpr, WPB: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
                 SPLIT_K: tl.constexpr, DOUBLE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN: tl.constexpr,
-                FIXUP: tl.constexpr, FENCE: tl.constexpr, TILE: tl.constexpr):
+                FIXUP: tl.constexpr, FENCE: tl.constexpr, TILE: tl.constexpr, LOOKUP: tl.constexpr,
+                ASM: tl.constexpr):
     """Tensor cores: y[offs_m, offs_n] (or a K slice's partial); grid (N / BN, rows / BM, SPLIT_K).
 
-    Each weight tile is looked up once for all BM rows, scaled by its absmax, interleaved back into input
-    order (tl.join of codes j and j + 4, then + 2, then + 1) and multiplied by the x tile with tl.dot."""
+    Each weight tile is looked up once for all BM rows (LOOKUP "gather": loads from the table; "prmt": byte
+    permutes in registers, _pair_f32), scaled by its absmax, interleaved back into input order (tl.join of codes j
+    and j + 4, then + 2, then + 1) and multiplied by the x tile with tl.dot."""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BN + tl.arange(0, BN)
     mask_n = offs_n < N
@@ -255,15 +257,23 @@ def _fourbit_tc(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr, 
     dq_mean = 0.0
     if DOUBLE:
         dq_mean = tl.load(dq_mean_ptr).to(tl.float32)
+    planes = _table_planes(table_ptr)  # LOOKUP "gather" never reads them: the compiler drops the loads
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for t0 in range(0, K_TILES, SPLIT_K):
         t = t0 + pid_k
         words, absmax = _words(w_ptr, absmax_ptr, dq_scale_ptr, dq_mean, offs_n, mask_n, t, N, K, WPR, B, NBLK,
                                WPB, DOUBLE, EVEN, TILE)
-        w = tl.join(tl.join(tl.join(_code(words, table_ptr, 0), _code(words, table_ptr, 4)),
-                            tl.join(_code(words, table_ptr, 2), _code(words, table_ptr, 6))),
-                    tl.join(tl.join(_code(words, table_ptr, 1), _code(words, table_ptr, 5)),
-                            tl.join(_code(words, table_ptr, 3), _code(words, table_ptr, 7))))  # [..., a, b, c]: 4a+2b+c
+        if LOOKUP == "gather":
+            c0, c1, c2, c3 = (_code(words, table_ptr, 0), _code(words, table_ptr, 1), _code(words, table_ptr, 2),
+                              _code(words, table_ptr, 3))
+            c4, c5, c6, c7 = (_code(words, table_ptr, 4), _code(words, table_ptr, 5), _code(words, table_ptr, 6),
+                              _code(words, table_ptr, 7))
+        else:
+            c0, c1 = _pair_f32(words, planes, 0, ASM)
+            c2, c3 = _pair_f32(words, planes, 2, ASM)
+            c4, c5 = _pair_f32(words, planes, 4, ASM)
+            c6, c7 = _pair_f32(words, planes, 6, ASM)
+        w = _join8_tree(c0, c1, c2, c3, c4, c5, c6, c7)  # (BN, NBLK, WPB, 2, 2, 2): code 4a + 2b + c at [.., a, b, c]
         w = tl.reshape(w * absmax[:, :, None, None, None, None], (BN, BK))  # (BN, BK) in input order
         k = t * BK + tl.arange(0, BK)
         xt = tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :], mask=mask_m[:, None] & (k < K)[None, :],
@@ -289,10 +299,11 @@ def fourbit_tc_config(rows: int) -> dict:
     a weight tile for up to 128 rows (BM), as _mm_tc does for int_group codes. A decode costs about 12 SASS a weight
     (sm_90): 16-row programs, decoding every tile once per 16 rows, ran 0.14-0.32x bf16 at 64 rows and 0.07-0.18x
     at 128 (kern19 run 5); these tiles 0.43-0.56x and 0.32-0.44x (run 7)."""
+    lookup = {"LOOKUP": "gather"}  # "prmt" (byte permutes, fewer instructions a weight) is untimed on a GPU
     if rows <= 16:
-        return {"BN": 64, "BM": 16, "BKW": 16, "num_warps": 4, "num_stages": 1, "waves": 4}
+        return {"BN": 64, "BM": 16, "BKW": 16, "num_warps": 4, "num_stages": 1, "waves": 4} | lookup
     bm = 32 if rows <= 32 else 64 if rows <= 64 else 128
-    return {"BN": 128, "BM": bm, "BKW": 16, "num_warps": 8, "num_stages": 1, "waves": 1}
+    return {"BN": 128, "BM": bm, "BKW": 16, "num_warps": 8, "num_stages": 1, "waves": 1} | lookup
 
 
 def _groups(in_features: int, blocksize: int, bkw: int) -> tuple[int, int]:
@@ -315,8 +326,8 @@ def fourbit_matmul(
     assert DOUBLE_QUANT_BLOCK == 256  # the kernel's block // 256
     x = x.contiguous()
     rows, cols = x.shape
-    mv_config = FOURBIT_CONFIG | {"ASM": not interpreting()}  # inline PTX but in the interpreter
-    cfg = dict((mv_config if path == "mv" else fourbit_tc_config(rows)) | (config or {}))
+    base = FOURBIT_CONFIG if path == "mv" else fourbit_tc_config(rows)
+    cfg = dict(base | {"ASM": not interpreting()} | (config or {}))  # inline PTX but in the interpreter
     if path == "mv":  # inputs as int64 words of four where rows (in_features a multiple of 8) start 8-aligned
         cfg["X64"] = cfg["X64"] and x.data_ptr() % 8 == 0
     waves, bkw, split = cfg.pop("waves"), cfg.pop("BKW"), cfg.pop("SPLIT_K", None)
