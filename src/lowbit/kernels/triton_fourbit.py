@@ -294,6 +294,8 @@ def _fourbit_tc(x_ptr, w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr, 
 # conversions).
 FOURBIT_CONFIG = {"BN": 256, "BKW": 4, "num_warps": 4, "num_stages": 1, "waves": 4, "LOOKUP": "gather", "STAGES": 0,
                   "X64": False}
+
+
 def fourbit_tc_config(rows: int) -> dict:
     """_fourbit_tc's tile: 16 rows a program up to 16 rows (the measured kern6 shape); above, one program decodes
     a weight tile for up to 128 rows (BM), as _mm_tc does for int_group codes. A decode costs about 12 SASS a weight
