@@ -26,13 +26,12 @@ from lowbit.core.affine import int8_absmax
 from lowbit.core.codebook import code_table, double_quantize
 from lowbit.formats.aqlm import AQLMLayout
 from lowbit.formats.bitpack import pack_bits
+from lowbit.formats.int8_rows import Int8RowLayout
 from lowbit.formats.int_group import IntGroupLayout
 from lowbit.formats.nf4 import FourBitLayout
 from lowbit.formats.word_tiles import to_tiles
-from lowbit.kernels.cuda_mma import tile_chunk
 from lowbit.kernels.select import CallContext, select
-from lowbit.modules import Int8Linear
-from lowbit.modules.int_linear import cuda_tile_chunk
+from lowbit.modules import fourbit_linear, int8_linear, int_linear
 
 SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096), (4096, 128256)]  # (in, out)
 ROWS = [1, 4, 16, 64, 128, 512]
@@ -97,7 +96,7 @@ def _int_group_variant(cols, out, bits, rows, dev, preference="auto", gemv_confi
     (launch settings other than its defaults); the words in the order a CUDA layer holds them (order "layer":
     int_linear.cuda_tile_chunk) or in row order ("rows")."""
     (qweight, scale, zero), nbytes = int_group_weights(cols, out, bits, dev)
-    chunk = cuda_tile_chunk(IntGroupLayout(out, cols, bits, 128, symmetric=False)) if order == "layer" else 0
+    chunk = int_linear.cuda_tile_chunk(IntGroupLayout(out, cols, bits, 128, False)) if order == "layer" else 0
     ws = weight_copies((to_tiles(qweight, chunk) if chunk else qweight, scale, zero, bits, 128), nbytes)
     if gemv_config is not None:
         args = [(q, s, z, None, bits, 128) for q, s, z, _, _ in ws]  # no bias
@@ -116,10 +115,10 @@ def _gemv_call(args, config, signed8=False):
 
 def _int8_variant(cols, out, rows, dev, gemv_config=None, preference="auto", order="layer"):
     """int8 weight-only (one scale a row) through the selector, or straight to the matrix-vector kernel with
-    `gemv_config`; the codes in the order a CUDA layer holds them (order "layer": Int8Linear.cuda_tile_chunk) or in
+    `gemv_config`; the codes in the order a CUDA layer holds them (order "layer": int8_linear.cuda_tile_chunk) or in
     row order ("rows")."""
     q, s = int8_absmax(torch.randn(out, cols, device=dev))  # (out, in) int8, (out, 1)
-    chunk = Int8Linear.from_int8(q, s, None).cuda_tile_chunk() if order == "layer" else 0
+    chunk = int8_linear.cuda_tile_chunk(Int8RowLayout(out, cols)) if order == "layer" else 0
     q = to_tiles(q, 4 * chunk) if chunk else q  # chunks of 4 * chunk bytes
     n, nbytes = _copies(q.numel() + 2 * out), q.numel() + 2 * out
     ws = [(q.clone(), s.clone()) for _ in range(n)]
@@ -173,9 +172,10 @@ def _codebook_variant(op, weights, ctx, preference="auto"):
     return call, len(ws), nbytes, name
 
 
-def _nf4(cols, out, rows, dev, preference="auto", order="tiles"):
-    """NF4 through the selector, the codes in tile order as a CUDA layer holds them (order "rows": row order)."""
-    chunk = tile_chunk(4, cols, out, 64) if order == "tiles" else 0
+def _nf4(cols, out, rows, dev, preference="auto", order="layer"):
+    """NF4 through the selector, the codes in the order a CUDA layer holds them (order "layer":
+    fourbit_linear.cuda_tile_chunk) or in row order ("rows")."""
+    chunk = fourbit_linear.cuda_tile_chunk(FourBitLayout(out, cols, "nf4", 64, True)) if order == "layer" else 0
     ctx = CallContext(dev, rows, cols, out, torch.bfloat16, 4, 64, tile_chunk=chunk)
     return _codebook_variant("fourbit_linear", fourbit_weights(cols, out, dev, chunk), ctx, preference)
 

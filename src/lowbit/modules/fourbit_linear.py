@@ -46,12 +46,7 @@ class FourBitLinear(QuantizedLinear):
         return {"bits": 4, "group_size": self.layout.blocksize, "tile_chunk": self.layout.tile_chunk}
 
     def cuda_tile_chunk(self) -> int:
-        """The tensor-core kernel's chunks where it takes the layer (its loads then read consecutive bytes: NF4
-        1.15-1.22x faster at one row on the three large Llama-3-8B shapes, docs/kern17.md), else 0."""
-        lay = self.layout
-        if fourbit_unsupported(lay.in_features, lay.blocksize):
-            return 0
-        return tile_chunk(4, lay.in_features, lay.out_features, lay.blocksize)
+        return cuda_tile_chunk(self.layout)
 
     def code_table(self, device: torch.device) -> torch.Tensor:
         """The (16,) float32 code table on `device`, made once per device (no host copy per call, none inside a
@@ -65,3 +60,12 @@ class FourBitLinear(QuantizedLinear):
         flat = x.reshape(-1, lay.in_features)
         y = self.run_kernel(flat, self.code_table(x.device), lay.blocksize, lay.out_features)
         return y.reshape(*x.shape[:-1], lay.out_features)
+
+
+def cuda_tile_chunk(layout: FourBitLayout) -> int:
+    """The tile chunk an NF4/FP4 layer holds on CUDA: the tensor-core kernel's where it takes the layer (its loads
+    then read consecutive bytes: NF4 1.15-1.22x faster at one row on the three large Llama-3-8B shapes,
+    docs/kern17.md), else 0."""
+    if fourbit_unsupported(layout.in_features, layout.blocksize):
+        return 0
+    return tile_chunk(4, layout.in_features, layout.out_features, layout.blocksize)

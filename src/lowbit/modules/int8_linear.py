@@ -36,6 +36,11 @@ class Int8Linear(QuantizedLinear):
         return {"bits": 8, "tile_chunk": self.layout.tile_chunk}
 
     def cuda_tile_chunk(self) -> int:
-        """cuda_mma's chunks where it reads the shape (docs/kern18.md, kern19.md); 0 for the row-reading subclasses."""
-        lay = self.layout
-        return tile_chunk(8, lay.in_features, lay.out_features, lay.in_features) if self.tiles_on_cuda else 0
+        """cuda_tile_chunk(layout) for the weight-only layer; 0 for the row-reading subclasses."""
+        return cuda_tile_chunk(self.layout) if self.tiles_on_cuda else 0
+
+
+def cuda_tile_chunk(layout: Int8RowLayout) -> int:
+    """The tile chunk an int8 weight-only layer holds on CUDA: cuda_mma's where it reads the shape (one group a row;
+    faster at one row on an H100, docs/kern19.md), else 0."""
+    return tile_chunk(8, layout.in_features, layout.out_features, layout.in_features)
