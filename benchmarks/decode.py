@@ -18,6 +18,7 @@ way. `--fused` merges q/k/v and gate/up into one linear layer each (fewer, large
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -32,6 +33,7 @@ from lowbit.core.aqlm import AQLMWeights
 from lowbit.formats.int8_rows import Int8RowLayout
 from lowbit.formats.int_group import IntGroupLayout
 from lowbit.formats.nf4 import FourBitLayout
+from lowbit.kernels import nvrtc
 from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A8Linear
 from lowbit.modules.plan import kernel_summary
 
@@ -306,6 +308,8 @@ def main(argv=None) -> int:
     p.add_argument("--sdpa", choices=SDPA_BACKENDS, default="default",
                    help="attention backend of every variant (default: torch's choice, cuDNN on an H100)")
     p.add_argument("--profile", action="store_true", help="also record GPU time per step by kernel")
+    p.add_argument("--serial", action="store_true",
+                   help="launch lowbit's CUDA kernels without programmatic dependent launch (PDL, on H100 by default)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -314,9 +318,19 @@ def main(argv=None) -> int:
     dev = torch.device("cuda")
     cfg = dict(LLAMA3_8B, layers=args.layers)
     only_sdpa_backend(args.sdpa)
+    serial = args.serial or not nvrtc.programmatic(dev.index or 0)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": cfg, "cache": args.cache,
-            "fused": args.fused, "sdpa": args.sdpa}
+            "fused": args.fused, "sdpa": args.sdpa, "launch": "serial" if serial else "programmatic"}
     print(json.dumps(meta), flush=True)
+    with nvrtc.serialized_launches() if args.serial else contextlib.nullcontext():
+        records = run_all(args, cfg, dev, meta)
+    print_table(records)
+    save(args.out, meta, records)
+    return 0
+
+
+def run_all(args: argparse.Namespace, cfg: dict, dev: torch.device, meta: dict) -> list[dict]:
+    """Every (batch, mode, format) variant's record, saved after each."""
     records = []
     for batch in args.batch:
         for mode in args.modes:
@@ -331,9 +345,7 @@ def main(argv=None) -> int:
                 records.append(rec)
                 print(json.dumps(rec), flush=True)
                 save(args.out, meta, records)  # after every variant: a run cut short keeps what it measured
-    print_table(records)
-    save(args.out, meta, records)
-    return 0
+    return records
 
 
 def save(path: Path | None, meta: dict, records: list[dict]) -> None:

@@ -9,6 +9,10 @@ Every variant of one (shape, rows) cell is timed in the same run: a CUDA graph r
 of several weight copies (enough that the copies do not fit in L2), its replays are timed with
 triton.testing.do_bench (median), and time per call is the replay time over the copy count. Bytes are the
 weight's packed bytes plus activations in and out; GB/s and TFLOP/s follow from the median time.
+
+lowbit's CUDA kernels launch with programmatic dependent launch on an H100 (kernels/cuda_common.cuh): a call may
+start, prefetching its weights into L2, while the call ahead of it finishes, so back-to-back calls overlap at the
+seams. A variant's name + "_serial" (with --variants) times it with every launch waiting in line, beside it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from lowbit.formats.int8_rows import Int8RowLayout
 from lowbit.formats.int_group import IntGroupLayout
 from lowbit.formats.nf4 import FourBitLayout
 from lowbit.formats.word_tiles import to_tiles
+from lowbit.kernels import nvrtc
 from lowbit.kernels.select import CallContext, select
 from lowbit.modules import fourbit_linear, int8_linear, int_linear
 
@@ -37,6 +42,7 @@ SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096), (4096, 12825
 ROWS = [1, 4, 16, 64, 128, 512]
 L2_FLUSH_BYTES = 256 * 2**20  # weight copies per variant add up to at least this (H100 L2: 50 MB)
 MAX_COPIES = 64
+SERIAL = "_serial"  # a variant's name + this: the same variant, its CUDA kernels launched without PDL
 TWO_TILES_AHEAD = {"PREFETCH": 2}  # triton_gemv with two K tiles loaded ahead instead of one (kern8)
 PRMT = {"LOOKUP": "prmt", "X64": True}  # NF4 table looked up in registers with byte permutes, inputs as int64 words
 NF4_MV_CONFIGS = {  # triton_fourbit's matrix-vector kernel at one row beside its default (the table gathered)
@@ -274,27 +280,33 @@ def bench_cell(cols, out, rows, dev, only: set[str] | None = None) -> list[dict]
     x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
     results = []
     for label, build in variants(cols, out, rows, dev):
-        if only and label not in only | {"bf16", "torch_int4_g128"}:  # the baselines always run
-            continue
-        record = {"shape": f"{cols}x{out}", "in": cols, "out": out, "rows": rows, "variant": label}
-        try:
-            call, copies, wbytes, kernel = build()
-            seconds = _time_per_call(lambda i: call(x, i), copies)
-        except Exception as err:  # a variant that cannot run this cell is reported, never skipped silently
-            results.append(record | {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
-            continue
-        moved = wbytes + x.numel() * 2 + rows * out * 2
-        record |= {"kernel": kernel, "copies": copies, "us": seconds * 1e6, "weight_bytes": wbytes,
-                   "GBps": moved / seconds / 1e9, "TFLOPs": 2 * rows * cols * out / seconds / 1e12}
-        results.append(record)
-        del call
-        torch.cuda.empty_cache()
+        if not only or label in only | {"bf16", "torch_int4_g128"}:  # the baselines always run
+            results.append(_measure(label, build, x, out))
+        if only and label + SERIAL in only:
+            with nvrtc.serialized_launches():
+                results.append(_measure(label + SERIAL, build, x, out))
+        torch.cuda.empty_cache()  # the variant's weight copies and graph went with _measure's frame
     base = {r["variant"]: r.get("us") for r in results}
     for r in results:
         if "us" in r:
             r["x_bf16"] = base["bf16"] / r["us"] if base.get("bf16") else None
             r["x_torch_int4"] = base["torch_int4_g128"] / r["us"] if base.get("torch_int4_g128") else None
     return results
+
+
+def _measure(label: str, build, x: torch.Tensor, out: int) -> dict:
+    """One variant's record in a cell: time, bytes moved a second, TFLOP/s (or the error that stopped it)."""
+    rows, cols = x.shape
+    record = {"shape": f"{cols}x{out}", "in": cols, "out": out, "rows": rows, "variant": label}
+    try:
+        call, copies, wbytes, kernel = build()
+        seconds = _time_per_call(lambda i: call(x, i), copies)
+    except Exception as err:  # a variant that cannot run this cell is reported, never skipped silently
+        return record | {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+    moved = wbytes + x.numel() * 2 + rows * out * 2
+    record |= {"kernel": kernel, "copies": copies, "us": seconds * 1e6, "weight_bytes": wbytes,
+               "GBps": moved / seconds / 1e9, "TFLOPs": 2 * rows * cols * out / seconds / 1e12}
+    return record
 
 
 def copy_bandwidth(dev) -> float:

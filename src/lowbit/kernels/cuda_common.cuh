@@ -4,6 +4,29 @@
 typedef unsigned int u32;
 typedef unsigned short u16;
 
+#ifndef PDL
+#define PDL 0
+#endif
+
+// Programmatic dependent launch (PDL, compute capability 9.0; the -D setting PDL and nvrtc.launch's attribute): the
+// kernel may start while the one before it in the stream finishes. Whatever that kernel may write (activations,
+// outputs, partials, counters, and to be safe the weights) is touched only after grid_dependency_wait(); before it
+// a kernel only prefetches its weights into L2, which is where writes meet, so the prefetch never yields stale
+// data. launch_dependents() lets the next launch start once every block of this one has called it.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if PDL && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void launch_dependents() {
+#if PDL && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
+
 __device__ __forceinline__ float half_f32(u16 h) {  // fp16 -> fp32 (the qparams are fp16)
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));

@@ -60,8 +60,9 @@
 // multiprocessor: kern11), EARLY (the first tiles' loads go out before the activations are read; int8 and the
 // NF4 register shape, kern15), ASYNC (2 or 3: each warp's words through a ring of that many tiles in shared memory,
 // copied by cp.async, ASYNC - 1 tiles ahead, instead of the register ring; 2- and 3-bit codes at one row, kern17),
-// TILED (the words in tile order, formats/word_tiles.py: NF4/FP4 and int_group layers on CUDA, kern17-18; 3-bit
-// codes in chunks of 4 units, benchmarks only until timed), and optionally MIN_BLOCKS
+// TILED (the words in tile order, formats/word_tiles.py: NF4/FP4, int8 weight-only and int_group layers on CUDA,
+// kern17-19), PDL (programmatic dependent launch, cuda_common.cuh: the block prefetches its tiles into L2, waits
+// for the kernel ahead, and lets the next launch start once its tiles are done; kern20), and optionally MIN_BLOCKS
 // (blocks per multiprocessor that the register use must allow). Shared memory is dynamic: the launch passes
 // shared_bytes(...) (cuda_mma.py).
 //
@@ -302,51 +303,93 @@ __device__ __forceinline__ float group_scale(const TileData& d, int q, int i, fl
 #endif
 }
 
-// A tile's words and qparams for this warp's K slice. Chunk c starts c * CK / CODES words and, with groups no
-// wider than the slice, c * CK / G groups after the slice's first (k0 is a multiple of KS, KS of G or G of
-// KS): offsets known at compile time. Tiles past N read the last tile again (never written out).
-// ASYNC: the words go to `slot` (this thread's place in a ring slot) and read_slot brings them to d before use.
+// Where a tile's words and qparams for this warp's K slice start. Chunk c starts c * CK / CODES words (CHUNK_WORDS)
+// and, with groups no wider than the slice, c * CK / G groups after the slice's first (k0 is a multiple of KS, KS of
+// G or G of KS): offsets known at compile time. Tiles past N read the last tile again (never written out).
 // TILED: the words in tile order (formats/word_tiles.py, chunks of 4 U units of UNIT_WORDS words): a warp's words of
 // one chunk and row half are 32 U units in a row.
-__device__ __forceinline__ void load_tile(TileData& d, u32* slot, const u32* qweight, Qparams qp,
-                                          int tile, int k0, int K, int N, int ngroups, int g, int t) {
+#if TILED
+#define CHUNK_WORDS (64 * U * UNIT_WORDS)
+#else
+#define CHUNK_WORDS (CK / CODES * UNIT_WORDS)
+#endif
+
+struct TileAt {
+  const u32* wa;  // this thread's first words of output row g
+  const u32* wb;  // of row g + 8
+  long long qa, qb;  // the qparams of rows g and g + 8 for the slice's first group
+};
+
+__device__ __forceinline__ TileAt tile_at(const u32* qweight, int tile, int k0, int K, int N, int ngroups, int g,
+                                          int t) {
   const int wpr = K / CODES * UNIT_WORDS;
   const long long ra = (long long)min(tile, N / OUT_TILE - 1) * OUT_TILE + g;
 #if TILED
   const u32* wa = qweight + (ra - g) * wpr + (k0 / CK) * 64 * U * UNIT_WORDS + (4 * g + t) * U * UNIT_WORDS;
   const u32* wb = wa + 32 * U * UNIT_WORDS;
-#define CHUNK_WORDS (64 * U * UNIT_WORDS)
 #else
   const u32* wa = qweight + ra * wpr + (k0 / CODES + U * t) * UNIT_WORDS;
   const u32* wb = wa + 8LL * wpr;
-#define CHUNK_WORDS (CK / CODES * UNIT_WORDS)
 #endif
-  const long long qa = ra * ngroups + k0 / G, qb = qa + 8LL * ngroups;
+  const long long qa = ra * ngroups + k0 / G;
+  return {wa, wb, qa, qa + 8LL * ngroups};
+}
+
+// A tile's words and qparams (tile_at). ASYNC: the words go to `slot` (this thread's place in a ring slot) and
+// read_slot brings them to d before use.
+__device__ __forceinline__ void load_tile(TileData& d, u32* slot, const u32* qweight, Qparams qp,
+                                          int tile, int k0, int K, int N, int ngroups, int g, int t) {
+  const TileAt at = tile_at(qweight, tile, k0, K, N, ngroups, g, t);
 #pragma unroll
   for (int c = 0; c < NCH; ++c) {
     const bool ok = k0 + c * CK < K;
 #if ASYNC
-    copy_words(slot + (2 * c) * 8 * WB, wa + c * CHUNK_WORDS, ok);
-    copy_words(slot + (2 * c + 1) * 8 * WB, wb + c * CHUNK_WORDS, ok);
+    copy_words(slot + (2 * c) * 8 * WB, at.wa + c * CHUNK_WORDS, ok);
+    copy_words(slot + (2 * c + 1) * 8 * WB, at.wb + c * CHUNK_WORDS, ok);
 #else
-    load_words(d.wa[c], wa + c * CHUNK_WORDS, ok);
-    load_words(d.wb[c], wb + c * CHUNK_WORDS, ok);
+    load_words(d.wa[c], at.wa + c * CHUNK_WORDS, ok);
+    load_words(d.wb[c], at.wb + c * CHUNK_WORDS, ok);
 #endif
   }
 #pragma unroll
   for (int q = 0; q < NGRP; ++q) {  // the qparams of the group that starts with chunk q * GCH
     const bool ok = k0 + q * GCH * CK < K;
     const int grp = G <= KS ? q * GCH * CK / G : 0;
-    d.s[q][0] = ok ? qp.scale[qa + grp] : (Scale)0;
-    d.s[q][1] = ok ? qp.scale[qb + grp] : (Scale)0;
+    d.s[q][0] = ok ? qp.scale[at.qa + grp] : (Scale)0;
+    d.s[q][1] = ok ? qp.scale[at.qb + grp] : (Scale)0;
 #if HAS_ZERO
-    d.z[q][0] = ok ? qp.zero[qa + grp] : (u16)0;
-    d.z[q][1] = ok ? qp.zero[qb + grp] : (u16)0;
+    d.z[q][0] = ok ? qp.zero[at.qa + grp] : (u16)0;
+    d.z[q][1] = ok ? qp.zero[at.qb + grp] : (u16)0;
 #elif DQ  // the second level's block of 256 absmax blocks
-    d.z[q][0] = ok ? qp.zero[(qa + grp) >> 8] : (u16)0;
-    d.z[q][1] = ok ? qp.zero[(qb + grp) >> 8] : (u16)0;
+    d.z[q][0] = ok ? qp.zero[(at.qa + grp) >> 8] : (u16)0;
+    d.z[q][1] = ok ? qp.zero[(at.qb + grp) >> 8] : (u16)0;
 #endif
   }
+}
+
+// PDL: the lines that load_tile reads of a tile for this warp's K slice, prefetched into L2 by the warp's lanes
+// together: its words (one range in tile order, a range a row in row order), then the 16 rows' scales (lanes 0-15)
+// and zeros (lanes 16-31).
+__device__ __forceinline__ void prefetch_tile(const u32* qweight, Qparams qp, int tile, int k0, int K, int N,
+                                              int ngroups, int lane) {
+  if (k0 >= K) return;
+  const int wpr = K / CODES * UNIT_WORDS;
+  const long long row0 = (long long)min(tile, N / OUT_TILE - 1) * OUT_TILE;
+  const int chunks = min(NCH, (K - k0) / CK);  // K is a multiple of CK
+#if TILED
+  const u32* words = qweight + row0 * wpr + (k0 / CK) * 64 * U * UNIT_WORDS;
+  for (int j = lane; j < chunks * 2 * U * UNIT_WORDS; j += 32) prefetch_l2(words + 32 * j);  // 32 words a line
+#else
+  const int span = chunks * CHUNK_WORDS, lines = span / 32 + 1;  // a row's words, the lines they may touch
+  const u32* words = qweight + row0 * wpr + k0 / CODES * UNIT_WORDS;
+  for (int j = lane; j < 16 * lines; j += 32) prefetch_l2(words + (j % 16) * wpr + min(32 * (j / 16), span - 1));
+#endif
+  const long long q = (row0 + (lane & 15)) * ngroups + k0 / G;
+#if HAS_ZERO
+  prefetch_l2(lane < 16 ? (const void*)(qp.scale + q) : (const void*)(qp.zero + q));
+#else
+  if (lane < 16) prefetch_l2(qp.scale + q);
+#endif
 }
 
 __device__ __forceinline__ void read_slot(TileData& d, const u32* slot) {  // ASYNC: a tile's words, ring -> d
@@ -376,6 +419,11 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
   const int g = lane >> 2, t = lane & 3;
   const int k0 = (blockIdx.y * WARPS + warp) * KS;
   const Qparams qp = {scale, zero};
+#if PDL  // this block's tiles into L2 while the kernel ahead finishes (cuda_common.cuh), then wait for it
+#pragma unroll 1
+  for (int i = 0; i < TILES; ++i) prefetch_tile(qweight, qp, blockIdx.x * TILES + i, k0, K, N, ngroups, lane);
+#endif
+  grid_dependency_wait();
 #if LUT4
   // The pair table: entry b holds (table[b >> 4], table[b & 15]) in the activations' type, copy c of it at
   // word 32 b + c. A thread writes its entries' copies four at a time, the first quad staggered by thread
@@ -593,6 +641,8 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
 #pragma unroll
       for (int e = 0; e < 4; ++e) red[warp][((i * 32 + lane) * R8 + r) * 4 + e] = out[r][e];
   }
+
+  launch_dependents();  // PDL: the next launch may start its prefetches
 
   // Sum the warps' K slices in shared memory.
   __syncthreads();

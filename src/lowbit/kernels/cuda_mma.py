@@ -292,6 +292,7 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
     if reason is not None:
         raise ValueError(reason)
     device = x.device
+    codes = codes | {"PDL": int(nvrtc.programmatic(device.index))}
     spec = specialization(bits, rows, cols, out_features, group_size, nvrtc.multiprocessors(device.index),
                           x.dtype == torch.bfloat16, config=codes | (config or {}))
     if not (spec["KS"] % group_size == 0 or group_size % spec["KS"] == 0 or group_size >= cols):
@@ -315,7 +316,7 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
             rows, cols, out_features, groups, int(bias is not None), int(counters is not None),
             table if table is not None else unread, mean if mean is not None else unread]
     with torch.cuda.device(device):
-        kernel(grid=(grid_x, grid_y, 1), block=(spec["WARPS"] * 32, 1, 1), args=args, shared_mem=shared)
+        nvrtc.launch(kernel, (grid_x, grid_y, 1), (spec["WARPS"] * 32, 1, 1), args, shared, bool(spec["PDL"]))
     if grid_y > 1 and counters is None:  # no fix-up in the launch: add the K blocks' partials here
         total = part.sum(0) + (bias.float() if bias is not None else 0)
         y = total.to(x.dtype)

@@ -8,13 +8,18 @@ graphs capture it.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
+import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 COMMON = Path(__file__).with_name("cuda_common.cuh")  # compiled ahead of each kernel's source
+_PROGRAMMATIC = {"on": os.environ.get("LOWBIT_PDL", "1") != "0"}  # LOWBIT_PDL=0: every launch waits in line
+CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # cuda.h's CUlaunchAttributeID
 
 
 def full_source(source: Path) -> str:
@@ -39,8 +44,6 @@ def kernel(device_index: int, source: Path, entry: str, defines: tuple, shared: 
 def static_shared(built) -> int:
     """Bytes of static shared memory (__shared__ arrays) of a kernel built by torch.cuda._compile_kernel: a block's
     dynamic shared memory may take the device's limit less these."""
-    import ctypes
-
     from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
 
     value = ctypes.c_int()
@@ -85,6 +88,59 @@ def aligned_rows(x: torch.Tensor) -> torch.Tensor:
     return x.clone() if x.data_ptr() % 16 else x
 
 
+def programmatic(device_index: int) -> bool:
+    """Whether launches on the device use programmatic dependent launch (PDL, cuda_common.cuh): compute capability
+    9.0 or newer, unless LOWBIT_PDL=0 or serialized_launches() says otherwise."""
+    return _PROGRAMMATIC["on"] and _capability(device_index) >= (9, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)
+
+
+@contextlib.contextmanager
+def serialized_launches():
+    """Within it the kernels launch without PDL (benchmarks time both)."""
+    before = _PROGRAMMATIC["on"]
+    _PROGRAMMATIC["on"] = False
+    try:
+        yield
+    finally:
+        _PROGRAMMATIC["on"] = before
+
+
+class _AttributeValue(ctypes.Union):  # CUlaunchAttributeValue: 64 bytes, 8-byte aligned
+    _fields_ = [("pad", ctypes.c_char * 64), ("flag", ctypes.c_int), ("align", ctypes.c_uint64)]
+
+
+class _Attribute(ctypes.Structure):  # CUlaunchAttribute
+    _fields_ = [("id", ctypes.c_uint), ("pad", ctypes.c_char * 4), ("value", _AttributeValue)]
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared", ctypes.c_uint),
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_Attribute)), ("num_attrs", ctypes.c_uint)]
+
+
+def launch(kernel, grid: tuple, block: tuple, args: list, shared: int, pdl: bool) -> None:
+    """Launch a kernel built by `kernel()` on the current stream; with `pdl` through cuLaunchKernelEx with the
+    programmatic-serialization attribute, so that it may start while the kernel ahead finishes (the kernel must be
+    built with -DPDL=1)."""
+    if not pdl:
+        kernel(grid=grid, block=block, args=args, shared_mem=shared)
+        return
+    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+    values = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int(a) for a in args]
+    params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in values])
+    attribute = _Attribute(id=CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
+    attribute.value.flag = 1
+    config = _LaunchConfig((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), shared,
+                           ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), ctypes.pointer(attribute), 1)
+    _check_cuda(_get_gpu_runtime_library().cuLaunchKernelEx(ctypes.byref(config), kernel.func, params, None))
+
+
 def check_shared(device_index: int, shared: int, config: dict | None, fix: str, static: int = 0) -> None:
     """Raise a ValueError naming `fix` when a launch's `shared` bytes (dynamic, with `static` bytes of __shared__
     arrays beside them) exceed what the device allows a block."""
@@ -108,9 +164,7 @@ def ptx_offline(source: Path, defines: dict, ptx_version: str | None = None) -> 
     """PTX for sm_90 of `source` with the -D settings `defines`, built with no GPU by the NVRTC of the
     nvidia-cuda-nvrtc wheel. ptx_version rewrites the header for an older ptxas (Triton 3.6's reads up to 8.7).
     Raises ImportError without the wheel, RuntimeError with the log."""
-    import ctypes
     import glob
-    import os
     import re
 
     import nvidia  # the wheel's namespace package
