@@ -344,7 +344,8 @@ def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, b
     under that bound, as timed: test_rings_where_timed_faster.)"""
     group = cols if group == -1 else group
     spec = cuda_mma.specialization(bits, rows, cols, out, group, 132, bf16, bits != 8, bits == 8 and group == cols)
-    for launched, bound in ((spec, 0), (spec | {"TILED": 1, "PDL": 1}, 16 if bits == 3 and rows == 1 else 0)):
+    on_h100 = spec | {"TILED": 1, "PDL": 1, "PREFETCH": 1}
+    for launched, bound in ((spec, 0), (on_h100, 16 if bits == 3 and rows == 1 else 0)):
         _, spills, info = _ptxas(launched)
         assert spills <= bound, (launched, info)
 
@@ -356,7 +357,7 @@ def test_programmatic_launch_reads_nothing_before_the_wait(config):
     griddepcontrol.wait (no load, no cp.async, no store), then lets the next launch start
     (griddepcontrol.launch_dependents) before its last barrier; without PDL neither instruction is there."""
     g = 64 if config.get("LUT4") else 128
-    spec = cuda_mma.specialization(4, 1, 4096, 4096, g, 132, config=config | {"PDL": 1})
+    spec = cuda_mma.specialization(4, 1, 4096, 4096, g, 132, config=config | {"PDL": 1, "PREFETCH": 1})
     ptx = cuda_mma.ptx_offline(spec)
     before, wait, after = ptx.partition("griddepcontrol.wait")
     assert wait and "prefetch.global.L2" in before

@@ -61,8 +61,9 @@
 // NF4 register shape, kern15), ASYNC (2 or 3: each warp's words through a ring of that many tiles in shared memory,
 // copied by cp.async, ASYNC - 1 tiles ahead, instead of the register ring; 2- and 3-bit codes at one row, kern17),
 // TILED (the words in tile order, formats/word_tiles.py: NF4/FP4, int8 weight-only and int_group layers on CUDA,
-// kern17-19), PDL (programmatic dependent launch, cuda_common.cuh: the block prefetches its tiles into L2, waits
-// for the kernel ahead, and lets the next launch start once its tiles are done; kern20), and optionally MIN_BLOCKS
+// kern17-19), PREFETCH (a block's first tiles prefetched into L2 before anything else), PDL (programmatic dependent
+// launch, cuda_common.cuh: the block waits for the kernel ahead after its prefetches and, with LAUNCH_NEXT, lets the
+// next launch start once its tiles are done; kern20), and optionally MIN_BLOCKS
 // (blocks per multiprocessor that the register use must allow). Shared memory is dynamic: the launch passes
 // shared_bytes(...) (cuda_mma.py).
 //
@@ -92,6 +93,12 @@
 #define EARLY_TILES (EARLY ? (DEPTH > 0 ? DEPTH : 1) : 0)  // tiles loaded before the activations are read
 #ifndef ASYNC
 #define ASYNC 0
+#endif
+#ifndef LAUNCH_NEXT
+#define LAUNCH_NEXT 1
+#endif
+#ifndef PREFETCH
+#define PREFETCH 0
 #endif
 #if ASYNC  // a ring of ASYNC tiles a warp in shared memory: DEPTH tiles ahead, loaded first (as EARLY)
 #if ASYNC < 2
@@ -367,7 +374,7 @@ __device__ __forceinline__ void load_tile(TileData& d, u32* slot, const u32* qwe
   }
 }
 
-// PDL: the lines that load_tile reads of a tile for this warp's K slice, prefetched into L2 by the warp's lanes
+// PREFETCH: the lines that load_tile reads of a tile for this warp's K slice, prefetched into L2 by the warp's lanes
 // together: its words (one range in tile order, a range a row in row order), then the 16 rows' scales (lanes 0-15)
 // and zeros (lanes 16-31).
 __device__ __forceinline__ void prefetch_tile(const u32* qweight, Qparams qp, int tile, int k0, int K, int N,
@@ -419,10 +426,10 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
   const int g = lane >> 2, t = lane & 3;
   const int k0 = (blockIdx.y * WARPS + warp) * KS;
   const Qparams qp = {scale, zero};
-#if PDL  // this block's tiles into L2 while the kernel ahead finishes (cuda_common.cuh), then wait for it
+  // The block's first PREFETCH tiles into L2 (while the kernel ahead finishes, with PDL), then wait for that kernel.
 #pragma unroll 1
-  for (int i = 0; i < TILES; ++i) prefetch_tile(qweight, qp, blockIdx.x * TILES + i, k0, K, N, ngroups, lane);
-#endif
+  for (int i = 0; i < PREFETCH && i < TILES; ++i)
+    prefetch_tile(qweight, qp, blockIdx.x * TILES + i, k0, K, N, ngroups, lane);
   grid_dependency_wait();
 #if LUT4
   // The pair table: entry b holds (table[b >> 4], table[b & 15]) in the activations' type, copy c of it at
@@ -642,7 +649,9 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
       for (int e = 0; e < 4; ++e) red[warp][((i * 32 + lane) * R8 + r) * 4 + e] = out[r][e];
   }
 
-  launch_dependents();  // PDL: the next launch may start its prefetches
+#if LAUNCH_NEXT
+  launch_dependents();  // PDL: the next launch may start its prefetches now, not only as this one's blocks exit
+#endif
 
   // Sum the warps' K slices in shared memory.
   __syncthreads();

@@ -292,7 +292,7 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
     if reason is not None:
         raise ValueError(reason)
     device = x.device
-    codes = codes | {"PDL": int(nvrtc.programmatic(device.index))}
+    codes = codes | ({"PDL": 1, "PREFETCH": 1} if nvrtc.programmatic(device.index) else {"PDL": 0})
     spec = specialization(bits, rows, cols, out_features, group_size, nvrtc.multiprocessors(device.index),
                           x.dtype == torch.bfloat16, config=codes | (config or {}))
     if not (spec["KS"] % group_size == 0 or group_size % spec["KS"] == 0 or group_size >= cols):
