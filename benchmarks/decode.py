@@ -13,6 +13,8 @@ Modes (every format runs with the same settings): `eager` captures the uncompile
 compiles each decoder block with torch.compile (regional compilation: the 32 blocks share one graph), so
 Inductor fuses the glue around the matmuls (norms, RoPE, residuals, SiLU), then captures the step the same
 way. `--fused` merges q/k/v and gate/up into one linear layer each (fewer, larger matmuls), in every format.
+On an H100 lowbit's CUDA kernels launch with programmatic dependent launch (kernels/cuda_common.cuh); `--serial`
+launches them in line, and `--inductor-pdl` has torch.compile's own kernels use it too (every variant, bf16's too).
 """
 
 from __future__ import annotations
@@ -310,6 +312,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="also record GPU time per step by kernel")
     p.add_argument("--serial", action="store_true",
                    help="launch lowbit's CUDA kernels without programmatic dependent launch (PDL, on H100 by default)")
+    p.add_argument("--inductor-pdl", action="store_true",
+                   help="torch.compile's kernels with PDL too (torch._inductor.config.triton.enable_pdl), every variant")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -319,8 +323,10 @@ def main(argv=None) -> int:
     cfg = dict(LLAMA3_8B, layers=args.layers)
     only_sdpa_backend(args.sdpa)
     serial = args.serial or not nvrtc.programmatic(dev.index or 0)
+    torch._inductor.config.triton.enable_pdl = args.inductor_pdl
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": cfg, "cache": args.cache,
-            "fused": args.fused, "sdpa": args.sdpa, "launch": "serial" if serial else "programmatic"}
+            "fused": args.fused, "sdpa": args.sdpa, "launch": "serial" if serial else "programmatic",
+            "inductor_pdl": args.inductor_pdl}
     print(json.dumps(meta), flush=True)
     with nvrtc.serialized_launches() if args.serial else contextlib.nullcontext():
         records = run_all(args, cfg, dev, meta)

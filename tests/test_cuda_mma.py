@@ -188,6 +188,14 @@ def test_mma_by_name_opcheck_compile_and_graph_capture():
         compile_and_capture(layer, x)
 
 
+@pytest.mark.parametrize("bits,table,prefetch", [(4, False, 1), (3, False, 1), (2, False, 1), (8, False, 0), (4, True, 0)])
+def test_launch_mode_prefetches_where_timed_faster(bits, table, prefetch):
+    """On an H100 every launch is programmatic; 2-, 3- and 4-bit codes prefetch their first tile into L2 before
+    waiting for the kernel ahead, int8 and NF4 none (slower with it, kern20 run 2); elsewhere launches wait in line."""
+    assert cuda_mma.launch_mode(bits, table, True) == {"PDL": 1, "PREFETCH": prefetch}
+    assert cuda_mma.launch_mode(bits, table, False) == {"PDL": 0}
+
+
 def test_programmatic_launch_config_mirrors_cuda_h():
     """nvrtc.launch hands cuLaunchKernelEx ctypes mirrors of cuda.h's CUlaunchConfig (56 bytes: three grid and three
     block sizes, the shared bytes, then the stream at 32, the attributes at 40 and their count at 48) and

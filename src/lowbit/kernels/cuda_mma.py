@@ -151,6 +151,19 @@ def specialization(bits: int, rows: int, in_features: int, out_features: int, gr
     return shape | code | (config or {})
 
 
+def launch_mode(bits: int, table: bool, programmatic: bool) -> dict:
+    """PDL (programmatic dependent launch, where nvrtc.programmatic allows it) and the tiles a block prefetches into
+    L2 before it waits for the kernel ahead: one for 2-, 3- and 4-bit codes, none for int8 and NF4/FP4, whose
+    first tiles load before the activations anyway (EARLY) or ran slower with it (kern20 run 2: int4 at one row
+    2.54 / 2.36 / 3.08 / 2.76 / 3.56x bf16 with one tile against 2.48 / 2.10 / 2.95 / 2.76 / 3.42 without and 2.42 /
+    1.92 / 2.83 / 2.68 / 3.41 launched in line; int8 1.60 / 1.79 / 1.64 / 1.60 / 1.99 without against 1.47 / 1.82 /
+    1.63 / 1.59 / 2.00 with; NF4 2.19 / 2.02 / 2.34 / 2.39 / 2.85 against 2.11 / 1.89 / 2.32 / 2.35 / 2.71). All of a
+    block's tiles (4 a block on the larger shapes) ran slower still: 2.54 and 2.32 on 4096x14336 and 14336x4096."""
+    if not programmatic:
+        return {"PDL": 0}
+    return {"PDL": 1, "PREFETCH": int(bits < 8 and not table)}
+
+
 def tile_chunk(bits: int, in_features: int, out_features: int, group_size: int) -> int:
     """Words of a tile chunk (formats.word_tiles) that TILED launches read for a layer: a chunk's 4 U units a row
     (words_per_thread; 12 words for 3-bit codes), or 0 where the kernel does not take the shape."""
@@ -292,7 +305,7 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
     if reason is not None:
         raise ValueError(reason)
     device = x.device
-    codes = codes | ({"PDL": 1, "PREFETCH": 1} if nvrtc.programmatic(device.index) else {"PDL": 0})
+    codes = codes | launch_mode(bits, bool(codes.get("LUT4")), nvrtc.programmatic(device.index))
     spec = specialization(bits, rows, cols, out_features, group_size, nvrtc.multiprocessors(device.index),
                           x.dtype == torch.bfloat16, config=codes | (config or {}))
     if not (spec["KS"] % group_size == 0 or group_size % spec["KS"] == 0 or group_size >= cols):
