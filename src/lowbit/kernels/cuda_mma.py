@@ -153,15 +153,15 @@ def specialization(bits: int, rows: int, in_features: int, out_features: int, gr
 
 def launch_mode(bits: int, table: bool, programmatic: bool) -> dict:
     """PDL (programmatic dependent launch, where nvrtc.programmatic allows it) and the tiles a block prefetches into
-    L2 before it waits for the kernel ahead: one for 2-, 3- and 4-bit codes, none for int8 and NF4/FP4, whose
-    first tiles load before the activations anyway (EARLY) or ran slower with it (kern20 run 2: int4 at one row
-    2.54 / 2.36 / 3.08 / 2.76 / 3.56x bf16 with one tile against 2.48 / 2.10 / 2.95 / 2.76 / 3.42 without and 2.42 /
-    1.92 / 2.83 / 2.68 / 3.41 launched in line; int8 1.60 / 1.79 / 1.64 / 1.60 / 1.99 without against 1.47 / 1.82 /
-    1.63 / 1.59 / 2.00 with; NF4 2.19 / 2.02 / 2.34 / 2.39 / 2.85 against 2.11 / 1.89 / 2.32 / 2.35 / 2.71). All of a
-    block's tiles (4 a block on the larger shapes) ran slower still: 2.54 and 2.32 on 4096x14336 and 14336x4096."""
+    L2 before it waits for the kernel ahead: one for 4-bit codes, none for the others (kern20 runs 2-5: int4 at one
+    row 2.54 / 2.36 / 3.08 / 2.76 / 3.56x bf16 with one tile against 2.48 / 2.10 / 2.95 / 2.76 / 3.42 without and
+    2.42 / 1.92 / 2.83 / 2.68 / 3.41 launched in line; int8 1.60 / 1.79 / 1.64 / 1.60 / 1.99 without against 1.47 /
+    1.82 / 1.63 / 1.59 / 2.00 with; NF4 2.19 / 2.02 / 2.34 / 2.39 / 2.85 against 2.11 / 1.89 / 2.32 / 2.35 / 2.71; 2-
+    and 3-bit codes even in the kernel benchmark and 2-3% slower in compiled decode with it). All of a block's tiles
+    (4 on the larger shapes) ran slower still: 2.54 and 2.32 on 4096x14336 and 14336x4096."""
     if not programmatic:
         return {"PDL": 0}
-    return {"PDL": 1, "PREFETCH": int(bits < 8 and not table)}
+    return {"PDL": 1, "PREFETCH": int(bits == 4 and not table)}
 
 
 def tile_chunk(bits: int, in_features: int, out_features: int, group_size: int) -> int:
