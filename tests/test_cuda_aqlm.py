@@ -184,3 +184,42 @@ def test_one_tile_blocks_load_their_first_slice_early(cols, out, tiles, early):
     the codebook copy (faster on 4096x1024, kern15 run 9); wider blocks keep it after (slower with it)."""
     cfg = cuda_aqlm.choose_config(cols, out, sms=132)
     assert cfg["TILES"] == tiles and bool(cfg.get("EARLY")) == early
+
+
+@pytest.mark.parametrize("nbits,buckets", [(8, 1), (16, 1), (16, 5)])
+def test_programmatic_launch_reads_nothing_before_the_wait(nbits, buckets):
+    """With PDL (a config's, untimed) the AQLM kernels read nothing before griddepcontrol.wait (no load, store,
+    cp.async or atomic ahead of it) and let the next launch start before their sums meet; without PDL neither
+    instruction is there."""
+    spec = cuda_aqlm.specialization(1 if nbits == 16 else 2, 4096, 4096, 132, nbits=nbits,
+                                    config={"BUCKETS": buckets} if nbits == 16 else None)
+    ptx = cuda_aqlm.nvrtc.ptx_offline(cuda_aqlm.SOURCE, spec | {"PDL": 1})
+    before, wait, after = ptx.partition("griddepcontrol.wait")
+    assert wait and not re.search(r"\b(ld\.(?!param)|st\.|cp\.async|atom\.|red\.)", before), "a memory access first"
+    assert "griddepcontrol.launch_dependents" in after
+    assert "griddepcontrol" not in cuda_aqlm.nvrtc.ptx_offline(cuda_aqlm.SOURCE, spec)
+
+
+@gpu
+@pytest.mark.parametrize("m,nbits,config", [(2, 8, {"PDL": 1}), (1, 16, {"PDL": 1, "BUCKETS": 5, "WARPS": 8, "TILES": 2})])
+def test_programmatic_launches_wait_for_the_kernel_ahead(m, nbits, config):
+    """Six launches in a chain, each reading the one before's output, captured in a CUDA graph with PDL (the split
+    1x16 kernel adds its ranges' partials through the shared counters): the same bits as launched in line."""
+    layer = _layer(m, nbits, 2048, 2048).to("cuda")
+    x0 = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16)
+
+    def chain(cfg) -> list[torch.Tensor]:
+        outs = [x0]
+        for _ in range(6):
+            outs.append(cuda_aqlm.aqlm_mma(outs[-1], *layer.weight_args(), layer.bias, cfg))
+        return outs
+
+    expected = chain({k: v for k, v in config.items() if k != "PDL"})
+    chain(config)  # builds the PDL specialization outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = chain(config)
+    graph.replay()
+    torch.cuda.synchronize()
+    for i, (got, want) in enumerate(zip(outs[1:], expected[1:])):
+        assert torch.isfinite(want).all() and torch.equal(got, want), f"launch {i + 1} of the chain differs"

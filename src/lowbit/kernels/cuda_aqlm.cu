@@ -27,7 +27,8 @@
 // scales and writes them (lowbit_aqlm_split: its blocks stay resident, one a multiprocessor, and move on by the
 // grid's width, each warp requesting its next codes ahead). Compile-time settings (-D): BF16 (activations bf16,
 // else fp16), M, BOOK16, BUCKETS, WARPS, TILES, EARLY (each warp's first slice requested before the codebooks are
-// copied).
+// copied), PDL (programmatic dependent launch, cuda_common.cuh: nothing is read before the kernel ahead has
+// finished, and the next launch may start once the warps' sums are done; untimed, off unless a config asks, kern20).
 //
 // The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 
@@ -217,6 +218,7 @@ lowbit_aqlm(const unsigned char* __restrict__ codes, const u16* __restrict__ cod
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int slices = K / SLICE, tile0 = blockIdx.x * TILES;
+  grid_dependency_wait();  // PDL: the kernel ahead has finished (cuda_common.cuh)
 #if EARLY  // the warp's first slice is requested before the codebook copy: the two latencies overlap
   Slice d;
   if (warp < slices) load_slice(d, codes, x, warp, rows, K, N, tile0, g, t);
@@ -248,6 +250,7 @@ lowbit_aqlm(const unsigned char* __restrict__ codes, const u16* __restrict__ cod
 #endif
     accumulate(acc, d, b);
   }
+  launch_dependents();  // PDL: the next launch may start
   store_sums(red, acc, warp, lane);
   __syncthreads();
 
@@ -311,6 +314,7 @@ lowbit_aqlm_split(const unsigned char* __restrict__ codes, const u16* __restrict
   const int slices = K / SLICE, n_tiles = N / 16, step = gridDim.x / BUCKETS * TILES;
   const int bucket = blockIdx.x % BUCKETS;
   int tile0 = blockIdx.x / BUCKETS * TILES;
+  grid_dependency_wait();  // PDL: the kernel ahead has finished (cuda_common.cuh)
   Slice d;  // the warp's current slice, requested before the codebook copy
   if (warp < slices && tile0 < n_tiles) load_slice(d, codes, x, warp, rows, K, N, tile0, g, t);
 
@@ -355,6 +359,7 @@ lowbit_aqlm_split(const unsigned char* __restrict__ codes, const u16* __restrict
     }
     __syncthreads();  // red is written again for the next tile group
   }
+  launch_dependents();  // PDL: the next launch may start
   if (fixup) add_up_ranges(part, counters, rows, N, scales, bias, has_bias, y);
 }
 
