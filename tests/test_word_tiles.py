@@ -240,3 +240,20 @@ def test_tensor_core_kernel_loads_tile_order_as_wide_as_rows(bits, chunk):
     rows, tiles = (json.loads(line[json.JSONDecoder().raw_decode(line)[1]:])["global_loads"] for line in out)
     assert any(op.startswith("LDGSTS.E.64") or op.endswith(".128") for op in rows), rows
     assert tiles == rows
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_tensor_core_kernel_with_pdl_reads_nothing_before_the_wait(bits):
+    """_mm_bytes with PDL (a config's, untimed: kern20) compiled for sm_90 here: griddepcontrol.wait comes before any
+    memory access of its PTX and the next launch is let start once; without PDL neither instruction is there."""
+    pytest.importorskip("triton")
+    flags = {"num_stages": 3, "BITS": bits}
+    if bits < 8:
+        flags |= {"HAS_ZERO": True, "SIGNED8": False, "OFFSET": 128}
+    script = Path(__file__).parents[1] / "benchmarks" / "sass_stats.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(script), "mm_bytes", json.dumps(flags | {"PDL": True}), json.dumps(flags)],
+                         capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    with_pdl, without = (json.loads(line[json.JSONDecoder().raw_decode(line)[1]:])["programmatic"] for line in out)
+    assert with_pdl["waits"] >= 1 and with_pdl["launches"] >= 1 and with_pdl["accesses_before_wait"] == 0, with_pdl
+    assert without == {"waits": 0, "launches": 0, "accesses_before_wait": None}

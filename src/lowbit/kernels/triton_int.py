@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from lowbit.formats.word_tiles import row_shaped
+from lowbit.kernels import nvrtc
 from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buffers, split_k
 
 
@@ -219,7 +220,7 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
            BN: tl.constexpr, BU: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr,
            HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr,
            ASM: tl.constexpr, DEQUANT: tl.constexpr, EVEN: tl.constexpr, FIXUP: tl.constexpr,
-           FENCE: tl.constexpr, TILE: tl.constexpr):
+           FENCE: tl.constexpr, TILE: tl.constexpr, PDL: tl.constexpr = False):
     """acc (BN outputs, BM rows) = W_tile x^T on tensor cores; grid (N / BN, M / BM, SPLIT_K).
 
     DEQUANT (or a tile spanning groups): weights are dequantized (fp32 math, rounded to x's dtype) and one
@@ -227,6 +228,8 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
     ahead (their latency would otherwise stall every round).
     """
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if PDL:  # programmatic dependent launch: read nothing before the kernel ahead has finished
+        tl.extra.cuda.gdc_wait()
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_m = pid_m * BM + tl.arange(0, BM)
     mask_n, mask_m = offs_n < N, offs_m < M
@@ -258,6 +261,8 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
                               HAS_ZERO)
             w = ((w.to(tl.float32) - (zk + OFFSET)) * sk).to(xt.dtype)
             acc = tl.dot(w, xt, acc)
+    if PDL:  # the next launch may start
+        tl.extra.cuda.gdc_launch_dependents()
     _store(y_ptr, part_ptr, count_ptr, bias_ptr, acc, offs_m[None, :] * stride_y + offs_n[:, None],
            mask_n[:, None] & mask_m[None, :], offs_n[:, None], mask_n[:, None], pid_n + pid_m * tl.num_programs(0),
            pid_k, M * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
@@ -319,7 +324,7 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, coun
               BK: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr, HAS_ZERO: tl.constexpr,
               HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr, DEQUANT: tl.constexpr,
               EVEN: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr, ASM: tl.constexpr,
-              SCALE_AFTER: tl.constexpr, TILE: tl.constexpr):
+              SCALE_AFTER: tl.constexpr, TILE: tl.constexpr, PDL: tl.constexpr = False):
     """_mm_tc for 2, 4 and 8 bits, reading qweight as bytes of CPB = 8 / BITS codes: one product per code
     position j of a byte, (BN, BK / CPB) codes x the inputs j, j + CPB, ... Every step from the loaded bytes
     to the product's operand is elementwise, so Triton converts in registers, in the product's layout.
@@ -328,6 +333,8 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, coun
     CPB: tl.constexpr = 8 // BITS
     BKB: tl.constexpr = BK // CPB
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if PDL:  # programmatic dependent launch: read nothing before the kernel ahead has finished
+        tl.extra.cuda.gdc_wait()
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_m = pid_m * BM + tl.arange(0, BM)
     mask_n, mask_m = offs_n < N, offs_m < M
@@ -389,6 +396,8 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, coun
                 acc = tl.dot(w.to(xr.dtype), tl.trans(xj), acc)
     if SCALE_AFTER:
         acc = acc * s[:, None]
+    if PDL:  # the next launch may start
+        tl.extra.cuda.gdc_launch_dependents()
     _store(y_ptr, part_ptr, count_ptr, bias_ptr, acc, offs_m[None, :] * stride_y + offs_n[:, None],
            mask_n[:, None] & mask_m[None, :], offs_n[:, None], mask_n[:, None], pid_n + pid_m * tl.num_programs(0),
            pid_k, M * stride_y, SPLIT_K, HAS_BIAS, FIXUP, FENCE)
@@ -478,6 +487,8 @@ def int_group_matmul(
                  HAS_BIAS=bias is not None, SIGNED8=signed8, OFFSET=offset16(x.dtype, bits), EVEN=even, TILE=tile,
                  **fix)
     cfg.setdefault("ASM", not interpreting())
+    if cfg.pop("PDL", False) and not interpreting() and nvrtc.programmatic(x.device.index):  # untimed: configs only
+        cfg |= {"PDL": True, "launch_pdl": True}
     if cfg.pop("BYTES", bits in (2, 4, 8)):
         scale_after = cfg.pop("SCALE_AFTER", one_scale and cfg["DEQUANT"])
         _mm_bytes[(*grid, split)](x, qweight.view(torch.uint8), *common, wpr * 4, scale.shape[1], group_size,
