@@ -228,16 +228,7 @@ def test_tensor_core_kernel_loads_tile_order_as_wide_as_rows(bits, chunk):
     """The Triton tensor-core kernel for 2-, 4- and 8-bit codes (_mm_bytes, 16 rows) compiled for sm_90 here: its
     global loads in tile order are as wide and as few as in row order (byte offsets split once by 4 * chunk; split
     by word first, they compiled to 4-byte copies, twice as many as 8-byte ones: docs/kern19.md)."""
-    pytest.importorskip("triton")
-    flags = {"num_stages": 3, "BITS": bits}
-    if bits < 8:
-        flags |= {"HAS_ZERO": True, "SIGNED8": False, "OFFSET": 128}
-    script = Path(__file__).parents[1] / "benchmarks" / "sass_stats.py"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    specs = [json.dumps(flags), json.dumps(flags | {"TILE": chunk})]
-    out = subprocess.run([sys.executable, str(script), "mm_bytes", *specs], capture_output=True, text=True, env=env,
-                         check=True).stdout.splitlines()
-    rows, tiles = (json.loads(line[json.JSONDecoder().raw_decode(line)[1]:])["global_loads"] for line in out)
+    rows, tiles = (stats["global_loads"] for stats in _mm_bytes_stats(bits, {}, {"TILE": chunk}))
     assert any(op.startswith("LDGSTS.E.64") or op.endswith(".128") for op in rows), rows
     assert tiles == rows
 
@@ -246,14 +237,21 @@ def test_tensor_core_kernel_loads_tile_order_as_wide_as_rows(bits, chunk):
 def test_tensor_core_kernel_with_pdl_reads_nothing_before_the_wait(bits):
     """_mm_bytes with PDL (a config's, untimed: kern20) compiled for sm_90 here: griddepcontrol.wait comes before any
     memory access of its PTX and the next launch is let start once; without PDL neither instruction is there."""
+    with_pdl, without = (stats["programmatic"] for stats in _mm_bytes_stats(bits, {"PDL": True}, {}))
+    assert with_pdl["waits"] >= 1 and with_pdl["launches"] >= 1 and with_pdl["accesses_before_wait"] == 0, with_pdl
+    assert without == {"waits": 0, "launches": 0, "accesses_before_wait": None}
+
+
+def _mm_bytes_stats(bits: int, *changes: dict) -> list[dict]:
+    """benchmarks/sass_stats.py's figures for _mm_bytes (16 rows, 3 stages, `bits`-bit codes, with zeros below 8 bits)
+    compiled for sm_90 here with each of `changes` to its constexprs (a subprocess: Triton's interpreter is off)."""
     pytest.importorskip("triton")
     flags = {"num_stages": 3, "BITS": bits}
     if bits < 8:
         flags |= {"HAS_ZERO": True, "SIGNED8": False, "OFFSET": 128}
     script = Path(__file__).parents[1] / "benchmarks" / "sass_stats.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, str(script), "mm_bytes", json.dumps(flags | {"PDL": True}), json.dumps(flags)],
-                         capture_output=True, text=True, env=env, check=True).stdout.splitlines()
-    with_pdl, without = (json.loads(line[json.JSONDecoder().raw_decode(line)[1]:])["programmatic"] for line in out)
-    assert with_pdl["waits"] >= 1 and with_pdl["launches"] >= 1 and with_pdl["accesses_before_wait"] == 0, with_pdl
-    assert without == {"waits": 0, "launches": 0, "accesses_before_wait": None}
+    specs = [json.dumps(flags | change) for change in changes]
+    out = subprocess.run([sys.executable, str(script), "mm_bytes", *specs], capture_output=True, text=True, env=env,
+                         check=True).stdout.splitlines()
+    return [json.loads(line[json.JSONDecoder().raw_decode(line)[1]:]) for line in out]
