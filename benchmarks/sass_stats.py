@@ -30,6 +30,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.tools.disasm import get_sass, path_to_cuobjdump
 
+from lowbit.kernels.nvrtc import programmatic_ptx
+
 POINTER = "*bf16"
 
 
@@ -120,20 +122,11 @@ def compile_stats(kernel: str, overrides: dict) -> dict:
     loop = _loop_body(sass)
     ops = _opcodes(loop)
     return {"registers": int(re.search(r"REG:(\d+)", usage).group(1)),
-            "programmatic": _programmatic(compiled.asm["ptx"]),
+            "programmatic": programmatic_ptx(compiled.asm["ptx"]),
             "stack": int(re.search(r"STACK:(\d+)", usage).group(1)), "shared": compiled.metadata.shared,
             "instructions": sum(_opcodes(sass.splitlines()).values()), "loop": len(loop),
             "per_weight": round(len(loop) / per_thread, 2), "loop_mix": dict(ops.most_common(14)),
             "global_loads": _global_loads(sass)}
-
-
-def _programmatic(ptx: str) -> dict[str, int]:
-    """PDL in the PTX: griddepcontrol waits and launches, and the memory accesses (other than parameters) ahead of the
-    first wait (none where the kernel waits before it reads; None without a wait)."""
-    before, wait, _ = ptx.partition("griddepcontrol.wait")
-    accesses = len(re.findall(r"\b(?:ld\.(?!param)|st\.|cp\.async|atom\.|red\.)", before)) if wait else None
-    return {"waits": ptx.count("griddepcontrol.wait"), "launches": ptx.count("griddepcontrol.launch_dependents"),
-            "accesses_before_wait": accesses}
 
 
 def _global_loads(sass: str) -> dict[str, int]:

@@ -194,6 +194,19 @@ def ptx_offline(source: Path, defines: dict, ptx_version: str | None = None) -> 
     return re.sub(r"\.version \d+\.\d+", f".version {ptx_version}", text) if ptx_version else text
 
 
+def programmatic_ptx(ptx: str) -> dict[str, int | None]:
+    """PDL in a kernel's PTX (NVRTC's or Triton's): griddepcontrol waits and launches, the memory accesses other than
+    parameter reads ahead of the first wait (none where the kernel waits before it reads) and the launches after it
+    (None for both without a wait)."""
+    import re
+
+    before, wait, after = ptx.partition("griddepcontrol.wait")
+    accesses = len(re.findall(r"\b(?:ld\.(?!param)|st\.|cp\.async|atom\.|red\.)", before)) if wait else None
+    return {"waits": ptx.count("griddepcontrol.wait"), "launches": ptx.count("griddepcontrol.launch_dependents"),
+            "accesses_before_wait": accesses,
+            "launches_after_wait": after.count("griddepcontrol.launch_dependents") if wait else None}
+
+
 def sm90_offline(source: Path, defines: dict) -> tuple[str, bytes]:
     """(ptxas -v log, cubin) of `source` with `defines` for sm_90, built with no GPU: ptx_offline's PTX, lowered to
     8.7, through Triton's bundled ptxas."""
