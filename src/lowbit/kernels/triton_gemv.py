@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from lowbit.formats.word_tiles import row_shaped
-from lowbit.kernels.triton_int import _load, _word_ptrs, unit_shape
+from lowbit.kernels.triton_int import _load, _unit_words, unit_shape
 from lowbit.kernels.triton_ops import gemv_tile_units
 from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buffers, split_k
 
@@ -140,14 +140,7 @@ def _tile(w_ptr, scale_ptr, zero_ptr, offs_n, mask_n, wpr, n_groups, G, t, BITS:
           BU: tl.constexpr, BK: tl.constexpr, HAS_ZERO: tl.constexpr, EVEN: tl.constexpr, TILE: tl.constexpr):
     """Words (three (BN, BU) int32 tensors; one when UW == 1) and scale, zero (BN,) fp32 of K tile t; the words in
     row order, or (TILE > 0) in tile order (3-bit chunks hold whole units)."""
-    units = t * BU + tl.arange(0, BU)  # (BU,)
-    wmask = mask_n[:, None] & (units[None, :] * UW < wpr)
-    w0 = _load(_word_ptrs(w_ptr, offs_n, units * UW, wpr, TILE), wmask, EVEN)  # (BN, BU) int32
-    w1 = w0
-    w2 = w0
-    if UW == 3:
-        w1 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 1, wpr, TILE), wmask, EVEN)
-        w2 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 2, wpr, TILE), wmask, EVEN)
+    w0, w1, w2 = _unit_words(w_ptr, offs_n, mask_n, wpr, t * BU, BU, UW, EVEN, TILE)  # (BN, BU) int32 each
     g = (t * BK) // G
     s = _load(scale_ptr + offs_n * n_groups + g, mask_n, EVEN).to(tl.float32)  # (BN,)
     if HAS_ZERO:

@@ -62,29 +62,32 @@ def _word_ptrs(w_ptr, offs_n, words, wpr, TILE: tl.constexpr):
 
 
 @triton.jit
+def _unit_words(w_ptr, offs_n, mask_n, wpr, unit0, BU: tl.constexpr, UW: tl.constexpr, EVEN: tl.constexpr,
+                TILE: tl.constexpr):
+    """The words (BN, BU) int32 of units unit0 .. unit0 + BU of rows offs_n: three for 3-bit units (UW 3: 32 codes
+    in 3 words), else one, returned three times."""
+    units = unit0 + tl.arange(0, BU)  # (BU,)
+    mask = mask_n[:, None] & (units[None, :] * UW < wpr)
+    w0 = _load(_word_ptrs(w_ptr, offs_n, units * UW, wpr, TILE), mask, EVEN)
+    w1 = w0
+    w2 = w0
+    if UW == 3:
+        w1 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 1, wpr, TILE), mask, EVEN)
+        w2 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 2, wpr, TILE), mask, EVEN)
+    return w0, w1, w2
+
+
+@triton.jit
 def _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr,
             SIGNED8: tl.constexpr, EVEN: tl.constexpr, TILE: tl.constexpr):
     """Codes of one-word units unit0 .. unit0 + BU of rows offs_n (2, 4, 8 bits) -> (BN, BU, UC) int32 (input k =
     unit * UC + j); the words in row order, or (TILE > 0) in tile order."""
-    units = unit0 + tl.arange(0, BU)  # (BU,)
-    mask = mask_n[:, None] & (units[None, :] < wpr)  # (BN, BU)
+    words, _, _ = _unit_words(w_ptr, offs_n, mask_n, wpr, unit0, BU, 1, EVEN, TILE)  # (BN, BU)
     j = tl.arange(0, UC)  # code index inside a unit
-    words = _load(_word_ptrs(w_ptr, offs_n, units, wpr, TILE), mask, EVEN)  # (BN, BU)
     codes = (words[:, :, None] >> (j * BITS)[None, None, :]) & ((1 << BITS) - 1)
     if SIGNED8:
         codes = codes ^ 0x80
     return codes
-
-
-@triton.jit
-def _unit3_words(w_ptr, offs_n, mask_n, wpr, unit0, BU: tl.constexpr, EVEN: tl.constexpr, TILE: tl.constexpr):
-    """The three words (BN, BU) uint32 of 3-bit units unit0 .. unit0 + BU (32 codes in 3 words)."""
-    units = unit0 + tl.arange(0, BU)
-    mask = mask_n[:, None] & (units[None, :] * 3 < wpr)
-    w0 = _load(_word_ptrs(w_ptr, offs_n, units * 3, wpr, TILE), mask, EVEN).to(tl.uint32, bitcast=True)
-    w1 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 1, wpr, TILE), mask, EVEN).to(tl.uint32, bitcast=True)
-    w2 = _load(_word_ptrs(w_ptr, offs_n, units * 3 + 2, wpr, TILE), mask, EVEN).to(tl.uint32, bitcast=True)
-    return w0, w1, w2
 
 
 @triton.jit
@@ -177,13 +180,12 @@ def _weight_tile(w_ptr, offs_n, mask_n, wpr, unit0, DT: tl.constexpr, BU: tl.con
                  TILE: tl.constexpr):
     """(BN, BU * UC) DT tile of OFFSET + code, columns = consecutive inputs from unit0 * UC."""
     if ASM:  # 4-bit only
-        units = unit0 + tl.arange(0, BU)
-        mask = mask_n[:, None] & (units[None, :] < wpr)
-        words = _load(_word_ptrs(w_ptr, offs_n, units, wpr, TILE), mask, EVEN)
+        words, _, _ = _unit_words(w_ptr, offs_n, mask_n, wpr, unit0, BU, 1, EVEN, TILE)  # (BN, BU)
         c0, c1, c2, c3, c4, c5, c6, c7 = _nibbles_asm(words, DT)
         w = _join8(c0, c1, c2, c3, c4, c5, c6, c7)
     elif UW == 3:
-        w0, w1, w2 = _unit3_words(w_ptr, offs_n, mask_n, wpr, unit0, BU, EVEN, TILE)
+        w0, w1, w2 = _unit_words(w_ptr, offs_n, mask_n, wpr, unit0, BU, 3, EVEN, TILE)
+        w0, w1, w2 = w0.to(tl.uint32, bitcast=True), w1.to(tl.uint32, bitcast=True), w2.to(tl.uint32, bitcast=True)
         w = _magic16(_codes3(w0, w1, w2), DT, BITS)
     else:
         codes = _unpack(w_ptr, offs_n, mask_n, wpr, unit0, BU, BITS, UC, SIGNED8, EVEN, TILE)
