@@ -188,7 +188,7 @@ def test_one_tile_blocks_load_their_first_slice_early(cols, out, tiles, early):
 
 @pytest.mark.parametrize("nbits,buckets", [(8, 1), (16, 1), (16, 5)])
 def test_programmatic_launch_reads_nothing_before_the_wait(nbits, buckets):
-    """With PDL (a config's, untimed) the AQLM kernels read nothing before griddepcontrol.wait (no load, store,
+    """With PDL (auto's on sm_90: kern21) the AQLM kernels read nothing before griddepcontrol.wait (no load, store,
     cp.async or atomic ahead of it) and let the next launch start before their sums meet; without PDL neither
     instruction is there."""
     spec = cuda_aqlm.specialization(1 if nbits == 16 else 2, 4096, 4096, 132, nbits=nbits,

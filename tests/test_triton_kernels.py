@@ -240,8 +240,8 @@ def test_fourbit_kernel_matches_reference(quant_type, double_quant, blocksize):
 @pytest.mark.parametrize("rows,lookup", [(40, "gather"), (130, "gather"), (7, "prmt"), (130, "prmt")])
 def test_fourbit_tensor_core_tiles_above_16_rows(rows, lookup):
     """The NF4 tensor-core kernel's tiles (fourbit_tc_config: 16, 64 and 128 rows a program, the last one partial),
-    in row order and in tile order, the table read by gathers (auto's) or by byte permutes in registers (LOOKUP
-    "prmt", untimed), against the reference."""
+    in row order and in tile order, the table read by byte permutes in registers (LOOKUP "prmt", auto's) or by
+    gathers, against the reference."""
     from lowbit.kernels.triton_fourbit import fourbit_matmul
 
     seed = fresh_seed()

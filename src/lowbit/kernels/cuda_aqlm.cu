@@ -28,7 +28,7 @@
 // grid's width, each warp requesting its next codes ahead). Compile-time settings (-D): BF16 (activations bf16,
 // else fp16), M, BOOK16, BUCKETS, WARPS, TILES, EARLY (each warp's first slice requested before the codebooks are
 // copied), PDL (programmatic dependent launch, cuda_common.cuh: nothing is read before the kernel ahead has
-// finished, and the next launch may start once the warps' sums are done; untimed, off unless a config asks, kern20).
+// finished, and the next launch may start once the warps' sums are done; kern20; on where the device allows, kern21).
 //
 // The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 

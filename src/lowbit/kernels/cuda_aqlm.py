@@ -160,6 +160,9 @@ def aqlm_mma(x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scal
         raise ValueError(f"the tensor-core AQLM kernel: {reason}")
     device = x.device
     sms = nvrtc.multiprocessors(device.index)
+    # PDL where the device allows it (kern21 run 3, one row, x bf16: 2x8 2.72 / 2.07 / 2.97 / 3.22 / 3.43 against
+    # 2.50 / 1.78 / 2.87 / 3.14 / 3.49 in line, 1x16 0.87-1.11 against 0.87-1.09)
+    config = {"PDL": int(nvrtc.programmatic(device.index))} | (config or {})
     spec = specialization(m, cols, out_features, sms, x.dtype == torch.bfloat16, config, nbits,
                           nvrtc.shared_limit(device.index))
     shared = shared_bytes(spec)

@@ -12,15 +12,15 @@ With in_features a multiple of B a group of WPB words lies in one absmax block: 
 double quantization its second level (absmax_q * absmax_scale[block // 256] + mean), is read and applied
 once per group; otherwise (blocks spanning rows) WPB = 1 and it is applied per word.
 
-The 16-entry table is a gather per code from memory by default (LOOKUP "gather"), or looked up in registers (LOOKUP
-"prmt", not yet run on a GPU, so not the default), with byte permutes as LUT-based low-bit GEMM kernels do: rounded
+The 16-entry table is a gather per code from memory (LOOKUP "gather", the one-row kernel's default), or looked up in
+registers (LOOKUP "prmt", the tensor-core kernel's default since kern21's timing), with byte permutes as LUT-based low-bit GEMM kernels do: rounded
 to fp16, its low and high bytes form two planes of four int32 words each, and PTX's prmt picks the bytes of four
 codes at once from a pair of words (8 entries; two pairs and a blend by code bit 3 cover 16): 4.75 SASS instructions
 per weight for lookup, conversion and FFMA (benchmarks/sass_stats.py). The gather bounds the default kernel (Nsight
 Compute saw most stall cycles waiting on L1TEX, docs/kern6.md). Rounding the table to fp16 moves a weight by at most
 2**-11 of itself (NF4: 3.3e-4 at most, 1.6e-4 rms over the table's rms); bf16 would move it by up to 2**-8 (NF4:
 1.1e-3 rms, half the fp16 test tolerance), whatever x's dtype. Split-K partials are summed as in triton_gemv
-(triton_splitk). For more rows `_fourbit_tc` looks each tile up once (a gather) for BM rows and multiplies on tensor
+(triton_splitk). For more rows `_fourbit_tc` looks each tile up once (byte permutes) for BM rows and multiplies on tensor
 cores. Importing this module imports Triton: callers import it lazily.
 """
 
@@ -300,8 +300,11 @@ def fourbit_tc_config(rows: int) -> dict:
     """_fourbit_tc's tile: 16 rows a program up to 16 rows (the measured kern6 shape); above, one program decodes
     a weight tile for up to 128 rows (BM), as _mm_tc does for int_group codes. A decode costs about 12 SASS a weight
     (sm_90): 16-row programs, decoding every tile once per 16 rows, ran 0.14-0.32x bf16 at 64 rows and 0.07-0.18x
-    at 128 (kern19 run 5); these tiles 0.43-0.56x and 0.32-0.44x (run 7)."""
-    lookup = {"LOOKUP": "gather"}  # "prmt" (byte permutes, fewer instructions a weight) is untimed on a GPU
+    at 128 (kern19 run 5); these tiles 0.43-0.56x and 0.32-0.44x (run 7). The table is read by byte permutes in
+    registers (LOOKUP "prmt": 487 SASS a 128-row K step against the gathers' 781): kern21 run 2 on the five Llama-3-8B
+    shapes, x bf16, prmt against gathers: 16 rows 0.82-0.98 / 0.45-0.69, 64 rows 0.59-1.00 / 0.42-0.53, 128 rows
+    0.34-0.53 / 0.31-0.43, 512 rows 0.24-0.35 / 0.18-0.28."""
+    lookup = {"LOOKUP": "prmt"}
     if rows <= 16:
         return {"BN": 64, "BM": 16, "BKW": 16, "num_warps": 4, "num_stages": 1, "waves": 4} | lookup
     bm = 32 if rows <= 32 else 64 if rows <= 64 else 128

@@ -423,8 +423,11 @@ def tc_config(rows: int, out_features: int, in_features: int, bits: int, one_sca
     sweep-h100-kern14-* in benchmarks/results). 4-bit codes above 32 rows take _mm_tc (one product a tile,
     weights dequantized in fp32); int8 weight-only (`one_scale`: signed codes, one scale a row) dequantizes
     above 32 rows too, its scale applied after the products."""
-    if rows <= 16:
-        return {"BM": 16, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 4, "DEQUANT": False}
+    if rows <= 16:  # PDL where the device allows it (kern21 run 1: int4 1.51 / 0.96 / 1.58 / 1.78 / 2.05x bf16 against
+        # 1.43 / 0.94 / 1.55 / 1.75 / 2.08 in line; int8 weight-only 1.21 / 0.87 / 1.22 / 1.37 / 1.50 against 1.17 /
+        # 0.85 / 1.20 / 1.36 / 1.53)
+        return {"BM": 16, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 4, "DEQUANT": False,
+                "PDL": True}
     if bits == 4 and rows > 32:
         return _tc_dequant_tile(rows, out_features, in_features)
     if one_scale and 32 < rows <= 64:  # kern14 run 10: 0.86-1.37x bf16 against 0.65-0.92x without dequantizing
@@ -489,7 +492,7 @@ def int_group_matmul(
                  HAS_BIAS=bias is not None, SIGNED8=signed8, OFFSET=offset16(x.dtype, bits), EVEN=even, TILE=tile,
                  **fix)
     cfg.setdefault("ASM", not interpreting())
-    if cfg.pop("PDL", False) and not interpreting() and nvrtc.programmatic(x.device.index):  # untimed: configs only
+    if cfg.pop("PDL", False) and not interpreting() and nvrtc.programmatic(x.device.index):
         cfg |= {"PDL": True, "launch_pdl": True}
     if cfg.pop("BYTES", bits in (2, 4, 8)):
         scale_after = cfg.pop("SCALE_AFTER", one_scale and cfg["DEQUANT"])
