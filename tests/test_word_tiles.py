@@ -235,8 +235,9 @@ def test_tensor_core_kernel_loads_tile_order_as_wide_as_rows(bits, chunk):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_tensor_core_kernel_with_pdl_reads_nothing_before_the_wait(bits):
-    """_mm_bytes with PDL (auto's up to 16 rows on sm_90: kern21) compiled for sm_90 here: griddepcontrol.wait comes before any
-    memory access of its PTX and the next launch is let start once; without PDL neither instruction is there."""
+    """_mm_bytes with PDL (auto's up to 16 rows on sm_90: kern21) compiled for sm_90 here: griddepcontrol.wait comes
+    before any memory access of its PTX and the next launch is let start once; without PDL neither instruction is
+    there."""
     with_pdl, without = (stats["programmatic"] for stats in _mm_bytes_stats(bits, {"PDL": True}, {}))
     assert with_pdl["waits"] >= 1 and with_pdl["launches_after_wait"] >= 1, with_pdl
     assert with_pdl["accesses_before_wait"] == 0, with_pdl

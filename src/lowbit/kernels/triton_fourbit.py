@@ -13,15 +13,15 @@ double quantization its second level (absmax_q * absmax_scale[block // 256] + me
 once per group; otherwise (blocks spanning rows) WPB = 1 and it is applied per word.
 
 The 16-entry table is a gather per code from memory (LOOKUP "gather", the one-row kernel's default), or looked up in
-registers (LOOKUP "prmt", the tensor-core kernel's default since kern21's timing), with byte permutes as LUT-based low-bit GEMM kernels do: rounded
-to fp16, its low and high bytes form two planes of four int32 words each, and PTX's prmt picks the bytes of four
-codes at once from a pair of words (8 entries; two pairs and a blend by code bit 3 cover 16): 4.75 SASS instructions
-per weight for lookup, conversion and FFMA (benchmarks/sass_stats.py). The gather bounds the default kernel (Nsight
-Compute saw most stall cycles waiting on L1TEX, docs/kern6.md). Rounding the table to fp16 moves a weight by at most
-2**-11 of itself (NF4: 3.3e-4 at most, 1.6e-4 rms over the table's rms); bf16 would move it by up to 2**-8 (NF4:
-1.1e-3 rms, half the fp16 test tolerance), whatever x's dtype. Split-K partials are summed as in triton_gemv
-(triton_splitk). For more rows `_fourbit_tc` looks each tile up once (byte permutes) for BM rows and multiplies on tensor
-cores. Importing this module imports Triton: callers import it lazily.
+registers (LOOKUP "prmt", the tensor-core kernel's default since kern21's timing), with byte permutes as LUT-based
+low-bit GEMM kernels do: rounded to fp16, its low and high bytes form two planes of four int32 words each, and PTX's
+prmt picks the bytes of four codes at once from a pair of words (8 entries; two pairs and a blend by code bit 3 cover
+16): 4.75 SASS instructions per weight for lookup, conversion and FFMA (benchmarks/sass_stats.py). The gather bounds the
+one-row kernel (Nsight Compute saw most stall cycles waiting on L1TEX, docs/kern6.md). Rounding the table to fp16 moves
+a weight by at most 2**-11 of itself (NF4: 3.3e-4 at most, 1.6e-4 rms over the table's rms); bf16 would move it by up to
+2**-8 (NF4: 1.1e-3 rms, half the fp16 test tolerance), whatever x's dtype. Split-K partials are summed as in triton_gemv
+(triton_splitk). For more rows `_fourbit_tc` looks each tile up once (byte permutes) for BM rows and multiplies on
+tensor cores. Importing this module imports Triton: callers import it lazily.
 """
 
 from __future__ import annotations
