@@ -206,6 +206,25 @@ def test_programmatic_launch_config_mirrors_cuda_h():
     assert attribute.value.offset == 8
 
 
+@pytest.mark.parametrize("pdl,allowed,in_line", [(True, False, True), (False, True, True), (True, True, False)])
+def test_launch_is_programmatic_only_where_the_device_allows(monkeypatch, pdl, allowed, in_line):
+    """One rule for every CUDA kernel: a PDL build launches programmatically only where nvrtc.programmatic allows it
+    (below sm_90, under LOWBIT_PDL=0 or serialized_launches() it launches in line); a build without PDL always in
+    line."""
+    calls = []
+    monkeypatch.setattr(cuda_mma.nvrtc, "programmatic", lambda device_index: allowed)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: pytest.fail("in-line launches need no stream handle"))
+    kernel = lambda **launch: calls.append(launch)  # noqa: E731 (an in-line launch calls the kernel itself)
+    if in_line:
+        cuda_mma.nvrtc.launch(kernel, (1, 1, 1), (32, 1, 1), [], 0, pdl)
+        assert calls == [{"grid": (1, 1, 1), "block": (32, 1, 1), "args": [], "shared_mem": 0}]
+    else:
+        with pytest.raises(pytest.fail.Exception, match="no stream handle"):  # it went for cuLaunchKernelEx
+            cuda_mma.nvrtc.launch(kernel, (1, 1, 1), (32, 1, 1), [], 0, pdl)
+        assert calls == []
+
+
 @gpu
 @pytest.mark.parametrize("features,bits", [(2048, 4), (8192, 4), (4096, "int8")])
 def test_programmatic_launches_wait_for_the_kernel_ahead(features, bits):

@@ -182,7 +182,7 @@ def aqlm_mma(x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scal
         sizes += [int(counters is not None)]
     with torch.cuda.device(device):
         nvrtc.launch(kernel, (grid_blocks(spec, out_features, sms), 1, 1), (spec["WARPS"] * 32, 1, 1), args + sizes,
-                     shared, bool(spec.get("PDL")) and nvrtc.programmatic(device.index))
+                     shared, bool(spec.get("PDL")))
     if part is not None and counters is None:  # no fix-up in the launch: add the partials here
         total = part.sum(0) * scales.float().view(-1) + (bias.float() if bias is not None else 0)
         y = total.to(x.dtype)

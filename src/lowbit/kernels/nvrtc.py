@@ -124,10 +124,11 @@ class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
 
 
 def launch(kernel, grid: tuple, block: tuple, args: list, shared: int, pdl: bool) -> None:
-    """Launch a kernel built by `kernel()` on the current stream; with `pdl` through cuLaunchKernelEx with the
-    programmatic-serialization attribute, so that it may start while the kernel ahead finishes (the kernel must be
-    built with -DPDL=1)."""
-    if not pdl:
+    """Launch a kernel built by `kernel()` on the current stream and device. A kernel built with PDL (`pdl`: -DPDL=1)
+    goes through cuLaunchKernelEx with the programmatic-serialization attribute, so that it may start while the
+    kernel ahead finishes, wherever `programmatic` allows it; elsewhere it launches in line (its griddepcontrol
+    instructions then return at once)."""
+    if not (pdl and programmatic(torch.cuda.current_device())):
         kernel(grid=grid, block=block, args=args, shared_mem=shared)
         return
     from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
