@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import flex_attention
 
 from lowbit.core.aqlm import AQLMWeights
 from lowbit.formats.int8_rows import Int8RowLayout
@@ -49,6 +50,7 @@ FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int4_g128_
 # formats.word_tiles)
 MODES = ["eager", "compiled"]
 SDPA_BACKENDS = ["default", "math", "flash", "efficient", "cudnn"]
+ATTENTION = [*SDPA_BACKENDS, "flex"]  # flex: torch's FlexAttention (compiled: its decoding kernel)
 
 
 def _preference(fmt: str) -> str:
@@ -115,10 +117,11 @@ def _ordered(layer: nn.Module, fmt: str, dev: torch.device) -> nn.Module:
 
 
 class Block(nn.Module):
-    def __init__(self, fmt: str, cfg: dict, batch: int, cache: int, dev: torch.device, fused: bool = False):
+    def __init__(self, fmt: str, cfg: dict, batch: int, cache: int, dev: torch.device, fused: bool = False,
+                 flex: bool = False):
         super().__init__()
         h, hd, kv = cfg["hidden"], cfg["head_dim"], cfg["kv_heads"]
-        self.heads, self.kv, self.hd, self.fused = cfg["heads"], kv, hd, fused
+        self.heads, self.kv, self.hd, self.fused, self.flex = cfg["heads"], kv, hd, fused, flex
         self.qkv_sizes = (cfg["heads"] * hd, kv * hd, kv * hd)
         if fused:
             self.qkv = make_linear(fmt, h, sum(self.qkv_sizes), dev)
@@ -143,17 +146,28 @@ class Block(nn.Module):
         k = _rope(k.view(b, self.kv, 1, self.hd), cos, sin)
         self.k_cache.index_copy_(2, pos, k)
         self.v_cache.index_copy_(2, pos, v.view(b, self.kv, 1, self.hd))
-        a = F.scaled_dot_product_attention(q, self.k_cache, self.v_cache, attn_mask=mask)  # (b, kv, group, hd)
+        a = self._attend(q, pos, mask)  # (b, kv, group, hd)
         h = h + self.o(a.reshape(b, -1))
         x = F.rms_norm(h, (h.shape[-1],), self.norm2, 1e-5)
         gate, up = self.gate_up(x).chunk(2, dim=-1) if self.fused else (self.gate(x), self.up(x))
         return h + self.down(F.silu(gate) * up)
+
+    def _attend(self, q, pos, mask):
+        """q (b, kv, group, hd) over the whole cache, positions past `pos` masked out."""
+        if self.flex:
+            return flex_attention(q, self.k_cache, self.v_cache, score_mod=_up_to(pos))
+        return F.scaled_dot_product_attention(q, self.k_cache, self.v_cache, attn_mask=mask)
 
     def _qkv(self, x):
         """x (b, hidden) -> q (b, heads * hd), k and v (b, kv * hd)."""
         if self.fused:
             return self.qkv(x).split(self.qkv_sizes, dim=-1)
         return self.q(x), self.k(x), self.v(x)
+
+
+def _up_to(pos):
+    """FlexAttention score_mod: cache positions after `pos` (a (1,) device tensor) score -inf."""
+    return lambda score, b, h, q_idx, kv_idx: torch.where(kv_idx <= pos[0], score, -float("inf"))
 
 
 def _rope(t, cos, sin):
@@ -163,10 +177,11 @@ def _rope(t, cos, sin):
 
 
 class Decoder(nn.Module):
-    def __init__(self, fmt: str, cfg: dict, batch: int, cache: int, dev: torch.device, fused: bool = False):
+    def __init__(self, fmt: str, cfg: dict, batch: int, cache: int, dev: torch.device, fused: bool = False,
+                 flex: bool = False):
         super().__init__()
         self.embed = (torch.randn(cfg["vocab"], cfg["hidden"], device=dev) * 0.02).to(torch.bfloat16)
-        self.blocks = nn.ModuleList(Block(fmt, cfg, batch, cache, dev, fused) for _ in range(cfg["layers"]))
+        self.blocks = nn.ModuleList(Block(fmt, cfg, batch, cache, dev, fused, flex) for _ in range(cfg["layers"]))
         self.norm = torch.ones(cfg["hidden"], dtype=torch.bfloat16, device=dev)
         self.head = make_linear(fmt, cfg["hidden"], cfg["vocab"], dev)
         inv = 1.0 / 500000 ** (torch.arange(0, cfg["head_dim"], 2, device=dev).float() / cfg["head_dim"])
@@ -248,7 +263,7 @@ def profile_step(model: Decoder, steps: int = 4, top: int = 12) -> dict:
 
 def run_variant(fmt: str, batch: int, cfg: dict, args: argparse.Namespace, mode: str, dev: torch.device) -> dict:
     torch.manual_seed(0)
-    model = Decoder(fmt, cfg, batch, args.cache, dev, args.fused)
+    model = Decoder(fmt, cfg, batch, args.cache, dev, args.fused, args.sdpa == "flex")
     record = {"format": fmt, "batch": batch, "mode": mode, "fused": args.fused, "steps": args.steps,
               "cache": args.cache}
     if mode == "compiled":
@@ -290,7 +305,7 @@ def print_table(records: list[dict]) -> None:
 
 def only_sdpa_backend(name: str) -> None:
     """Leave only `name`'s scaled_dot_product_attention backend enabled (every variant, bf16 included)."""
-    if name == "default":
+    if name in ("default", "flex"):
         return
     for backend in SDPA_BACKENDS[1:]:
         getattr(torch.backends.cuda, f"enable_{backend if backend != 'efficient' else 'mem_efficient'}_sdp")(
@@ -307,8 +322,9 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=["eager"], choices=MODES)
     p.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled blocks")
     p.add_argument("--fused", action="store_true", help="one q/k/v and one gate/up linear layer per block")
-    p.add_argument("--sdpa", choices=SDPA_BACKENDS, default="default",
-                   help="attention backend of every variant (default: torch's choice, cuDNN on an H100)")
+    p.add_argument("--sdpa", choices=ATTENTION, default="default",
+                   help="attention of every variant: an SDPA backend (default: torch's choice, cuDNN on an H100) or "
+                        "flex (FlexAttention; with --modes compiled, its decoding kernel)")
     p.add_argument("--profile", action="store_true", help="also record GPU time per step by kernel")
     p.add_argument("--serial", action="store_true",
                    help="launch lowbit's CUDA kernels without programmatic dependent launch (PDL, on H100 by default)")

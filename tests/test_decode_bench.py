@@ -1,0 +1,41 @@
+"""benchmarks/decode.py's model on the CPU at a tiny size: its attention choices agree."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import decode  # noqa: E402 (the benchmark script, from its folder)
+
+TINY = dict(hidden=64, inter=128, layers=1, heads=4, kv_heads=2, head_dim=16, vocab=100)
+
+
+def _step_inputs(cache: int, position: int):
+    """(pos, cos, sin, mask) of one decode step at `position`, as Decoder.step makes them."""
+    pos = torch.tensor([position])
+    inv = 1.0 / 500000 ** (torch.arange(0, TINY["head_dim"], 2).float() / TINY["head_dim"])
+    angles = torch.arange(cache).float()[:, None] * inv[None, :]
+    mask = (torch.arange(cache) <= pos)[None, None, None, :]
+    return pos, angles.cos().bfloat16()[pos], angles.sin().bfloat16()[pos], mask
+
+
+def test_flex_attention_block_matches_sdpa():
+    """A block with FlexAttention (--sdpa flex) gives SDPA's output under the same weights and cache, and masks the
+    cache past the position: changing a later entry changes nothing."""
+    torch.manual_seed(0)
+    cache, cpu = 8, torch.device("cpu")
+    sdpa, flex = (decode.Block("bf16", TINY, 1, cache, cpu, flex=f) for f in (False, True))
+    flex.load_state_dict(sdpa.state_dict())
+    for name in ("k_cache", "v_cache"):
+        filled = torch.randn_like(getattr(sdpa, name))
+        getattr(sdpa, name).copy_(filled)
+        getattr(flex, name).copy_(filled)
+    h = torch.randn(1, TINY["hidden"], dtype=torch.bfloat16)
+    inputs = _step_inputs(cache, 3)
+    with torch.no_grad():
+        want, got = sdpa(h, *inputs), flex(h, *inputs)
+        flex.k_cache[..., 5, :] += 100.0  # a position after 3: masked out
+        again = flex(h, *inputs)
+    assert torch.allclose(got.float(), want.float(), atol=0.05, rtol=0.02)
+    assert torch.equal(again, got)
