@@ -286,8 +286,8 @@ def test_auto_takes_cuda_mma_where_timed_ahead(op, bits, rows, taken):
     """Where the H100 runs timed it ahead of the Triton kernels (int4 up to one row fragment, kern11; NF4, kern12,
     up to 16 rows since kern15; int2, and int8 weight-only from 2 to 8 rows, kern13, and at one row in tile order,
     kern19; int3 up to 16 rows, kern14);
-    elsewhere a reason that names the Triton kernels."""
-    reason = _mma_candidate(op).unsuited(_ctx(rows=rows, bits=bits))
+    elsewhere a reason that names the Triton kernels (4096x14336: no one-wave short-slice shape at 9-16 rows)."""
+    reason = _mma_candidate(op).unsuited(_ctx(rows=rows, bits=bits, out=14336))
     assert (reason is None) == taken
     assert taken or "Triton" in reason
 
@@ -304,13 +304,33 @@ def test_auto_int8_one_row_choice_follows_the_timed_shapes(rows, cols, out, take
     assert taken or "Triton" in reason
 
 
-@pytest.mark.parametrize("rows,out,taken", [(16, 1024, True), (9, 512, True), (16, 4096, False), (17, 1024, False)])
-def test_auto_takes_cuda_mma_for_narrow_int4_layers_up_to_16_rows(rows, out, taken):
-    """int4 layers of at most 1024 outputs (Llama-3-8B's k/v projections) stay on cuda_mma up to its 16 rows, where
-    the Triton tensor-core kernel was slower (kern13, kern14 run 5); wider layers leave it above 8 rows."""
-    reason = _mma_candidate("int_group_linear").unsuited(_ctx(rows=rows, out=out))
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("rows,out,taken", [(16, 1024, True), (9, 512, True), (16, 14336, False), (17, 1024, False)])
+def test_auto_takes_cuda_mma_for_narrow_int4_layers_up_to_16_rows(bits, rows, out, taken):
+    """int2 and int4 layers of at most 1024 outputs (Llama-3-8B's k/v projections) stay on cuda_mma up to its 16
+    rows, where the Triton tensor-core kernel was slower (int4: kern13, kern14 run 5; int2: kern22 run 3); wider
+    layers leave it above 8 rows."""
+    reason = _mma_candidate("int_group_linear").unsuited(_ctx(rows=rows, out=out, bits=bits))
     assert (reason is None) == taken
     assert taken or "Triton" in reason
+
+
+@pytest.mark.parametrize("bits,rows,cols,out,sms,taken", [
+    (4, 16, 4096, 4096, 132, True), (4, 9, 4096, 4096, 132, True), (4, 8, 4096, 4096, 132, False),
+    (4, 16, 4096, 14336, 132, False), (4, 16, 14336, 4096, 132, False), (4, 16, 4096, 4096, 264, False),
+    (4, 16, 4096, 4096, 128, True), (4, 16, 4096, 4096, 100, False), (2, 16, 4096, 4096, 132, False),
+])
+def test_int4_short_slices_where_their_blocks_fill_one_wave(monkeypatch, bits, rows, cols, out, sms, taken):
+    """int4 at 9-16 rows takes 128-input slices over 16 warps (two K blocks of 64 four-tile blocks on 4096x4096)
+    where those blocks make one wave, half the multiprocessors to all, and auto then runs cuda_mma (kern22 runs 3-4:
+    1.91-1.97x bf16 on 4096x4096 against the Triton kernel's 1.57-1.62x); more waves or other bit widths keep the
+    register shape and the Triton kernel."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda_mma.nvrtc, "multiprocessors", lambda device_index: sms)
+    cfg = cuda_mma.choose_config(bits, rows, cols, out, 128, sms)
+    assert ((cfg["KS"], cfg["WARPS"], cfg["TILES"], cfg["DEPTH"], cfg["R8"]) == (128, 16, 4, 1, 2)) == taken
+    reason = _mma_candidate("int_group_linear").unsuited(_ctx(rows=rows, cols=cols, out=out, bits=bits))
+    assert (reason is None) == (taken or rows <= cuda_mma.FRAGMENT_ROWS)
 
 
 def _mma_candidate(op: str):
@@ -332,14 +352,16 @@ def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
     assert cfg["KS"] % chunk == 0 and (group % chunk == 0 or group >= cols) and cols % chunk == 0
     assert cfg["R8"] == (1 if rows <= 8 else 2)
     assert cfg["WARPS"] <= math.ceil(cols / cfg["KS"])  # no warp of the first block starts past K
-    assert cfg["TILES"] in (1, 2, 4) and cfg["WARPS"] <= 16
+    assert cfg["TILES"] in (1, 2, 4) and cfg["WARPS"] <= (32 if rows == 1 and bits in (4, 8) else 16)
     assert out // 16 <= split_counters.N_COUNTERS * cfg["TILES"]
 
 
-@pytest.mark.parametrize("bits,cols,warps", [(4, 14336, 14), (2, 14336, 14), (4, 4096, 16), (2, 4096, 16)])
+@pytest.mark.parametrize("bits,cols,warps", [(4, 14336, 28), (8, 14336, 28), (2, 14336, 14), (3, 14336, 14),
+                                             (4, 4096, 16), (8, 4096, 16), (2, 4096, 16), (4, 8192, 16)])
 def test_wide_shape_splits_k_into_equal_blocks(bits, cols, warps):
     """At one row with 4 tiles a block, K's 256-input slices are shared by up to 16 warps so that every K block
-    holds as many: 56 slices of K = 14336 make 4 blocks of 14, not 16 + 16 + 16 + 8."""
+    holds as many: 56 slices of K = 14336 make 4 blocks of 14, not 16 + 16 + 16 + 8. Where that gives more than
+    two blocks, int4 and int8 take up to 32 warps (two blocks of 28; the 2- and 3-bit rings keep 16)."""
     cfg = cuda_mma.choose_config(bits, 1, cols, 4096 if cols > 4096 else 14336, 128, sms=132)
     slices = cols // cfg["KS"]
     assert (cfg["SMEM_X"], cfg["KS"], cfg["WARPS"]) == (1, 256, warps) and slices % cfg["WARPS"] == 0

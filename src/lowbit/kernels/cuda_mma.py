@@ -83,7 +83,10 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     warps of 256-input slices with nothing ahead and the activations in shared memory (64 registers: 32 warps a
     multiprocessor instead of 8; int4 1.06-1.12x faster than the register shape, kern12; int2 1.09-1.15x,
     kern13), as many warps as split K into equal blocks (14 for K = 14336: 16 left the last of 4 blocks half
-    idle; int4 2.54-2.56x bf16 against kern12's 2.45x at 16); int4 at 8 rows kept the register shapes. Two
+    idle; int4 2.54-2.56x bf16 against kern12's 2.45x at 16); int4 at 8 rows kept the register shapes. Where K
+    needs more than two such blocks, int4 and int8 at one row take up to 32 warps, half the blocks whose partials
+    meet in the fix-up (28 for K = 14336: int4 2.90 and 2.91x against 2.79 and 2.78x, kern22 runs 1 and 3), and
+    int8 codes at one row take this shape too (4096x14336 1.75x against the register shape's 1.69x, run 3). Two
     row fragments take 256-input slices in registers (their activations need twice the registers; 16 rows of
     shared fragments would overflow shared memory at 16 warps). 3-bit codes at one row in the register shape
     ask for two blocks a multiprocessor (capped at 128 registers, 16 bytes spilled: 4096x4096 1.69x -> 2.15x
@@ -96,6 +99,9 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     one row, and 3-bit codes in two row fragments, load their words through shared-memory rings where _ring says so
     (kern17, kern19)."""
     words = words_per_thread(bits, in_features, group_size)
+    if short_slices_fill_a_wave(bits, rows, in_features, out_features, sms):
+        warps = min(16, math.ceil(in_features / 128))
+        return {"U": words, "KS": 128, "WARPS": warps, "TILES": 4, "DEPTH": 1, "R8": 2, "SMEM_X": 0}
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
     long_k_or_n = bits < 8 and (in_features >= 8192 or n_tiles >= 4096)
@@ -106,11 +112,12 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     tiles = 4 if math.ceil(n_tiles / 4) * k_blocks >= sms else 1
     shape = {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}
     ring = _ring(bits, rows, math.ceil(n_tiles / tiles) * k_blocks >= sms)
-    wide = tiles == 4 and frags == 1 and (table or (bits in (2, 3, 4) and rows == 1))
+    wide = tiles == 4 and frags == 1 and (table or rows == 1)
     if wide:
         slice_k = max(256, 4 * words * codes_per_word(bits))
         slices = math.ceil(in_features / slice_k)
-        warps = math.ceil(slices / math.ceil(slices / 16))  # at most 16, every K block as busy
+        deep_k = math.ceil(slices / 16) > 2 and bits in (4, 8) and rows == 1 and not table
+        warps = math.ceil(slices / math.ceil(slices / (32 if deep_k else 16)))  # every K block as busy
         return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1} | ring
     if rows == 1 and bits == 3:  # 148 registers would hold one block a multiprocessor (kern14 run 4)
         return shape | {"MIN_BLOCKS": 2} | ring
@@ -121,6 +128,18 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     if rows == 1 and table and math.ceil(n_tiles / tiles) * k_blocks > sms:  # 192 registers: one block an SM
         return shape | {"EARLY": 1, "MIN_BLOCKS": 2}
     return shape
+
+
+def short_slices_fill_a_wave(bits: int, rows: int, in_features: int, out_features: int, sms: int) -> bool:
+    """Whether int4 in two row fragments (9-16 rows) takes 128-input slices over 16 warps, 4 tiles a block, one tile
+    ahead in registers: where those blocks make one wave (half the multiprocessors to all of them). 4096x4096 at 9 /
+    12 / 16 rows ran 1.93 / 1.97 / 1.91x bf16 with it against the register shape's 1.52 / 1.52 / 1.39x and the Triton
+    tensor-core kernel's 1.57 / 1.62 / 1.58x (kern22 run 4; 1.84x at 16 rows in run 3); on 4096x1024 (a quarter
+    wave) and the three shapes of two waves or more it ran behind both (run 3)."""
+    if bits != 4 or not FRAGMENT_ROWS < rows <= MAX_ROWS or in_features % 128:
+        return False
+    blocks = math.ceil(out_features / OUT_TILE / 4) * math.ceil(in_features / (128 * 16))
+    return sms / 2 <= blocks <= sms
 
 
 def _ring(bits: int, rows: int, full_wave: bool) -> dict:

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from lowbit.errors import LowbitError
-from lowbit.kernels import cpu, cuda_aqlm, cuda_mma, reference, triton_ops
+from lowbit.kernels import cpu, cuda_aqlm, cuda_mma, nvrtc, reference, triton_ops
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _cuda_mma_int_group(ctx: CallContext) -> str | None:
         ctx.device, ctx.dtype, ctx.bits, ctx.rows, ctx.in_features, ctx.out_features, ctx.group_size or 0)
 
 
-FEW_OUTPUTS = 1024  # layers this narrow (Llama-3-8B's k/v projections) stay on cuda_mma: int4 to 16 rows, int8 at 1
+FEW_OUTPUTS = 1024  # layers this narrow (Llama-3-8B's k/v projections) stay on cuda_mma: int2 and int4 to 16 rows, int8 at 1
 
 
 def _mma_int_few_rows(ctx: CallContext) -> str | None:
@@ -152,12 +152,22 @@ def _mma_int_few_rows(ctx: CallContext) -> str | None:
     against 0.91-1.24x and 1.43-2.31x at 8 rows against 0.50-0.68x (kern14 run 1), so 3-bit codes take it up
     to its 16 rows (1.12-1.41x at 9 and 16 rows against 0.50-0.70x, kern14 run 7). At 16 rows the Triton
     tensor-core kernel was faster for int4 except where the outputs are few (4096x1024: 1.36-1.37x against
-    0.93-0.96x, kern13 and kern14 run 5), so int4 takes cuda_mma up to 16 rows there."""
-    if ctx.bits == 3 or (ctx.bits == 4 and ctx.out_features <= FEW_OUTPUTS):
+    0.93-0.96x, kern13 and kern14 run 5), so int4 takes cuda_mma up to 16 rows there, and so does int2 (1.54x and
+    1.31x at 9 and 16 rows against the Triton kernel's 1.18x and 1.06x, kern22 run 3)."""
+    if ctx.bits == 3 or (ctx.bits in (2, 4) and ctx.out_features <= FEW_OUTPUTS) or _short_slices(ctx):
         return _mma_rows(ctx)
     if ctx.bits not in (2, 4):
         return f"{ctx.bits}-bit codes: not shown faster than the Triton kernels (kern11); name cuda_mma to use it"
     return _more_rows_than(cuda_mma.FRAGMENT_ROWS, "the Triton tensor-core kernel is faster", ctx)
+
+
+def _short_slices(ctx: CallContext) -> bool:
+    """int4 at 9-16 rows where cuda_mma's short-slice shape fills one wave (cuda_mma.short_slices_fill_a_wave:
+    4096x4096 1.91-1.97x bf16 against the Triton tensor-core kernel's 1.57-1.62x, kern22 run 4)."""
+    if ctx.device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    sms = nvrtc.multiprocessors(ctx.device.index or 0)
+    return cuda_mma.short_slices_fill_a_wave(ctx.bits or 0, ctx.rows, ctx.in_features, ctx.out_features, sms)
 
 
 def _mma_int8_few_rows(ctx: CallContext) -> str | None:
