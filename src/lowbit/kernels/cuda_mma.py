@@ -86,7 +86,8 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     idle; int4 2.54-2.56x bf16 against kern12's 2.45x at 16); int4 at 8 rows kept the register shapes. Where K
     needs more than two such blocks, int4 and int8 at one row take up to 32 warps, half the blocks whose partials
     meet in the fix-up (28 for K = 14336: int4 2.90 and 2.91x against 2.79 and 2.78x, kern22 runs 1 and 3), and
-    int8 codes at one row take this shape too (4096x14336 1.75x against the register shape's 1.69x, run 3). Two
+    int8 codes at one row take this shape too (4096x14336 1.75x and 1.71x against the register shape's 1.69x, runs
+    3-4; 4096x128256 2.04x against 2.07x, run 4). Two
     row fragments take 256-input slices in registers (their activations need twice the registers; 16 rows of
     shared fragments would overflow shared memory at 16 warps). 3-bit codes at one row in the register shape
     ask for two blocks a multiprocessor (capped at 128 registers, 16 bytes spilled: 4096x4096 1.69x -> 2.15x
@@ -97,7 +98,7 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     runs 2-3). Early loads slowed int2, int3 and int4 on 12 of their 15 cells (0.85-0.98x; 1.03-1.07x on int4's
     4096x128256 and int2's 4096x4096) and NF4 on 4096x1024 (0.96x): there they stay off. 2- and 3-bit codes at
     one row, and 3-bit codes in two row fragments, load their words through shared-memory rings where _ring says so
-    (kern17, kern19)."""
+    (kern17, kern19). int4 at 9-16 rows takes short 128-input slices where short_slices_fill_a_wave says so (kern22)."""
     words = words_per_thread(bits, in_features, group_size)
     if short_slices_fill_a_wave(bits, rows, in_features, out_features, sms):
         warps = min(16, math.ceil(in_features / 128))

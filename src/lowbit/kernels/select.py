@@ -141,7 +141,8 @@ def _cuda_mma_int_group(ctx: CallContext) -> str | None:
         ctx.device, ctx.dtype, ctx.bits, ctx.rows, ctx.in_features, ctx.out_features, ctx.group_size or 0)
 
 
-FEW_OUTPUTS = 1024  # layers this narrow (Llama-3-8B's k/v projections) stay on cuda_mma: int2 and int4 to 16 rows, int8 at 1
+# layers this narrow (Llama-3-8B's k/v projections) stay on cuda_mma: int2 and int4 to 16 rows, int8 at 1
+FEW_OUTPUTS = 1024
 
 
 def _mma_int_few_rows(ctx: CallContext) -> str | None:
