@@ -27,6 +27,8 @@ MAX_ROWS = 16  # two 8-row activation fragments per mma k-step
 FRAGMENT_ROWS = 8  # rows of one activation fragment (8 rows took 1.06-1.25x the 1-row time: kern11)
 OUT_TILE = 16  # outputs per mma tile
 BITS = (2, 3, 4, 8)
+# int4 at 9-16 rows where its blocks fill one wave (short_slices_fill_a_wave): 128-input slices over 16 warps
+SHORT_SLICES = {"KS": 128, "WARPS": 16, "TILES": 4, "DEPTH": 1, "R8": 2, "SMEM_X": 0}
 
 
 def codes_per_word(bits: int) -> int:
@@ -101,8 +103,8 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     (kern17, kern19). int4 at 9-16 rows takes short 128-input slices where short_slices_fill_a_wave says so (kern22)."""
     words = words_per_thread(bits, in_features, group_size)
     if short_slices_fill_a_wave(bits, rows, in_features, out_features, sms):
-        warps = min(16, math.ceil(in_features / 128))
-        return {"U": words, "KS": 128, "WARPS": warps, "TILES": 4, "DEPTH": 1, "R8": 2, "SMEM_X": 0}
+        warps = min(SHORT_SLICES["WARPS"], math.ceil(in_features / SHORT_SLICES["KS"]))
+        return SHORT_SLICES | {"U": words, "WARPS": warps}
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
     long_k_or_n = bits < 8 and (in_features >= 8192 or n_tiles >= 4096)
@@ -137,9 +139,10 @@ def short_slices_fill_a_wave(bits: int, rows: int, in_features: int, out_feature
     12 / 16 rows ran 1.93 / 1.97 / 1.91x bf16 with it against the register shape's 1.52 / 1.52 / 1.39x and the Triton
     tensor-core kernel's 1.57 / 1.62 / 1.58x (kern22 run 4; 1.84x at 16 rows in run 3); on 4096x1024 (a quarter
     wave) and the three shapes of two waves or more it ran behind both (run 3)."""
-    if bits != 4 or not FRAGMENT_ROWS < rows <= MAX_ROWS or in_features % 128:
+    ks, warps, tiles = SHORT_SLICES["KS"], SHORT_SLICES["WARPS"], SHORT_SLICES["TILES"]
+    if bits != 4 or not FRAGMENT_ROWS < rows <= MAX_ROWS or in_features % ks:
         return False
-    blocks = math.ceil(out_features / OUT_TILE / 4) * math.ceil(in_features / (128 * 16))
+    blocks = math.ceil(out_features / OUT_TILE / tiles) * math.ceil(in_features / (ks * warps))
     return sms / 2 <= blocks <= sms
 
 
