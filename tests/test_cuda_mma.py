@@ -286,8 +286,9 @@ def test_auto_takes_cuda_mma_where_timed_ahead(op, bits, rows, taken):
     """Where the H100 runs timed it ahead of the Triton kernels (int4 up to one row fragment, kern11; NF4, kern12,
     up to 16 rows since kern15; int2, and int8 weight-only from 2 to 8 rows, kern13, and at one row in tile order,
     kern19; int3 up to 16 rows, kern14);
-    elsewhere a reason that names the Triton kernels (4096x14336: no one-wave short-slice shape at 9-16 rows)."""
-    reason = _mma_candidate(op).unsuited(_ctx(rows=rows, bits=bits, out=14336))
+    elsewhere a reason that names the Triton kernels (4096x128256: its short-slice blocks make 16 waves at 9-16
+    rows)."""
+    reason = _mma_candidate(op).unsuited(_ctx(rows=rows, bits=bits, out=128256))
     assert (reason is None) == taken
     assert taken or "Triton" in reason
 
@@ -305,7 +306,7 @@ def test_auto_int8_one_row_choice_follows_the_timed_shapes(rows, cols, out, take
 
 
 @pytest.mark.parametrize("bits", [2, 4])
-@pytest.mark.parametrize("rows,out,taken", [(16, 1024, True), (9, 512, True), (16, 14336, False), (17, 1024, False)])
+@pytest.mark.parametrize("rows,out,taken", [(16, 1024, True), (9, 512, True), (16, 128256, False), (17, 1024, False)])
 def test_auto_takes_cuda_mma_for_narrow_int4_layers_up_to_16_rows(bits, rows, out, taken):
     """int2 and int4 layers of at most 1024 outputs (Llama-3-8B's k/v projections) stay on cuda_mma up to its 16
     rows, where the Triton tensor-core kernel was slower (int4: kern13, kern14 run 5; int2: kern22 run 3); wider
@@ -315,22 +316,30 @@ def test_auto_takes_cuda_mma_for_narrow_int4_layers_up_to_16_rows(bits, rows, ou
     assert taken or "Triton" in reason
 
 
-@pytest.mark.parametrize("bits,rows,cols,out,sms,taken", [
-    (4, 16, 4096, 4096, 132, True), (4, 9, 4096, 4096, 132, True), (4, 8, 4096, 4096, 132, False),
-    (4, 16, 4096, 14336, 132, False), (4, 16, 14336, 4096, 132, False), (4, 16, 4096, 4096, 264, False),
-    (4, 16, 4096, 4096, 128, True), (4, 16, 4096, 4096, 100, False), (2, 16, 4096, 4096, 132, False),
+@pytest.mark.parametrize("bits,rows,cols,out,sms,tiles", [
+    (4, 16, 4096, 4096, 132, 4), (4, 9, 4096, 4096, 132, 4), (4, 8, 4096, 4096, 132, 0),
+    (4, 16, 4096, 14336, 132, 7), (4, 16, 14336, 4096, 132, 7), (4, 16, 4096, 1024, 132, 1),
+    (4, 16, 4096, 128256, 132, 0), (4, 16, 4096, 4096, 264, 2), (4, 16, 4096, 4096, 128, 4),
+    (4, 16, 4096, 4096, 100, 0), (2, 16, 4096, 4096, 132, 0), (4, 17, 4096, 4096, 132, 0),
 ])
-def test_int4_short_slices_where_their_blocks_fill_one_wave(monkeypatch, bits, rows, cols, out, sms, taken):
-    """int4 at 9-16 rows takes 128-input slices over 16 warps (two K blocks of 64 four-tile blocks on 4096x4096)
-    where those blocks make one wave, half the multiprocessors to all, and auto then runs cuda_mma (kern22 runs 3-4:
-    1.91-1.97x bf16 on 4096x4096 against the Triton kernel's 1.57-1.62x); more waves or other bit widths keep the
-    register shape and the Triton kernel."""
+def test_int4_short_slices_take_the_most_tiles_that_fill_their_waves(monkeypatch, bits, rows, cols, out, sms, tiles):
+    """int4 at 9-16 rows takes 128-input slices over 16 warps, one block a multiprocessor, with the most tiles a
+    block (up to 8) whose blocks make at most two waves and fill at least 90% of them (4096x4096: 4 tiles, 2 x 64
+    blocks; 4096x14336: 7 tiles, 2 x 128), and auto then runs cuda_mma (kern23 run 4: 1.46-2.03x bf16 on four
+    Llama-3-8B shapes against the Triton kernel's 1.01-1.84x); where no tile count does (4096x128256: 16 waves),
+    or for other bit widths, the register shape and the Triton kernel stay."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(cuda_mma.nvrtc, "multiprocessors", lambda device_index: sms)
+    assert cuda_mma.short_slice_tiles(bits, rows, cols, out, sms) == tiles
+    if rows > cuda_mma.MAX_ROWS:
+        return
     cfg = cuda_mma.choose_config(bits, rows, cols, out, 128, sms)
-    assert ((cfg["KS"], cfg["WARPS"], cfg["TILES"], cfg["DEPTH"], cfg["R8"]) == (128, 16, 4, 1, 2)) == taken
+    short = (cfg["KS"], cfg["WARPS"], cfg["TILES"], cfg["DEPTH"], cfg["R8"]) == (128, 16, tiles, 1, 2)
+    assert short == (tiles > 0)
+    blocks = math.ceil(out / 16 / cfg["TILES"]) * math.ceil(cols / (cfg["KS"] * cfg["WARPS"]))
+    assert not tiles or (blocks >= 0.9 * math.ceil(blocks / sms) * sms and blocks <= 2 * sms)
     reason = _mma_candidate("int_group_linear").unsuited(_ctx(rows=rows, cols=cols, out=out, bits=bits))
-    assert (reason is None) == (taken or rows <= cuda_mma.FRAGMENT_ROWS)
+    assert (reason is None) == (tiles > 0 or rows <= cuda_mma.FRAGMENT_ROWS or (bits in (2, 4) and out <= 1024))
 
 
 def _mma_candidate(op: str):
@@ -352,7 +361,7 @@ def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
     assert cfg["KS"] % chunk == 0 and (group % chunk == 0 or group >= cols) and cols % chunk == 0
     assert cfg["R8"] == (1 if rows <= 8 else 2)
     assert cfg["WARPS"] <= math.ceil(cols / cfg["KS"])  # no warp of the first block starts past K
-    assert cfg["TILES"] in (1, 2, 4) and cfg["WARPS"] <= (32 if rows == 1 and bits in (4, 8) else 16)
+    assert 1 <= cfg["TILES"] <= cuda_mma.SHORT_SLICE_MAX_TILES and cfg["WARPS"] <= (32 if rows == 1 and bits in (4, 8) else 16)
     assert out // 16 <= split_counters.N_COUNTERS * cfg["TILES"]
 
 

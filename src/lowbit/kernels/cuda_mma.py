@@ -27,8 +27,11 @@ MAX_ROWS = 16  # two 8-row activation fragments per mma k-step
 FRAGMENT_ROWS = 8  # rows of one activation fragment (8 rows took 1.06-1.25x the 1-row time: kern11)
 OUT_TILE = 16  # outputs per mma tile
 BITS = (2, 3, 4, 8)
-# int4 at 9-16 rows where its blocks fill one wave (short_slices_fill_a_wave): 128-input slices over 16 warps
-SHORT_SLICES = {"KS": 128, "WARPS": 16, "TILES": 4, "DEPTH": 1, "R8": 2, "SMEM_X": 0}
+# int4 at 9-16 rows (short_slice_tiles): 128-input slices over 16 warps, one tile ahead, the tiles a block chosen
+SHORT_SLICES = {"KS": 128, "WARPS": 16, "DEPTH": 1, "R8": 2, "SMEM_X": 0}
+SHORT_SLICE_MAX_TILES = 8  # the warps' partial sums of 8 tiles of 16 rows take 128 KB of shared memory
+WAVE_FILL = 0.9  # the least share of their waves' slots that the short-slice blocks must fill
+SHORT_SLICE_MAX_WAVES = 2  # and the most waves they may make
 
 
 def codes_per_word(bits: int) -> int:
@@ -100,11 +103,12 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     runs 2-3). Early loads slowed int2, int3 and int4 on 12 of their 15 cells (0.85-0.98x; 1.03-1.07x on int4's
     4096x128256 and int2's 4096x4096) and NF4 on 4096x1024 (0.96x): there they stay off. 2- and 3-bit codes at
     one row, and 3-bit codes in two row fragments, load their words through shared-memory rings where _ring says so
-    (kern17, kern19). int4 at 9-16 rows takes short 128-input slices where short_slices_fill_a_wave says so (kern22)."""
+    (kern17, kern19). int4 at 9-16 rows takes short 128-input slices, as many tiles a block as short_slice_tiles
+    says (kern22-23)."""
     words = words_per_thread(bits, in_features, group_size)
-    if short_slices_fill_a_wave(bits, rows, in_features, out_features, sms):
-        warps = min(SHORT_SLICES["WARPS"], math.ceil(in_features / SHORT_SLICES["KS"]))
-        return SHORT_SLICES | {"U": words, "WARPS": warps}
+    short_tiles = short_slice_tiles(bits, rows, in_features, out_features, sms)
+    if short_tiles:
+        return SHORT_SLICES | {"U": words, "WARPS": _short_slice_warps(in_features), "TILES": short_tiles}
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
     long_k_or_n = bits < 8 and (in_features >= 8192 or n_tiles >= 4096)
@@ -133,17 +137,31 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     return shape
 
 
-def short_slices_fill_a_wave(bits: int, rows: int, in_features: int, out_features: int, sms: int) -> bool:
-    """Whether int4 in two row fragments (9-16 rows) takes 128-input slices over 16 warps, 4 tiles a block, one tile
-    ahead in registers: where those blocks make one wave (half the multiprocessors to all of them). 4096x4096 at 9 /
-    12 / 16 rows ran 1.93 / 1.97 / 1.91x bf16 with it against the register shape's 1.52 / 1.52 / 1.39x and the Triton
-    tensor-core kernel's 1.57 / 1.62 / 1.58x (kern22 run 4; 1.84x at 16 rows in run 3); on 4096x1024 (a quarter
-    wave) and the three shapes of two waves or more it ran behind both (run 3)."""
-    ks, warps, tiles = SHORT_SLICES["KS"], SHORT_SLICES["WARPS"], SHORT_SLICES["TILES"]
-    if bits != 4 or not FRAGMENT_ROWS < rows <= MAX_ROWS or in_features % ks:
-        return False
-    blocks = math.ceil(out_features / OUT_TILE / tiles) * math.ceil(in_features / (ks * warps))
-    return sms / 2 <= blocks <= sms
+def short_slice_tiles(bits: int, rows: int, in_features: int, out_features: int, sms: int) -> int:
+    """Tiles a block of int4 in two row fragments (9-16 rows) takes in the short-slice shape (SHORT_SLICES, one
+    block a multiprocessor): the most, up to 8, whose blocks make at most two waves and fill them to WAVE_FILL, or 0
+    where no count does (the register shape then, and auto the Triton kernel). Fewer blocks of more tiles read the
+    activations and sum the warps less often; waves left part empty idle the multiprocessors. At 9 / 12 / 16 rows
+    (kern23 run 4, against the Triton tensor-core kernel in the same run): 4096x4096 (4 tiles, 128 blocks) 1.90 /
+    1.96 / 1.91x bf16 against 1.55 / 1.63 / 1.57x; 4096x14336 (7 tiles, 256 blocks) 2.03 / 1.97 / 1.85x against
+    1.56 / 1.59 / 1.57x (4 tiles, 448 blocks in 3.4 waves: 1.51x at 16 rows, run 3); 14336x4096 (7 tiles, 259
+    blocks) 2.03 / 1.94 / 1.81x against 1.82 / 1.84 / 1.80x; 4096x1024 (1 tile, 128 blocks) 1.59 / 1.56 / 1.46x
+    against 1.12 / 1.13 / 1.01x. 4096x128256's 2004 blocks of 8 tiles (16 waves) ran 1.99 / 1.95 / 1.82x against
+    1.98 / 1.97 / 1.98x: many waves stay with the Triton kernel."""
+    if bits != 4 or not FRAGMENT_ROWS < rows <= MAX_ROWS or in_features % SHORT_SLICES["KS"]:
+        return 0
+    n_tiles = out_features // OUT_TILE
+    k_blocks = math.ceil(in_features / (SHORT_SLICES["KS"] * _short_slice_warps(in_features)))
+    for tiles in range(SHORT_SLICE_MAX_TILES, 0, -1):
+        blocks = math.ceil(n_tiles / tiles) * k_blocks
+        waves = math.ceil(blocks / sms)
+        if waves <= SHORT_SLICE_MAX_WAVES and blocks >= WAVE_FILL * waves * sms:
+            return tiles
+    return 0
+
+
+def _short_slice_warps(in_features: int) -> int:
+    return min(SHORT_SLICES["WARPS"], math.ceil(in_features / SHORT_SLICES["KS"]))
 
 
 def _ring(bits: int, rows: int, full_wave: bool) -> dict:

@@ -163,12 +163,24 @@ def _mma_int_few_rows(ctx: CallContext) -> str | None:
 
 
 def _short_slices(ctx: CallContext) -> bool:
-    """int4 at 9-16 rows where cuda_mma's short-slice shape fills one wave (cuda_mma.short_slices_fill_a_wave:
-    4096x4096 1.91-1.97x bf16 against the Triton tensor-core kernel's 1.57-1.62x, kern22 run 4)."""
+    """int4 at 9-16 rows where cuda_mma's short-slice blocks fill one or two waves (cuda_mma.short_slice_tiles: at
+    9-16 rows 1.46-2.03x bf16 on four of the five Llama-3-8B shapes against the Triton tensor-core kernel's
+    1.01-1.84x, kern23 run 4)."""
+    if ctx.bits != 4 or not cuda_mma.FRAGMENT_ROWS < ctx.rows <= cuda_mma.MAX_ROWS:
+        return False
     if ctx.device.type != "cuda" or not torch.cuda.is_available():
         return False
-    sms = nvrtc.multiprocessors(ctx.device.index or 0)
-    return cuda_mma.short_slices_fill_a_wave(ctx.bits or 0, ctx.rows, ctx.in_features, ctx.out_features, sms)
+    sms = _multiprocessors(ctx.device.index or 0)
+    return cuda_mma.short_slice_tiles(ctx.bits, ctx.rows, ctx.in_features, ctx.out_features, sms) > 0
+
+
+def _multiprocessors(device_index: int) -> int:
+    """nvrtc.multiprocessors as a plain function that torch.compile keeps as a constant (as cuda_mma._compile_failure):
+    Dynamo would trace through its lru_cache wrapper, with a warning."""
+    return nvrtc.multiprocessors(device_index)
+
+
+_multiprocessors._dynamo_marked_constant = True
 
 
 def _mma_int8_few_rows(ctx: CallContext) -> str | None:
