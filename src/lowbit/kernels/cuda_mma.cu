@@ -279,12 +279,13 @@ __device__ __forceinline__ u32 lut_pair(u32 lut, u32 w, int i) {
   return r;
 }
 
-// NF4/FP4: the pair table in shared memory from this thread's entries' values (entry b = threadIdx.x + i WARPS 32
-// holds (table[b >> 4], table[b & 15]) in the activations' type, copy c of it at word 32 b + c). A thread writes an
-// entry's copies four at a time, the first quad staggered by entry so that the 8 threads of a 16-byte store phase
-// write 8 different bank quads.
+// NF4/FP4: the pair table in shared memory from the values of this thread's entries b = threadIdx.x + 32 WARPS r
+// (entry b holds (table[b >> 4], table[b & 15]) in the activations' type, copy c of it at word 32 b + c). A thread
+// writes an entry's copies four at a time, the first quad staggered by entry so that the 8 threads of a 16-byte
+// store phase write 8 different bank quads.
 #define LUT_ROUNDS ((256 + WARPS * 32 - 1) / (WARPS * 32))
-__device__ __forceinline__ void write_pair_table(u32* smem, const float (&hi)[LUT_ROUNDS], const float (&lo)[LUT_ROUNDS]) {
+__device__ __forceinline__ void write_pair_table(u32* smem, const float (&hi)[LUT_ROUNDS],
+                                                 const float (&lo)[LUT_ROUNDS]) {
 #pragma unroll
   for (int r = 0; r < LUT_ROUNDS; ++r) {
     const int b = threadIdx.x + r * WARPS * 32;

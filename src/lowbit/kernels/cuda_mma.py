@@ -27,7 +27,7 @@ MAX_ROWS = 16  # two 8-row activation fragments per mma k-step
 FRAGMENT_ROWS = 8  # rows of one activation fragment (8 rows took 1.06-1.25x the 1-row time: kern11)
 OUT_TILE = 16  # outputs per mma tile
 BITS = (2, 3, 4, 8)
-# int4 at 9-16 rows (short_slice_tiles): 128-input slices over 16 warps, one tile ahead, the tiles a block chosen
+# int2 and int4 at 9-16 rows (short_slice_tiles): 128-input slices over 16 warps, one tile ahead, the tiles chosen
 SHORT_SLICES = {"KS": 128, "WARPS": 16, "DEPTH": 1, "R8": 2, "SMEM_X": 0}
 SHORT_SLICE_MAX_TILES = 8  # the warps' partial sums of 8 tiles of 16 rows take 128 KB of shared memory
 WAVE_FILL = 0.9  # the least share of their waves' slots that the short-slice blocks must fill
@@ -108,6 +108,7 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     words = words_per_thread(bits, in_features, group_size)
     short_tiles = short_slice_tiles(bits, rows, in_features, out_features, sms)
     if short_tiles:
+        words = min(words, SHORT_SLICES["KS"] // (4 * codes_per_word(bits)))  # a chunk within the slice
         return SHORT_SLICES | {"U": words, "WARPS": _short_slice_warps(in_features), "TILES": short_tiles}
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
@@ -138,8 +139,8 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
 
 
 def short_slice_tiles(bits: int, rows: int, in_features: int, out_features: int, sms: int) -> int:
-    """Tiles a block of int4 in two row fragments (9-16 rows) takes in the short-slice shape (SHORT_SLICES, one
-    block a multiprocessor): the most, up to 8, whose blocks make at most two waves and fill them to WAVE_FILL, or 0
+    """Tiles a block of int2 or int4 in two row fragments (9-16 rows) takes in the short-slice shape (SHORT_SLICES,
+    one block a multiprocessor): the most, up to 8, whose blocks make at most two waves and fill them to WAVE_FILL, or 0
     where no count does (the register shape then, and auto the Triton kernel). Fewer blocks of more tiles read the
     activations and sum the warps less often; waves left part empty idle the multiprocessors. At 9 / 12 / 16 rows
     (kern23 run 4, against the Triton tensor-core kernel in the same run): 4096x4096 (4 tiles, 128 blocks) 1.90 /
@@ -147,8 +148,10 @@ def short_slice_tiles(bits: int, rows: int, in_features: int, out_features: int,
     1.56 / 1.59 / 1.57x (4 tiles, 448 blocks in 3.4 waves: 1.51x at 16 rows, run 3); 14336x4096 (7 tiles, 259
     blocks) 2.03 / 1.94 / 1.81x against 1.82 / 1.84 / 1.80x; 4096x1024 (1 tile, 128 blocks) 1.59 / 1.56 / 1.46x
     against 1.12 / 1.13 / 1.01x. 4096x128256's 2004 blocks of 8 tiles (16 waves) ran 1.99 / 1.95 / 1.82x against
-    1.98 / 1.97 / 1.98x: many waves stay with the Triton kernel."""
-    if bits != 4 or not FRAGMENT_ROWS < rows <= MAX_ROWS or in_features % SHORT_SLICES["KS"]:
+    1.98 / 1.97 / 1.98x: many waves stay with the Triton kernel. int2 at 16 rows (the same tile counts, kern23 run
+    5's sweep): 2.01 / 1.53 / 2.16 / 2.10x on 4096x4096 / 4096x1024 / 4096x14336 / 14336x4096 against the register
+    shape's 1.39 / 1.32 / 1.44 / 1.56x (and the Triton kernel's 1.50 / 0.99 / 1.71 / 1.76x in run 1)."""
+    if bits not in (2, 4) or not FRAGMENT_ROWS < rows <= MAX_ROWS or in_features % SHORT_SLICES["KS"]:
         return 0
     n_tiles = out_features // OUT_TILE
     k_blocks = math.ceil(in_features / (SHORT_SLICES["KS"] * _short_slice_warps(in_features)))
