@@ -103,8 +103,8 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     runs 2-3). Early loads slowed int2, int3 and int4 on 12 of their 15 cells (0.85-0.98x; 1.03-1.07x on int4's
     4096x128256 and int2's 4096x4096) and NF4 on 4096x1024 (0.96x): there they stay off. 2- and 3-bit codes at
     one row, and 3-bit codes in two row fragments, load their words through shared-memory rings where _ring says so
-    (kern17, kern19). int4 at 9-16 rows takes short 128-input slices, as many tiles a block as short_slice_tiles
-    says (kern22-23)."""
+    (kern17, kern19). int2 and int4 at 9-16 rows take short 128-input slices, as many tiles a block as
+    short_slice_tiles says (kern22-23)."""
     words = words_per_thread(bits, in_features, group_size)
     short_tiles = short_slice_tiles(bits, rows, in_features, out_features, sms)
     if short_tiles:
@@ -140,8 +140,8 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
 
 def short_slice_tiles(bits: int, rows: int, in_features: int, out_features: int, sms: int) -> int:
     """Tiles a block of int2 or int4 in two row fragments (9-16 rows) takes in the short-slice shape (SHORT_SLICES,
-    one block a multiprocessor): the most, up to 8, whose blocks make at most two waves and fill them to WAVE_FILL, or 0
-    where no count does (the register shape then, and auto the Triton kernel). Fewer blocks of more tiles read the
+    one block a multiprocessor): the most, up to 8, whose blocks make at most two waves and fill them to WAVE_FILL,
+    or 0 where no count does (the register shape then, and auto the Triton kernel). Fewer blocks of more tiles read the
     activations and sum the warps less often; waves left part empty idle the multiprocessors. At 9 / 12 / 16 rows
     (kern23 run 4, against the Triton tensor-core kernel in the same run): 4096x4096 (4 tiles, 128 blocks) 1.90 /
     1.96 / 1.91x bf16 against 1.55 / 1.63 / 1.57x; 4096x14336 (7 tiles, 256 blocks) 2.03 / 1.97 / 1.85x against

@@ -154,7 +154,8 @@ def _mma_int_few_rows(ctx: CallContext) -> str | None:
     to its 16 rows (1.12-1.41x at 9 and 16 rows against 0.50-0.70x, kern14 run 7). At 16 rows the Triton
     tensor-core kernel was faster for int4 except where the outputs are few (4096x1024: 1.36-1.37x against
     0.93-0.96x, kern13 and kern14 run 5), so int4 takes cuda_mma up to 16 rows there, and so does int2 (1.54x and
-    1.31x at 9 and 16 rows against the Triton kernel's 1.18x and 1.06x, kern22 run 3)."""
+    1.31x at 9 and 16 rows against the Triton kernel's 1.18x and 1.06x, kern22 run 3); and both take it where its
+    short slices fill one or two waves (_short_slices, kern22-23)."""
     if ctx.bits == 3 or (ctx.bits in (2, 4) and ctx.out_features <= FEW_OUTPUTS) or _short_slices(ctx):
         return _mma_rows(ctx)
     if ctx.bits not in (2, 4):
@@ -163,9 +164,9 @@ def _mma_int_few_rows(ctx: CallContext) -> str | None:
 
 
 def _short_slices(ctx: CallContext) -> bool:
-    """int4 at 9-16 rows where cuda_mma's short-slice blocks fill one or two waves (cuda_mma.short_slice_tiles: at
-    9-16 rows 1.46-2.03x bf16 on four of the five Llama-3-8B shapes against the Triton tensor-core kernel's
-    1.01-1.84x, kern23 run 4)."""
+    """int2 and int4 at 9-16 rows where cuda_mma's short-slice blocks fill one or two waves
+    (cuda_mma.short_slice_tiles: int4 at 9-16 rows 1.46-2.03x bf16 on four of the five Llama-3-8B shapes against the
+    Triton tensor-core kernel's 1.01-1.84x, kern23 run 4; int2 at 16 rows 1.53-2.16x, run 5's sweep)."""
     if ctx.bits not in (2, 4) or not cuda_mma.FRAGMENT_ROWS < ctx.rows <= cuda_mma.MAX_ROWS:
         return False
     if ctx.device.type != "cuda" or not torch.cuda.is_available():
