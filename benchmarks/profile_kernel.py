@@ -21,9 +21,9 @@ from kernel_bench import _torch_int4_variant, aqlm_weights, fourbit_weights, int
 from lowbit.formats.nf4 import FourBitLayout
 from lowbit.kernels.cuda_aqlm import aqlm_mma
 from lowbit.kernels.cuda_mma import fourbit_mma, mma_matmul, tile_words
-from lowbit.modules import fourbit_linear
 from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
+from lowbit.modules import fourbit_linear
 
 
 def main() -> None:

@@ -307,7 +307,7 @@ def test_auto_int8_one_row_choice_follows_the_timed_shapes(rows, cols, out, take
 
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("rows,out,taken", [(16, 1024, True), (9, 512, True), (16, 128256, False), (17, 1024, False)])
-def test_auto_takes_cuda_mma_for_narrow_int4_layers_up_to_16_rows(bits, rows, out, taken):
+def test_auto_takes_cuda_mma_for_narrow_int2_and_int4_layers_up_to_16_rows(bits, rows, out, taken):
     """int2 and int4 layers of at most 1024 outputs (Llama-3-8B's k/v projections) stay on cuda_mma up to its 16
     rows, where the Triton tensor-core kernel was slower (int4: kern13, kern14 run 5; int2: kern22 run 3); wider
     layers leave it above 8 rows."""
@@ -323,8 +323,8 @@ def test_auto_takes_cuda_mma_for_narrow_int4_layers_up_to_16_rows(bits, rows, ou
     (4, 16, 4096, 4096, 100, 0), (2, 16, 4096, 4096, 132, 4), (2, 16, 4096, 14336, 132, 7),
     (3, 16, 4096, 4096, 132, 0), (8, 16, 4096, 4096, 132, 0), (4, 17, 4096, 4096, 132, 0),
 ])
-def test_int4_short_slices_take_the_most_tiles_that_fill_their_waves(monkeypatch, bits, rows, cols, out, sms, tiles):
-    """int4 at 9-16 rows takes 128-input slices over 16 warps, one block a multiprocessor, with the most tiles a
+def test_short_slices_take_the_most_tiles_that_fill_their_waves(monkeypatch, bits, rows, cols, out, sms, tiles):
+    """int2 and int4 at 9-16 rows take 128-input slices over 16 warps, one block a multiprocessor, with the most tiles a
     block (up to 8) whose blocks make at most two waves and fill at least 90% of them (4096x4096: 4 tiles, 2 x 64
     blocks; 4096x14336: 7 tiles, 2 x 128), and auto then runs cuda_mma (kern23 run 4: 1.46-2.03x bf16 on four
     Llama-3-8B shapes against the Triton kernel's 1.01-1.84x); where no tile count does (4096x128256: 16 waves),

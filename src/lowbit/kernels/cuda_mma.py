@@ -151,7 +151,7 @@ def short_slice_tiles(bits: int, rows: int, in_features: int, out_features: int,
     1.98 / 1.97 / 1.98x: many waves stay with the Triton kernel. int2 at 16 rows (the same tile counts, kern23 run
     5's sweep): 2.01 / 1.53 / 2.16 / 2.10x on 4096x4096 / 4096x1024 / 4096x14336 / 14336x4096 against the register
     shape's 1.39 / 1.32 / 1.44 / 1.56x (and the Triton kernel's 1.50 / 0.99 / 1.71 / 1.76x in run 1)."""
-    if bits not in (2, 4) or not FRAGMENT_ROWS < rows <= MAX_ROWS or in_features % SHORT_SLICES["KS"]:
+    if not short_slice_candidate(bits, rows) or in_features % SHORT_SLICES["KS"]:
         return 0
     n_tiles = out_features // OUT_TILE
     k_blocks = math.ceil(in_features / (SHORT_SLICES["KS"] * _short_slice_warps(in_features)))
@@ -161,6 +161,12 @@ def short_slice_tiles(bits: int, rows: int, in_features: int, out_features: int,
         if waves <= SHORT_SLICE_MAX_WAVES and blocks >= WAVE_FILL * waves * sms:
             return tiles
     return 0
+
+
+def short_slice_candidate(bits: int, rows: int) -> bool:
+    """Whether a call's bit width and rows are ones the short-slice shape serves (int2 and int4 in two row fragments),
+    before its layer's shape and the device are looked at."""
+    return bits in (2, 4) and FRAGMENT_ROWS < rows <= MAX_ROWS
 
 
 def _short_slice_warps(in_features: int) -> int:

@@ -167,7 +167,7 @@ def _short_slices(ctx: CallContext) -> bool:
     """int2 and int4 at 9-16 rows where cuda_mma's short-slice blocks fill one or two waves
     (cuda_mma.short_slice_tiles: int4 at 9-16 rows 1.46-2.03x bf16 on four of the five Llama-3-8B shapes against the
     Triton tensor-core kernel's 1.01-1.84x, kern23 run 4; int2 at 16 rows 1.53-2.16x, run 5's sweep)."""
-    if ctx.bits not in (2, 4) or not cuda_mma.FRAGMENT_ROWS < ctx.rows <= cuda_mma.MAX_ROWS:
+    if not cuda_mma.short_slice_candidate(ctx.bits or 0, ctx.rows):
         return False
     if ctx.device.type != "cuda" or not torch.cuda.is_available():
         return False
