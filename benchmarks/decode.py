@@ -15,6 +15,9 @@ Inductor fuses the glue around the matmuls (norms, RoPE, residuals, SiLU), then 
 way. `--fused` merges q/k/v and gate/up into one linear layer each (fewer, larger matmuls), in every format.
 On an H100 lowbit's CUDA kernels launch with programmatic dependent launch (kernels/cuda_common.cuh); `--serial`
 launches them in line, and `--inductor-pdl` has torch.compile's own kernels use it too (every variant, bf16's too).
+`--sdpa` sets every variant's attention: an SDPA backend (torch's choice by default), FlexAttention, or `lowbit`:
+RoPE, the two cache writes and attention in one Triton kernel (kernels/triton_attention.py), which also reads the
+whole cache at every position.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from lowbit.core.aqlm import AQLMWeights
 from lowbit.formats.int8_rows import Int8RowLayout
 from lowbit.formats.int_group import IntGroupLayout
 from lowbit.formats.nf4 import FourBitLayout
-from lowbit.kernels import nvrtc
+from lowbit.kernels import nvrtc, triton_ops
 from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A8Linear
 from lowbit.modules.plan import kernel_summary
 
@@ -50,7 +53,8 @@ FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int4_g128_
 # formats.word_tiles)
 MODES = ["eager", "compiled"]
 SDPA_BACKENDS = ["default", "math", "flash", "efficient", "cudnn"]
-ATTENTION = [*SDPA_BACKENDS, "flex"]  # flex: torch's FlexAttention (compiled: its decoding kernel)
+ATTENTION = [*SDPA_BACKENDS, "flex", "lowbit"]  # flex: torch's FlexAttention (compiled: its decoding kernel);
+# lowbit: RoPE, the cache writes and attention in one kernel (kernels/triton_attention.py)
 
 
 def _preference(fmt: str) -> str:
@@ -118,10 +122,10 @@ def _ordered(layer: nn.Module, fmt: str, dev: torch.device) -> nn.Module:
 
 class Block(nn.Module):
     def __init__(self, fmt: str, cfg: dict, batch: int, cache: int, dev: torch.device, fused: bool = False,
-                 flex: bool = False):
+                 attention: str = "default"):
         super().__init__()
         h, hd, kv = cfg["hidden"], cfg["head_dim"], cfg["kv_heads"]
-        self.heads, self.kv, self.hd, self.fused, self.flex = cfg["heads"], kv, hd, fused, flex
+        self.heads, self.kv, self.hd, self.fused, self.attention = cfg["heads"], kv, hd, fused, attention
         self.qkv_sizes = (cfg["heads"] * hd, kv * hd, kv * hd)
         if fused:
             self.qkv = make_linear(fmt, h, sum(self.qkv_sizes), dev)
@@ -141,28 +145,33 @@ class Block(nn.Module):
         b = h.shape[0]
         x = F.rms_norm(h, (h.shape[-1],), self.norm1, 1e-5)
         q, k, v = self._qkv(x)
-        # grouped-query attention without copying K/V: a group's query heads act as its query positions
-        q = _rope(q.view(b, self.kv, self.heads // self.kv, self.hd), cos, sin)  # (b, kv, group, hd)
-        k = _rope(k.view(b, self.kv, 1, self.hd), cos, sin)
-        self.k_cache.index_copy_(2, pos, k)
-        self.v_cache.index_copy_(2, pos, v.view(b, self.kv, 1, self.hd))
-        a = self._attend(q, pos, mask)  # (b, kv, group, hd)
+        if self.attention == "lowbit":
+            a = triton_ops.decode_attention(q, k, v, self.k_cache, self.v_cache, cos, sin, pos)
+        else:
+            a = torch_attention(q, k, v, self.k_cache, self.v_cache, pos, cos, sin, mask, self.attention == "flex")
         h = h + self.o(a.reshape(b, -1))
         x = F.rms_norm(h, (h.shape[-1],), self.norm2, 1e-5)
         gate, up = self.gate_up(x).chunk(2, dim=-1) if self.fused else (self.gate(x), self.up(x))
         return h + self.down(F.silu(gate) * up)
-
-    def _attend(self, q, pos, mask):
-        """q (b, kv, group, hd) over the whole cache, positions past `pos` masked out."""
-        if self.flex:
-            return flex_attention(q, self.k_cache, self.v_cache, score_mod=_up_to(pos))
-        return F.scaled_dot_product_attention(q, self.k_cache, self.v_cache, attn_mask=mask)
 
     def _qkv(self, x):
         """x (b, hidden) -> q (b, heads * hd), k and v (b, kv * hd)."""
         if self.fused:
             return self.qkv(x).split(self.qkv_sizes, dim=-1)
         return self.q(x), self.k(x), self.v(x)
+
+
+def torch_attention(q, k, v, k_cache, v_cache, pos, cos, sin, mask, flex: bool = False):
+    """RoPE, the cache writes and attention in torch ops (SDPA, or FlexAttention if `flex`): q (b, heads * hd), k and
+    v (b, kv * hd), caches (b, kv, cache, hd) -> (b, kv, group, hd), positions past `pos` masked out."""
+    b, kv, _, hd = k_cache.shape
+    # grouped-query attention without copying K/V: a group's query heads act as its query positions
+    q = _rope(q.view(b, kv, -1, hd), cos, sin)  # (b, kv, group, hd)
+    k_cache.index_copy_(2, pos, _rope(k.view(b, kv, 1, hd), cos, sin))
+    v_cache.index_copy_(2, pos, v.view(b, kv, 1, hd))
+    if flex:
+        return flex_attention(q, k_cache, v_cache, score_mod=_up_to(pos))
+    return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
 
 
 def _up_to(pos):
@@ -178,10 +187,10 @@ def _rope(t, cos, sin):
 
 class Decoder(nn.Module):
     def __init__(self, fmt: str, cfg: dict, batch: int, cache: int, dev: torch.device, fused: bool = False,
-                 flex: bool = False):
+                 attention: str = "default"):
         super().__init__()
         self.embed = (torch.randn(cfg["vocab"], cfg["hidden"], device=dev) * 0.02).to(torch.bfloat16)
-        self.blocks = nn.ModuleList(Block(fmt, cfg, batch, cache, dev, fused, flex) for _ in range(cfg["layers"]))
+        self.blocks = nn.ModuleList(Block(fmt, cfg, batch, cache, dev, fused, attention) for _ in range(cfg["layers"]))
         self.norm = torch.ones(cfg["hidden"], dtype=torch.bfloat16, device=dev)
         self.head = make_linear(fmt, cfg["hidden"], cfg["vocab"], dev)
         inv = 1.0 / 500000 ** (torch.arange(0, cfg["head_dim"], 2, device=dev).float() / cfg["head_dim"])
@@ -263,7 +272,7 @@ def profile_step(model: Decoder, steps: int = 4, top: int = 12) -> dict:
 
 def run_variant(fmt: str, batch: int, cfg: dict, args: argparse.Namespace, mode: str, dev: torch.device) -> dict:
     torch.manual_seed(0)
-    model = Decoder(fmt, cfg, batch, args.cache, dev, args.fused, args.sdpa == "flex")
+    model = Decoder(fmt, cfg, batch, args.cache, dev, args.fused, args.sdpa)
     record = {"format": fmt, "batch": batch, "mode": mode, "fused": args.fused, "steps": args.steps,
               "cache": args.cache}
     if mode == "compiled":
@@ -305,7 +314,7 @@ def print_table(records: list[dict]) -> None:
 
 def only_sdpa_backend(name: str) -> None:
     """Leave only `name`'s scaled_dot_product_attention backend enabled (every variant, bf16 included)."""
-    if name in ("default", "flex"):
+    if name in ("default", "flex", "lowbit"):
         return
     for backend in SDPA_BACKENDS[1:]:
         getattr(torch.backends.cuda, f"enable_{backend if backend != 'efficient' else 'mem_efficient'}_sdp")(
@@ -323,8 +332,9 @@ def main(argv=None) -> int:
     p.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled blocks")
     p.add_argument("--fused", action="store_true", help="one q/k/v and one gate/up linear layer per block")
     p.add_argument("--sdpa", choices=ATTENTION, default="default",
-                   help="attention of every variant: an SDPA backend (default: torch's choice, cuDNN on an H100) or "
-                        "flex (FlexAttention; with --modes compiled, its decoding kernel)")
+                   help="attention of every variant: an SDPA backend (default: torch's choice, cuDNN on an H100), "
+                        "flex (FlexAttention; with --modes compiled, its decoding kernel) or lowbit (RoPE, cache "
+                        "writes and attention in one Triton kernel)")
     p.add_argument("--profile", action="store_true", help="also record GPU time per step by kernel")
     p.add_argument("--serial", action="store_true",
                    help="launch lowbit's CUDA kernels without programmatic dependent launch (PDL, on H100 by default)")

@@ -11,6 +11,19 @@ import pytest
 import torch
 
 
+def import_triton() -> None:
+    """Import Triton or skip the calling module; without CUDA, under Triton's interpreter, which must be on when
+    Triton is first imported (it decorates its own language helpers then). The variable is restored afterwards, so
+    that other test modules keep the reference path on the CPU; the kernel tests set it again per test."""
+    saved = os.environ.get("TRITON_INTERPRET")
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        pytest.importorskip("triton")
+    finally:
+        os.environ.pop("TRITON_INTERPRET") if saved is None else os.environ.update(TRITON_INTERPRET=saved)
+
+
 def fresh_seed() -> int:
     """Seed torch from the OS (fresh inputs every run) and return the seed for the failure message."""
     seed = int.from_bytes(os.urandom(4), "little")

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import torch
 
+from kernel_checks import import_triton
+
+import_triton()  # before decode imports it, under the interpreter where there is no GPU
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import decode  # noqa: E402 (the benchmark script, from its folder)
 
@@ -25,7 +28,7 @@ def test_flex_attention_block_matches_sdpa():
     cache past the position: changing a later entry changes nothing."""
     torch.manual_seed(0)
     cache, cpu = 8, torch.device("cpu")
-    sdpa, flex = (decode.Block("bf16", TINY, 1, cache, cpu, flex=f) for f in (False, True))
+    sdpa, flex = (decode.Block("bf16", TINY, 1, cache, cpu, attention=a) for a in ("default", "flex"))
     flex.load_state_dict(sdpa.state_dict())
     for name in ("k_cache", "v_cache"):
         filled = torch.randn_like(getattr(sdpa, name))
@@ -39,3 +42,32 @@ def test_flex_attention_block_matches_sdpa():
         again = flex(h, *inputs)
     assert torch.allclose(got.float(), want.float(), atol=0.05, rtol=0.02)
     assert torch.equal(again, got)
+
+
+def _half(block: "decode.Block") -> "decode.Block":
+    """The block in fp16 (Triton's interpreter computes bf16 products wrongly); its norms and caches too."""
+    block.half()
+    for name in ("norm1", "norm2", "k_cache", "v_cache"):
+        setattr(block, name, getattr(block, name).half())
+    return block
+
+
+def test_lowbit_attention_block_matches_sdpa(monkeypatch):
+    """A block with the one-kernel attention (--sdpa lowbit, run under Triton's interpreter) gives the torch path's
+    output and leaves the same caches."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    cache, cpu = 8, torch.device("cpu")
+    sdpa, ours = (_half(decode.Block("bf16", TINY, 2, cache, cpu, attention=a)) for a in ("default", "lowbit"))
+    ours.load_state_dict(sdpa.state_dict())
+    for name in ("k_cache", "v_cache"):
+        filled = torch.randn_like(getattr(sdpa, name))
+        getattr(sdpa, name).copy_(filled)
+        getattr(ours, name).copy_(filled)
+    h = torch.randn(2, TINY["hidden"], dtype=torch.float16)
+    pos, cos, sin, mask = _step_inputs(cache, 5)
+    with torch.no_grad():
+        want, got = sdpa(h, pos, cos.half(), sin.half(), mask), ours(h, pos, cos.half(), sin.half(), mask)
+    assert torch.allclose(got.float(), want.float(), atol=0.02, rtol=0.01)
+    assert torch.equal(ours.v_cache, sdpa.v_cache)
+    assert torch.allclose(ours.k_cache.float(), sdpa.k_cache.float(), atol=0.01)

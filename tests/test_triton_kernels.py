@@ -7,18 +7,14 @@ On a CUDA machine they run compiled at larger sizes; elsewhere under Triton's in
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 import torch
 
+from kernel_checks import compile_and_capture, fresh_seed, import_triton
+
 CUDA = torch.cuda.is_available()
-if not CUDA:  # Triton decorates its own language helpers at import: the interpreter must be on by then
-    _saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton")
-if not CUDA:  # back off again, so that other test modules keep the reference path on the CPU
-    os.environ.pop("TRITON_INTERPRET") if _saved is None else os.environ.update(TRITON_INTERPRET=_saved)
+import_triton()
 
 from lowbit.core.affine import int8_absmax, rtn_quantize  # noqa: E402
 from lowbit.kernels import reference, triton_ops  # noqa: E402
@@ -27,7 +23,6 @@ from lowbit.core.aqlm import AQLMWeights  # noqa: E402
 from lowbit.formats.nf4 import FourBitLayout  # noqa: E402
 from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A8Linear  # noqa: E402
 import ptx_models  # noqa: E402
-from kernel_checks import compile_and_capture, fresh_seed  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 IN, OUT = (2100, 333) if CUDA else (200, 37)  # not multiples of any block or of the group size

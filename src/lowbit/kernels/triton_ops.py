@@ -252,3 +252,40 @@ def aqlm_linear_gather(x, codes, codebooks, scales, bias):
 
 def aqlm_linear_mma(x, codes, codebooks, scales, bias):
     return aqlm_mm(x, codes, codebooks, scales, bias, "mma")
+
+
+@torch.library.custom_op("lowbit::decode_attention", mutates_args=("k_cache", "v_cache"))
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+) -> torch.Tensor:
+    """One decode step's attention (triton_attention): q (batch, heads * D), k and v (batch, kv * D) before RoPE,
+    caches (batch, kv, T, D) written at pos (a (1,) tensor), cos and sin (1, D / 2) -> (batch, heads * D)."""
+    problem = decode_attention_unsupported(q, k, v, k_cache, v_cache)
+    if problem:
+        raise ValueError(problem)
+    from lowbit.kernels.triton_attention import decode_attention as launch
+
+    return launch(q, k, v, k_cache, v_cache, cos, sin, pos)
+
+
+@decode_attention.register_fake
+def _(q, k, v, k_cache, v_cache, cos, sin, pos):
+    return q.new_empty(q.shape)
+
+
+def decode_attention_unsupported(q, k, v, k_cache, v_cache) -> str | None:
+    """Why decode_attention cannot take these tensors, or None."""
+    batch, kv, _, dim = k_cache.shape
+    if dim & (dim - 1) or dim < 16:
+        return f"decode attention needs a power-of-2 head dim of at least 16, not {dim}"
+    if q.shape[0] != batch or q.shape[1] % (kv * dim) or k.shape != (batch, kv * dim) or v.shape != k.shape:
+        return (f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not fit a cache of {batch} sequences, "
+                f"{kv} KV heads of {dim}: pass q (batch, heads * {dim}), k and v (batch, {kv * dim})")
+    if q.dtype not in _FLOAT16 or any(t.dtype != q.dtype for t in (k, v, k_cache, v_cache)):
+        return f"decode attention takes fp16/bf16 q, k, v and caches of one dtype, not {q.dtype} and {k_cache.dtype}"
+    if v_cache.shape != k_cache.shape or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        return "the K and V caches must be contiguous tensors of one shape (batch, kv heads, positions, head dim)"
+    if any(t.stride(1) != 1 for t in (q, k, v)):
+        return "q, k and v need contiguous rows (a row's stride may differ, an element's must be 1)"
+    return triton_unavailable(q.device)

@@ -1,0 +1,122 @@
+"""The one-kernel decode attention (kernels/triton_attention.py) against torch's RoPE, index_copy_ and SDPA.
+
+Compiled on a CUDA machine; elsewhere under Triton's interpreter (fp16 only: the interpreter's bf16 dot is wrong).
+"""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernel_checks import fresh_seed, import_triton
+
+CUDA = torch.cuda.is_available()
+import_triton()
+
+from lowbit.kernels import triton_ops  # noqa: E402
+
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+DTYPES = (torch.float16, torch.bfloat16) if CUDA else (torch.float16,)
+
+
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch):
+    if not CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _rope(t, cos, sin):  # Hugging Face Llama's half-split rotary embedding
+    half = t.shape[-1] // 2
+    t1, t2 = t[..., :half], t[..., half:]
+    return torch.cat([t1 * cos - t2 * sin, t1 * sin + t2 * cos], dim=-1)
+
+
+def _step(batch, heads, kv, dim, cache, position, dtype):
+    """Random q, k, v of one step, filled caches, and cos, sin, pos at `position`."""
+    q = torch.randn(batch, heads * dim, device=DEVICE).to(dtype)
+    k, v = (torch.randn(batch, kv * dim, device=DEVICE).to(dtype) for _ in range(2))
+    k_cache, v_cache = (torch.randn(batch, kv, cache, dim, device=DEVICE).to(dtype) for _ in range(2))
+    angles = position * 0.9 ** torch.arange(dim // 2, device=DEVICE).float()[None, :]  # (1, dim / 2)
+    pos = torch.tensor([position], device=DEVICE)
+    return q, k, v, k_cache, v_cache, angles.cos().to(dtype), angles.sin().to(dtype), pos
+
+
+def _torch_step(q, k, v, k_cache, v_cache, cos, sin, pos):
+    """The same step in fp32 torch ops; writes the caches like the kernel."""
+    batch, kv, cache, dim = k_cache.shape
+    group = q.shape[1] // (kv * dim)
+    qr = _rope(q.float().view(batch, kv, group, dim), cos.float(), sin.float())
+    k_cache.index_copy_(2, pos, _rope(k.float().view(batch, kv, 1, dim), cos.float(), sin.float()).to(k_cache.dtype))
+    v_cache.index_copy_(2, pos, v.view(batch, kv, 1, dim))
+    mask = (torch.arange(cache, device=pos.device) <= pos)[None, None, None, :]
+    out = F.scaled_dot_product_attention(qr, k_cache.float(), v_cache.float(), attn_mask=mask)
+    return out.reshape(batch, -1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch,heads,kv,dim,cache,position", [
+    (1, 8, 2, 16, 8, 0), (2, 8, 2, 16, 37, 36), (3, 6, 2, 32, 70, 41), (1, 4, 4, 16, 130, 64), (2, 32, 8, 128, 96, 5),
+])
+def test_decode_attention_matches_torch(dtype, batch, heads, kv, dim, cache, position):
+    """Outputs within fp16/bf16 rounding of the fp32 torch step, and the caches written at the position only,
+    over group sizes 1-4, caches not a multiple of the block and the first, a middle and the last position."""
+    if not CUDA and dim == 128:
+        pytest.skip("full Llama head size: on the device only (slow under the interpreter)")
+    fresh_seed()
+    step = _step(batch, heads, kv, dim, cache, position, dtype)
+    q, k, v, k_cache, v_cache, cos, sin, pos = step
+    ref_k, ref_v = k_cache.clone(), v_cache.clone()
+    want = _torch_step(q, k, v, ref_k, ref_v, cos, sin, pos)
+    got = triton_ops.decode_attention(*step)
+    assert got.shape == (batch, heads * dim) and got.dtype == dtype
+    err = ((got.float() - want).norm() / want.norm()).item()
+    assert err < (1e-2 if dtype == torch.bfloat16 else 2e-3), err
+    torch.testing.assert_close(v_cache, ref_v, rtol=0, atol=0)
+    torch.testing.assert_close(k_cache, ref_k, rtol=1e-2, atol=1e-2)  # the roped key, rounded once either way
+    others = torch.arange(cache, device=DEVICE) != position
+    assert torch.equal(k_cache[:, :, others], ref_k[:, :, others])
+
+
+def test_decode_attention_masks_later_positions():
+    """Cache entries after the position change nothing."""
+    fresh_seed()
+    step = _step(1, 8, 2, 16, 40, 20, torch.float16)
+    first = triton_ops.decode_attention(*step)
+    step[3][:, :, 21:] += 100.0  # k_cache after the position
+    step[4][:, :, 30:] = float("nan")  # v_cache
+    assert torch.equal(triton_ops.decode_attention(*step), first)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s: (s[0][:, :-16], *s[1:]), "do not fit a cache"),
+    (lambda s: (*s[:3], s[3][..., :12], s[4][..., :12], *s[5:]), "power-of-2 head dim"),
+    (lambda s: (*s[:4], s[4].transpose(2, 3).contiguous().transpose(2, 3), *s[5:]), "contiguous"),
+    (lambda s: (s[0].float(), *s[1:]), "fp16/bf16"),
+])
+def test_decode_attention_rejects_bad_inputs(change, message):
+    step = change(_step(1, 8, 2, 16, 8, 3, torch.float16))
+    with pytest.raises(ValueError, match=message):
+        triton_ops.decode_attention(*step)
+
+
+@pytest.mark.skipif(not CUDA, reason="torch.compile and CUDA graphs of the kernel need a CUDA GPU")
+def test_decode_attention_compiles_and_captures():
+    """torch.compile (fullgraph) writes the caches in place and matches eager; a captured step replays at a new
+    position and new inputs like an eager call."""
+    fresh_seed()
+    step = list(_step(2, 32, 8, 128, 64, 10, torch.bfloat16))
+    eager_caches = [t.clone() for t in step[3:5]]
+    eager = triton_ops.decode_attention(*step[:3], *eager_caches, *step[5:])
+    torch._dynamo.reset()
+    compiled = torch.compile(triton_ops.decode_attention, fullgraph=True)(*step)
+    assert torch.allclose(compiled.float(), eager.float(), rtol=1e-2, atol=1e-2)
+    assert torch.equal(step[3], eager_caches[0]) and torch.equal(step[4], eager_caches[1])
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = triton_ops.decode_attention(*step)
+    step[0].copy_(torch.randn_like(step[0]))
+    step[7].fill_(40)
+    graph.replay()
+    assert torch.allclose(captured.float(), triton_ops.decode_attention(*step).float(), rtol=1e-2, atol=1e-2)
