@@ -21,7 +21,7 @@ def import_triton() -> None:
     try:
         pytest.importorskip("triton")
     finally:
-        os.environ.pop("TRITON_INTERPRET") if saved is None else os.environ.update(TRITON_INTERPRET=saved)
+        os.environ.pop("TRITON_INTERPRET", None) if saved is None else os.environ.update(TRITON_INTERPRET=saved)
 
 
 def fresh_seed() -> int:

@@ -55,17 +55,19 @@ def _half(block: "decode.Block") -> "decode.Block":
 def test_lowbit_attention_block_matches_sdpa(monkeypatch):
     """A block with the one-kernel attention (--sdpa lowbit, run under Triton's interpreter) gives the torch path's
     output and leaves the same caches."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
     torch.manual_seed(0)
-    cache, cpu = 8, torch.device("cpu")
-    sdpa, ours = (_half(decode.Block("bf16", TINY, 2, cache, cpu, attention=a)) for a in ("default", "lowbit"))
+    cache = 8
+    sdpa, ours = (_half(decode.Block("bf16", TINY, 2, cache, dev, attention=a)) for a in ("default", "lowbit"))
     ours.load_state_dict(sdpa.state_dict())
     for name in ("k_cache", "v_cache"):
         filled = torch.randn_like(getattr(sdpa, name))
         getattr(sdpa, name).copy_(filled)
         getattr(ours, name).copy_(filled)
-    h = torch.randn(2, TINY["hidden"], dtype=torch.float16)
-    pos, cos, sin, mask = _step_inputs(cache, 5)
+    h = torch.randn(2, TINY["hidden"], dtype=torch.float16, device=dev)
+    pos, cos, sin, mask = (t.to(dev) for t in _step_inputs(cache, 5))
     with torch.no_grad():
         want, got = sdpa(h, pos, cos.half(), sin.half(), mask), ours(h, pos, cos.half(), sin.half(), mask)
     assert torch.allclose(got.float(), want.float(), atol=0.02, rtol=0.01)

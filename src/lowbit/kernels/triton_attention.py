@@ -86,7 +86,7 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, k_cache, v_cache, cos_ptr, sin_ptr, p
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, block_n: int = 64,
-                     num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                     num_warps: int = 8, num_stages: int = 3) -> torch.Tensor:
     """q (batch, heads * D), k and v (batch, kv * D) of one step (before RoPE); caches (batch, kv, T, D); cos and
     sin (1, D / 2) at the step's position pos (a (1,) device tensor) -> attention output (batch, heads * D).
 
@@ -101,5 +101,5 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
     _decode_attention[(batch * kv,)](
         q, k, v, k_cache, v_cache, cos, sin, pos, out, q.stride(0), k.stride(0), v.stride(0), out.stride(0),
         1.0 / math.sqrt(dim), T=cache, KV=kv, GROUP=group, GP=max(16, triton.next_power_of_2(group)), D=dim,
-        BLOCK_N=min(block_n, triton.next_power_of_2(cache)), num_warps=num_warps, num_stages=num_stages, **flags)
+        BLOCK_N=max(16, min(block_n, triton.next_power_of_2(cache))), num_warps=num_warps, num_stages=num_stages, **flags)
     return out
