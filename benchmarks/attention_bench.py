@@ -1,5 +1,6 @@
 """One decode step's attention on the GPU: torch's ops (RoPE, index_copy_, SDPA; compiled) against lowbit's one
-kernel (kernels/triton_attention.py) and its launch settings, Llama-3-8B's heads (32 query, 8 KV, 128 wide).
+kernel (kernels/triton_attention.py) and its launch settings (the cache over one or several programs a KV head),
+Llama-3-8B's heads (32 query, 8 KV, 128 wide).
 
     PYTHONPATH=src:benchmarks python benchmarks/attention_bench.py --batch 1 16 --cache 256 --out attention.json
 
@@ -26,6 +27,8 @@ from lowbit.kernels.triton_attention import decode_attention
 CACHES = 64
 SETTINGS = [dict(block_n=n, num_warps=w, num_stages=s)
             for n, w, s in itertools.product((32, 64, 128), (4, 8), (1, 2, 3))]
+SETTINGS += [dict(block_n=n, num_warps=w, num_stages=3, split=k)  # the cache over 2-8 programs a KV head
+             for n, w, k in itertools.product((32, 64), (4, 8), (2, 4, 8))]
 
 
 def step_inputs(batch: int, cache: int, dev: torch.device) -> dict:

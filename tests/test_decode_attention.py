@@ -79,6 +79,25 @@ def test_decode_attention_matches_torch(dtype, batch, heads, kv, dim, cache, pos
     assert torch.equal(k_cache[:, :, others], ref_k[:, :, others])
 
 
+@pytest.mark.parametrize("split,position", [(2, 0), (3, 41), (5, 69), (3, 69)])
+def test_split_cache_matches_torch(split, position):
+    """The cache spread over `split` programs a (sequence, KV head), their partial softmax states combined by the last
+    to finish: the torch step's output and caches (splits past the position included), and the arrival counters
+    back at zero."""
+    from lowbit.kernels.split_counters import counters_for
+    from lowbit.kernels.triton_attention import decode_attention
+
+    fresh_seed()
+    step = _step(2, 8, 2, 16, 70, position, torch.float16)
+    ref_k, ref_v = step[3].clone(), step[4].clone()
+    want = _torch_step(*step[:3], ref_k, ref_v, *step[5:])
+    got = decode_attention(*step, block_n=16, split=split)
+    assert ((got.float() - want).norm() / want.norm()).item() < 2e-3
+    torch.testing.assert_close(step[4], ref_v, rtol=0, atol=0)
+    torch.testing.assert_close(step[3], ref_k, rtol=1e-2, atol=1e-2)
+    assert not counters_for(DEVICE, 4)[:4].any()
+
+
 def test_decode_attention_masks_later_positions():
     """Cache entries after the position change nothing."""
     fresh_seed()
