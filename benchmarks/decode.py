@@ -312,6 +312,17 @@ def print_table(records: list[dict]) -> None:
               f"{r['ms_per_step']:8.2f} {r['weight_GB']:10.2f} {r['weight_GBps']:6.0f}")
 
 
+def attention_launch() -> dict:
+    """The launch settings lowbit::decode_attention runs the kernel with: triton_attention.decode_attention's
+    defaults."""
+    import inspect
+
+    from lowbit.kernels.triton_attention import decode_attention
+
+    params = inspect.signature(decode_attention).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 def only_sdpa_backend(name: str) -> None:
     """Leave only `name`'s scaled_dot_product_attention backend enabled (every variant, bf16 included)."""
     if name in ("default", "flex", "lowbit"):
@@ -353,6 +364,8 @@ def main(argv=None) -> int:
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": cfg, "cache": args.cache,
             "fused": args.fused, "sdpa": args.sdpa, "launch": "serial" if serial else "programmatic",
             "inductor_pdl": args.inductor_pdl}
+    if args.sdpa == "lowbit":  # the attention kernel's launch setting (the op calls it with its defaults)
+        meta["attention_launch"] = attention_launch()
     print(json.dumps(meta), flush=True)
     with nvrtc.serialized_launches() if args.serial else contextlib.nullcontext():
         records = run_all(args, cfg, dev, meta)

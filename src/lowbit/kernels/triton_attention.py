@@ -7,8 +7,10 @@ torch ops that is four or five kernels, attention's being a prefill kernel; here
 (sequence, KV head) ropes and stores the new key and value, then runs its group's query heads over the cache in
 blocks of BLOCK_N positions with the online softmax of FlashAttention (Dao et al. 2022), positions past the step's
 masked out (the whole cache is read at every position, as a masked SDPA call reads it, so the cost does not grow
-with the position). The new key and value enter the block that holds the position from registers, so the program never
-reads back what it wrote. The group's query heads are the rows of the tensor-core products (padded to 16).
+with the position). The new key and value enter the block that holds the position from registers, so the program
+never reads back what it wrote. The group's query heads are the rows of the tensor-core products (padded to 16).
+With `split` > 1 the cache of a (sequence, KV head) is spread over several programs whose softmax states the last
+to finish combines (Flash-Decoding, Dao et al. 2023), counted by split_counters (one stream, as there).
 Importing this module imports Triton: callers import it lazily.
 """
 
