@@ -350,7 +350,8 @@ def main(argv=None) -> int:
     p.add_argument("--serial", action="store_true",
                    help="launch lowbit's CUDA kernels without programmatic dependent launch (PDL, on H100 by default)")
     p.add_argument("--inductor-pdl", action="store_true",
-                   help="torch.compile's kernels with PDL too (torch._inductor.config.triton.enable_pdl), every variant")
+                   help="torch.compile's kernels with PDL too (torch._inductor.config.triton.enable_pdl), every "
+                        "variant")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
