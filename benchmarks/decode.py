@@ -52,6 +52,7 @@ FORMATS = ["bf16", "int4_g128", "int4_g128_mma", "int4_g128_triton", "int4_g128_
 # words kept in row order (a CUDA layer holds NF4, int_group and int8 weight-only codes in tile order,
 # formats.word_tiles)
 MODES = ["eager", "compiled"]
+PROFILED_STEPS = 4  # --profile's uncaptured steps, after the timed ones
 SDPA_BACKENDS = ["default", "math", "flash", "efficient", "cudnn"]
 ATTENTION = [*SDPA_BACKENDS, "flex", "lowbit"]  # flex: torch's FlexAttention (compiled: its decoding kernel);
 # lowbit: RoPE, the cache writes and attention in one kernel (kernels/triton_attention.py)
@@ -254,7 +255,7 @@ def time_graph(model: Decoder, steps: int) -> float:
     return start.elapsed_time(end) * 1e-3 / steps
 
 
-def profile_step(model: Decoder, steps: int = 4, top: int = 12) -> dict:
+def profile_step(model: Decoder, steps: int = PROFILED_STEPS, top: int = 12) -> dict:
     """GPU time per decode step by kernel (torch.profiler over `steps` uncaptured steps): the `top` kernels by
     time, and the step's total kernel time, so the matrix products can be told from the glue around them."""
     from torch.profiler import ProfilerActivity, profile
@@ -337,7 +338,7 @@ def main(argv=None) -> int:
     p.add_argument("--formats", nargs="+", default=FORMATS, choices=FORMATS)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     p.add_argument("--cache", type=int, default=256, help="static KV cache length (tokens)")
-    p.add_argument("--steps", type=int, default=64, help="timed decode steps (< cache)")
+    p.add_argument("--steps", type=int, default=64, help="timed decode steps (with --profile's 4, at most --cache)")
     p.add_argument("--layers", type=int, default=LLAMA3_8B["layers"])
     p.add_argument("--modes", nargs="+", default=["eager"], choices=MODES)
     p.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled blocks")
@@ -354,6 +355,9 @@ def main(argv=None) -> int:
                         "variant")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    last = args.steps + (PROFILED_STEPS if args.profile else 0)  # positions a variant decodes from 0
+    if last > args.cache:
+        p.error(f"{last} decode steps pass the {args.cache}-position cache: raise --cache or lower --steps")
     if not torch.cuda.is_available():
         print("this benchmark needs a CUDA GPU", file=sys.stderr)
         return 2

@@ -108,6 +108,16 @@ def test_decode_attention_masks_later_positions():
     assert torch.equal(triton_ops.decode_attention(*step), first)
 
 
+def test_position_past_the_cache_writes_nothing():
+    """A position at the cache's end (a caller's bug) leaves every cache entry as it was instead of writing into
+    the next head's slice or past the tensor."""
+    fresh_seed()
+    step = _step(2, 8, 2, 16, 24, 24, torch.float16)
+    before = step[3].clone(), step[4].clone()
+    assert torch.isfinite(triton_ops.decode_attention(*step)).all()
+    assert torch.equal(step[3], before[0]) and torch.equal(step[4], before[1])
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda s: (s[0][:, :-16], *s[1:]), "do not fit a cache"),
     (lambda s: (*s[:3], s[3][..., :12], s[4][..., :12], *s[5:]), "power-of-2 head dim"),

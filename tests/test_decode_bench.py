@@ -73,3 +73,14 @@ def test_lowbit_attention_block_matches_sdpa(monkeypatch):
     assert torch.allclose(got.float(), want.float(), atol=0.02, rtol=0.01)
     assert torch.equal(ours.v_cache, sdpa.v_cache)
     assert torch.allclose(ours.k_cache.float(), sdpa.k_cache.float(), atol=0.01)
+
+
+def test_steps_past_the_cache_are_refused(capsys):
+    """Timed (and profiled) steps that would run past the static cache stop with a one-line error."""
+    try:
+        decode.main(["--steps", "254", "--cache", "256", "--profile"])
+    except SystemExit as stop:
+        assert stop.code == 2
+    else:
+        raise AssertionError("no error")
+    assert "258 decode steps pass the 256-position cache" in capsys.readouterr().err
