@@ -6,11 +6,13 @@ handles per round).
     PYTHONPATH=src python benchmarks/sass_stats.py gemv '{"PREFETCH": 2}' '{"STAGES": 3}' '{"BITS": 3}'
     PYTHONPATH=src python benchmarks/sass_stats.py cuda_mma '{}' '{"TILES": 4, "KS": 256}'
     PYTHONPATH=src python benchmarks/sass_stats.py mm_bytes '{"num_stages": 3}' '{"num_stages": 3, "TILE": 16}'
+    PYTHONPATH=src python benchmarks/sass_stats.py attention '{"num_warps": 8}' '{"SPLIT": 4, "CHUNK": 64}'
 
 Each JSON object overrides the kernel's constexprs (num_warps too; gemv derives its unit shape from BITS).
 Uses Triton's bundled ptxas and cuobjdump; 4096 inputs in whole tiles (EVEN), K split in 4, bf16 inputs
 (fourbit: NF4, blocksize 64, double quantization; mm_bytes: the tensor-core kernel for 2-, 4- and 8-bit codes as
-int8 weight-only at 16 rows, TILE 16 for tile order).
+int8 weight-only at 16 rows, TILE 16 for tile order; attention: triton_attention's decode kernel, Llama-3-8B's
+heads over a 256-position cache, per_weight per K or V entry).
 cuda_mma compiles kernels/cuda_mma.cu (4096 x 14336, 1 row, bf16, group 128 unless overridden) with the
 NVRTC of the `nvidia-cuda-nvrtc` wheel (pip install nvidia-cuda-nvrtc==13.0.88; PTX lowered to 8.7 for
 Triton's ptxas); it has no K loop, so per_weight counts the whole kernel over the weights a thread reads.
@@ -83,7 +85,18 @@ def _mm_bytes_spec():
     return _mm_bytes, names, types, const, lambda c: c["BN"] * c["BK"]
 
 
-KERNELS = {"gemv": _gemv_spec, "fourbit": _fourbit_spec, "mm_bytes": _mm_bytes_spec}
+def _attention_spec():
+    from lowbit.kernels.triton_attention import _decode_attention
+
+    names = ["q_ptr", "k_ptr", "v_ptr", "k_cache", "v_cache", "cos_ptr", "sin_ptr", "pos_ptr", "o_ptr", "part_ptr",
+             "count_ptr", "stride_q", "stride_k", "stride_v", "stride_o", "sm_scale"]
+    types = [POINTER] * 7 + ["*i64", POINTER, "*fp32", "*i32"] + ["i32"] * 4 + ["fp32"]
+    const = {"T": 256, "KV": 8, "GROUP": 4, "GP": 16, "D": 128, "BLOCK_N": 64, "SPLIT": 1, "CHUNK": 256,  # Llama-3-8B
+             "FENCE": True, "PDL": True}
+    return _decode_attention, names, types, const, lambda c: 2 * c["BLOCK_N"] * c["D"]  # K and V entries a round
+
+
+KERNELS = {"gemv": _gemv_spec, "fourbit": _fourbit_spec, "mm_bytes": _mm_bytes_spec, "attention": _attention_spec}
 
 
 def _loop_body(sass: str) -> list[str]:
@@ -110,7 +123,8 @@ def compile_stats(kernel: str, overrides: dict) -> dict:
     const |= overrides
     per_thread = weights_per_round(const) / (32 * num_warps)  # (and the gemv's unit shape filled in)
     sig = dict(zip(names, types)) | {k: "constexpr" for k in const}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name not in ("G", "B")}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(zip(names, types))
+             if name not in ("G", "B") and kind != "fp32"}
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
     sass = get_sass(compiled.asm["cubin"])

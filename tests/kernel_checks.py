@@ -3,8 +3,11 @@ the ptxas usage of a CUDA kernel built offline for sm_90."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,14 @@ def sm90_usage(source: Path, spec: dict) -> tuple[int, int, str]:
         pytest.skip(str(err))
     registers = int(re.search(r"Used (\d+) registers", info).group(1))
     return registers, int(re.search(r"(\d+) bytes spill stores", info).group(1)), info
+
+
+def sass_stats(kernel: str, *specs: dict) -> list[dict]:
+    """benchmarks/sass_stats.py's figures for a Triton kernel compiled for sm_90 here, one per constexpr override
+    dict (a subprocess: Triton's interpreter is off there)."""
+    pytest.importorskip("triton")
+    script = Path(__file__).parents[1] / "benchmarks" / "sass_stats.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(script), kernel, *map(json.dumps, specs)], capture_output=True,
+                         text=True, env=env, check=True).stdout.splitlines()
+    return [json.loads(line[json.JSONDecoder().raw_decode(line)[1]:]) for line in out]

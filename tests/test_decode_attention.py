@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernel_checks import fresh_seed, import_triton
+from kernel_checks import fresh_seed, import_triton, sass_stats
 
 CUDA = torch.cuda.is_available()
 import_triton()
@@ -149,3 +149,13 @@ def test_decode_attention_compiles_and_captures():
     step[7].fill_(40)
     graph.replay()
     assert torch.allclose(captured.float(), triton_ops.decode_attention(*step).float(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("split", [1, 4])
+def test_kernel_compiles_for_sm90(split):
+    """Built for sm_90 here (Triton's ptxas, benchmarks/sass_stats.py), one program a KV head or the cache over four:
+    no spills, and with PDL nothing is read or written before the wait for the kernel ahead."""
+    spec = {"num_warps": 8, "num_stages": 3, "SPLIT": split, "CHUNK": 256 // split}
+    stats, = sass_stats("attention", spec)
+    assert stats["stack"] == 0, stats
+    assert stats["programmatic"]["waits"] == 1 and stats["programmatic"]["accesses_before_wait"] == 0, stats

@@ -4,17 +4,12 @@ on CUDA."""
 from __future__ import annotations
 
 import io
-import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from kernel_checks import fresh_seed
+from kernel_checks import fresh_seed, sass_stats
 from safetensors.torch import load, save
 
 from lowbit.core.affine import int8_absmax, rtn_quantize
@@ -245,15 +240,9 @@ def test_tensor_core_kernel_with_pdl_reads_nothing_before_the_wait(bits):
 
 
 def _mm_bytes_stats(bits: int, *changes: dict) -> list[dict]:
-    """benchmarks/sass_stats.py's figures for _mm_bytes (16 rows, 3 stages, `bits`-bit codes, with zeros below 8 bits)
-    compiled for sm_90 here with each of `changes` to its constexprs (a subprocess: Triton's interpreter is off)."""
-    pytest.importorskip("triton")
+    """sass_stats for _mm_bytes (16 rows, 3 stages, `bits`-bit codes, with zeros below 8 bits) with each of
+    `changes` to its constexprs."""
     flags = {"num_stages": 3, "BITS": bits}
     if bits < 8:
         flags |= {"HAS_ZERO": True, "SIGNED8": False, "OFFSET": 128}
-    script = Path(__file__).parents[1] / "benchmarks" / "sass_stats.py"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    specs = [json.dumps(flags | change) for change in changes]
-    out = subprocess.run([sys.executable, str(script), "mm_bytes", *specs], capture_output=True, text=True, env=env,
-                         check=True).stdout.splitlines()
-    return [json.loads(line[json.JSONDecoder().raw_decode(line)[1]:]) for line in out]
+    return sass_stats("mm_bytes", *(flags | change for change in changes))
