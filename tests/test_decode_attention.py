@@ -1,14 +1,16 @@
-"""The one-kernel decode attention (kernels/triton_attention.py) against torch's RoPE, index_copy_ and SDPA.
+"""The one-kernel decode attention (kernels/triton_attention.py) against the torch ops it replaces (RoPE, index_copy_
+and SDPA: benchmarks/decode.py's torch_attention) run in fp32.
 
 Compiled on a CUDA machine; elsewhere under Triton's interpreter (fp16 only: the interpreter's bf16 dot is wrong).
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from kernel_checks import fresh_seed, import_triton, sass_stats
 
@@ -16,6 +18,9 @@ CUDA = torch.cuda.is_available()
 import_triton()
 
 from lowbit.kernels import triton_ops  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import decode  # noqa: E402 (the benchmark script, from its folder)
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 DTYPES = (torch.float16, torch.bfloat16) if CUDA else (torch.float16,)
@@ -25,12 +30,6 @@ DTYPES = (torch.float16, torch.bfloat16) if CUDA else (torch.float16,)
 def interpreter(monkeypatch):
     if not CUDA:
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-def _rope(t, cos, sin):  # Hugging Face Llama's half-split rotary embedding
-    half = t.shape[-1] // 2
-    t1, t2 = t[..., :half], t[..., half:]
-    return torch.cat([t1 * cos - t2 * sin, t1 * sin + t2 * cos], dim=-1)
 
 
 def _step(batch, heads, kv, dim, cache, position, dtype):
@@ -44,15 +43,13 @@ def _step(batch, heads, kv, dim, cache, position, dtype):
 
 
 def _torch_step(q, k, v, k_cache, v_cache, cos, sin, pos):
-    """The same step in fp32 torch ops; writes the caches like the kernel."""
-    batch, kv, cache, dim = k_cache.shape
-    group = q.shape[1] // (kv * dim)
-    qr = _rope(q.float().view(batch, kv, group, dim), cos.float(), sin.float())
-    k_cache.index_copy_(2, pos, _rope(k.float().view(batch, kv, 1, dim), cos.float(), sin.float()).to(k_cache.dtype))
-    v_cache.index_copy_(2, pos, v.view(batch, kv, 1, dim))
-    mask = (torch.arange(cache, device=pos.device) <= pos)[None, None, None, :]
-    out = F.scaled_dot_product_attention(qr, k_cache.float(), v_cache.float(), attn_mask=mask)
-    return out.reshape(batch, -1)
+    """decode.torch_attention in fp32; writes the caches (rounded to their dtype) like the kernel."""
+    k32, v32 = k_cache.float(), v_cache.float()
+    mask = (torch.arange(k_cache.shape[2], device=pos.device) <= pos)[None, None, None, :]
+    out = decode.torch_attention(q.float(), k.float(), v.float(), k32, v32, pos, cos.float(), sin.float(), mask)
+    k_cache.copy_(k32)
+    v_cache.copy_(v32)
+    return out.reshape(q.shape[0], -1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

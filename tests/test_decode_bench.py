@@ -23,6 +23,14 @@ def _step_inputs(cache: int, position: int):
     return pos, angles.cos().bfloat16()[pos], angles.sin().bfloat16()[pos], mask
 
 
+def _fill_caches(*blocks: "decode.Block") -> None:
+    """The same random K and V caches in every block."""
+    for name in ("k_cache", "v_cache"):
+        filled = torch.randn_like(getattr(blocks[0], name))
+        for block in blocks:
+            getattr(block, name).copy_(filled)
+
+
 def test_flex_attention_block_matches_sdpa():
     """A block with FlexAttention (--sdpa flex) gives SDPA's output under the same weights and cache, and masks the
     cache past the position: changing a later entry changes nothing."""
@@ -30,10 +38,7 @@ def test_flex_attention_block_matches_sdpa():
     cache, cpu = 8, torch.device("cpu")
     sdpa, flex = (decode.Block("bf16", TINY, 1, cache, cpu, attention=a) for a in ("default", "flex"))
     flex.load_state_dict(sdpa.state_dict())
-    for name in ("k_cache", "v_cache"):
-        filled = torch.randn_like(getattr(sdpa, name))
-        getattr(sdpa, name).copy_(filled)
-        getattr(flex, name).copy_(filled)
+    _fill_caches(sdpa, flex)
     h = torch.randn(1, TINY["hidden"], dtype=torch.bfloat16)
     inputs = _step_inputs(cache, 3)
     with torch.no_grad():
@@ -62,10 +67,7 @@ def test_lowbit_attention_block_matches_sdpa(monkeypatch):
     cache = 8
     sdpa, ours = (_half(decode.Block("bf16", TINY, 2, cache, dev, attention=a)) for a in ("default", "lowbit"))
     ours.load_state_dict(sdpa.state_dict())
-    for name in ("k_cache", "v_cache"):
-        filled = torch.randn_like(getattr(sdpa, name))
-        getattr(sdpa, name).copy_(filled)
-        getattr(ours, name).copy_(filled)
+    _fill_caches(sdpa, ours)
     h = torch.randn(2, TINY["hidden"], dtype=torch.float16, device=dev)
     pos, cos, sin, mask = (t.to(dev) for t in _step_inputs(cache, 5))
     with torch.no_grad():

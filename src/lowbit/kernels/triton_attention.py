@@ -57,8 +57,8 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, k_cache, v_cache, cos_ptr, sin_ptr, p
     v_new = tl.load(v_ptr + b * stride_v + g * D + d)
     slot = bg * T * D  # this (sequence, KV head)'s (T, D) slice of the cache
     if split == 0:  # a position past the cache writes nothing (no other head's slice is overwritten)
-        tl.store(k_cache + slot + p * D + d, k_new, mask=d < (T - p) * D)
-        tl.store(v_cache + slot + p * D + d, v_new, mask=d < (T - p) * D)
+        tl.store(k_cache + slot + p * D + d, k_new, mask=p < T)
+        tl.store(v_cache + slot + p * D + d, v_new, mask=p < T)
 
     h = tl.arange(0, GP)
     q_rows = q_ptr + b * stride_q + (g * GROUP + h)[:, None] * D
