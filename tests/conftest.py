@@ -14,6 +14,14 @@ from lowbit.calib.data import consecutive_windows, read_text, tokenize
 from lowbit.io.sources import load_model
 
 
+@pytest.fixture
+def triton_interpreter(monkeypatch):
+    """Triton's interpreter on for the test where there is no GPU (kernel_checks.import_triton imported Triton
+    under it); a test module asks for it with pytestmark."""
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
 @pytest.fixture(scope="session")
 def stories_path():
     return assets_dir() / "models" / "stories260k"

@@ -26,10 +26,7 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 DTYPES = (torch.float16, torch.bfloat16) if CUDA else (torch.float16,)
 
 
-@pytest.fixture(autouse=True)
-def interpreter(monkeypatch):
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
 def _step(batch, heads, kv, dim, cache, position, dtype):

@@ -31,10 +31,7 @@ DTYPES = (torch.float16, torch.bfloat16) if CUDA else (torch.float16,)  # the in
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
-@pytest.fixture(autouse=True)
-def interpreter(monkeypatch):
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
 def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
