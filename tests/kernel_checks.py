@@ -17,7 +17,8 @@ import torch
 def import_triton() -> None:
     """Import Triton or skip the calling module; without CUDA, under Triton's interpreter, which must be on when
     Triton is first imported (it decorates its own language helpers then). The variable is restored afterwards, so
-    that other test modules keep the reference path on the CPU; the kernel tests set it again per test."""
+    that other test modules keep the reference path on the CPU; the kernel tests turn it on again per test
+    (conftest's triton_interpreter)."""
     saved = os.environ.get("TRITON_INTERPRET")
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"

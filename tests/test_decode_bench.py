@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from kernel_checks import import_triton
@@ -57,12 +58,11 @@ def _half(block: "decode.Block") -> "decode.Block":
     return block
 
 
-def test_lowbit_attention_block_matches_sdpa(monkeypatch):
+@pytest.mark.usefixtures("triton_interpreter")
+def test_lowbit_attention_block_matches_sdpa():
     """A block with the one-kernel attention (--sdpa lowbit, run under Triton's interpreter) gives the torch path's
     output and leaves the same caches."""
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.type == "cpu":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
     torch.manual_seed(0)
     cache = 8
     sdpa, ours = (_half(decode.Block("bf16", TINY, 2, cache, dev, attention=a)) for a in ("default", "lowbit"))
