@@ -142,8 +142,13 @@ class Block(nn.Module):
         self.k_cache = torch.zeros(shape, dtype=torch.bfloat16, device=dev)
         self.v_cache = torch.zeros(shape, dtype=torch.bfloat16, device=dev)
 
-    def forward(self, h, pos, cos, sin, mask):
+    def forward(self, h, pending, pos, cos, sin, mask):
+        """h (b, hidden) and the block before's output not yet added to it (None at the first block) -> the same
+        pair for the next block: each residual add runs in the kernel of the RMSNorm after it (vLLM's fused
+        add-norm), not as a kernel of its own between two compiled blocks."""
         b = h.shape[0]
+        if pending is not None:
+            h = h + pending
         x = F.rms_norm(h, (h.shape[-1],), self.norm1, 1e-5)
         q, k, v = self._qkv(x)
         if self.attention == "lowbit":
@@ -153,7 +158,7 @@ class Block(nn.Module):
         h = h + self.o(a.reshape(b, -1))
         x = F.rms_norm(h, (h.shape[-1],), self.norm2, 1e-5)
         gate, up = self.gate_up(x).chunk(2, dim=-1) if self.fused else (self.gate(x), self.up(x))
-        return h + self.down(F.silu(gate) * up)
+        return h, self.down(F.silu(gate) * up)
 
     def _qkv(self, x):
         """x (b, hidden) -> q (b, heads * hd), k and v (b, kv * hd)."""
@@ -204,14 +209,18 @@ class Decoder(nn.Module):
     @torch.no_grad()
     def step(self) -> None:
         """One greedy decode step for every sequence: reads tokens and pos, writes the next tokens, pos + 1."""
-        h = self.embed[self.tokens]  # (batch, hidden)
+        h, pending = self.embed[self.tokens], None  # (batch, hidden)
         cos, sin = self.cos[self.pos], self.sin[self.pos]  # (1, hd / 2)
         mask = (self.positions <= self.pos)[None, None, None, :]  # (1, 1, 1, cache)
         for block in self.blocks:
-            h = block(h, self.pos, cos, sin, mask)
-        logits = self.head(F.rms_norm(h, (h.shape[-1],), self.norm, 1e-5))  # (batch, vocab)
-        self.tokens.copy_(logits.argmax(dim=-1))
+            h, pending = block(h, pending, self.pos, cos, sin, mask)
+        self.tokens.copy_(self.next_tokens(h, pending))
         self.pos.add_(1)
+
+    def next_tokens(self, h, pending):
+        """The last block's output added, normed, through the head: the greedy next token of each sequence."""
+        h = h + pending
+        return self.head(F.rms_norm(h, (h.shape[-1],), self.norm, 1e-5)).argmax(dim=-1)
 
 
 def weight_bytes(model: Decoder) -> int:
@@ -220,11 +229,13 @@ def weight_bytes(model: Decoder) -> int:
 
 
 def compile_blocks(model: Decoder, mode: str) -> None:
-    """torch.compile each block in place; blocks of one structure reuse one compiled graph."""
+    """torch.compile each block in place (blocks of one structure reuse one compiled graph) and the step's tail
+    (final add, norm, head, argmax)."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # graphs and graph breaks are counted per variant
     for block in model.blocks:
         block.compile(mode=mode)
+    model.next_tokens = torch.compile(model.next_tokens, mode=mode)
 
 
 def warm_up(model: Decoder, steps: int = 2) -> float:

@@ -43,11 +43,26 @@ def test_flex_attention_block_matches_sdpa():
     h = torch.randn(1, TINY["hidden"], dtype=torch.bfloat16)
     inputs = _step_inputs(cache, 3)
     with torch.no_grad():
-        want, got = sdpa(h, *inputs), flex(h, *inputs)
+        want, got = sdpa(h, None, *inputs), flex(h, None, *inputs)
         flex.k_cache[..., 5, :] += 100.0  # a position after 3: masked out
-        again = flex(h, *inputs)
-    assert torch.allclose(got.float(), want.float(), atol=0.05, rtol=0.02)
-    assert torch.equal(again, got)
+        again = flex(h, None, *inputs)
+    for w, g, a in zip(want, got, again):
+        assert torch.allclose(g.float(), w.float(), atol=0.05, rtol=0.02)
+        assert torch.equal(a, g)
+
+
+def test_block_adds_the_pending_output_before_its_norm():
+    """A block given the block before's output (pending) computes what it computes on the sum: the residual add
+    moved into the next block changes no result."""
+    torch.manual_seed(0)
+    cache, cpu = 8, torch.device("cpu")
+    block = decode.Block("bf16", TINY, 1, cache, cpu)
+    h, pending = (torch.randn(1, TINY["hidden"], dtype=torch.bfloat16) for _ in range(2))
+    with torch.no_grad():
+        fused = block(h, pending, *_step_inputs(cache, 3))
+        summed = block(h + pending, None, *_step_inputs(cache, 3))
+    assert all(torch.equal(f, s) for f, s in zip(fused, summed))
+    assert not torch.equal(fused[0], block(h, None, *_step_inputs(cache, 3))[0])
 
 
 def _half(block: "decode.Block") -> "decode.Block":
@@ -71,8 +86,9 @@ def test_lowbit_attention_block_matches_sdpa():
     h = torch.randn(2, TINY["hidden"], dtype=torch.float16, device=dev)
     pos, cos, sin, mask = (t.to(dev) for t in _step_inputs(cache, 5))
     with torch.no_grad():
-        want, got = sdpa(h, pos, cos.half(), sin.half(), mask), ours(h, pos, cos.half(), sin.half(), mask)
-    assert torch.allclose(got.float(), want.float(), atol=0.02, rtol=0.01)
+        want, got = (block(h, None, pos, cos.half(), sin.half(), mask) for block in (sdpa, ours))
+    for w, g in zip(want, got):
+        assert torch.allclose(g.float(), w.float(), atol=0.02, rtol=0.01)
     assert torch.equal(ours.v_cache, sdpa.v_cache)
     assert torch.allclose(ours.k_cache.float(), sdpa.k_cache.float(), atol=0.01)
 
