@@ -7,8 +7,9 @@ torch ops that is four or five kernels, attention's being a prefill kernel; here
 (sequence, KV head) ropes and stores the new key and value, then runs its group's query heads over the cache in
 blocks of BLOCK_N positions with the online softmax of FlashAttention (Dao et al. 2022), positions past the step's
 masked out (the whole cache is read at every position, as a masked SDPA call reads it, so the cost does not grow
-with the position). The new key and value enter the block that holds the position from registers, so the program
-never reads back what it wrote. The group's query heads are the rows of the tensor-core products (padded to 16).
+with the position). The program whose positions hold the step's writes the new key and value before it reads the
+cache (a block barrier makes the stores visible to its threads), so every block comes from the cache alone, loads
+masked past the position. The group's query heads are the rows of the tensor-core products (padded to 16).
 With `split` > 1 the cache of a (sequence, KV head) is spread over several programs whose softmax states the last
 to finish combines (Flash-Decoding, Dao et al. 2023), counted by split_counters (one stream, as there).
 Importing this module imports Triton: callers import it lazily.
@@ -56,9 +57,10 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, k_cache, v_cache, cos_ptr, sin_ptr, p
     k_new = k_new.to(k_cache.dtype.element_ty)
     v_new = tl.load(v_ptr + b * stride_v + g * D + d)
     slot = bg * T * D  # this (sequence, KV head)'s (T, D) slice of the cache
-    if split == 0:  # a position past the cache writes nothing (no other head's slice is overwritten)
+    if split == p // CHUNK:  # the split that reads position p; past the cache none (no other slice overwritten)
         tl.store(k_cache + slot + p * D + d, k_new, mask=p < T)
         tl.store(v_cache + slot + p * D + d, v_new, mask=p < T)
+    tl.debug_barrier()  # the stores are visible to every thread of the program before its loads
 
     h = tl.arange(0, GP)
     q_rows = q_ptr + b * stride_q + (g * GROUP + h)[:, None] * D
@@ -67,8 +69,8 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, k_cache, v_cache, cos_ptr, sin_ptr, p
               tl.load(q_rows + rot[None, :], mask=in_group, other=0.0).to(tl.float32),
               cos[None, :], sin[None, :], first_half[None, :])
     q = q.to(k_cache.dtype.element_ty)  # (GP, D)
-    m_i, l_i, acc = _attend(q, k_new, v_new, k_cache + slot, v_cache + slot, p, split * CHUNK, sm_scale, d,
-                            T, GP, D, BLOCK_N, CHUNK)
+    m_i, l_i, acc = _attend(q, k_cache + slot, v_cache + slot, p, split * CHUNK, sm_scale, d, T, GP, D, BLOCK_N,
+                            CHUNK)
     o_rows = o_ptr + b * stride_o + (g * GROUP + h)[:, None] * D
     if SPLIT == 1:
         tl.store(o_rows + d[None, :], (acc / l_i[:, None]).to(o_ptr.dtype.element_ty), mask=in_group)
@@ -78,18 +80,18 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, k_cache, v_cache, cos_ptr, sin_ptr, p
 
 
 @triton.jit
-def _attend(q, k_new, v_new, k_slot, v_slot, p, first, sm_scale, d, T: tl.constexpr, GP: tl.constexpr,
-            D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+def _attend(q, k_slot, v_slot, p, first, sm_scale, d, T: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+            BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
     """Online-softmax state (max, sum, unnormalized output) of q (GP, D) over positions first..first + CHUNK - 1 up
-    to p; the position p's key and value are k_new and v_new."""
+    to p. Positions past p are not read (zeros: a stale NaN there would survive a zero weight)."""
     m_i = tl.full([GP], float("-inf"), tl.float32)
     l_i = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, D], tl.float32)
     for start in range(0, CHUNK, BLOCK_N):  # constant bounds: Triton 3.6's interpreter needs them
         n = first + start + tl.arange(0, BLOCK_N)
-        here = (n == p)[:, None]
         offs = n[:, None] * D + d[None, :]
-        k = tl.where(here, k_new[None, :], tl.load(k_slot + offs, mask=(n < T)[:, None], other=0.0))
+        upto = ((n <= p) & (n < T))[:, None]
+        k = tl.load(k_slot + offs, mask=upto, other=0.0)
         s = tl.dot(q, tl.trans(k)) * sm_scale  # (GP, BLOCK_N)
         s = tl.where((n <= p)[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -97,8 +99,7 @@ def _attend(q, k_new, v_new, k_slot, v_slot, p, first, sm_scale, d, T: tl.conste
         alpha = tl.exp(m_i - m_safe)
         weights = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(weights, 1)
-        v = tl.load(v_slot + offs, mask=(n < T)[:, None], other=0.0)
-        v = tl.where(here, v_new[None, :], tl.where((n <= p)[:, None], v, 0.0))  # 0 * stale NaN would be NaN
+        v = tl.load(v_slot + offs, mask=upto, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(weights.to(v.dtype), v)
         m_i = m_new
     return m_i, l_i, acc
