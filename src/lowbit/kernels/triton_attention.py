@@ -7,9 +7,9 @@ torch ops that is four or five kernels, attention's being a prefill kernel; here
 (sequence, KV head) ropes and stores the new key and value, then runs its group's query heads over the cache in
 blocks of BLOCK_N positions with the online softmax of FlashAttention (Dao et al. 2022), positions past the step's
 masked out (the whole cache is read at every position, as a masked SDPA call reads it, so the cost does not grow
-with the position). The program whose positions hold the step's writes the new key and value before it reads the
-cache (a block barrier makes the stores visible to its threads), so every block comes from the cache alone, loads
-masked past the position. The group's query heads are the rows of the tensor-core products (padded to 16).
+with the position). The program whose share of the cache holds the step's position writes the new key and value
+there before it reads the cache (a block barrier makes the stores visible to its threads), so every block comes from
+the cache alone, loaded masked past the position. The group's query heads are the rows of the tensor-core products (padded to 16).
 With `split` > 1 the cache of a (sequence, KV head) is spread over several programs whose softmax states the last
 to finish combines (Flash-Decoding, Dao et al. 2023), counted by split_counters (one stream, as there).
 Importing this module imports Triton: callers import it lazily.
@@ -90,10 +90,11 @@ def _attend(q, k_slot, v_slot, p, first, sm_scale, d, T: tl.constexpr, GP: tl.co
     for start in range(0, CHUNK, BLOCK_N):  # constant bounds: Triton 3.6's interpreter needs them
         n = first + start + tl.arange(0, BLOCK_N)
         offs = n[:, None] * D + d[None, :]
-        upto = ((n <= p) & (n < T))[:, None]
+        seen = n <= p
+        upto = (seen & (n < T))[:, None]
         k = tl.load(k_slot + offs, mask=upto, other=0.0)
         s = tl.dot(q, tl.trans(k)) * sm_scale  # (GP, BLOCK_N)
-        s = tl.where((n <= p)[None, :], s, float("-inf"))
+        s = tl.where(seen[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a block past p: no NaN from -inf - -inf
         alpha = tl.exp(m_i - m_safe)
