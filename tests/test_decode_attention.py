@@ -92,20 +92,6 @@ def test_split_cache_matches_torch(split, position):
     assert not counters_for(DEVICE, 4)[:4].any()
 
 
-def test_default_split_keeps_one_wave(monkeypatch):
-    """split=None takes triton_splitk.split_k's rule (one wave of programs, whole blocks each): the launch's grid has
-    the split the rule names, more than one for one sequence of 2 KV heads over 5 blocks."""
-    from lowbit.kernels import triton_attention
-
-    kernel, grids = triton_attention._decode_attention, []
-    launcher = type("Launcher", (), {"__getitem__": lambda self, grid: grids.append(grid) or kernel[grid]})
-    monkeypatch.setattr(triton_attention, "_decode_attention", launcher())
-    named = triton_attention.split_k(2, 5, DEVICE, waves=1)
-    fresh_seed()
-    triton_attention.decode_attention(*_step(1, 8, 2, 16, 70, 41, torch.float16), block_n=16)
-    assert named > 1 and grids == [(2, named)]
-
-
 def test_decode_attention_masks_later_positions():
     """Cache entries after the position change nothing."""
     fresh_seed()

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from lowbit.kernels import nvrtc
 from lowbit.kernels.split_counters import counters_for
-from lowbit.kernels.triton_splitk import _fence, interpreting, split_k
+from lowbit.kernels.triton_splitk import _fence, interpreting
 
 
 @triton.jit
@@ -140,17 +140,15 @@ def _combine(m_i, l_i, acc, part, counter, split, o_rows, h, d, GROUP: tl.conste
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, block_n: int = 64,
-                     num_warps: int = 8, num_stages: int = 3, split: int | None = None) -> torch.Tensor:
+                     num_warps: int = 8, num_stages: int = 3, split: int = 1) -> torch.Tensor:
     """q (batch, heads * D), k and v (batch, kv * D) of one step (before RoPE); caches (batch, kv, T, D); cos and
     sin (1, D / 2) at the step's position pos (a (1,) device tensor) -> attention output (batch, heads * D).
 
     Writes the roped key and the value into the caches at pos, as index_copy_ would. `split` > 1 spreads each
-    (sequence, KV head) over that many programs (flash-decoding), where the device's arrival counters allow; None
-    takes split_k's rule: the most (a power of 2) that keeps one wave of programs, each at least a block."""
+    (sequence, KV head) over that many programs (flash-decoding), where the device's arrival counters allow."""
     batch, kv, cache, dim = k_cache.shape
     heads = q.shape[1] // dim
     group, gp = heads // kv, max(16, triton.next_power_of_2(heads // kv))
-    split = split or split_k(batch * kv, math.ceil(cache / block_n), q.device, waves=1)
     counters = counters_for(q.device, batch * kv) if split > 1 else None
     split = split if counters is not None else 1
     block_n = max(16, min(block_n, triton.next_power_of_2(math.ceil(cache / split))))
