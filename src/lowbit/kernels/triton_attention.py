@@ -139,7 +139,7 @@ def _combine(m_i, l_i, acc, part, counter, split, o_rows, h, d, GROUP: tl.conste
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, block_n: int = 64,
+                     cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, block_n: int = 128,
                      num_warps: int = 8, num_stages: int = 3, split: int = 1) -> torch.Tensor:
     """q (batch, heads * D), k and v (batch, kv * D) of one step (before RoPE); caches (batch, kv, T, D); cos and
     sin (1, D / 2) at the step's position pos (a (1,) device tensor) -> attention output (batch, heads * D).
