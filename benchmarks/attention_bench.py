@@ -25,10 +25,10 @@ from lowbit.kernels import triton_ops
 from lowbit.kernels.triton_attention import decode_attention
 
 CACHES = 64
-SETTINGS = [dict(block_n=n, num_warps=w, num_stages=s)
+SETTINGS = [dict(block_n=n, num_warps=w, num_stages=s, split=1)
             for n, w, s in itertools.product((32, 64, 128), (4, 8), (1, 2, 3))]
-SETTINGS += [dict(block_n=n, num_warps=w, num_stages=3, split=k)  # the cache over 2-8 programs a KV head
-             for n, w, k in itertools.product((32, 64, 128), (4, 8), (2, 4, 8))]
+SETTINGS += [dict(block_n=n, num_warps=w, num_stages=3, split=k)  # the cache over 2-16 programs a KV head
+             for n, w, k in itertools.product((32, 64, 128), (4, 8), (2, 4, 8, 16))]
 
 
 def step_inputs(batch: int, cache: int, dev: torch.device) -> dict:

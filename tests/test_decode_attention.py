@@ -92,6 +92,21 @@ def test_split_cache_matches_torch(split, position):
     assert not counters_for(DEVICE, 4)[:4].any()
 
 
+def test_default_split_keeps_one_wave(monkeypatch):
+    """split=None takes triton_splitk.split_k's rule over SPLIT_POSITIONS-position slices: the launch's grid has the
+    split the rule names, more than one for one sequence of 2 KV heads over a 512-position cache."""
+    from lowbit.kernels import triton_attention
+
+    kernel, grids = triton_attention._decode_attention, []
+    launcher = type("Launcher", (), {"__getitem__": lambda self, grid: grids.append(grid) or kernel[grid]})
+    monkeypatch.setattr(triton_attention, "_decode_attention", launcher())
+    cache = 2 * triton_attention.SPLIT_POSITIONS
+    named = triton_attention.split_k(2, 2, DEVICE, waves=1)
+    fresh_seed()
+    triton_attention.decode_attention(*_step(1, 8, 2, 16, cache, 300, torch.float16))
+    assert named > 1 and grids == [(2, named)]
+
+
 def test_decode_attention_masks_later_positions():
     """Cache entries after the position change nothing."""
     fresh_seed()

@@ -11,7 +11,8 @@ with the position). The program whose share of the cache holds the step's positi
 there before it reads the cache (a block barrier makes the stores visible to its threads), so every block comes from
 the cache alone, loaded masked past the position. The group's query heads are the rows of the tensor-core products (padded to 16).
 With `split` > 1 the cache of a (sequence, KV head) is spread over several programs whose softmax states the last
-to finish combines (Flash-Decoding, Dao et al. 2023), counted by split_counters (one stream, as there).
+to finish combines (Flash-Decoding, Dao et al. 2023), counted by split_counters (one stream, as there). By default
+the split is the most that keeps one wave of programs, each with at least SPLIT_POSITIONS of the cache.
 Importing this module imports Triton: callers import it lazily.
 """
 
@@ -25,7 +26,12 @@ import triton.language as tl
 
 from lowbit.kernels import nvrtc
 from lowbit.kernels.split_counters import counters_for
-from lowbit.kernels.triton_splitk import _fence, interpreting
+from lowbit.kernels.triton_splitk import _fence, interpreting, split_k
+
+# The fewest cache positions a split's program walks. On the H100 (attention_bench, kern27, batch 1, 128-position
+# blocks) one program a KV head over a 256-position cache beat every split of it, while longer caches gained from
+# splits: 1024 positions 15.1 -> 8.5 us (4 splits of 256), 4096 positions 50.3 -> 12.7 us (8 splits of 512).
+SPLIT_POSITIONS = 256
 
 
 @triton.jit
@@ -140,15 +146,17 @@ def _combine(m_i, l_i, acc, part, counter, split, o_rows, h, d, GROUP: tl.conste
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, block_n: int = 128,
-                     num_warps: int = 8, num_stages: int = 3, split: int = 1) -> torch.Tensor:
+                     num_warps: int = 8, num_stages: int = 3, split: int | None = None) -> torch.Tensor:
     """q (batch, heads * D), k and v (batch, kv * D) of one step (before RoPE); caches (batch, kv, T, D); cos and
     sin (1, D / 2) at the step's position pos (a (1,) device tensor) -> attention output (batch, heads * D).
 
     Writes the roped key and the value into the caches at pos, as index_copy_ would. `split` > 1 spreads each
-    (sequence, KV head) over that many programs (flash-decoding), where the device's arrival counters allow."""
+    (sequence, KV head) over that many programs (flash-decoding), where the device's arrival counters allow; None
+    takes split_k's rule over SPLIT_POSITIONS-position slices: the most (a power of 2) that keeps one wave."""
     batch, kv, cache, dim = k_cache.shape
     heads = q.shape[1] // dim
     group, gp = heads // kv, max(16, triton.next_power_of_2(heads // kv))
+    split = split or split_k(batch * kv, cache // SPLIT_POSITIONS, q.device, waves=1)
     counters = counters_for(q.device, batch * kv) if split > 1 else None
     split = split if counters is not None else 1
     block_n = max(16, min(block_n, triton.next_power_of_2(math.ceil(cache / split))))
