@@ -30,7 +30,7 @@ from lowbit.kernels.triton_splitk import _fence, interpreting, split_k
 
 # The fewest cache positions a split's program walks. On the H100 (attention_bench, kern27, batch 1, 128-position
 # blocks) one program a KV head over a 256-position cache beat every split of it, while longer caches gained from
-# splits: 1024 positions 15.1 -> 8.5 us (4 splits of 256), 4096 positions 50.3 -> 12.7 us (8 splits of 512).
+# splits of 256: 1024 positions 15.0 -> 8.1 us (4 splits), 4096 positions 50.4 -> 11.0 us (16 splits).
 SPLIT_POSITIONS = 256
 
 
