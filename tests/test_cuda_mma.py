@@ -7,6 +7,7 @@ everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import math
@@ -21,7 +22,7 @@ from kernel_checks import compile_and_capture, fresh_seed, sm90_usage
 from lowbit.core.affine import int8_absmax, rtn_quantize
 from lowbit.formats.nf4 import FourBitLayout
 from lowbit.formats.word_tiles import row_order
-from lowbit.kernels import cuda_mma, reference, split_counters, triton_ops
+from lowbit.kernels import cuda_mma, nvrtc, reference, split_counters, triton_ops
 from lowbit.kernels.select import CallContext, select
 from lowbit.modules import FourBitLinear, Int8Linear, IntLinear
 
@@ -103,6 +104,45 @@ def test_mma_launch_shapes_and_splits_match_reference(config, bits, monkeypatch)
         _check(layer, ref_w, call, rows, torch.bfloat16, seed, config)
     monkeypatch.setattr(cuda_mma, "counters_for", lambda device, tiles: None)
     _check(layer, ref_w, call, 3, torch.float16, seed, config)
+
+
+@gpu
+@pytest.mark.parametrize("config", [{"KS": 256, "WARPS": 6, "TILES": 4, "DEPTH": 0, "SMEM_X": 1, "CLUSTER": 2},
+                                    {"KS": 256, "WARPS": 3, "TILES": 1, "CLUSTER": 4},
+                                    {"KS": 256, "WARPS": 2, "TILES": 8, "DEPTH": 0, "SMEM_X": 1, "CLUSTER": 6},
+                                    {"KS": 256, "WARPS": 8, "TILES": 4, "DEPTH": 1, "CLUSTER": 2}])
+@pytest.mark.parametrize("bits", [2, 3, 4, "int8"])
+@pytest.mark.parametrize("programmatic", [True, False])
+def test_cluster_fixup_matches_reference(config, bits, programmatic):
+    """K split over 2 to 6 blocks that add up their sums in one thread-block cluster (CLUSTER; K = 2816 in 11
+    slices of 256, so the last block has idle warps; 8-tile blocks past the layer's 21 tiles), up to 16 rows, with
+    programmatic launches and in line."""
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("thread-block clusters need compute capability 9.0")
+    seed = fresh_seed()
+    layer, ref_w, call = _layer(16 * 21, 2816, 128, False, True, bits)
+    with contextlib.nullcontext() if programmatic else nvrtc.serialized_launches():
+        for rows in (1, 5, 12, 16):
+            _check(layer, ref_w, call, rows, torch.bfloat16, seed, config)
+
+
+@pytest.mark.parametrize("cluster,k_blocks,fix", [(2, 3, "must equal"), (9, 9, "at most 8")])
+def test_cluster_must_be_the_launchs_k_blocks(cluster, k_blocks, fix):
+    with pytest.raises(ValueError, match=fix):
+        cuda_mma._check_cluster(0, cluster, k_blocks)
+
+
+def test_cluster_build_keeps_partials_in_shared_memory():
+    """A CLUSTER build (sm_90 PTX) is launched as clusters of the K blocks and adds them up through DSMEM: no
+    global partials, no arrival counter."""
+    spec = cuda_mma.specialization(4, 1, 14336, 4096, 128, 132) | {"TILED": 1, "CLUSTER": 2}
+    try:
+        ptx = cuda_mma.ptx_offline(spec)
+    except ImportError as err:
+        pytest.skip(str(err))
+    assert ".reqnctapercluster 1, 2, 1" in ptx
+    assert "ld.shared::cluster.f32" in ptx and ptx.count("barrier.cluster.wait") == 2
+    assert "atom.global" not in ptx and "ld.global.cg" not in ptx
 
 
 def test_tile_words_puts_a_warps_chunk_words_in_a_row():
@@ -373,10 +413,60 @@ def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
 def test_wide_shape_splits_k_into_equal_blocks(bits, cols, warps):
     """At one row with 4 tiles a block, K's 256-input slices are shared by up to 16 warps so that every K block
     holds as many: 56 slices of K = 14336 make 4 blocks of 14, not 16 + 16 + 16 + 8. Where that gives more than
-    two blocks, int4 and int8 take up to 32 warps (two blocks of 28; the 2- and 3-bit rings keep 16)."""
+    two blocks, int4 and int8 take up to 32 warps (two blocks of 28; the 2- and 3-bit rings keep 16). int4 and int8
+    keep their words in registers (a ring for int4's 28-warp blocks slowed compiled decode, kern28 run 7)."""
     cfg = cuda_mma.choose_config(bits, 1, cols, 4096 if cols > 4096 else 14336, 128, sms=132)
     slices = cols // cfg["KS"]
     assert (cfg["SMEM_X"], cfg["KS"], cfg["WARPS"]) == (1, 256, warps) and slices % cfg["WARPS"] == 0
+    assert ("ASYNC" in cfg) == (bits in (2, 3))
+
+
+@pytest.mark.parametrize("bits,rows,cols,out,table,cluster", [
+    (4, 16, 4096, 4096, False, 2), (4, 9, 4096, 1024, False, 2), (2, 16, 4096, 14336, False, 2),
+    (4, 16, 4096, 4096, True, 2), (8, 16, 4096, 4096, False, 2), (4, 1, 14336, 4096, False, 2),
+    (4, 8, 4096, 128256, False, None), (4, 16, 14336, 4096, False, None), (2, 1, 14336, 4096, False, None),
+    (4, 1, 4096, 4096, False, None)])
+def test_cluster_fixup_where_two_k_blocks_fill_few_waves(bits, rows, cols, out, table, cluster):
+    """Launches that split K in two blocks, at most 4 blocks a multiprocessor, take the cluster fix-up on devices
+    with clusters (kern28 runs 1-2): not 4096x128256 at 8 rows (4008 blocks), K in 7 or 4 blocks, or K in one; never
+    without clusters, nor where the config names its own CLUSTER."""
+    group = 64 if table else 128
+    code = (bits, rows, cols, out, group, 132, True, not table, False)
+    spec = cuda_mma.specialization(*code, config={"LUT4": int(table)}, clusters=True)
+    assert spec.get("CLUSTER") == cluster
+    if cluster:
+        assert cuda_mma.k_blocks(spec, cols) == cluster
+    assert "CLUSTER" not in cuda_mma.specialization(*code, config={"LUT4": int(table)})
+    assert cuda_mma.specialization(*code, config={"LUT4": int(table), "CLUSTER": 1}, clusters=True)["CLUSTER"] == 1
+
+
+@pytest.mark.parametrize("bits,cols,out,table,warps", [
+    (4, 4096, 1024, False, 32), (2, 4096, 1024, False, 32), (3, 4096, 1024, False, 32), (8, 4096, 1024, False, 32),
+    (4, 4096, 1024, True, 32), (4, 2048, 1024, False, 16), (4, 4096, 4096, False, 8), (2, 4096, 4096, False, 8)])
+def test_one_row_takes_32_warps_where_one_tile_blocks_leave_sms_idle(bits, cols, out, table, warps):
+    """At one row, layers of fewer tiles than multiprocessors (4096x1024's 64) take 128-input slices, up to 32
+    warps a one-tile block, K in one block, whole chunks a slice, int8 with its early loads (kern28 runs 1-4);
+    wider layers keep their shapes. Each such shape compiles for sm_90 without spills."""
+    group = cols if bits == 8 else 64 if table else 128
+    cfg = cuda_mma.choose_config(bits, 1, cols, out, group, sms=132, table=table)
+    assert cfg["WARPS"] == warps and cfg["TILES"] == 1
+    assert cuda_mma.k_blocks(cfg, cols) == 1
+    if warps == 32:
+        assert cfg["KS"] == 128 and 4 * cfg["U"] * cuda_mma.codes_per_word(bits) <= 128
+        assert bool(cfg.get("EARLY")) == (bits == 8) and "ASYNC" not in cfg
+        code = {"BITS": bits, "G": group, "HAS_ZERO": int(not table), "SIGNED8": int(bits == 8), "LUT4": int(table),
+                "DQ": int(table), "BF16": 1, "TILED": 1}
+        _, spills, info = _ptxas(cfg | code)
+        assert spills == 0, info
+
+
+@pytest.mark.parametrize("rows,cols,out,ahead", [(1, 14336, 4096, 1), (1, 4096, 14336, 1), (8, 4096, 14336, 0),
+                                                 (1, 4096, 1024, 0)])
+def test_nf4_prefetches_the_next_tile_into_l2_at_one_row(rows, cols, out, ahead):
+    """NF4's wide one-row shape prefetches each warp's next tile into L2 (kern28 run 2); not at 8 rows (untimed),
+    not the register shapes, and never the integer codes (slower with it)."""
+    assert cuda_mma.choose_config(4, rows, cols, out, 64, 132, table=True).get("L2_AHEAD", 0) == ahead
+    assert "L2_AHEAD" not in cuda_mma.choose_config(4, rows, cols, out, 128, 132)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 8, 9, 16])
@@ -393,6 +483,7 @@ def test_chosen_shapes_fit_shared_memory(rows, bits, group, table):
 
 @pytest.mark.parametrize("bits,rows,cols,out,group", [
     (4, 1, 4096, 14336, 128), (4, 16, 14336, 4096, 128), (4, 1, 4096, 128256, 128), (2, 1, 4096, 14336, 128),
+    (4, 1, 14336, 4096, 128), (4, 16, 4096, 4096, 128),
     (2, 16, 4096, 4096, 64), (8, 1, 4096, 14336, -1), (8, 9, 14336, 4096, -1), (8, 1, 4096, 4096, 128),
     (3, 1, 4096, 4096, 128), (3, 8, 4096, 4096, 128), (3, 16, 4096, 4096, 128),
 ])
@@ -400,12 +491,13 @@ def test_chosen_shapes_fit_shared_memory(rows, bits, group, table):
 def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, bf16):
     """The launch shapes auto picks for Llama-sized layers compile (NVRTC, no GPU) to sm_90 code that keeps
     everything in registers, in row order and as an H100 launches a layer's (tile order, launch_mode's programmatic
-    launch): ptxas reports no spills, but for 4 bytes of 2-bit codes in groups of 64 at 16 rows (the short-slice
+    launch and cluster fix-up): ptxas reports no spills, but for 4 bytes of 2-bit codes in groups of 64 at 16 rows (the short-slice
     shape, timed with groups of 128, which do not spill: kern23 run 5). (3-bit codes' wide one-row shape and their
     4-tile shapes at 16 rows spill under their two-block bound, as timed: test_rings_where_timed_faster.)"""
     group = cols if group == -1 else group
-    spec = cuda_mma.specialization(bits, rows, cols, out, group, 132, bf16, bits != 8, bits == 8 and group == cols)
-    on_h100 = spec | {"TILED": 1} | cuda_mma.launch_mode(bits, False, True)
+    code = (bits, rows, cols, out, group, 132, bf16, bits != 8, bits == 8 and group == cols)
+    spec = cuda_mma.specialization(*code)
+    on_h100 = cuda_mma.specialization(*code, clusters=True) | {"TILED": 1} | cuda_mma.launch_mode(bits, False, True)
     bound = 4 if (bits, rows) == (2, 16) else 0
     for launched in (spec, on_h100):
         _, spills, info = _ptxas(launched)
@@ -453,14 +545,14 @@ def test_three_bit_register_shape_holds_two_blocks():
 
 
 @pytest.mark.parametrize("bits,rows,out,ring,spill", [
-    (3, 1, 4096, True, 0), (3, 1, 1024, True, 0), (3, 1, 14336, True, 24), (2, 1, 4096, True, 0),
+    (3, 1, 4096, True, 0), (3, 1, 1024, False, 0), (3, 1, 14336, True, 24), (2, 1, 4096, True, 0),
     (2, 1, 14336, True, 0), (2, 1, 1024, False, 0), (4, 1, 14336, False, 0), (8, 1, 4096, False, 0),
     (3, 16, 4096, True, 0), (3, 16, 14336, True, 36), (3, 8, 4096, False, 0), (4, 16, 14336, False, 0),
 ])
 def test_rings_where_timed_faster(bits, rows, out, ring, spill):
     """Shared-memory rings of two tiles (ASYNC 2) for 3-bit codes at one row and in two row fragments (9-16 rows),
-    and for 2-bit codes at one row where the blocks fill a wave (4096x1024's 64 blocks do not); int4 and int8 keep
-    the register path. Each chosen specialization, in the tile order CUDA layers hold, compiles within its spill
+    and for 2-bit codes at one row where the blocks fill a wave (4096x1024's 64 one-tile blocks take FEW_TILES'
+    register shape, 3-bit codes too); int4 and int8 keep the register path. Each chosen specialization, in the tile order CUDA layers hold, compiles within its spill
     bound (3-bit codes' wide one-row shape capped at 64 registers and their 4-tile shapes at 16 rows capped at 128
     spill 24 and 36 bytes, as timed: kern17, kern19 runs 1 and 8), its shared memory (rings, results and activations) within
     half an H100's 227 KB so two blocks share a multiprocessor."""

@@ -25,6 +25,24 @@ __device__ __forceinline__ void launch_dependents() {
 #endif
 }
 
+// Thread-block clusters (compute capability 9.0): the blocks of a cluster meet at cluster_sync() (every thread of
+// every block; what each wrote before it is visible to all after it) and read each other's shared memory (DSMEM).
+__device__ __forceinline__ void cluster_sync() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ float cluster_load(const float* mine, u32 rank) {  // `mine`'s place in block `rank`
+  float v = 0.f;
+#if __CUDA_ARCH__ >= 900
+  u32 at;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(at) : "r"((u32)__cvta_generic_to_shared(mine)), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(at) : "memory");
+#endif
+  return v;
+}
+
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
 
 __device__ __forceinline__ float half_f32(u16 h) {  // fp16 -> fp32 (the qparams are fp16)

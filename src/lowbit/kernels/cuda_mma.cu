@@ -48,7 +48,10 @@
 // tiles' words with the next DEPTH tiles' loads in flight. The warps' sums
 // meet in shared memory; when K needs more than one block (gridDim.y > 1), each block writes an fp32
 // partial and the last block of an output range to arrive adds them up (a per-range counter that it
-// resets; the stream-K "fix-up", Osama et al. 2023).
+// resets; the stream-K "fix-up", Osama et al. 2023). With CLUSTER the K blocks of an output range are one
+// thread-block cluster instead (Hopper): each keeps its sums in shared memory and, after a cluster barrier,
+// block r adds up share r of the range's outputs from every block's shared memory (DSMEM), in block order,
+// so that no partial goes through global memory and no block waits on a counter.
 //
 // Compile-time settings (-D): BITS (2, 3, 4 or 8), BF16 (activations bf16, else fp16), U (words a thread reads
 // per row and chunk: 1, 2 or 4; 3 bits: one unit of 3 words), KS (inputs per warp, a multiple of CK), G (group
@@ -61,9 +64,12 @@
 // NF4 register shape, kern15), ASYNC (2 or 3: each warp's words through a ring of that many tiles in shared memory,
 // copied by cp.async, ASYNC - 1 tiles ahead, instead of the register ring; 2- and 3-bit codes at one row, kern17),
 // TILED (the words in tile order, formats/word_tiles.py: NF4/FP4, int8 weight-only and int_group layers on CUDA,
-// kern17-19), PREFETCH (a block's first tiles prefetched into L2 before anything else), PDL (programmatic dependent
+// kern17-19), PREFETCH (a block's first tiles prefetched into L2 before anything else), L2_AHEAD (each warp prefetches
+// into L2 the tile that many ahead of the one it loads, so that more of its words are on their way than its registers
+// hold), PDL (programmatic dependent
 // launch, cuda_common.cuh: the block waits for the kernel ahead after its prefetches and, with LAUNCH_NEXT, lets the
-// next launch start once its tiles are done; kern20), and optionally MIN_BLOCKS
+// next launch start once its tiles are done; kern20), CLUSTER (the K blocks, gridDim.y of them, as one cluster: at most
+// 8, compute capability 9.0), and optionally MIN_BLOCKS
 // (blocks per multiprocessor that the register use must allow). Shared memory is dynamic: the launch passes
 // shared_bytes(...) (cuda_mma.py).
 //
@@ -99,6 +105,20 @@
 #endif
 #ifndef PREFETCH
 #define PREFETCH 0
+#endif
+#ifndef L2_AHEAD
+#define L2_AHEAD 0
+#endif
+#ifndef CLUSTER
+#define CLUSTER 1
+#endif
+#if CLUSTER > 1 && __CUDA_ARCH__ < 900
+#error "CLUSTER needs thread-block clusters (compute capability 9.0)"
+#endif
+#if CLUSTER > 1  // the K blocks of an output range, one cluster
+#define CLUSTER_DIMS __cluster_dims__(1, CLUSTER, 1)
+#else
+#define CLUSTER_DIMS
 #endif
 #if ASYNC  // a ring of ASYNC tiles a warp in shared memory: DEPTH tiles ahead, loaded first (as EARLY)
 #if ASYNC < 2
@@ -425,10 +445,45 @@ __device__ __forceinline__ void read_slot(TileData& d, const u32* slot) {  // AS
   }
 }
 
+// Output n and activation row m of value v of a block's results (red[w][v]: tile i, lane, row fragment r, element e).
+__device__ __forceinline__ void value_output(int v, int tile0, int& m, int& n) {
+  const int e = v & 3, r = (v >> 2) % R8, vl = (v >> 2) / R8, ln = vl & 31, i = vl >> 5;
+  n = (tile0 + i) * OUT_TILE + (ln >> 2) + 8 * (e >> 1);
+  m = 8 * r + 2 * (ln & 3) + (e & 1);
+}
+
+// CLUSTER: the K blocks of outputs tile0.. (one cluster, blockIdx.y its rank) add up their sums through DSMEM. Each
+// block puts its warps' sum of each value in red[0]; after the cluster barrier block r writes share r of the values,
+// summed over the blocks in rank order (the same for any arrival order), and no block leaves before the others
+// have read its shared memory.
+__device__ __forceinline__ void add_up_cluster(float (*red)[NVALS], int tile0, int rows, int N, const float* bias,
+                                               int has_bias, u16* y) {
+  for (int v = threadIdx.x; v < NVALS; v += WARPS * 32) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) sum += red[w][v];
+    red[0][v] = sum;  // this thread alone reads and writes value v
+  }
+  cluster_sync();
+  constexpr int share = (NVALS + CLUSTER - 1) / CLUSTER;
+  const int end = min(NVALS, ((int)blockIdx.y + 1) * share);
+  for (int v = blockIdx.y * share + threadIdx.x; v < end; v += WARPS * 32) {
+    int m, n;
+    value_output(v, tile0, m, n);
+    if (m >= rows || n >= N) continue;
+    float sum = 0.f;
+#pragma unroll
+    for (int b = 0; b < CLUSTER; ++b) sum += cluster_load(&red[0][v], b);
+    if (has_bias) sum += bias[n];
+    y[(long long)m * N + n] = f32_act(sum);
+  }
+  cluster_sync();
+}
+
 #ifdef MIN_BLOCKS  // blocks a multiprocessor must hold at once: caps the registers a thread may use
-extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
+extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(WARPS * 32, MIN_BLOCKS)
 #else
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
+extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(WARPS * 32)
 #endif
 lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, const u16* __restrict__ zero,
            const u16* __restrict__ x, const float* __restrict__ bias, u16* __restrict__ y,
@@ -576,6 +631,9 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
     if (i + DEPTH < TILES && i + DEPTH >= EARLY_TILES)
       load_tile(buf[ahead], ASYNC ? slot_at(ring, ahead) : ring, qweight, qp, tile0 + i + DEPTH, k0, K, N, ngroups,
                 g, t);
+#pragma unroll
+    for (int a = i == 0 ? max(PREFETCH, DEPTH + 1) : DEPTH + L2_AHEAD; a <= DEPTH + L2_AHEAD; ++a)  // not yet asked for
+      if (L2_AHEAD && i + a < TILES) prefetch_tile(qweight, qp, tile0 + i + a, k0, K, N, ngroups, lane);
 #if ASYNC
     async_commit();
     async_wait<DEPTH>();  // tile i's words are in its slot
@@ -682,15 +740,17 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
 
   // Sum the warps' K slices in shared memory.
   __syncthreads();
+#if CLUSTER > 1
+  add_up_cluster(red, tile0, rows, N, bias, has_bias, y);
+#else
   const bool split = gridDim.y > 1;
   const long long total = (long long)rows * N;
   for (int v = threadIdx.x; v < NVALS; v += WARPS * 32) {
     float sum = 0.f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) sum += red[w][v];
-    const int e = v & 3, r = (v >> 2) % R8, vl = (v >> 2) / R8, ln = vl & 31, i = vl >> 5;
-    const int n = (tile0 + i) * OUT_TILE + (ln >> 2) + 8 * (e >> 1);
-    const int m = 8 * r + 2 * (ln & 3) + (e & 1);
+    int m, n;
+    value_output(v, tile0, m, n);
     if (m >= rows || n >= N) continue;
     if (split) {
       part[blockIdx.y * total + (long long)m * N + n] = sum;
@@ -702,4 +762,5 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
   if (!split || !fixup) return;  // without fix-up the host adds the partials
   add_up_partials<WARPS * 32>(part, counters, blockIdx.x, gridDim.y, rows, N, tile0 * OUT_TILE, TILES * OUT_TILE,
                               nullptr, bias, has_bias, y);
+#endif
 }

@@ -32,6 +32,9 @@ SHORT_SLICES = {"KS": 128, "WARPS": 16, "DEPTH": 1, "R8": 2, "SMEM_X": 0}
 SHORT_SLICE_MAX_TILES = 8  # the warps' partial sums of 8 tiles of 16 rows take 128 KB of shared memory
 WAVE_FILL = 0.9  # the least share of their waves' slots that the short-slice blocks must fill
 SHORT_SLICE_MAX_WAVES = 2  # and the most waves they may make
+MAX_CLUSTER = 8  # blocks a thread-block cluster may portably hold
+CLUSTER_MAX_BLOCKS_PER_SM = 4  # clustered launches of more blocks than this a multiprocessor ran slower (kern28)
+FEW_TILES = {"KS": 128, "WARPS": 32}  # one row, fewer tiles than multiprocessors: short slices, up to 32 warps
 
 
 def codes_per_word(bits: int) -> int:
@@ -104,7 +107,16 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     4096x128256 and int2's 4096x4096) and NF4 on 4096x1024 (0.96x): there they stay off. 2- and 3-bit codes at
     one row, and 3-bit codes in two row fragments, load their words through shared-memory rings where _ring says so
     (kern17, kern19). int2 and int4 at 9-16 rows take short 128-input slices, as many tiles a block as
-    short_slice_tiles says (kern22-23)."""
+    short_slice_tiles says (kern22-23). At one row, layers of fewer 16-output tiles than multiprocessors (4096x1024:
+    64) keep one tile a block but take up to 32 warps of 128-input slices (FEW_TILES; 4096x1024 against the shapes
+    before, kern28 runs 1-4: int4 2.65x bf16 against 2.38x, int2 2.59-2.62x against 2.29-2.30x, int3 2.12-2.17x
+    against 1.98-2.01x, int8 weight-only with EARLY 1.83-1.85x against 1.51-1.64x, NF4 2.33-2.39x against
+    1.89-1.94x; int4 2.47-2.49x against 2.37-2.41x in kern22). A two-tile ring (ASYNC 2) for int4 in the two
+    28-warp K blocks of 14336x4096 ran 2.90-2.91x against 2.85-2.86x in the kernel benchmark (run 4) but slowed
+    compiled decode at batch 1 (int4 2.49x against 2.52x bf16, twice each, run 7): it stays off. NF4 at
+    one row in the wide shape
+    prefetches into L2 the tile after the one each warp loads (L2_AHEAD; 14336x4096 2.46x against 2.34x,
+    4096x14336 2.44-2.47x against 2.43x; the integer codes ran 3-16% slower with it, kern28 run 2)."""
     words = words_per_thread(bits, in_features, group_size)
     short_tiles = short_slice_tiles(bits, rows, in_features, out_features, sms)
     if short_tiles:
@@ -112,6 +124,12 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
         return SHORT_SLICES | {"U": words, "WARPS": _short_slice_warps(in_features), "TILES": short_tiles}
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
+    if rows == 1 and n_tiles < sms:
+        slice_k = FEW_TILES["KS"]
+        warps = min(FEW_TILES["WARPS"], math.ceil(in_features / slice_k))
+        words = min(words, max(1, slice_k // (4 * codes_per_word(bits))))  # a chunk within the slice
+        shape = {"U": words, "KS": slice_k, "WARPS": warps, "TILES": 1, "DEPTH": 1, "R8": 1, "SMEM_X": 0}
+        return shape | ({"EARLY": 1} if bits == 8 else {})
     long_k_or_n = bits < 8 and (in_features >= 8192 or n_tiles >= 4096)
     slice_k = max(256 if long_k_or_n or frags == 2 else 512, 4 * words * codes_per_word(bits))  # whole chunks
     slices = math.ceil(in_features / slice_k)
@@ -126,7 +144,8 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
         slices = math.ceil(in_features / slice_k)
         deep_k = math.ceil(slices / 16) > 2 and bits in (4, 8) and rows == 1 and not table
         warps = math.ceil(slices / math.ceil(slices / (32 if deep_k else 16)))  # every K block as busy
-        return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1} | ring
+        ahead = {"L2_AHEAD": 1} if table and rows == 1 else {}
+        return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1} | ahead | ring
     if rows == 1 and bits == 3:  # 148 registers would hold one block a multiprocessor (kern14 run 4)
         return shape | {"MIN_BLOCKS": 2} | ring
     if rows == 1 and bits == 8:
@@ -191,14 +210,42 @@ def _ring(bits: int, rows: int, full_wave: bool) -> dict:
 
 
 def specialization(bits: int, rows: int, in_features: int, out_features: int, group_size: int, sms: int,
-                   bf16: bool = True, has_zero: bool = True, signed8: bool = False, config: dict | None = None) -> dict:
+                   bf16: bool = True, has_zero: bool = True, signed8: bool = False, config: dict | None = None,
+                   clusters: bool = False) -> dict:
     """The -D settings of one compiled kernel: choose_config's launch shape, the code format (BITS, G, HAS_ZERO,
-    SIGNED8, LUT4, DQ) and the activations' type (BF16), then `config`'s changes to any of them."""
+    SIGNED8, LUT4, DQ) and the activations' type (BF16), then `config`'s changes to any of them; on a device with
+    thread-block `clusters`, the cluster fix-up where cluster_fixup says so and `config` names no CLUSTER."""
     table = bool((config or {}).get("LUT4"))
     shape = choose_config(bits, rows, in_features, out_features, group_size, sms, table)
     code = {"BITS": bits, "BF16": int(bf16), "HAS_ZERO": int(has_zero), "G": group_size, "SIGNED8": int(signed8),
             "LUT4": 0, "DQ": 0}
-    return shape | code | (config or {})
+    spec = shape | code | (config or {})
+    if clusters and "CLUSTER" not in (config or {}):
+        spec |= cluster_fixup(spec, in_features, out_features, sms)
+    return spec
+
+
+def k_blocks(spec: dict, in_features: int) -> int:
+    """Blocks that share a launch's K (its grid's y): KS-input slices, WARPS of them a block."""
+    return math.ceil(math.ceil(in_features / spec["KS"]) / spec["WARPS"])
+
+
+def cluster_fixup(spec: dict, in_features: int, out_features: int, sms: int) -> dict:
+    """{"CLUSTER": 2} where a launch splits K in two blocks and makes at most CLUSTER_MAX_BLOCKS_PER_SM blocks a
+    multiprocessor, else {}: the two blocks add up their sums through one cluster's shared memory instead of global
+    partials and a counter. On an H100 (kern28 runs 1-2, against the global fix-up in the same run): int4 at 9 and 16
+    rows 4096x4096 2.11-2.14x / 1.96-1.97x bf16 against 1.89-1.90x / 1.81-1.82x, 4096x14336 at 16 rows 1.87-1.89x
+    against 1.82-1.84x (at 9 rows 2.00-2.03x against 2.03-2.04x), 4096x1024 at 9 rows 1.69-1.71x against 1.57-1.58x
+    (at 16 rows 1.44x against 1.45-1.46x); int2 at 16 rows 4096x1024 1.61-1.63x against 1.41-1.42x, 4096x4096
+    2.35-2.36x against 2.11-2.12x; NF4 at 16 rows 1.96-1.99x against 1.76-1.77x (4096x4096) and 1.87-1.90x against
+    1.81-1.82x (4096x14336); int8 weight-only 1.07-1.12x against 1.03-1.07x; 3-bit 4096x14336 1.87-1.90x against
+    1.70-1.71x; int4 and int8 at one row on 14336x4096 within 1.5%. 4096x128256 at 8 rows (4008 blocks) ran
+    1.98-1.99x against 2.68-2.69x: pairs of blocks that must start together leave gaps over many waves; clusters of 4
+    and 7 blocks ran 23-30% slower."""
+    blocks = math.ceil(out_features // OUT_TILE / spec["TILES"]) * k_blocks(spec, in_features)
+    if k_blocks(spec, in_features) == 2 and blocks <= CLUSTER_MAX_BLOCKS_PER_SM * sms:
+        return {"CLUSTER": 2}
+    return {}
 
 
 def launch_mode(bits: int, table: bool, programmatic: bool) -> dict:
@@ -357,19 +404,23 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
     device = x.device
     codes = codes | launch_mode(bits, bool(codes.get("LUT4")), nvrtc.programmatic(device.index))
     spec = specialization(bits, rows, cols, out_features, group_size, nvrtc.multiprocessors(device.index),
-                          x.dtype == torch.bfloat16, config=codes | (config or {}))
+                          x.dtype == torch.bfloat16, config=codes | (config or {}),
+                          clusters=nvrtc.clusters(device.index))
     if not (spec["KS"] % group_size == 0 or group_size % spec["KS"] == 0 or group_size >= cols):
         raise ValueError(f"K slice {spec['KS']} neither holds whole groups of {group_size} nor lies in one")
     shared = shared_bytes(spec, rows)
     kernel = _kernel(device.index, tuple(sorted(spec.items())))
     nvrtc.check_shared(device.index, shared, config, "use fewer WARPS or TILES, or SMEM_X 0", kernel.static_shared)
     grid_x = math.ceil(out_features // OUT_TILE / spec["TILES"])
-    grid_y = math.ceil(math.ceil(cols / spec["KS"]) / spec["WARPS"])
+    grid_y = k_blocks(spec, cols)
+    cluster = spec.get("CLUSTER", 1)
+    if cluster > 1:
+        _check_cluster(device.index, cluster, grid_y)
     y = torch.empty((rows, out_features), dtype=x.dtype, device=device)
     if rows == 0:
         return y
     part, counters = y, None
-    if grid_y > 1:
+    if grid_y > 1 and cluster == 1:
         part = torch.empty((grid_y, rows, out_features), dtype=torch.float32, device=device)
         counters = counters_for(device, grid_x)
     unread = part  # a valid pointer for the arguments a specialization does not read
@@ -380,10 +431,20 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
             table if table is not None else unread, mean if mean is not None else unread]
     with torch.cuda.device(device):
         nvrtc.launch(kernel, (grid_x, grid_y, 1), (spec["WARPS"] * 32, 1, 1), args, shared, bool(spec["PDL"]))
-    if grid_y > 1 and counters is None:  # no fix-up in the launch: add the K blocks' partials here
+    if grid_y > 1 and cluster == 1 and counters is None:  # no fix-up in the launch: add the partials here
         total = part.sum(0) + (bias.float() if bias is not None else 0)
         y = total.to(x.dtype)
     return y
+
+
+def _check_cluster(device_index: int, cluster: int, k_blocks: int) -> None:
+    """A ValueError naming the fix unless a CLUSTER launch can run: its clusters are the launch's K blocks (the
+    kernel adds their sums up through one cluster's shared memory), at most the portable 8, on a Hopper GPU."""
+    if cluster != k_blocks or cluster > MAX_CLUSTER:
+        raise ValueError(f"CLUSTER {cluster} must equal the launch's K blocks ({k_blocks}) and be at most "
+                         f"{MAX_CLUSTER}: change KS or WARPS, or drop CLUSTER")
+    if torch.cuda.get_device_capability(device_index) < (9, 0):
+        raise ValueError("CLUSTER needs thread-block clusters (compute capability 9.0): drop CLUSTER")
 
 
 def int8_weight_mma(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,

@@ -94,6 +94,11 @@ def programmatic(device_index: int) -> bool:
     return _PROGRAMMATIC["on"] and _capability(device_index) >= (9, 0)
 
 
+def clusters(device_index: int) -> bool:
+    """Whether the device runs thread-block clusters (compute capability 9.0 or newer)."""
+    return _capability(device_index) >= (9, 0)
+
+
 @functools.lru_cache(maxsize=None)
 def _capability(device_index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device_index)
