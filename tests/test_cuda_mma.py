@@ -375,7 +375,7 @@ def test_short_slices_take_the_most_tiles_that_fill_their_waves(monkeypatch, bit
     if rows > cuda_mma.MAX_ROWS:
         return
     cfg = cuda_mma.choose_config(bits, rows, cols, out, 128, sms)
-    short = (cfg["KS"], cfg["WARPS"], cfg["TILES"], cfg["DEPTH"], cfg["R8"]) == (128, 16, tiles, 1, 2)
+    short = (cfg["KS"], cfg["WARPS"], cfg["TILES"], cfg["R8"]) == (128, 16, tiles, 2)
     assert short == (tiles > 0)
     blocks = math.ceil(out / 16 / cfg["TILES"]) * math.ceil(cols / (cfg["KS"] * cfg["WARPS"]))
     assert not tiles or (blocks >= 0.9 * math.ceil(blocks / sms) * sms and blocks <= 2 * sms)
@@ -409,7 +409,7 @@ def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
 
 
 @pytest.mark.parametrize("bits,cols,warps", [(4, 14336, 28), (8, 14336, 28), (2, 14336, 14), (3, 14336, 14),
-                                             (4, 4096, 16), (8, 4096, 16), (2, 4096, 16), (4, 8192, 16)])
+                                             (4, 4096, 16), (2, 4096, 16), (4, 8192, 16)])
 def test_wide_shape_splits_k_into_equal_blocks(bits, cols, warps):
     """At one row with 4 tiles a block, K's 256-input slices are shared by up to 16 warps so that every K block
     holds as many: 56 slices of K = 14336 make 4 blocks of 14, not 16 + 16 + 16 + 8. Where that gives more than
@@ -460,6 +460,41 @@ def test_one_row_takes_32_warps_where_one_tile_blocks_leave_sms_idle(bits, cols,
         assert spills == 0, info
 
 
+@pytest.mark.parametrize("bits,rows,cols,out,table,two", [
+    (4, 16, 4096, 14336, False, True), (2, 16, 4096, 14336, False, True), (4, 9, 4096, 14336, False, True),
+    (4, 16, 4096, 14336, True, False), (4, 16, 4096, 4096, False, False), (4, 16, 14336, 4096, False, False),
+    (4, 16, 4096, 1024, False, False)])
+def test_two_short_slice_blocks_a_multiprocessor_where_one_makes_two_waves(bits, rows, cols, out, table, two):
+    """int2 and int4 short slices whose two clustered K blocks make more blocks than multiprocessors take two blocks
+    a multiprocessor (DEPTH 0, 64 registers, both in its shared memory: one wave; kern28 runs 8-9, 4096x14336 int4
+    2.08-2.09x bf16 against 1.87-1.89x); not NF4 (1.33-1.36x against 1.89-1.90x), nor launches that fit one wave or
+    split K in seven. The shape compiles for sm_90 with the few spilled bytes it was timed with."""
+    group = 64 if table else 128
+    spec = cuda_mma.specialization(bits, rows, cols, out, group, 132, has_zero=not table, config={"LUT4": int(table)},
+                                   clusters=True)
+    assert (spec.get("MIN_BLOCKS") == 2 and spec["DEPTH"] == 0) == two
+    if two:
+        assert spec["CLUSTER"] == 2 and 2 * cuda_mma.shared_bytes(spec, rows) <= 227 * 1024
+        registers, spills, info = _ptxas(spec | {"TILED": 1})
+        assert registers <= 64 and spills <= 64, info
+
+
+@pytest.mark.parametrize("bits,cols,out,table,tiles", [(8, 4096, 14336, False, 7), (4, 4096, 14336, True, 7),
+                                                       (4, 4096, 14336, False, 4), (8, 4096, 128256, False, 4),
+                                                       (8, 14336, 4096, False, 4)])
+def test_one_wave_of_32_warp_blocks_for_int8_and_nf4(bits, cols, out, table, tiles):
+    """int8 weight-only and NF4 at one row, where the wide shape would make more blocks than multiprocessors and K
+    fits 32 warps of 128 inputs, take one block a multiprocessor of ceil(tiles / SMs) tiles (4096x14336: 128 blocks
+    of 7; kern28 run 9, int8 1.75-1.76x against 1.66-1.67x, NF4 2.73x against 2.38-2.39x); int4 (2.96-2.98x against
+    3.02-3.07x), more than 8 tiles a block (4096x128256) and longer K keep the wide shape."""
+    group = cols if bits == 8 else 64 if table else 128
+    cfg = cuda_mma.choose_config(bits, 1, cols, out, group, 132, table=table)
+    assert cfg["TILES"] == tiles
+    if tiles == 7:
+        assert (cfg["KS"], cfg["WARPS"]) == (128, 32) and cuda_mma.k_blocks(cfg, cols) == 1
+        assert cuda_mma.shared_bytes(cfg | {"BITS": bits, "LUT4": int(table)}, 1) <= 227 * 1024
+
+
 @pytest.mark.parametrize("rows,cols,out,ahead", [(1, 14336, 4096, 1), (1, 4096, 14336, 1), (8, 4096, 14336, 0),
                                                  (1, 4096, 1024, 0)])
 def test_nf4_prefetches_the_next_tile_into_l2_at_one_row(rows, cols, out, ahead):
@@ -491,9 +526,11 @@ def test_chosen_shapes_fit_shared_memory(rows, bits, group, table):
 def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, bf16):
     """The launch shapes auto picks for Llama-sized layers compile (NVRTC, no GPU) to sm_90 code that keeps
     everything in registers, in row order and as an H100 launches a layer's (tile order, launch_mode's programmatic
-    launch and cluster fix-up): ptxas reports no spills, but for 4 bytes of 2-bit codes in groups of 64 at 16 rows (the short-slice
-    shape, timed with groups of 128, which do not spill: kern23 run 5). (3-bit codes' wide one-row shape and their
-    4-tile shapes at 16 rows spill under their two-block bound, as timed: test_rings_where_timed_faster.)"""
+    launch and cluster fix-up): ptxas reports no spills, but for 4 bytes of 2-bit codes in groups of 64 at 16 rows
+    (the short-slice shape, timed with groups of 128, which do not spill: kern23 run 5). (3-bit codes' wide one-row
+    shape and their 4-tile shapes at 16 rows spill under their two-block bound, as timed:
+    test_rings_where_timed_faster; int2 and int4 short slices two a multiprocessor spill a few bytes, as timed:
+    test_two_short_slice_blocks_a_multiprocessor_where_one_makes_two_waves.)"""
     group = cols if group == -1 else group
     code = (bits, rows, cols, out, group, 132, bf16, bits != 8, bits == 8 and group == cols)
     spec = cuda_mma.specialization(*code)
@@ -552,10 +589,11 @@ def test_three_bit_register_shape_holds_two_blocks():
 def test_rings_where_timed_faster(bits, rows, out, ring, spill):
     """Shared-memory rings of two tiles (ASYNC 2) for 3-bit codes at one row and in two row fragments (9-16 rows),
     and for 2-bit codes at one row where the blocks fill a wave (4096x1024's 64 one-tile blocks take FEW_TILES'
-    register shape, 3-bit codes too); int4 and int8 keep the register path. Each chosen specialization, in the tile order CUDA layers hold, compiles within its spill
-    bound (3-bit codes' wide one-row shape capped at 64 registers and their 4-tile shapes at 16 rows capped at 128
-    spill 24 and 36 bytes, as timed: kern17, kern19 runs 1 and 8), its shared memory (rings, results and activations) within
-    half an H100's 227 KB so two blocks share a multiprocessor."""
+    register shape, 3-bit codes too); int4 and int8 keep the register path. Each chosen specialization, in the tile
+    order CUDA layers hold, compiles within its spill bound (3-bit codes' wide one-row shape capped at 64 registers and
+    their 4-tile shapes at 16 rows capped at 128 spill 24 and 36 bytes, as timed: kern17, kern19 runs 1 and 8), its
+    shared memory (rings, results and activations) within half an H100's 227 KB so two blocks share a
+    multiprocessor."""
     group = 4096 if bits == 8 else 128
     spec = cuda_mma.specialization(bits, rows, 4096, out, group, 132, has_zero=bits != 8, signed8=bits == 8)
     assert spec.get("ASYNC", 0) == (2 if ring else 0)
@@ -601,10 +639,10 @@ def test_min_blocks_caps_the_registers():
 
 @pytest.mark.parametrize("dq,bf16,spill", [(1, 1, 4), (0, 0, 0)])
 def test_fourbit_table_kernel_compiles_for_sm90(dq, bf16, spill):
-    """The NF4/FP4 specialization (LUT4, blocks of 64) at its launch shape for 4096x14336 (16 warps, activations in
-    shared memory) compiles; ptxas keeps 64 registers a thread and spills 4 bytes with double quantization (the
-    shape kern12 timed, spill included), none without."""
-    spec = cuda_mma.specialization(4, 1, 4096, 14336, 64, 132, bf16, has_zero=False, config={"LUT4": 1, "DQ": dq})
+    """The NF4/FP4 specialization (LUT4, blocks of 64) in the wide shape (16 warps, activations in shared memory;
+    4096x128256's, and 4096x14336's until kern28) compiles within the spills kern12 timed it with (4 bytes with
+    double quantization, none without)."""
+    spec = cuda_mma.specialization(4, 1, 4096, 128256, 64, 132, bf16, has_zero=False, config={"LUT4": 1, "DQ": dq})
     assert spec["SMEM_X"] == 1 and spec["WARPS"] == 16
     _, spills, info = _ptxas(spec)
     assert spills <= spill, info

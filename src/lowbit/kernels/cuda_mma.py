@@ -113,7 +113,14 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     against 1.98-2.01x, int8 weight-only with EARLY 1.83-1.85x against 1.51-1.64x, NF4 2.33-2.39x against
     1.89-1.94x; int4 2.47-2.49x against 2.37-2.41x in kern22). A two-tile ring (ASYNC 2) for int4 in the two
     28-warp K blocks of 14336x4096 ran 2.90-2.91x against 2.85-2.86x in the kernel benchmark (run 4) but slowed
-    compiled decode at batch 1 (int4 2.49x against 2.52x bf16, twice each, run 7): it stays off. NF4 at
+    compiled decode at batch 1 (int4 2.49x against 2.52x bf16, twice each, run 7): it stays off. int8 weight-only
+    and NF4 at one row, where the wide shape would make more blocks than multiprocessors and K fits 32 warps of 128
+    inputs, take one block a multiprocessor of ceil(tiles / SMs) tiles, up to 8 (4096x14336: 128 blocks of 7; int8
+    1.75-1.76x against 1.66-1.67x, NF4 2.73x against 2.38-2.39x, run 9; int4 ran 2.96-2.98x there against 3.02-3.07x
+    and keeps the wide shape). int2 and int4 short slices whose two K blocks outnumber the multiprocessors take two
+    blocks a multiprocessor (DEPTH 0, MIN_BLOCKS 2; 4096x14336 at 16 rows int4 2.08-2.09x against 1.87-1.89x, int2
+    2.57-2.62x against 2.14-2.18x, runs 8-9); NF4 there ran 1.33-1.36x against 1.89-1.90x and 14336x4096's seven K
+    blocks 1.75-1.76x against 1.78-1.80x, so they keep one. NF4 at
     one row in the wide shape
     prefetches into L2 the tile after the one each warp loads (L2_AHEAD; 14336x4096 2.46x against 2.34x,
     4096x14336 2.44-2.47x against 2.43x; the integer codes ran 3-16% slower with it, kern28 run 2)."""
@@ -121,7 +128,10 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     short_tiles = short_slice_tiles(bits, rows, in_features, out_features, sms)
     if short_tiles:
         words = min(words, SHORT_SLICES["KS"] // (4 * codes_per_word(bits)))  # a chunk within the slice
-        return SHORT_SLICES | {"U": words, "WARPS": _short_slice_warps(in_features), "TILES": short_tiles}
+        shape = SHORT_SLICES | {"U": words, "WARPS": _short_slice_warps(in_features), "TILES": short_tiles}
+        k_split = k_blocks(shape, in_features)
+        two_a_sm = not table and k_split == 2 and math.ceil(out_features // OUT_TILE / short_tiles) * k_split > sms
+        return shape | ({"DEPTH": 0, "MIN_BLOCKS": 2} if two_a_sm else {})
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
     if rows == 1 and n_tiles < sms:
@@ -134,10 +144,10 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     slice_k = max(256 if long_k_or_n or frags == 2 else 512, 4 * words * codes_per_word(bits))  # whole chunks
     slices = math.ceil(in_features / slice_k)
     warps = min(8, slices)
-    k_blocks = math.ceil(slices / warps)
-    tiles = 4 if math.ceil(n_tiles / 4) * k_blocks >= sms else 1
+    register_k_blocks = math.ceil(slices / warps)
+    tiles = 4 if math.ceil(n_tiles / 4) * register_k_blocks >= sms else 1
     shape = {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}
-    ring = _ring(bits, rows, math.ceil(n_tiles / tiles) * k_blocks >= sms)
+    ring = _ring(bits, rows, math.ceil(n_tiles / tiles) * register_k_blocks >= sms)
     wide = tiles == 4 and frags == 1 and (table or rows == 1)
     if wide:
         slice_k = max(256, 4 * words * codes_per_word(bits))
@@ -145,6 +155,13 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
         deep_k = math.ceil(slices / 16) > 2 and bits in (4, 8) and rows == 1 and not table
         warps = math.ceil(slices / math.ceil(slices / (32 if deep_k else 16)))  # every K block as busy
         ahead = {"L2_AHEAD": 1} if table and rows == 1 else {}
+        one_wave_tiles = math.ceil(n_tiles / sms)
+        if (table or bits == 8) and rows == 1 and in_features <= FEW_TILES["KS"] * FEW_TILES["WARPS"] \
+                and math.ceil(n_tiles / 4) > sms and one_wave_tiles <= SHORT_SLICE_MAX_TILES:
+            words = min(words, max(1, FEW_TILES["KS"] // (4 * codes_per_word(bits))))
+            slices = math.ceil(in_features / FEW_TILES["KS"])
+            return shape | {"U": words, "KS": FEW_TILES["KS"], "WARPS": slices, "TILES": one_wave_tiles, "DEPTH": 0,
+                            "SMEM_X": 1} | ahead
         return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1} | ahead | ring
     if rows == 1 and bits == 3:  # 148 registers would hold one block a multiprocessor (kern14 run 4)
         return shape | {"MIN_BLOCKS": 2} | ring
@@ -152,7 +169,7 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
         return shape | {"EARLY": 1}
     if ring:
         return shape | ring
-    if rows == 1 and table and math.ceil(n_tiles / tiles) * k_blocks > sms:  # 192 registers: one block an SM
+    if rows == 1 and table and math.ceil(n_tiles / tiles) * register_k_blocks > sms:  # 192 registers: one block an SM
         return shape | {"EARLY": 1, "MIN_BLOCKS": 2}
     return shape
 
