@@ -479,20 +479,28 @@ def test_two_short_slice_blocks_a_multiprocessor_where_one_makes_two_waves(bits,
         assert registers <= 64 and spills <= 64, info
 
 
-@pytest.mark.parametrize("bits,cols,out,table,tiles", [(8, 4096, 14336, False, 7), (4, 4096, 14336, True, 7),
-                                                       (4, 4096, 14336, False, 4), (8, 4096, 128256, False, 4),
-                                                       (8, 14336, 4096, False, 4)])
-def test_one_wave_of_32_warp_blocks_for_int8_and_nf4(bits, cols, out, table, tiles):
-    """int8 weight-only and NF4 at one row, where the wide shape would make more blocks than multiprocessors and K
-    fits 32 warps of 128 inputs, take one block a multiprocessor of ceil(tiles / SMs) tiles (4096x14336: 128 blocks
-    of 7; kern28 run 9, int8 1.75-1.76x against 1.66-1.67x, NF4 2.73x against 2.38-2.39x); int4 (2.96-2.98x against
-    3.02-3.07x), more than 8 tiles a block (4096x128256) and longer K keep the wide shape."""
+@pytest.mark.parametrize("bits,cols,out,table,tiles,one_wave", [
+    (8, 4096, 14336, False, 7, True), (4, 4096, 14336, True, 7, True), (8, 4096, 4096, False, 2, True),
+    (4, 4096, 4096, True, 2, True), (4, 4096, 14336, False, 4, False), (8, 4096, 128256, False, 4, False),
+    (8, 14336, 4096, False, 4, False), (4, 4096, 4096, False, 1, False)])
+def test_one_wave_of_32_warp_blocks_for_int8_and_nf4(bits, cols, out, table, tiles, one_wave):
+    """int8 weight-only and NF4 at one row, on layers of at least as many tiles as multiprocessors whose K fits 32
+    warps of 128 inputs, take one block a multiprocessor of ceil(tiles / SMs) tiles, NF4 with L2_AHEAD above 2 tiles
+    (kern28: 4096x14336, 128 blocks of 7, int8 1.75-1.76x against 1.66-1.67x, NF4 2.73x against 2.38-2.39x; 4096x4096,
+    128 blocks of 2, int8 1.90-1.91x against 1.60x, NF4 2.61-2.64x against 2.21-2.26x); int4 (2.96-2.98x against
+    3.02-3.07x on 4096x14336), more than 8 tiles a block (4096x128256) and longer K keep their shapes. Each compiles
+    for sm_90 without spills within a block's shared memory."""
     group = cols if bits == 8 else 64 if table else 128
     cfg = cuda_mma.choose_config(bits, 1, cols, out, group, 132, table=table)
     assert cfg["TILES"] == tiles
-    if tiles == 7:
-        assert (cfg["KS"], cfg["WARPS"]) == (128, 32) and cuda_mma.k_blocks(cfg, cols) == 1
-        assert cuda_mma.shared_bytes(cfg | {"BITS": bits, "LUT4": int(table)}, 1) <= 227 * 1024
+    assert ((cfg["KS"], cfg["WARPS"]) == (128, 32)) == one_wave
+    if one_wave:
+        assert cuda_mma.k_blocks(cfg, cols) == 1 and cfg.get("L2_AHEAD", 0) == int(table and tiles > 2)
+        code = {"BITS": bits, "G": group, "HAS_ZERO": 0, "SIGNED8": int(bits == 8), "LUT4": int(table),
+                "DQ": int(table), "BF16": 1, "TILED": 1}
+        assert cuda_mma.shared_bytes(cfg | code, 1) <= 227 * 1024
+        _, spills, info = _ptxas(cfg | code)
+        assert spills == 0, info
 
 
 @pytest.mark.parametrize("rows,cols,out,ahead", [(1, 14336, 4096, 1), (1, 4096, 14336, 1), (8, 4096, 14336, 0),
@@ -602,25 +610,27 @@ def test_rings_where_timed_faster(bits, rows, out, ring, spill):
         assert spills <= spill and 2 * cuda_mma.shared_bytes(spec, rows) <= 227 * 1024, info
 
 
-@pytest.mark.parametrize("bits,rows,out,table,early", [
-    (8, 1, 4096, False, True), (8, 2, 4096, False, False), (4, 1, 4096, True, True), (4, 1, 1024, True, False),
-    (4, 1, 14336, True, False), (4, 1, 4096, False, False), (2, 1, 4096, False, False),
+@pytest.mark.parametrize("bits,rows,cols,out,table,early", [
+    (8, 1, 5120, 4096, False, True), (8, 2, 4096, 4096, False, False), (4, 1, 5120, 4096, True, True),
+    (4, 1, 4096, 1024, True, False), (4, 1, 4096, 128256, True, False), (4, 1, 4096, 4096, False, False),
+    (2, 1, 4096, 4096, False, False), (8, 1, 4096, 4096, False, False), (4, 1, 4096, 4096, True, False),
 ])
-def test_early_loads_where_timed_faster(bits, rows, out, table, early):
+def test_early_loads_where_timed_faster(bits, rows, cols, out, table, early):
     """The first tiles' loads go out before the activations (EARLY) at one row for int8 codes and for NF4's register
-    shape where its blocks outnumber the multiprocessors (4096x4096: 256 blocks), which also asks for two blocks a
-    multiprocessor; int2/int4, NF4's wide shape (4096x14336) and its 64 blocks of 4096x1024 keep them after."""
-    group = 4096 if bits == 8 else 64 if table else 128
-    cfg = cuda_mma.choose_config(bits, rows, 4096, out, group, sms=132, table=table)
+    shape where its blocks outnumber the multiprocessors (5120x4096: 256 blocks; 4096x4096 until kern28), which also
+    asks for two blocks a multiprocessor; int2/int4, NF4's wide shape (4096x128256), the one-wave 32-warp shape of
+    int8 and NF4 (4096x4096 since kern28) and NF4's 64 blocks of 4096x1024 keep them after."""
+    group = cols if bits == 8 else 64 if table else 128
+    cfg = cuda_mma.choose_config(bits, rows, cols, out, group, sms=132, table=table)
     assert bool(cfg.get("EARLY")) == early
     assert (cfg.get("MIN_BLOCKS") == 2) == (early and table)
 
 
 def test_early_loads_fit_two_nf4_register_blocks_a_multiprocessor():
-    """NF4's register shape at 4096x4096 takes 192 registers a thread with its loads after the activations' setup
-    (one 8-warp block a multiprocessor: 256 blocks in two waves); with the first tile loaded before, ptxas keeps
-    it within the 128 registers two blocks need, without spills."""
-    spec = cuda_mma.specialization(4, 1, 4096, 4096, 64, 132, has_zero=False, config={"LUT4": 1, "DQ": 1})
+    """NF4's register shape (5120x4096; 4096x4096 until kern28) takes 192 registers a thread with its loads after the
+    activations' setup (one 8-warp block a multiprocessor: 256 blocks in two waves); with the first tile loaded
+    before, ptxas keeps it within the 128 registers two blocks need, without spills."""
+    spec = cuda_mma.specialization(4, 1, 5120, 4096, 64, 132, has_zero=False, config={"LUT4": 1, "DQ": 1})
     assert spec["EARLY"] == 1 and spec["SMEM_X"] == 0 and spec["WARPS"] == 8
     capped, spills, info = _ptxas(spec)
     late, _, _ = _ptxas({k: v for k, v in spec.items() if k not in ("EARLY", "MIN_BLOCKS")})

@@ -114,10 +114,11 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     1.89-1.94x; int4 2.47-2.49x against 2.37-2.41x in kern22). A two-tile ring (ASYNC 2) for int4 in the two
     28-warp K blocks of 14336x4096 ran 2.90-2.91x against 2.85-2.86x in the kernel benchmark (run 4) but slowed
     compiled decode at batch 1 (int4 2.49x against 2.52x bf16, twice each, run 7): it stays off. int8 weight-only
-    and NF4 at one row, where the wide shape would make more blocks than multiprocessors and K fits 32 warps of 128
-    inputs, take one block a multiprocessor of ceil(tiles / SMs) tiles, up to 8 (4096x14336: 128 blocks of 7; int8
-    1.75-1.76x against 1.66-1.67x, NF4 2.73x against 2.38-2.39x, run 9; int4 ran 2.96-2.98x there against 3.02-3.07x
-    and keeps the wide shape). int2 and int4 short slices whose two K blocks outnumber the multiprocessors take two
+    and NF4 at one row, on layers of at least as many tiles as multiprocessors whose K fits 32 warps of 128 inputs,
+    take one block a multiprocessor of ceil(tiles / SMs) tiles, up to 8, NF4 with L2_AHEAD above 2 tiles (4096x14336,
+    128 blocks of 7: int8 1.75-1.76x against 1.66-1.67x, NF4 2.73x against 2.38-2.39x, 2.43x without L2_AHEAD, run 9;
+    4096x4096, 128 blocks of 2: int8 1.90-1.91x against 1.60x, NF4 2.61-2.64x against 2.21-2.26x, 2.43-2.46x with
+    L2_AHEAD, runs 11-12; int4 ran 2.96-2.98x on 4096x14336 against 3.02-3.07x and keeps its shapes). int2 and int4 short slices whose two K blocks outnumber the multiprocessors take two
     blocks a multiprocessor (DEPTH 0, MIN_BLOCKS 2; 4096x14336 at 16 rows int4 2.08-2.09x against 1.87-1.89x, int2
     2.57-2.62x against 2.14-2.18x, runs 8-9); NF4 there ran 1.33-1.36x against 1.89-1.90x and 14336x4096's seven K
     blocks 1.75-1.76x against 1.78-1.80x, so they keep one. NF4 at
@@ -134,12 +135,17 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
         return shape | ({"DEPTH": 0, "MIN_BLOCKS": 2} if two_a_sm else {})
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
+    slice_words = min(words, max(1, FEW_TILES["KS"] // (4 * codes_per_word(bits))))  # a chunk within a short slice
+    slices = math.ceil(in_features / FEW_TILES["KS"])
     if rows == 1 and n_tiles < sms:
-        slice_k = FEW_TILES["KS"]
-        warps = min(FEW_TILES["WARPS"], math.ceil(in_features / slice_k))
-        words = min(words, max(1, slice_k // (4 * codes_per_word(bits))))  # a chunk within the slice
-        shape = {"U": words, "KS": slice_k, "WARPS": warps, "TILES": 1, "DEPTH": 1, "R8": 1, "SMEM_X": 0}
+        shape = {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": min(FEW_TILES["WARPS"], slices), "TILES": 1,
+                 "DEPTH": 1, "R8": 1, "SMEM_X": 0}
         return shape | ({"EARLY": 1} if bits == 8 else {})
+    one_wave_tiles = math.ceil(n_tiles / sms)
+    if rows == 1 and (table or bits == 8) and slices <= FEW_TILES["WARPS"] and one_wave_tiles <= SHORT_SLICE_MAX_TILES:
+        ahead = {"L2_AHEAD": 1} if table and one_wave_tiles > 2 else {}
+        return {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": slices, "TILES": one_wave_tiles, "DEPTH": 0,
+                "R8": 1, "SMEM_X": 1} | ahead
     long_k_or_n = bits < 8 and (in_features >= 8192 or n_tiles >= 4096)
     slice_k = max(256 if long_k_or_n or frags == 2 else 512, 4 * words * codes_per_word(bits))  # whole chunks
     slices = math.ceil(in_features / slice_k)
@@ -155,13 +161,6 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
         deep_k = math.ceil(slices / 16) > 2 and bits in (4, 8) and rows == 1 and not table
         warps = math.ceil(slices / math.ceil(slices / (32 if deep_k else 16)))  # every K block as busy
         ahead = {"L2_AHEAD": 1} if table and rows == 1 else {}
-        one_wave_tiles = math.ceil(n_tiles / sms)
-        if (table or bits == 8) and rows == 1 and in_features <= FEW_TILES["KS"] * FEW_TILES["WARPS"] \
-                and math.ceil(n_tiles / 4) > sms and one_wave_tiles <= SHORT_SLICE_MAX_TILES:
-            words = min(words, max(1, FEW_TILES["KS"] // (4 * codes_per_word(bits))))
-            slices = math.ceil(in_features / FEW_TILES["KS"])
-            return shape | {"U": words, "KS": FEW_TILES["KS"], "WARPS": slices, "TILES": one_wave_tiles, "DEPTH": 0,
-                            "SMEM_X": 1} | ahead
         return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1} | ahead | ring
     if rows == 1 and bits == 3:  # 148 registers would hold one block a multiprocessor (kern14 run 4)
         return shape | {"MIN_BLOCKS": 2} | ring
