@@ -107,24 +107,17 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     4096x128256 and int2's 4096x4096) and NF4 on 4096x1024 (0.96x): there they stay off. 2- and 3-bit codes at
     one row, and 3-bit codes in two row fragments, load their words through shared-memory rings where _ring says so
     (kern17, kern19). int2 and int4 at 9-16 rows take short 128-input slices, as many tiles a block as
-    short_slice_tiles says (kern22-23). At one row, layers of fewer 16-output tiles than multiprocessors (4096x1024:
-    64) keep one tile a block but take up to 32 warps of 128-input slices (FEW_TILES; 4096x1024 against the shapes
-    before, kern28 runs 1-4: int4 2.65x bf16 against 2.38x, int2 2.59-2.62x against 2.29-2.30x, int3 2.12-2.17x
-    against 1.98-2.01x, int8 weight-only with EARLY 1.83-1.85x against 1.51-1.64x, NF4 2.33-2.39x against
-    1.89-1.94x; int4 2.47-2.49x against 2.37-2.41x in kern22). A two-tile ring (ASYNC 2) for int4 in the two
-    28-warp K blocks of 14336x4096 ran 2.90-2.91x against 2.85-2.86x in the kernel benchmark (run 4) but slowed
-    compiled decode at batch 1 (int4 2.49x against 2.52x bf16, twice each, run 7): it stays off. int8 weight-only
-    and NF4 at one row, on layers of at least as many tiles as multiprocessors whose K fits 32 warps of 128 inputs,
-    take one block a multiprocessor of ceil(tiles / SMs) tiles, up to 8, NF4 with L2_AHEAD above 2 tiles (4096x14336,
-    128 blocks of 7: int8 1.75-1.76x against 1.66-1.67x, NF4 2.73x against 2.38-2.39x, 2.43x without L2_AHEAD, run 9;
-    4096x4096, 128 blocks of 2: int8 1.90-1.91x against 1.60x, NF4 2.61-2.64x against 2.21-2.26x, 2.43-2.46x with
-    L2_AHEAD, runs 11-12; int4 ran 2.96-2.98x on 4096x14336 against 3.02-3.07x and keeps its shapes). int2 and int4 short slices whose two K blocks outnumber the multiprocessors take two
-    blocks a multiprocessor (DEPTH 0, MIN_BLOCKS 2; 4096x14336 at 16 rows int4 2.08-2.09x against 1.87-1.89x, int2
-    2.57-2.62x against 2.14-2.18x, runs 8-9); NF4 there ran 1.33-1.36x against 1.89-1.90x and 14336x4096's seven K
-    blocks 1.75-1.76x against 1.78-1.80x, so they keep one. NF4 at
-    one row in the wide shape
-    prefetches into L2 the tile after the one each warp loads (L2_AHEAD; 14336x4096 2.46x against 2.34x,
-    4096x14336 2.44-2.47x against 2.43x; the integer codes ran 3-16% slower with it, kern28 run 2)."""
+    short_slice_tiles says (kern22-23). kern28 (numbers in docs/kern28.md): at one row, layers of fewer tiles than
+    multiprocessors keep one tile a block but take up to 32 warps of 128-input slices (FEW_TILES; 4096x1024 int4
+    2.65x bf16 against 2.38x, NF4 2.33-2.39x against 1.89-1.94x); int8 weight-only and NF4 at one row, on layers of
+    at least as many tiles as multiprocessors whose K fits 32 such warps, take one block a multiprocessor of
+    ceil(tiles / SMs) tiles, up to 8, NF4 with L2_AHEAD above 2 tiles (4096x4096 int8 1.90-1.91x against 1.60x, NF4
+    2.61-2.64x against 2.21-2.26x; int4 ran slower so and keeps its shapes); int2 and int4 short slices whose two K
+    blocks outnumber the multiprocessors take two blocks a multiprocessor (DEPTH 0, MIN_BLOCKS 2; 4096x14336 int4 at
+    16 rows 2.08-2.09x against 1.87-1.89x; NF4 and 14336x4096's seven K blocks ran slower so); NF4's wide shape at
+    one row prefetches each warp's next tile into L2 (L2_AHEAD; 14336x4096 2.46x against 2.34x; the integer codes
+    ran 3-16% slower with it). A two-tile ring for int4's 28-warp K blocks (14336x4096) was 2% faster in the kernel
+    benchmark but slowed compiled decode (2.49x against 2.52x): it stays off."""
     words = words_per_thread(bits, in_features, group_size)
     short_tiles = short_slice_tiles(bits, rows, in_features, out_features, sms)
     if short_tiles:
@@ -136,15 +129,16 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
     slice_words = min(words, max(1, FEW_TILES["KS"] // (4 * codes_per_word(bits))))  # a chunk within a short slice
-    slices = math.ceil(in_features / FEW_TILES["KS"])
+    short_slices = math.ceil(in_features / FEW_TILES["KS"])
     if rows == 1 and n_tiles < sms:
-        shape = {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": min(FEW_TILES["WARPS"], slices), "TILES": 1,
+        shape = {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": min(FEW_TILES["WARPS"], short_slices), "TILES": 1,
                  "DEPTH": 1, "R8": 1, "SMEM_X": 0}
         return shape | ({"EARLY": 1} if bits == 8 else {})
     one_wave_tiles = math.ceil(n_tiles / sms)
-    if rows == 1 and (table or bits == 8) and slices <= FEW_TILES["WARPS"] and one_wave_tiles <= SHORT_SLICE_MAX_TILES:
+    if rows == 1 and (table or bits == 8) and short_slices <= FEW_TILES["WARPS"] \
+            and one_wave_tiles <= SHORT_SLICE_MAX_TILES:
         ahead = {"L2_AHEAD": 1} if table and one_wave_tiles > 2 else {}
-        return {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": slices, "TILES": one_wave_tiles, "DEPTH": 0,
+        return {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": short_slices, "TILES": one_wave_tiles, "DEPTH": 0,
                 "R8": 1, "SMEM_X": 1} | ahead
     long_k_or_n = bits < 8 and (in_features >= 8192 or n_tiles >= 4096)
     slice_k = max(256 if long_k_or_n or frags == 2 else 512, 4 * words * codes_per_word(bits))  # whole chunks
@@ -459,7 +453,7 @@ def _check_cluster(device_index: int, cluster: int, k_blocks: int) -> None:
     if cluster != k_blocks or cluster > MAX_CLUSTER:
         raise ValueError(f"CLUSTER {cluster} must equal the launch's K blocks ({k_blocks}) and be at most "
                          f"{MAX_CLUSTER}: change KS or WARPS, or drop CLUSTER")
-    if torch.cuda.get_device_capability(device_index) < (9, 0):
+    if not nvrtc.clusters(device_index):
         raise ValueError("CLUSTER needs thread-block clusters (compute capability 9.0): drop CLUSTER")
 
 
