@@ -212,6 +212,49 @@ def test_fourbit_mma_matches_reference(quant_type, double_quant, blocksize, cols
 
 
 @gpu
+@pytest.mark.parametrize("bits,rows,cols,out,feature", [
+    (4, 16, 4096, 14336, "MIN_BLOCKS"), (2, 9, 4096, 14336, "MIN_BLOCKS"), (4, 16, 4096, 4096, "CLUSTER"),
+    (4, 1, 14336, 4096, "CLUSTER"), (4, 1, 4096, 1024, "FEW_TILES"), (2, 1, 4096, 1024, "FEW_TILES"),
+    ("int8", 1, 4096, 4096, "ONE_WAVE"), ("int8", 1, 4096, 14336, "ONE_WAVE"), ("nf4", 1, 4096, 4096, "ONE_WAVE"),
+    ("nf4", 1, 4096, 14336, "ONE_WAVE"), ("nf4", 1, 14336, 4096, "L2_AHEAD")])
+def test_llama_sized_launch_shapes_match_reference(bits, rows, cols, out, feature):
+    """The launch shapes auto picks only for large layers on this GPU (kern28: the cluster fix-up, two short-slice
+    blocks a multiprocessor, FEW_TILES, the one-wave 32-warp shape, NF4's L2 prefetch) against an fp64 reference at
+    Llama-3-8B sizes, with fresh random weights; the test first checks that the shape it means to cover is the one
+    the specialization takes on this device."""
+    seed = fresh_seed()
+    sms = cuda_mma.nvrtc.multiprocessors(0)
+    clusters = cuda_mma.nvrtc.clusters(0)
+    if feature == "CLUSTER" and not clusters:
+        pytest.skip("thread-block clusters need compute capability 9.0")
+    if bits == "nf4":
+        layer = FourBitLinear.from_float(torch.randn(out, cols), torch.randn(out),
+                                         FourBitLayout(out, cols, "nf4", 64, True)).to("cuda")
+        args = (*layer.weight_args(), layer.code_table("cuda"), 64, out)
+        spec = cuda_mma.specialization(4, rows, cols, out, 64, sms, has_zero=False, config={"LUT4": 1, "DQ": 1},
+                                       clusters=clusters)
+        call = (lambda x, cfg: cuda_mma.fourbit_mma(x, *args, layer.bias, config=cfg))
+        ref_of = (lambda x: reference.fourbit_linear(x.double(), *args, layer.bias.double()))
+    else:
+        width, group = (8, cols) if bits == "int8" else (bits, 128)
+        layer, ref_w, call = _layer(out, cols, 128 if bits != "int8" else -1, False, True, bits)
+        spec = cuda_mma.specialization(width, rows, cols, out, group, sms, has_zero=bits != "int8",
+                                       signed8=bits == "int8", clusters=clusters)
+        ref_of = (lambda x: x.double() @ ref_w.t() + layer.bias.double())
+    covered = {"MIN_BLOCKS": spec.get("MIN_BLOCKS") == 2 and spec["DEPTH"] == 0, "CLUSTER": spec.get("CLUSTER") == 2,
+               "FEW_TILES": (spec["KS"], spec["TILES"]) == (128, 1), "L2_AHEAD": spec.get("L2_AHEAD") == 1,
+               "ONE_WAVE": spec["KS"] == 128 and spec["TILES"] > 1}[feature]
+    if not covered:
+        pytest.skip(f"this GPU's {sms} multiprocessors give another shape: {spec}")
+    for dtype in DTYPES:
+        x = torch.randn(rows, cols, device="cuda", dtype=dtype) * 3
+        ref = ref_of(x)
+        y = call(x, None)
+        err = ((y.double() - ref).norm() / ref.norm()).item()
+        assert torch.isfinite(y).all() and err < TOL[dtype], f"{bits} {rows}x{cols}x{out} {dtype} {err:.2e} {seed}"
+
+
+@gpu
 def test_mma_by_name_opcheck_compile_and_graph_capture():
     x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
     int4, _, _ = _layer(16 * 64, 1024, 128, False, True)
