@@ -53,25 +53,23 @@
 // block r adds up share r of the range's outputs from every block's shared memory (DSMEM), in block order,
 // so that no partial goes through global memory and no block waits on a counter.
 //
-// Compile-time settings (-D): BITS (2, 3, 4 or 8), BF16 (activations bf16, else fp16), U (words a thread reads
-// per row and chunk: 1, 2 or 4; 3 bits: one unit of 3 words), KS (inputs per warp, a multiple of CK), G (group
-// size: a multiple of CK, or K and more), WARPS, TILES, DEPTH (tiles loaded ahead), R8 (8-row activation
-// fragments: 1 or 2), HAS_ZERO (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed), LUT4
-// and DQ (NF4/FP4 codes with BITS 4 and G the absmax block; double-quantized absmax), SMEM_X (keep the
-// activation fragments in shared memory, read per chunk, instead of registers: the fragments of a 512-input
-// slice take 64 registers a thread, most of them zeros at one row, and registers allowed one 8-warp block per
-// multiprocessor: kern11), EARLY (the first tiles' loads go out before the activations are read; int8 and the
-// NF4 register shape, kern15), ASYNC (2 or 3: each warp's words through a ring of that many tiles in shared memory,
-// copied by cp.async, ASYNC - 1 tiles ahead, instead of the register ring; 2- and 3-bit codes at one row, kern17),
-// TILED (the words in tile order, formats/word_tiles.py: NF4/FP4, int8 weight-only and int_group layers on CUDA,
-// kern17-19), PREFETCH (a block's first tiles prefetched into L2 before anything else), L2_AHEAD (each warp prefetches
-// into L2 the tile that many ahead of the one it loads, so that more of its words are on their way than its registers
-// hold), PDL (programmatic dependent
-// launch, cuda_common.cuh: the block waits for the kernel ahead after its prefetches and, with LAUNCH_NEXT, lets the
-// next launch start once its tiles are done; kern20), CLUSTER (the K blocks, gridDim.y of them, as one cluster: at most
-// 8, compute capability 9.0), and optionally MIN_BLOCKS
-// (blocks per multiprocessor that the register use must allow). Shared memory is dynamic: the launch passes
-// shared_bytes(...) (cuda_mma.py).
+// Compile-time settings (-D): BITS (2, 3, 4 or 8), BF16 (activations bf16, else fp16), U (words a thread reads per
+// row and chunk: 1, 2 or 4; 3 bits: one unit of 3 words), KS (inputs per warp, a multiple of CK), G (group size: a
+// multiple of CK, or K and more), WARPS, TILES, DEPTH (tiles loaded ahead), R8 (8-row activation fragments: 1 or 2),
+// HAS_ZERO (else the symmetric zero 2 ** (BITS - 1)), SIGNED8 (8-bit codes are signed), LUT4 and DQ (NF4/FP4 codes
+// with BITS 4 and G the absmax block; double-quantized absmax), SMEM_X (keep the activation fragments in shared
+// memory, read per chunk, instead of registers: the fragments of a 512-input slice take 64 registers a thread, most
+// of them zeros at one row, and registers allowed one 8-warp block per multiprocessor: kern11), EARLY (the first
+// tiles' loads go out before the activations are read; int8 and the NF4 register shape, kern15), ASYNC (2 or 3: each
+// warp's words through a ring of that many tiles in shared memory, copied by cp.async, ASYNC - 1 tiles ahead,
+// instead of the register ring; 2- and 3-bit codes at one row, kern17), TILED (the words in tile order,
+// formats/word_tiles.py: NF4/FP4, int8 weight-only and int_group layers on CUDA, kern17-19), PREFETCH (a block's
+// first tiles prefetched into L2 before anything else), L2_AHEAD (each warp prefetches into L2 the tile that many
+// ahead of the one it loads, so that more of its words are on their way than its registers hold), PDL (programmatic
+// dependent launch, cuda_common.cuh: the block waits for the kernel ahead after its prefetches and, with
+// LAUNCH_NEXT, lets the next launch start once its tiles are done; kern20), CLUSTER (the K blocks, gridDim.y of
+// them, as one cluster: at most 8, compute capability 9.0), and optionally MIN_BLOCKS (blocks per multiprocessor
+// that the register use must allow). Shared memory is dynamic: the launch passes shared_bytes(...) (cuda_mma.py).
 //
 // The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 
