@@ -497,9 +497,7 @@ def test_one_row_takes_32_warps_where_one_tile_blocks_leave_sms_idle(bits, cols,
     if warps == 32:
         assert cfg["KS"] == 128 and 4 * cfg["U"] * cuda_mma.codes_per_word(bits) <= 128
         assert bool(cfg.get("EARLY")) == (bits == 8) and "ASYNC" not in cfg
-        code = {"BITS": bits, "G": group, "HAS_ZERO": int(not table), "SIGNED8": int(bits == 8), "LUT4": int(table),
-                "DQ": int(table), "BF16": 1, "TILED": 1}
-        _, spills, info = _ptxas(cfg | code)
+        _, spills, info = _ptxas(_tiled_spec(bits, 1, cols, out, group, table))
         assert spills == 0, info
 
 
@@ -539,10 +537,9 @@ def test_one_wave_of_32_warp_blocks_for_int8_and_nf4(bits, cols, out, table, til
     assert ((cfg["KS"], cfg["WARPS"]) == (128, 32)) == one_wave
     if one_wave:
         assert cuda_mma.k_blocks(cfg, cols) == 1 and cfg.get("L2_AHEAD", 0) == int(table and tiles > 2)
-        code = {"BITS": bits, "G": group, "HAS_ZERO": 0, "SIGNED8": int(bits == 8), "LUT4": int(table),
-                "DQ": int(table), "BF16": 1, "TILED": 1}
-        assert cuda_mma.shared_bytes(cfg | code, 1) <= 227 * 1024
-        _, spills, info = _ptxas(cfg | code)
+        spec = _tiled_spec(bits, 1, cols, out, group, table)
+        assert cuda_mma.shared_bytes(spec, 1) <= 227 * 1024
+        _, spills, info = _ptxas(spec)
         assert spills == 0, info
 
 
@@ -716,6 +713,14 @@ def test_activations_in_shared_memory_free_registers():
 
     assert registers(TILES=4, SMEM_X=0) > 200 and registers(TILES=4, SMEM_X=1) <= 160
     assert registers(TILES=1, SMEM_X=1) <= 65536 // (3 * 256)
+
+
+def _tiled_spec(bits: int, rows: int, cols: int, out: int, group: int, table: bool) -> dict:
+    """The specialization auto builds on an H100 (132 multiprocessors) for a tile-order layer: int_group codes with
+    zeros, int8 weight-only (bits 8) or NF4 with double-quantized absmax (table)."""
+    config = {"LUT4": int(table), "DQ": int(table), "TILED": 1}
+    return cuda_mma.specialization(bits, rows, cols, out, group, 132, has_zero=not table and bits != 8,
+                                   signed8=bits == 8, config=config)
 
 
 def _ptxas(spec: dict) -> tuple[int, int, str]:

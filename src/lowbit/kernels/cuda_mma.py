@@ -121,14 +121,14 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     words = words_per_thread(bits, in_features, group_size)
     short_tiles = short_slice_tiles(bits, rows, in_features, out_features, sms)
     if short_tiles:
-        words = min(words, SHORT_SLICES["KS"] // (4 * codes_per_word(bits)))  # a chunk within the slice
-        shape = SHORT_SLICES | {"U": words, "WARPS": _short_slice_warps(in_features), "TILES": short_tiles}
-        k_split = k_blocks(shape, in_features)
-        two_a_sm = not table and k_split == 2 and math.ceil(out_features // OUT_TILE / short_tiles) * k_split > sms
+        shape = SHORT_SLICES | {"U": _slice_words(words, bits, SHORT_SLICES["KS"]),
+                                "WARPS": _short_slice_warps(in_features), "TILES": short_tiles}
+        two_a_sm = (not table and k_blocks(shape, in_features) == 2
+                    and launch_blocks(shape, in_features, out_features) > sms)
         return shape | ({"DEPTH": 0, "MIN_BLOCKS": 2} if two_a_sm else {})
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
-    slice_words = min(words, max(1, FEW_TILES["KS"] // (4 * codes_per_word(bits))))  # a chunk within a short slice
+    slice_words = _slice_words(words, bits, FEW_TILES["KS"])
     short_slices = math.ceil(in_features / FEW_TILES["KS"])
     if rows == 1 and n_tiles < sms:
         shape = {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": min(FEW_TILES["WARPS"], short_slices), "TILES": 1,
@@ -165,6 +165,12 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     if rows == 1 and table and math.ceil(n_tiles / tiles) * register_k_blocks > sms:  # 192 registers: one block an SM
         return shape | {"EARLY": 1, "MIN_BLOCKS": 2}
     return shape
+
+
+def _slice_words(words: int, bits: int, slice_k: int) -> int:
+    """Words U a thread reads per row and chunk in slices of slice_k inputs: at most `words`, and a chunk (4 U
+    units) within the slice."""
+    return min(words, slice_k // (4 * codes_per_word(bits)))
 
 
 def short_slice_tiles(bits: int, rows: int, in_features: int, out_features: int, sms: int) -> int:
@@ -240,6 +246,11 @@ def k_blocks(spec: dict, in_features: int) -> int:
     return math.ceil(math.ceil(in_features / spec["KS"]) / spec["WARPS"])
 
 
+def launch_blocks(spec: dict, in_features: int, out_features: int) -> int:
+    """Blocks of a launch: groups of TILES output tiles times its K blocks."""
+    return math.ceil(out_features // OUT_TILE / spec["TILES"]) * k_blocks(spec, in_features)
+
+
 def cluster_fixup(spec: dict, in_features: int, out_features: int, sms: int) -> dict:
     """{"CLUSTER": 2} where a launch splits K in two blocks and makes at most CLUSTER_MAX_BLOCKS_PER_SM blocks a
     multiprocessor, else {}: the two blocks add up their sums through one cluster's shared memory instead of global
@@ -252,10 +263,8 @@ def cluster_fixup(spec: dict, in_features: int, out_features: int, sms: int) -> 
     1.70-1.71x; int4 and int8 at one row on 14336x4096 within 1.5%. 4096x128256 at 8 rows (4008 blocks) ran
     1.98-1.99x against 2.68-2.69x: pairs of blocks that must start together leave gaps over many waves; clusters of 4
     and 7 blocks ran 23-30% slower."""
-    blocks = math.ceil(out_features // OUT_TILE / spec["TILES"]) * k_blocks(spec, in_features)
-    if k_blocks(spec, in_features) == 2 and blocks <= CLUSTER_MAX_BLOCKS_PER_SM * sms:
-        return {"CLUSTER": 2}
-    return {}
+    few_waves = launch_blocks(spec, in_features, out_features) <= CLUSTER_MAX_BLOCKS_PER_SM * sms
+    return {"CLUSTER": 2} if k_blocks(spec, in_features) == 2 and few_waves else {}
 
 
 def launch_mode(bits: int, table: bool, programmatic: bool) -> dict:
@@ -447,11 +456,11 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
     return y
 
 
-def _check_cluster(device_index: int, cluster: int, k_blocks: int) -> None:
+def _check_cluster(device_index: int, cluster: int, k_split: int) -> None:
     """A ValueError naming the fix unless a CLUSTER launch can run: its clusters are the launch's K blocks (the
     kernel adds their sums up through one cluster's shared memory), at most the portable 8, on a Hopper GPU."""
-    if cluster != k_blocks or cluster > MAX_CLUSTER:
-        raise ValueError(f"CLUSTER {cluster} must equal the launch's K blocks ({k_blocks}) and be at most "
+    if cluster != k_split or cluster > MAX_CLUSTER:
+        raise ValueError(f"CLUSTER {cluster} must equal the launch's K blocks ({k_split}) and be at most "
                          f"{MAX_CLUSTER}: change KS or WARPS, or drop CLUSTER")
     if not nvrtc.clusters(device_index):
         raise ValueError("CLUSTER needs thread-block clusters (compute capability 9.0): drop CLUSTER")
