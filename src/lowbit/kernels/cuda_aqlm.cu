@@ -192,14 +192,6 @@ __device__ __forceinline__ void store_sums(float (*red)[NVALS], const float (&ac
     for (int e = 0; e < 4; ++e) red[warp][(i * 32 + lane) * 4 + e] = acc[i][e];
 }
 
-// Value v summed over the block's warps.
-__device__ __forceinline__ float warps_sum(const float (*red)[NVALS], int v) {
-  float sum = 0.f;
-#pragma unroll
-  for (int w = 0; w < WARPS; ++w) sum += red[w][v];
-  return sum;
-}
-
 // Value v of the block's tiles from tile0: its output n and activation row m.
 __device__ __forceinline__ void value_place(int v, int tile0, int& m, int& n) {
   const int e = v & 3, ln = (v >> 2) & 31, i = v >> 7;
@@ -255,7 +247,7 @@ lowbit_aqlm(const unsigned char* __restrict__ codes, const u16* __restrict__ cod
   __syncthreads();
 
   for (int v = threadIdx.x; v < NVALS; v += WARPS * 32) {
-    float sum = warps_sum(red, v);
+    float sum = warps_sum<WARPS>(red, v);
     int m, n;
     value_place(v, tile0, m, n);
     if (m >= rows || n >= N) continue;
@@ -352,7 +344,7 @@ lowbit_aqlm_split(const unsigned char* __restrict__ codes, const u16* __restrict
     store_sums(red, acc, warp, lane);
     __syncthreads();
     for (int v = threadIdx.x; v < NVALS; v += WARPS * 32) {
-      const float sum = warps_sum(red, v);
+      const float sum = warps_sum<WARPS>(red, v);
       int m, n;
       value_place(v, tile0, m, n);
       if (m < rows && n < N) part[bucket * total + (long long)m * N + n] = sum;

@@ -71,6 +71,15 @@ __device__ __forceinline__ void mma16816(float* d, u32 a0, u32 a1, u32 a2, u32 a
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// Value v of a block's results summed over its WARPS warps (red[w][v]: warp w's share of the block's outputs).
+template <int WARPS_, int NVALS_>
+__device__ __forceinline__ float warps_sum(const float (*red)[NVALS_], int v) {
+  float sum = 0.f;
+#pragma unroll
+  for (int w = 0; w < WARPS_; ++w) sum += red[w][v];
+  return sum;
+}
+
 __device__ __forceinline__ float load_cg(const float* p) {  // bypass L1: other blocks wrote it
   float v;
   asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));

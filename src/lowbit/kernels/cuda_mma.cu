@@ -443,14 +443,6 @@ __device__ __forceinline__ void read_slot(TileData& d, const u32* slot) {  // AS
   }
 }
 
-// Value v of a block's results summed over its warps' K slices.
-__device__ __forceinline__ float warp_sum(const float (*red)[NVALS], int v) {
-  float sum = 0.f;
-#pragma unroll
-  for (int w = 0; w < WARPS; ++w) sum += red[w][v];
-  return sum;
-}
-
 // Output n and activation row m of value v of a block's results (red[w][v]: tile i, lane, row fragment r, element e).
 __device__ __forceinline__ void value_output(int v, int tile0, int& m, int& n) {
   const int e = v & 3, r = (v >> 2) % R8, vl = (v >> 2) / R8, ln = vl & 31, i = vl >> 5;
@@ -465,7 +457,7 @@ __device__ __forceinline__ void value_output(int v, int tile0, int& m, int& n) {
 __device__ __forceinline__ void add_up_cluster(float (*red)[NVALS], int tile0, int rows, int N, const float* bias,
                                                int has_bias, u16* y) {
   for (int v = threadIdx.x; v < NVALS; v += WARPS * 32)
-    red[0][v] = warp_sum(red, v);  // this thread alone reads and writes value v
+    red[0][v] = warps_sum<WARPS>(red, v);  // this thread alone reads and writes value v
   cluster_sync();
   constexpr int share = (NVALS + CLUSTER - 1) / CLUSTER;
   const int end = min(NVALS, ((int)blockIdx.y + 1) * share);
@@ -748,7 +740,7 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
   const bool split = gridDim.y > 1;
   const long long total = (long long)rows * N;
   for (int v = threadIdx.x; v < NVALS; v += WARPS * 32) {
-    float sum = warp_sum(red, v);
+    float sum = warps_sum<WARPS>(red, v);
     int m, n;
     value_output(v, tile0, m, n);
     if (m >= rows || n >= N) continue;
