@@ -10,9 +10,10 @@ typedef unsigned short u16;
 
 // Programmatic dependent launch (PDL, compute capability 9.0; the -D setting PDL and nvrtc.launch's attribute): the
 // kernel may start while the one before it in the stream finishes. Whatever that kernel may write (activations,
-// outputs, partials, counters, and to be safe the weights) is touched only after grid_dependency_wait(); before it
-// a kernel only prefetches its weights into L2, which is where writes meet, so the prefetch never yields stale
-// data. launch_dependents() lets the next launch start once every block of this one has called it.
+// outputs, partials, counters) is touched only after grid_dependency_wait(); before it a kernel prefetches its
+// weights into L2, which is where writes meet, so the prefetch never yields stale data, and loads them only where
+// the host knows that no kernel ahead wrote them (cuda_mma.cu's PRELOAD, settled_weights.py). launch_dependents()
+// lets the next launch start once every block of this one has called it.
 __device__ __forceinline__ void grid_dependency_wait() {
 #if PDL && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");

@@ -67,9 +67,11 @@
 // first tiles prefetched into L2 before anything else), L2_AHEAD (each warp prefetches into L2 the tile that many
 // ahead of the one it loads, so that more of its words are on their way than its registers hold), PDL (programmatic
 // dependent launch, cuda_common.cuh: the block waits for the kernel ahead after its prefetches and, with
-// LAUNCH_NEXT, lets the next launch start once its tiles are done; kern20), CLUSTER (the K blocks, gridDim.y of
-// them, as one cluster: at most 8, compute capability 9.0), and optionally MIN_BLOCKS (blocks per multiprocessor
-// that the register use must allow). Shared memory is dynamic: the launch passes shared_bytes(...) (cuda_mma.py).
+// LAUNCH_NEXT 1, lets the next launch start once its tiles are done, kern20, with LAUNCH_NEXT 2 as it starts,
+// kern29), PRELOAD (with PDL, the EARLY tiles' words and qparams load before the wait: only where
+// settled_weights.py finds the layer unwritten since its last launch, so no kernel ahead wrote them), CLUSTER (the
+// K blocks, gridDim.y of them, as one cluster: at most 8, compute capability 9.0), and optionally MIN_BLOCKS
+// (blocks per multiprocessor that the register use must allow). Shared memory is dynamic: the launch passes shared_bytes(...) (cuda_mma.py).
 //
 // The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 
@@ -94,7 +96,10 @@
 #ifndef EARLY  // the newer settings default off
 #define EARLY 0
 #endif
-#define EARLY_TILES (EARLY ? (DEPTH > 0 ? DEPTH : 1) : 0)  // tiles loaded before the activations are read
+#ifndef PRELOAD
+#define PRELOAD 0
+#endif
+#define EARLY_TILES (EARLY || PRELOAD ? (DEPTH > 0 ? DEPTH : 1) : 0)  // tiles loaded before the activations are read
 #ifndef ASYNC
 #define ASYNC 0
 #endif
@@ -493,12 +498,21 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
   const int g = lane >> 2, t = lane & 3;
   const int k0 = (blockIdx.y * WARPS + warp) * KS;
   const Qparams qp = {scale, zero};
+#if LAUNCH_NEXT == 2
+  launch_dependents();  // PDL: the next launch may start its prefetches while this one streams its tiles
+#endif
   // The block's first PREFETCH tiles into L2 (while the kernel ahead finishes, with PDL), then wait for that kernel.
 #pragma unroll 1
   for (int i = 0; i < PREFETCH && i < TILES; ++i)
     prefetch_tile(qweight, qp, blockIdx.x * TILES + i, k0, K, N, ngroups, lane);
 #if LUT4 && SMEM_X
   if (threadIdx.x == 0) prefetch_l2(table);  // its one line into L2 while the kernel ahead finishes
+#endif
+  TileData buf[DEPTH + 1];
+#if PRELOAD && !ASYNC  // the first tiles' words into registers while the kernel ahead finishes
+#pragma unroll
+  for (int i = 0; i < EARLY_TILES && i < TILES; ++i)
+    load_tile(buf[i], nullptr, qweight, qp, blockIdx.x * TILES + i, k0, K, N, ngroups, g, t);
 #endif
   grid_dependency_wait();
 #if LUT4
@@ -523,7 +537,6 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
   // The tiles' words stream through a ring of DEPTH + 1 register buffers: DEPTH tiles in flight. With EARLY
   // the first tiles' loads (DEPTH of them, at least one) go out before the activations are read, so that the
   // two latencies overlap.
-  TileData buf[DEPTH + 1];
 #if ASYNC  // each prologue tile a copy group, committed even past TILES so that tile i's group is always i
   u32* ring = reinterpret_cast<u32*>(red_flat + WARPS * NVALS) + warp * RING_WORDS + lane * (WB / 4);  // its slot 0
 #pragma unroll
@@ -534,7 +547,7 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
 #else
   u32* ring = nullptr;
 #pragma unroll
-  for (int i = 0; i < EARLY_TILES && i < TILES; ++i)
+  for (int i = 0; i < (PRELOAD ? 0 : EARLY_TILES) && i < TILES; ++i)
     load_tile(buf[i], ring, qweight, qp, blockIdx.x * TILES + i, k0, K, N, ngroups, g, t);
 #endif
 
@@ -728,7 +741,7 @@ lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, con
       for (int e = 0; e < 4; ++e) red[warp][((i * 32 + lane) * R8 + r) * 4 + e] = out[r][e];
   }
 
-#if LAUNCH_NEXT
+#if LAUNCH_NEXT == 1
   launch_dependents();  // PDL: the next launch may start its prefetches now, not only as this one's blocks exit
 #endif
 
