@@ -61,7 +61,7 @@ def _time_per_call(fn, copies: int) -> float:
     """Median seconds of one call: a CUDA graph calls fn(i) for every copy i; its replays are timed."""
     import triton
 
-    for i in range(min(copies, 2)):  # compile and warm up outside the capture
+    for i in range(copies):  # compile and warm up outside the capture (each copy: settled_weights)
         fn(i)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()

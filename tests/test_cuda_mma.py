@@ -596,13 +596,46 @@ def test_programmatic_launch_reads_nothing_before_the_wait(config):
     griddepcontrol.wait (no load, no cp.async, no store), then lets the next launch start
     (griddepcontrol.launch_dependents) before its last barrier; without PDL neither instruction is there."""
     g = 64 if config.get("LUT4") else 128
-    spec = cuda_mma.specialization(4, 1, 4096, 4096, g, 132, config=config | {"PDL": 1, "PREFETCH": 1})
+    spec = cuda_mma.specialization(4, 1, 4096, 4096, g, 132, config=config | {"PDL": 1, "PREFETCH": 1, "PRELOAD": 0,
+                                                                          "LAUNCH_NEXT": 1})
     ptx = cuda_mma.ptx_offline(spec)
     pdl = cuda_mma.nvrtc.programmatic_ptx(ptx)
     assert pdl["waits"] and "prefetch.global.L2" in ptx.partition("griddepcontrol.wait")[0]
     assert pdl["accesses_before_wait"] == 0, "a memory access ahead of the wait"
     assert pdl["launches_after_wait"]
     assert "griddepcontrol" not in cuda_mma.ptx_offline(spec | {"PDL": 0})
+
+
+@pytest.mark.parametrize("config", [{"TILED": 1}, {"LUT4": 1, "DQ": 1, "HAS_ZERO": 0, "TILED": 1}])
+def test_preload_only_reads_before_the_wait_and_launch_next_2_lets_the_next_launch_start_first(config):
+    """PRELOAD's block reads its first tile's words and qparams before griddepcontrol.wait (global loads, no store,
+    cp.async or atomic: settled_weights guards that no kernel ahead wrote them); LAUNCH_NEXT 2 puts
+    griddepcontrol.launch_dependents ahead of the wait, and none after it."""
+    g = 64 if config.get("LUT4") else 128
+    spec = cuda_mma.specialization(4, 1, 4096, 4096, g, 132, config=config | {"PDL": 1, "PRELOAD": 1, "LAUNCH_NEXT": 2})
+    ptx = cuda_mma.ptx_offline(spec)
+    before = ptx.partition("griddepcontrol.wait")[0]
+    assert re.search(r"ld\.global", before) and not re.search(r"\b(?:st\.global|cp\.async|atom\.|red\.)", before)
+    pdl = cuda_mma.nvrtc.programmatic_ptx(ptx)
+    assert "griddepcontrol.launch_dependents" in before and pdl["launches_after_wait"] == 0
+
+
+def test_early_start_at_one_row_where_timed():
+    """early_start (kern29 call 1): integer codes at one row let the next launch start at once and one-tile blocks
+    preload; NF4's wide shape preloads; nothing at 16 rows, without PDL or through a cp.async ring."""
+    def spec(bits, rows, cols, out, table=False, pdl=True):
+        code = {"LUT4": 1, "DQ": 1, "HAS_ZERO": 0} if table else {}
+        return cuda_mma.specialization(bits, rows, cols, out, 64 if table else 128, 132,
+                                       config=code | cuda_mma.launch_mode(bits, table, pdl), clusters=True)
+    assert spec(4, 1, 4096, 4096)["PRELOAD"] == 1 and spec(4, 1, 4096, 4096)["LAUNCH_NEXT"] == 2
+    assert spec(4, 1, 4096, 1024)["PRELOAD"] == 1
+    wide = spec(4, 1, 14336, 4096)
+    assert wide["LAUNCH_NEXT"] == 2 and "PRELOAD" not in wide
+    assert spec(4, 1, 14336, 4096, table=True)["PRELOAD"] == 1 and "LAUNCH_NEXT" not in spec(4, 1, 14336, 4096, True)
+    assert not {"PRELOAD", "LAUNCH_NEXT"} & set(spec(4, 1, 4096, 1024, table=True))
+    assert not {"PRELOAD", "LAUNCH_NEXT"} & set(spec(4, 16, 4096, 4096))
+    assert not {"PRELOAD", "LAUNCH_NEXT"} & set(spec(4, 1, 4096, 4096, pdl=False))
+    assert not {"PRELOAD", "LAUNCH_NEXT"} & set(spec(2, 1, 4096, 4096))  # ASYNC 2
 
 
 @pytest.mark.parametrize("rows,cols,out", [(1, 4096, 4096), (1, 4096, 1024), (8, 4096, 4096), (16, 4096, 4096)])

@@ -20,6 +20,7 @@ import torch
 
 from lowbit.formats.word_tiles import row_shaped, to_tiles
 from lowbit.kernels import nvrtc
+from lowbit.kernels.settled_weights import settled
 from lowbit.kernels.split_counters import counters_for
 
 SOURCE = Path(__file__).with_name("cuda_mma.cu")
@@ -238,7 +239,7 @@ def specialization(bits: int, rows: int, in_features: int, out_features: int, gr
     spec = shape | code | (config or {})
     if clusters and "CLUSTER" not in (config or {}):
         spec |= cluster_fixup(spec, in_features, out_features, sms)
-    return spec
+    return spec | {key: value for key, value in early_start(spec, rows).items() if key not in (config or {})}
 
 
 def k_blocks(spec: dict, in_features: int) -> int:
@@ -265,6 +266,21 @@ def cluster_fixup(spec: dict, in_features: int, out_features: int, sms: int) -> 
     and 7 blocks ran 23-30% slower."""
     few_waves = launch_blocks(spec, in_features, out_features) <= CLUSTER_MAX_BLOCKS_PER_SM * sms
     return {"CLUSTER": 2} if k_blocks(spec, in_features) == 2 and few_waves else {}
+
+
+def early_start(spec: dict, rows: int) -> dict:
+    """How far a one-row PDL launch overlaps the kernels beside it: integer codes let the next launch start as they
+    start (LAUNCH_NEXT 2, so its blocks prefetch and preload while this one streams), and load a one-tile block's
+    words into registers before waiting for the kernel ahead (PRELOAD, behind settled_weights' guard); NF4's wide
+    shape preloads too. kern29 call 1, x bf16 against auto in the same call: int4 4096x4096 3.56-3.58 against
+    2.60-2.69 (LAUNCH_NEXT 2 alone 3.00-3.03, PRELOAD alone 2.37-2.39), 4096x1024 3.72-3.83 against 2.46-2.70;
+    14336x4096's 28-warp blocks 2.91-2.94 with LAUNCH_NEXT 2 against 2.91-2.92, 2.70-2.74 with PRELOAD; NF4
+    14336x4096 2.68-2.69 with PRELOAD against 2.53, 4096x1024 2.22-2.28 with either against 2.32-2.41."""
+    if rows != 1 or not spec.get("PDL") or spec.get("ASYNC"):
+        return {}
+    if spec["LUT4"]:
+        return {"PRELOAD": 1} if spec["TILES"] == 4 and spec["KS"] == 256 else {}
+    return {"LAUNCH_NEXT": 2} | ({"PRELOAD": 1} if spec["TILES"] == 1 else {})
 
 
 def launch_mode(bits: int, table: bool, programmatic: bool) -> dict:
@@ -425,6 +441,8 @@ def _launch(x: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, zero: tor
     spec = specialization(bits, rows, cols, out_features, group_size, nvrtc.multiprocessors(device.index),
                           x.dtype == torch.bfloat16, config=codes | (config or {}),
                           clusters=nvrtc.clusters(device.index))
+    if spec.get("PRELOAD") and not settled(words, scale, zero):  # first launch since a write: wait before loading
+        spec["PRELOAD"] = 0
     if not (spec["KS"] % group_size == 0 or group_size % spec["KS"] == 0 or group_size >= cols):
         raise ValueError(f"K slice {spec['KS']} neither holds whole groups of {group_size} nor lies in one")
     shared = shared_bytes(spec, rows)
