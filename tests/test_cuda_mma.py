@@ -638,6 +638,36 @@ def test_early_start_at_one_row_where_timed():
     assert not {"PRELOAD", "LAUNCH_NEXT"} & set(spec(2, 1, 4096, 4096))  # ASYNC 2
 
 
+@gpu
+@pytest.mark.parametrize("bits", [4, "int8"])
+def test_preloading_launch_reads_codes_written_just_before_it(bits):
+    """A settled layer (launched before, so PRELOAD loads its words ahead of the PDL wait) whose codes and scales are
+    then overwritten in place by the kernel just ahead of the next launch: that launch must see the new weights
+    (settled_weights turns PRELOAD off for it), and so must the one after, in a CUDA graph too."""
+    seed = fresh_seed()
+    cols, out = 4096, 1024  # FEW_TILES: one-tile blocks, which preload on an H100
+    layer, ref_w, call = _layer(out, cols, 128 if bits == 4 else -1, False, True, bits)
+    other, other_w, _ = _layer(out, cols, 128 if bits == 4 else -1, False, True, bits)
+    x = torch.randn(1, cols, device="cuda", dtype=torch.bfloat16) * 3
+    for _ in range(2):
+        call(x, None)
+    layer.qweight.copy_(other.qweight)  # the kernels just ahead of the next launch write the codes and scales
+    layer.scale.copy_(other.scale)
+    if getattr(layer, "zero", None) is not None:
+        layer.zero.copy_(other.zero)
+    want = x.double() @ other_w.t() + layer.bias.double()
+    for y in (call(x, None), call(x, None)):
+        err = ((y.double() - want).norm() / want.norm()).item()
+        assert err < TOL[torch.bfloat16], f"{bits} err={err:.2e} seed={seed}"
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = call(x, None)
+    layer.qweight.copy_(_layer(out, cols, 128 if bits == 4 else -1, False, True, bits)[0].qweight)
+    graph.replay()  # the graph's first kernel waits for the copy in full: no programmatic edge crosses into a graph
+    torch.cuda.synchronize()
+    assert torch.equal(y, call(x, {"PRELOAD": 0})), f"{bits} seed={seed}"
+
+
 @pytest.mark.parametrize("rows,cols,out", [(1, 4096, 4096), (1, 4096, 1024), (8, 4096, 4096), (16, 4096, 4096)])
 def test_three_bit_tile_order_compiles_without_spills(rows, cols, out):
     """3-bit codes read in tile order (TILED, chunks of 4 units, what CUDA layers hold since kern19) compile for
