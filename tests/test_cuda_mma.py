@@ -620,22 +620,24 @@ def test_preload_only_reads_before_the_wait_and_launch_next_2_lets_the_next_laun
     assert "griddepcontrol.launch_dependents" in before and pdl["launches_after_wait"] == 0
 
 
-def test_early_start_at_one_row_where_timed():
-    """early_start (kern29 call 1): integer codes at one row let the next launch start at once and one-tile blocks
-    preload; NF4's wide shape preloads; nothing at 16 rows, without PDL or through a cp.async ring."""
+def test_early_start_only_where_timed_and_only_when_asked(monkeypatch):
+    """early_start (kern29 run 1), with LOWBIT_EARLY_START=1: int4's one-tile blocks at one row let the next launch
+    start at once and preload, NF4's wide shape preloads; nothing for int4's 28-warp blocks, NF4's FEW_TILES, 16 rows,
+    launches without PDL, cp.async rings or other codes. Without the variable nothing changes."""
     def spec(bits, rows, cols, out, table=False, pdl=True):
         code = {"LUT4": 1, "DQ": 1, "HAS_ZERO": 0} if table else {}
         return cuda_mma.specialization(bits, rows, cols, out, 64 if table else 128, 132,
                                        config=code | cuda_mma.launch_mode(bits, table, pdl), clusters=True)
+    early = {"PRELOAD", "LAUNCH_NEXT"}
+    assert not early & set(spec(4, 1, 4096, 4096)), "off by default"
+    monkeypatch.setitem(cuda_mma.EARLY_START, "on", True)
     assert spec(4, 1, 4096, 4096)["PRELOAD"] == 1 and spec(4, 1, 4096, 4096)["LAUNCH_NEXT"] == 2
-    assert spec(4, 1, 4096, 1024)["PRELOAD"] == 1
-    wide = spec(4, 1, 14336, 4096)
-    assert wide["LAUNCH_NEXT"] == 2 and "PRELOAD" not in wide
+    assert spec(4, 1, 4096, 1024)["PRELOAD"] == 1 and spec(4, 1, 4096, 1024)["LAUNCH_NEXT"] == 2
     assert spec(4, 1, 14336, 4096, table=True)["PRELOAD"] == 1 and "LAUNCH_NEXT" not in spec(4, 1, 14336, 4096, True)
-    assert not {"PRELOAD", "LAUNCH_NEXT"} & set(spec(4, 1, 4096, 1024, table=True))
-    assert not {"PRELOAD", "LAUNCH_NEXT"} & set(spec(4, 16, 4096, 4096))
-    assert not {"PRELOAD", "LAUNCH_NEXT"} & set(spec(4, 1, 4096, 4096, pdl=False))
-    assert not {"PRELOAD", "LAUNCH_NEXT"} & set(spec(2, 1, 4096, 4096))  # ASYNC 2
+    for unchanged in (spec(4, 1, 14336, 4096), spec(4, 1, 4096, 1024, table=True), spec(4, 16, 4096, 4096),
+                      spec(4, 1, 4096, 4096, pdl=False), spec(2, 1, 4096, 4096), spec(8, 1, 4096, 1024)):
+        assert not early & set(unchanged), unchanged
+    assert cuda_mma.specialization(4, 1, 4096, 4096, 128, 132, config={"PDL": 1, "PRELOAD": 0})["PRELOAD"] == 0
 
 
 @gpu
@@ -645,24 +647,25 @@ def test_preloading_launch_reads_codes_written_just_before_it(bits):
     then overwritten in place by the kernel just ahead of the next launch: that launch must see the new weights
     (settled_weights turns PRELOAD off for it), and so must the one after, in a CUDA graph too."""
     seed = fresh_seed()
-    cols, out = 4096, 1024  # FEW_TILES: one-tile blocks, which preload on an H100
-    layer, ref_w, call = _layer(out, cols, 128 if bits == 4 else -1, False, True, bits)
-    other, other_w, _ = _layer(out, cols, 128 if bits == 4 else -1, False, True, bits)
+    early = {"PRELOAD": 1, "LAUNCH_NEXT": 2}
+    cols, out, group = 4096, 1024, 128 if bits == 4 else -1  # FEW_TILES: one-tile blocks
+    layer, _, call = _layer(out, cols, group, False, True, bits)
+    other, other_w, _ = _layer(out, cols, group, False, True, bits)
     x = torch.randn(1, cols, device="cuda", dtype=torch.bfloat16) * 3
     for _ in range(2):
-        call(x, None)
+        call(x, early)
     layer.qweight.copy_(other.qweight)  # the kernels just ahead of the next launch write the codes and scales
     layer.scale.copy_(other.scale)
     if getattr(layer, "zero", None) is not None:
         layer.zero.copy_(other.zero)
     want = x.double() @ other_w.t() + layer.bias.double()
-    for y in (call(x, None), call(x, None)):
+    for y in (call(x, early), call(x, early)):
         err = ((y.double() - want).norm() / want.norm()).item()
         assert err < TOL[torch.bfloat16], f"{bits} err={err:.2e} seed={seed}"
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        y = call(x, None)
-    layer.qweight.copy_(_layer(out, cols, 128 if bits == 4 else -1, False, True, bits)[0].qweight)
+        y = call(x, early)
+    layer.qweight.copy_(_layer(out, cols, group, False, True, bits)[0].qweight)
     graph.replay()  # the graph's first kernel waits for the copy in full: no programmatic edge crosses into a graph
     torch.cuda.synchronize()
     assert torch.equal(y, call(x, {"PRELOAD": 0})), f"{bits} seed={seed}"

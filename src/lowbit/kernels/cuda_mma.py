@@ -14,6 +14,7 @@ build, `_compile_failure` says why and the selector falls back to the Triton ker
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ SHORT_SLICE_MAX_WAVES = 2  # and the most waves they may make
 MAX_CLUSTER = 8  # blocks a thread-block cluster may portably hold
 CLUSTER_MAX_BLOCKS_PER_SM = 4  # clustered launches of more blocks than this a multiprocessor ran slower (kern28)
 FEW_TILES = {"KS": 128, "WARPS": 32}  # one row, fewer tiles than multiprocessors: short slices, up to 32 warps
+EARLY_START = {"on": os.environ.get("LOWBIT_EARLY_START", "0") == "1"}  # early_start's launches, opt-in (kern29)
 
 
 def codes_per_word(bits: int) -> int:
@@ -269,18 +271,20 @@ def cluster_fixup(spec: dict, in_features: int, out_features: int, sms: int) -> 
 
 
 def early_start(spec: dict, rows: int) -> dict:
-    """How far a one-row PDL launch overlaps the kernels beside it: integer codes let the next launch start as they
-    start (LAUNCH_NEXT 2, so its blocks prefetch and preload while this one streams), and load a one-tile block's
-    words into registers before waiting for the kernel ahead (PRELOAD, behind settled_weights' guard); NF4's wide
-    shape preloads too. kern29 call 1, x bf16 against auto in the same call: int4 4096x4096 3.56-3.58 against
-    2.60-2.69 (LAUNCH_NEXT 2 alone 3.00-3.03, PRELOAD alone 2.37-2.39), 4096x1024 3.72-3.83 against 2.46-2.70;
-    14336x4096's 28-warp blocks 2.91-2.94 with LAUNCH_NEXT 2 against 2.91-2.92, 2.70-2.74 with PRELOAD; NF4
-    14336x4096 2.68-2.69 with PRELOAD against 2.53, 4096x1024 2.22-2.28 with either against 2.32-2.41."""
-    if rows != 1 or not spec.get("PDL") or spec.get("ASYNC"):
+    """With LOWBIT_EARLY_START=1 (off by default until compiled decode is timed with it), how far a one-row PDL launch
+    overlaps the launches beside it: int4's one-tile blocks (the register shape, FEW_TILES) let the next launch start
+    as they start (LAUNCH_NEXT 2, so its blocks prefetch and preload while this one streams) and load their words into
+    registers before waiting for the launch ahead (PRELOAD, behind settled_weights' guard); NF4's wide shape preloads.
+    kern29 run 1's sweeps, x bf16 against kern28's launches in the same call: int4 4096x4096 3.56-3.58 against
+    2.60-2.69 (LAUNCH_NEXT 2 alone 3.00-3.03, PRELOAD alone 2.37-2.39), 4096x1024 3.72-3.83 against 2.46-2.70; NF4
+    14336x4096 2.68-2.69 against 2.53. Left out, as timed there: int4's 28-warp blocks (14336x4096: 2.91-2.94 with
+    LAUNCH_NEXT 2, 2.70-2.74 with PRELOAD, against 2.91-2.92) and NF4's FEW_TILES (2.22-2.28 with either, against
+    2.32-2.41)."""
+    if not EARLY_START["on"] or rows != 1 or not spec.get("PDL") or spec.get("ASYNC"):
         return {}
     if spec["LUT4"]:
         return {"PRELOAD": 1} if spec["TILES"] == 4 and spec["KS"] == 256 else {}
-    return {"LAUNCH_NEXT": 2} | ({"PRELOAD": 1} if spec["TILES"] == 1 else {})
+    return {"LAUNCH_NEXT": 2, "PRELOAD": 1} if spec["BITS"] == 4 and spec["TILES"] == 1 else {}
 
 
 def launch_mode(bits: int, table: bool, programmatic: bool) -> dict:
