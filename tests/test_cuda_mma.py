@@ -622,8 +622,9 @@ def test_preload_only_reads_before_the_wait_and_launch_next_2_lets_the_next_laun
 
 def test_early_start_only_where_timed_and_only_when_asked(monkeypatch):
     """early_start (kern29 run 1), with LOWBIT_EARLY_START=1: int4's one-tile blocks at one row let the next launch
-    start at once and preload, NF4's wide shape preloads; nothing for int4's 28-warp blocks, NF4's FEW_TILES, 16 rows,
-    launches without PDL, cp.async rings or other codes. Without the variable nothing changes."""
+    start at once and preload, NF4's wide shape preloads where it splits K; nothing for int4's 28-warp blocks, NF4's
+    FEW_TILES or unsplit wide shape, 16 rows, launches without PDL, cp.async rings or other codes. Without the
+    variable nothing changes."""
     def spec(bits, rows, cols, out, table=False, pdl=True):
         code = {"LUT4": 1, "DQ": 1, "HAS_ZERO": 0} if table else {}
         return cuda_mma.specialization(bits, rows, cols, out, 64 if table else 128, 132,
@@ -634,10 +635,30 @@ def test_early_start_only_where_timed_and_only_when_asked(monkeypatch):
     assert spec(4, 1, 4096, 4096)["PRELOAD"] == 1 and spec(4, 1, 4096, 4096)["LAUNCH_NEXT"] == 2
     assert spec(4, 1, 4096, 1024)["PRELOAD"] == 1 and spec(4, 1, 4096, 1024)["LAUNCH_NEXT"] == 2
     assert spec(4, 1, 14336, 4096, table=True)["PRELOAD"] == 1 and "LAUNCH_NEXT" not in spec(4, 1, 14336, 4096, True)
-    for unchanged in (spec(4, 1, 14336, 4096), spec(4, 1, 4096, 1024, table=True), spec(4, 16, 4096, 4096),
+    for unchanged in (spec(4, 1, 14336, 4096), spec(4, 1, 4096, 1024, table=True), spec(4, 1, 4096, 128256, True),
+                      spec(4, 16, 4096, 4096),
                       spec(4, 1, 4096, 4096, pdl=False), spec(2, 1, 4096, 4096), spec(8, 1, 4096, 1024)):
         assert not early & set(unchanged), unchanged
     assert cuda_mma.specialization(4, 1, 4096, 4096, 128, 132, config={"PDL": 1, "PRELOAD": 0})["PRELOAD"] == 0
+
+
+@pytest.mark.parametrize("table,cols,out", [(False, 4096, 4096), (False, 4096, 1024), (False, 4096, 6144),
+                                             (True, 14336, 4096)])
+def test_early_start_builds_keep_their_blocks_without_spills(table, cols, out, monkeypatch):
+    """What an H100 launches with LOWBIT_EARLY_START=1 (early_start's shapes, with clusters, tile order and PDL) builds
+    for sm_90 without spills and with registers for as many blocks a multiprocessor as without it: the registers the
+    preloaded tile holds through the wait do not cost a block."""
+    bits, group = 4, 64 if table else 128
+    code = {"LUT4": 1, "DQ": 1, "HAS_ZERO": 0} if table else {}
+    spec = lambda: cuda_mma.specialization(bits, 1, cols, out, group, 132, has_zero=not table, config=code | {"TILED": 1}
+                                           | cuda_mma.launch_mode(bits, table, True), clusters=True)
+    before = spec()
+    monkeypatch.setitem(cuda_mma.EARLY_START, "on", True)
+    early = spec()
+    assert early["PRELOAD"] == 1
+    registers, spills, info = _ptxas(early)
+    assert spills == 0, info
+    assert _blocks_by_registers(registers, early["WARPS"]) >= _blocks_by_registers(_ptxas(before)[0], before["WARPS"])
 
 
 @gpu

@@ -241,7 +241,8 @@ def specialization(bits: int, rows: int, in_features: int, out_features: int, gr
     spec = shape | code | (config or {})
     if clusters and "CLUSTER" not in (config or {}):
         spec |= cluster_fixup(spec, in_features, out_features, sms)
-    return spec | {key: value for key, value in early_start(spec, rows).items() if key not in (config or {})}
+    early = early_start(spec, rows, in_features)
+    return spec | {key: value for key, value in early.items() if key not in (config or {})}
 
 
 def k_blocks(spec: dict, in_features: int) -> int:
@@ -270,11 +271,13 @@ def cluster_fixup(spec: dict, in_features: int, out_features: int, sms: int) -> 
     return {"CLUSTER": 2} if k_blocks(spec, in_features) == 2 and few_waves else {}
 
 
-def early_start(spec: dict, rows: int) -> dict:
+def early_start(spec: dict, rows: int, in_features: int) -> dict:
     """With LOWBIT_EARLY_START=1 (off by default until compiled decode is timed with it), how far a one-row PDL launch
     overlaps the launches beside it: int4's one-tile blocks (the register shape, FEW_TILES) let the next launch start
     as they start (LAUNCH_NEXT 2, so its blocks prefetch and preload while this one streams) and load their words into
-    registers before waiting for the launch ahead (PRELOAD, behind settled_weights' guard); NF4's wide shape preloads.
+    registers before waiting for the launch ahead (PRELOAD, behind settled_weights' guard); NF4's wide shape preloads
+    where it splits K (the preloaded tile takes 74 registers a thread in 4096x128256's unsplit 16-warp blocks: one
+    block a multiprocessor instead of two).
     kern29 run 1's sweeps, x bf16 against kern28's launches in the same call: int4 4096x4096 3.56-3.58 against
     2.60-2.69 (LAUNCH_NEXT 2 alone 3.00-3.03, PRELOAD alone 2.37-2.39), 4096x1024 3.72-3.83 against 2.46-2.70; NF4
     14336x4096 2.68-2.69 against 2.53. Left out, as timed there: int4's 28-warp blocks (14336x4096: 2.91-2.94 with
@@ -283,7 +286,8 @@ def early_start(spec: dict, rows: int) -> dict:
     if not EARLY_START["on"] or rows != 1 or not spec.get("PDL") or spec.get("ASYNC"):
         return {}
     if spec["LUT4"]:
-        return {"PRELOAD": 1} if spec["TILES"] == 4 and spec["KS"] == 256 else {}
+        wide_split = spec["TILES"] == 4 and spec["KS"] == 256 and k_blocks(spec, in_features) > 1
+        return {"PRELOAD": 1} if wide_split else {}
     return {"LAUNCH_NEXT": 2, "PRELOAD": 1} if spec["BITS"] == 4 and spec["TILES"] == 1 else {}
 
 
