@@ -543,6 +543,30 @@ def test_one_wave_of_32_warp_blocks_for_int8_and_nf4(bits, cols, out, table, til
         assert spills == 0, info
 
 
+@pytest.mark.parametrize("bits,rows,cols,out,table,one_block", [
+    (4, 1, 4096, 4096, True, True), (8, 1, 4096, 4096, False, True), (4, 1, 4096, 14336, True, True),
+    (4, 1, 14336, 4096, False, True), (4, 16, 14336, 4096, False, True), (4, 16, 4096, 1024, False, True),
+    (4, 16, 4096, 4096, True, True), (4, 9, 4096, 4096, False, True), (2, 9, 4096, 4096, False, False),
+    (4, 1, 4096, 1024, False, False),
+    (4, 1, 4096, 1024, True, False), (4, 1, 4096, 4096, False, False), (4, 1, 14336, 4096, True, False),
+    (4, 1, 4096, 14336, False, False), (4, 16, 4096, 14336, False, False)])
+def test_one_block_builds_where_a_multiprocessor_runs_one(bits, rows, cols, out, table, one_block):
+    """The one-wave 32-warp shape, int4's and int8's 28-warp deep-K blocks and int4's and NF4's short slices that do not
+    ask for two blocks a multiprocessor (int2's were not timed with it) build with ONE_BLOCK (MIN_BLOCKS 1), which lets
+    ptxas use the registers a lone block has
+    (kern30 run 3, x bf16 side by side: NF4 4096x4096 2.64-2.65 against 2.33-2.34, int8 4096x4096 1.91 against
+    1.84-1.85, int4 14336x4096 2.91-2.93 against 2.88-2.89; at 16 rows int4 4096x1024 1.57 against 1.41, 14336x4096
+    1.83-1.84 against 1.77-1.78, NF4 4096x1024 1.82-1.84 against 1.71-1.74). FEW_TILES' one-row blocks ran slower
+    with it (NF4 4096x1024 2.36-2.38 against 2.53-2.56), and so did the shapes of two blocks a multiprocessor. In tile
+    order each builds for sm_90 without spills, with registers for its one block."""
+    group = cols if bits == 8 else 64 if table else 128
+    cfg = cuda_mma.choose_config(bits, rows, cols, out, group, 132, table=table)
+    assert (cfg.get("MIN_BLOCKS") == 1) == one_block
+    if one_block:
+        registers, spills, info = _ptxas(_tiled_spec(bits, rows, cols, out, group, table))
+        assert spills == 0 and _blocks_by_registers(registers, cfg["WARPS"]) >= 1, info
+
+
 @pytest.mark.parametrize("rows,cols,out,ahead", [(1, 14336, 4096, 1), (1, 4096, 14336, 1), (8, 4096, 14336, 0),
                                                  (1, 4096, 1024, 0)])
 def test_nf4_prefetches_the_next_tile_into_l2_at_one_row(rows, cols, out, ahead):
@@ -575,7 +599,9 @@ def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, b
     """The launch shapes auto picks for Llama-sized layers compile (NVRTC, no GPU) to sm_90 code that keeps
     everything in registers, in row order and as an H100 launches a layer's (tile order, launch_mode's programmatic
     launch and cluster fix-up): ptxas reports no spills, but for 4 bytes of 2-bit codes in groups of 64 at 16 rows
-    (the short-slice shape, timed with groups of 128, which do not spill: kern23 run 5). (3-bit codes' wide one-row
+    (the short-slice shape, timed with groups of 128, which do not spill: kern23 run 5) and 8 bytes of int4's 7-tile
+    short slices at 16 rows in row order under ONE_BLOCK (the tile order that CUDA layers launch keeps 128 registers
+    without spills, as kern30 run 3 timed it). (3-bit codes' wide one-row
     shape and their 4-tile shapes at 16 rows spill under their two-block bound, as timed:
     test_rings_where_timed_faster; int2 and int4 short slices two a multiprocessor spill a few bytes, as timed:
     test_two_short_slice_blocks_a_multiprocessor_where_one_makes_two_waves.)"""
@@ -584,9 +610,10 @@ def test_kernel_compiles_for_sm90_without_spills(bits, rows, cols, out, group, b
     spec = cuda_mma.specialization(*code)
     on_h100 = cuda_mma.specialization(*code, clusters=True) | {"TILED": 1} | cuda_mma.launch_mode(bits, False, True)
     bound = 4 if (bits, rows) == (2, 16) else 0
-    for launched in (spec, on_h100):
+    row_order_bound = 8 if (bits, rows, cols) == (4, 16, 14336) else bound
+    for launched, most in ((spec, row_order_bound), (on_h100, bound)):
         _, spills, info = _ptxas(launched)
-        assert spills <= bound, (launched, info)
+        assert spills <= most, (launched, info)
 
 
 @pytest.mark.parametrize("config", [{}, {"TILED": 1}, {"LUT4": 1, "DQ": 1, "HAS_ZERO": 0, "TILED": 1},

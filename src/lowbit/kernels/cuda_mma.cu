@@ -71,8 +71,8 @@
 // kern29), PRELOAD (with PDL, the EARLY tiles' words and qparams load before the wait: only where
 // settled_weights.py finds the layer unwritten since its last launch, so no kernel ahead wrote them), CLUSTER (the
 // K blocks, gridDim.y of them, as one cluster: at most 8, compute capability 9.0), and optionally MIN_BLOCKS
-// (blocks per multiprocessor that the register use must allow). Shared memory is dynamic: the launch passes
-// shared_bytes(...) (cuda_mma.py).
+// (blocks per multiprocessor that the register use must allow; 1 is not the same as none: without it ptxas keeps
+// registers lower, kern30). Shared memory is dynamic: the launch passes shared_bytes(...) (cuda_mma.py).
 //
 // The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 

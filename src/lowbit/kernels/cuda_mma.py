@@ -37,6 +37,9 @@ SHORT_SLICE_MAX_WAVES = 2  # and the most waves they may make
 MAX_CLUSTER = 8  # blocks a thread-block cluster may portably hold
 CLUSTER_MAX_BLOCKS_PER_SM = 4  # clustered launches of more blocks than this a multiprocessor ran slower (kern28)
 FEW_TILES = {"KS": 128, "WARPS": 32}  # one row, fewer tiles than multiprocessors: short slices, up to 32 warps
+# __launch_bounds__(threads, 1): with no block count ptxas keeps a thread's registers low enough for blocks side by side
+# that these shapes never run (one wave, or registers for one block a multiprocessor anyway); kern30
+ONE_BLOCK = {"MIN_BLOCKS": 1}
 EARLY_START = {"on": os.environ.get("LOWBIT_EARLY_START", "0") == "1"}  # early_start's launches, opt-in (kern29)
 
 
@@ -120,7 +123,10 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     16 rows 2.08-2.09x against 1.87-1.89x; NF4 and 14336x4096's seven K blocks ran slower so); NF4's wide shape at
     one row prefetches each warp's next tile into L2 (L2_AHEAD; 14336x4096 2.46x against 2.34x; the integer codes
     ran 3-16% slower with it). A two-tile ring for int4's 28-warp K blocks (14336x4096) was 2% faster in the kernel
-    benchmark but slowed compiled decode (2.49x against 2.52x): it stays off."""
+    benchmark but slowed compiled decode (2.49x against 2.52x): it stays off. kern30 (docs/kern30.md): the one-wave
+    shape, the deep-K 28-warp blocks and int4's and NF4's short slices of one block a multiprocessor build with
+    ONE_BLOCK (NF4 4096x4096 at one row 2.64x against 2.33x through auto; int4 at 16 rows on 4096x1024 1.57x against
+    1.41x in a sweep); FEW_TILES' blocks ran slower with it (NF4 4096x1024 2.36-2.38x against 2.53-2.56x)."""
     words = words_per_thread(bits, in_features, group_size)
     short_tiles = short_slice_tiles(bits, rows, in_features, out_features, sms)
     if short_tiles:
@@ -128,7 +134,9 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
                                 "WARPS": _short_slice_warps(in_features), "TILES": short_tiles}
         two_a_sm = (not table and k_blocks(shape, in_features) == 2
                     and launch_blocks(shape, in_features, out_features) > sms)
-        return shape | ({"DEPTH": 0, "MIN_BLOCKS": 2} if two_a_sm else {})
+        if two_a_sm:
+            return shape | {"DEPTH": 0, "MIN_BLOCKS": 2}
+        return shape | (ONE_BLOCK if bits == 4 else {})  # int4 and NF4 were timed with it, int2 not yet
     frags = 1 if rows <= FRAGMENT_ROWS else 2
     n_tiles = out_features // OUT_TILE
     slice_words = _slice_words(words, bits, FEW_TILES["KS"])
@@ -142,7 +150,7 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
             and one_wave_tiles <= SHORT_SLICE_MAX_TILES:
         ahead = {"L2_AHEAD": 1} if table and one_wave_tiles > 2 else {}
         return {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": short_slices, "TILES": one_wave_tiles, "DEPTH": 0,
-                "R8": 1, "SMEM_X": 1} | ahead
+                "R8": 1, "SMEM_X": 1} | ahead | ONE_BLOCK
     long_k_or_n = bits < 8 and (in_features >= 8192 or n_tiles >= 4096)
     slice_k = max(256 if long_k_or_n or frags == 2 else 512, 4 * words * codes_per_word(bits))  # whole chunks
     slices = math.ceil(in_features / slice_k)
@@ -158,7 +166,8 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
         deep_k = math.ceil(slices / 16) > 2 and bits in (4, 8) and rows == 1 and not table
         warps = math.ceil(slices / math.ceil(slices / (32 if deep_k else 16)))  # every K block as busy
         ahead = {"L2_AHEAD": 1} if table and rows == 1 else {}
-        return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1} | ahead | ring
+        one_block = ONE_BLOCK if deep_k else {}
+        return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1} | ahead | ring | one_block
     if rows == 1 and bits == 3:  # 148 registers would hold one block a multiprocessor (kern14 run 4)
         return shape | {"MIN_BLOCKS": 2} | ring
     if rows == 1 and bits == 8:
