@@ -40,7 +40,7 @@ FEW_TILES = {"KS": 128, "WARPS": 32}  # one row, fewer tiles than multiprocessor
 # __launch_bounds__(threads, 1): with no block count ptxas keeps a thread's registers low enough for blocks side by side
 # that these shapes never run (one wave, or registers for one block a multiprocessor anyway); kern30
 ONE_BLOCK = {"MIN_BLOCKS": 1}
-EARLY_START = {"on": os.environ.get("LOWBIT_EARLY_START", "0") == "1"}  # early_start's launches, opt-in (kern29)
+EARLY_START = {"on": os.environ.get("LOWBIT_EARLY_START", "0") == "1"}  # early_start's launches, opt-in (kern29-30)
 
 
 def codes_per_word(bits: int) -> int:
@@ -281,7 +281,7 @@ def cluster_fixup(spec: dict, in_features: int, out_features: int, sms: int) -> 
 
 
 def early_start(spec: dict, rows: int, in_features: int) -> dict:
-    """With LOWBIT_EARLY_START=1 (off by default until compiled decode is timed with it), how far a one-row PDL launch
+    """With LOWBIT_EARLY_START=1 (off by default: it slows compiled decode, below), how far a one-row PDL launch
     overlaps the launches beside it: int4's one-tile blocks (the register shape, FEW_TILES) let the next launch start
     as they start (LAUNCH_NEXT 2, so its blocks prefetch and preload while this one streams) and load their words into
     registers before waiting for the launch ahead (PRELOAD, behind settled_weights' guard); NF4's wide shape preloads
@@ -291,7 +291,9 @@ def early_start(spec: dict, rows: int, in_features: int) -> dict:
     2.60-2.69 (LAUNCH_NEXT 2 alone 3.00-3.03, PRELOAD alone 2.37-2.39), 4096x1024 3.72-3.83 against 2.46-2.70; NF4
     14336x4096 2.68-2.69 against 2.53. Left out, as timed there: int4's 28-warp blocks (14336x4096: 2.91-2.94 with
     LAUNCH_NEXT 2, 2.70-2.74 with PRELOAD, against 2.91-2.92) and NF4's FEW_TILES (2.22-2.28 with either, against
-    2.32-2.41)."""
+    2.32-2.41). In compiled decode the launch ahead is a norm or attention kernel, not the same layer: int4 at batch 1
+    ran 426.4-427.3 tokens/s with the rule against 437.4-437.7 without, 428.3-428.8 with PRELOAD alone and 436.6-437.2
+    with LAUNCH_NEXT 2 alone (kern30 run 2, H100, two passes each); on an H200 473 against 490 (run 1)."""
     if not EARLY_START["on"] or rows != 1 or not spec.get("PDL") or spec.get("ASYNC"):
         return {}
     if spec["LUT4"]:
