@@ -90,93 +90,120 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     """Launch shape: U words per chunk, KS inputs per warp, WARPS per block, TILES of 16 outputs per block, DEPTH
     tiles loaded ahead, R8 8-row fragments, SMEM_X activations in shared memory; `table` for NF4/FP4 (LUT4).
 
-    From the H100 sweeps (Llama-3-8B shapes; the rule picks the fastest shape of each or one within 3% of it):
-    8 warps, one tile ahead, activations in registers; 256-input slices where K reaches 8192 or the output 4096
-    tiles (2- and 4-bit codes), else 512; 4 tiles a block where that still fills a wave of blocks, else 1
-    (kern11 run 1). Where that gives 4 tiles, 2- and 4-bit codes at one row and NF4 up to 8 rows take up to 16
-    warps of 256-input slices with nothing ahead and the activations in shared memory (64 registers: 32 warps a
-    multiprocessor instead of 8; int4 1.06-1.12x faster than the register shape, kern12; int2 1.09-1.15x,
-    kern13), as many warps as split K into equal blocks (14 for K = 14336: 16 left the last of 4 blocks half
-    idle; int4 2.54-2.56x bf16 against kern12's 2.45x at 16); int4 at 8 rows kept the register shapes. Where K
-    needs more than two such blocks, int4 and int8 at one row take up to 32 warps, half the blocks whose partials
-    meet in the fix-up (28 for K = 14336: int4 2.90 and 2.91x against 2.79 and 2.78x, kern22 runs 1 and 3), and
-    int8 codes at one row take this shape too (4096x14336 1.75x and 1.71x against the register shape's 1.69x, runs
-    3-4; 4096x128256 2.04x against 2.07x, run 4). Two
-    row fragments take 256-input slices in registers (their activations need twice the registers; 16 rows of
-    shared fragments would overflow shared memory at 16 warps). 3-bit codes at one row in the register shape
-    ask for two blocks a multiprocessor (capped at 128 registers, 16 bytes spilled: 4096x4096 1.69x -> 2.15x
-    bf16, the other shapes within 1%, kern14 run 4). At one row, int8 codes load their first tiles before the
-    activations (EARLY: 1.01-1.08x faster on the five shapes, kern15 run 2), and so does NF4's register shape where
-    its blocks outnumber the multiprocessors, asking for two blocks a multiprocessor (192 registers a thread left a
-    second wave of blocks; the early loads bring it to 128 without spills: 4096x4096 1.76-1.81x -> 1.93-2.03x bf16,
-    runs 2-3). Early loads slowed int2, int3 and int4 on 12 of their 15 cells (0.85-0.98x; 1.03-1.07x on int4's
-    4096x128256 and int2's 4096x4096) and NF4 on 4096x1024 (0.96x): there they stay off. 2- and 3-bit codes at
-    one row, and 3-bit codes in two row fragments, load their words through shared-memory rings where _ring says so
-    (kern17, kern19). int2 and int4 at 9-16 rows take short 128-input slices, as many tiles a block as
-    short_slice_tiles says (kern22-23). kern28 (numbers in docs/kern28.md): at one row, layers of fewer tiles than
-    multiprocessors keep one tile a block but take up to 32 warps of 128-input slices (FEW_TILES; 4096x1024 int4
-    2.65x bf16 against 2.38x, NF4 2.33-2.39x against 1.89-1.94x); int8 weight-only and NF4 at one row, on layers of
-    at least as many tiles as multiprocessors whose K fits 32 such warps, take one block a multiprocessor of
-    ceil(tiles / SMs) tiles, up to 8, NF4 with L2_AHEAD above 2 tiles (4096x4096 int8 1.90-1.91x against 1.60x, NF4
-    2.61-2.64x against 2.21-2.26x; int4 ran slower so and keeps its shapes); int2 and int4 short slices whose two K
-    blocks outnumber the multiprocessors take two blocks a multiprocessor (DEPTH 0, MIN_BLOCKS 2; 4096x14336 int4 at
-    16 rows 2.08-2.09x against 1.87-1.89x; NF4 and 14336x4096's seven K blocks ran slower so); NF4's wide shape at
-    one row prefetches each warp's next tile into L2 (L2_AHEAD; 14336x4096 2.46x against 2.34x; the integer codes
-    ran 3-16% slower with it). A two-tile ring for int4's 28-warp K blocks (14336x4096) was 2% faster in the kernel
-    benchmark but slowed compiled decode (2.49x against 2.52x): it stays off. kern30 (docs/kern30.md): the one-wave
-    shape, the deep-K 28-warp blocks and int4's and NF4's short slices of one block a multiprocessor build with
-    ONE_BLOCK (NF4 4096x4096 at one row 2.64x against 2.33x through auto; int4 at 16 rows on 4096x1024 1.57x against
-    1.41x in a sweep); FEW_TILES' blocks ran slower with it (NF4 4096x1024 2.36-2.38x against 2.53-2.56x)."""
+    Each family below comes from H100 sweeps of the Llama-3-8B shapes (the rule picks the fastest shape of each or one
+    within 3% of it; the numbers are in each helper and docs/kern11.md to docs/kern30.md), tried in this order:
+    short slices at 9-16 rows (_short_slice_shape), FEW_TILES at one row on layers of fewer tiles than
+    multiprocessors (_few_tiles_shape), one wave of 32-warp blocks for int8 and NF4 at one row (_one_wave_shape),
+    then the register shape (_register_shape), which becomes the wide shape where it takes 4 tiles at one row (and
+    NF4 up to 8 rows; _wide_shape) or else takes its format's extras (_register_extras)."""
     words = words_per_thread(bits, in_features, group_size)
     short_tiles = short_slice_tiles(bits, rows, in_features, out_features, sms)
     if short_tiles:
-        shape = SHORT_SLICES | {"U": _slice_words(words, bits, SHORT_SLICES["KS"]),
-                                "WARPS": _short_slice_warps(in_features), "TILES": short_tiles}
-        two_a_sm = (not table and k_blocks(shape, in_features) == 2
-                    and launch_blocks(shape, in_features, out_features) > sms)
-        if two_a_sm:
-            return shape | {"DEPTH": 0, "MIN_BLOCKS": 2}
-        return shape | (ONE_BLOCK if bits == 4 else {})  # int4 and NF4 were timed with it, int2 not yet
-    frags = 1 if rows <= FRAGMENT_ROWS else 2
+        return _short_slice_shape(bits, in_features, out_features, words, short_tiles, sms, table)
     n_tiles = out_features // OUT_TILE
     slice_words = _slice_words(words, bits, FEW_TILES["KS"])
     short_slices = math.ceil(in_features / FEW_TILES["KS"])
     if rows == 1 and n_tiles < sms:
-        shape = {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": min(FEW_TILES["WARPS"], short_slices), "TILES": 1,
-                 "DEPTH": 1, "R8": 1, "SMEM_X": 0}
-        return shape | ({"EARLY": 1} if bits == 8 else {})
+        return _few_tiles_shape(bits, slice_words, short_slices)
     one_wave_tiles = math.ceil(n_tiles / sms)
     if rows == 1 and (table or bits == 8) and short_slices <= FEW_TILES["WARPS"] \
             and one_wave_tiles <= SHORT_SLICE_MAX_TILES:
-        ahead = {"L2_AHEAD": 1} if table and one_wave_tiles > 2 else {}
-        return {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": short_slices, "TILES": one_wave_tiles, "DEPTH": 0,
-                "R8": 1, "SMEM_X": 1} | ahead | ONE_BLOCK
+        return _one_wave_shape(slice_words, short_slices, one_wave_tiles, table)
+    shape, k_split = _register_shape(bits, rows, in_features, n_tiles, words, sms)
+    ring = _ring(bits, rows, math.ceil(n_tiles / shape["TILES"]) * k_split >= sms)
+    if shape["TILES"] == 4 and shape["R8"] == 1 and (table or rows == 1):
+        return _wide_shape(shape, bits, rows, in_features, words, table) | ring
+    blocks_outnumber_sms = math.ceil(n_tiles / shape["TILES"]) * k_split > sms
+    return shape | _register_extras(bits, rows, table, ring, blocks_outnumber_sms)
+
+
+def _short_slice_shape(bits: int, in_features: int, out_features: int, words: int, tiles: int, sms: int,
+                       table: bool) -> dict:
+    """int2, int4 and NF4 in two row fragments (9-16 rows): SHORT_SLICES, 128-input slices over up to 16 warps, with
+    the tiles short_slice_tiles gives (kern22-23). Where the two K blocks of an integer layer outnumber the
+    multiprocessors, two blocks a multiprocessor (DEPTH 0, MIN_BLOCKS 2; 4096x14336 int4 at 16 rows 2.08-2.09x bf16
+    against 1.87-1.89x, kern28; NF4 and 14336x4096's seven K blocks ran slower so). Otherwise int4 and NF4 build
+    with ONE_BLOCK (kern30 run 3's sweeps: int4 at 16 rows 4096x1024 1.57x against 1.41x, 14336x4096 1.83-1.84x
+    against 1.77-1.78x; NF4 4096x1024 1.82-1.84x against 1.71-1.74x); int2's were not timed with it."""
+    shape = SHORT_SLICES | {"U": _slice_words(words, bits, SHORT_SLICES["KS"]),
+                            "WARPS": _short_slice_warps(in_features), "TILES": tiles}
+    two_a_sm = (not table and k_blocks(shape, in_features) == 2
+                and launch_blocks(shape, in_features, out_features) > sms)
+    if two_a_sm:
+        return shape | {"DEPTH": 0, "MIN_BLOCKS": 2}
+    return shape | (ONE_BLOCK if bits == 4 else {})
+
+
+def _few_tiles_shape(bits: int, slice_words: int, short_slices: int) -> dict:
+    """One row on a layer of fewer 16-output tiles than multiprocessors (4096x1024): one tile a block over up to 32
+    warps of 128-input slices (FEW_TILES; kern28: int4 2.65x bf16 against 2.38x, NF4 2.33-2.39x against
+    1.89-1.94x), int8 with its first tiles loaded early. ONE_BLOCK ran slower here (kern30 run 3: NF4 2.36-2.38x
+    against 2.53-2.56x, int4 2.55-2.56x against 2.62-2.63x)."""
+    shape = {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": min(FEW_TILES["WARPS"], short_slices), "TILES": 1,
+             "DEPTH": 1, "R8": 1, "SMEM_X": 0}
+    return shape | ({"EARLY": 1} if bits == 8 else {})
+
+
+def _one_wave_shape(slice_words: int, warps: int, tiles: int, table: bool) -> dict:
+    """int8 weight-only and NF4 at one row, on layers of at least as many tiles as multiprocessors whose K fits 32
+    warps of 128 inputs: one block a multiprocessor of ceil(tiles / SMs) tiles, up to 8, NF4 with L2_AHEAD above 2
+    tiles (kern28: 4096x4096 int8 1.90-1.91x bf16 against 1.60x; int4 ran slower so and keeps its shapes), built
+    with ONE_BLOCK (kern30 run 3 through auto: NF4 4096x4096 2.64x against 2.33x, int8 1.91x against 1.85x)."""
+    ahead = {"L2_AHEAD": 1} if table and tiles > 2 else {}
+    return {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": warps, "TILES": tiles, "DEPTH": 0, "R8": 1,
+            "SMEM_X": 1} | ahead | ONE_BLOCK
+
+
+def _register_shape(bits: int, rows: int, in_features: int, n_tiles: int, words: int, sms: int) -> tuple[dict, int]:
+    """(shape, K blocks): 8 warps, one tile ahead, activations in registers; 256-input slices where K reaches 8192 or
+    the output 4096 tiles (2- and 4-bit codes) or the rows take two fragments (their activations need twice the
+    registers; 16 rows of shared fragments would overflow shared memory at 16 warps), else 512; 4 tiles a block where
+    that still fills a wave of blocks, else 1 (kern11 run 1)."""
+    frags = 1 if rows <= FRAGMENT_ROWS else 2
     long_k_or_n = bits < 8 and (in_features >= 8192 or n_tiles >= 4096)
     slice_k = max(256 if long_k_or_n or frags == 2 else 512, 4 * words * codes_per_word(bits))  # whole chunks
     slices = math.ceil(in_features / slice_k)
     warps = min(8, slices)
-    register_k_blocks = math.ceil(slices / warps)
-    tiles = 4 if math.ceil(n_tiles / 4) * register_k_blocks >= sms else 1
-    shape = {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}
-    ring = _ring(bits, rows, math.ceil(n_tiles / tiles) * register_k_blocks >= sms)
-    wide = tiles == 4 and frags == 1 and (table or rows == 1)
-    if wide:
-        slice_k = max(256, 4 * words * codes_per_word(bits))
-        slices = math.ceil(in_features / slice_k)
-        deep_k = math.ceil(slices / 16) > 2 and bits in (4, 8) and rows == 1 and not table
-        warps = math.ceil(slices / math.ceil(slices / (32 if deep_k else 16)))  # every K block as busy
-        ahead = {"L2_AHEAD": 1} if table and rows == 1 else {}
-        one_block = ONE_BLOCK if deep_k else {}
-        return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1} | ahead | ring | one_block
-    if rows == 1 and bits == 3:  # 148 registers would hold one block a multiprocessor (kern14 run 4)
-        return shape | {"MIN_BLOCKS": 2} | ring
+    k_split = math.ceil(slices / warps)
+    tiles = 4 if math.ceil(n_tiles / 4) * k_split >= sms else 1
+    return {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}, k_split
+
+
+def _wide_shape(shape: dict, bits: int, rows: int, in_features: int, words: int, table: bool) -> dict:
+    """The register shape's 4-tile blocks at one row (and NF4's up to 8 rows) as up to 16 warps of 256-input slices,
+    nothing ahead, activations in shared memory (64 registers: 32 warps a multiprocessor instead of 8; int4
+    1.06-1.12x faster, kern12; int2 1.09-1.15x, kern13; int8 too, kern22 runs 3-4; int4 at 8 rows kept the register
+    shapes), as many warps as split K into equal blocks (14 for K = 14336: 16 left the last of 4 blocks half idle).
+    Where K needs more than two such blocks, int4 and int8 at one row take up to 32 warps (28 for K = 14336: int4
+    2.90-2.91x bf16 against 2.78-2.79x, kern22), built with ONE_BLOCK (int4 14336x4096 2.91-2.93x against
+    2.88-2.89x, kern30 run 3). NF4 at one row prefetches each warp's next tile into L2 (14336x4096 2.46x against
+    2.34x, kern28; the integer codes ran 3-16% slower with it). A two-tile ring for the 28-warp blocks was 2% faster
+    in the kernel benchmark but slowed compiled decode (2.49x against 2.52x): it stays off."""
+    slice_k = max(256, 4 * words * codes_per_word(bits))
+    slices = math.ceil(in_features / slice_k)
+    deep_k = math.ceil(slices / 16) > 2 and bits in (4, 8) and rows == 1 and not table
+    warps = math.ceil(slices / math.ceil(slices / (32 if deep_k else 16)))  # every K block as busy
+    ahead = {"L2_AHEAD": 1} if table and rows == 1 else {}
+    return shape | {"KS": slice_k, "WARPS": warps, "DEPTH": 0, "SMEM_X": 1} | ahead | (ONE_BLOCK if deep_k else {})
+
+
+def _register_extras(bits: int, rows: int, table: bool, ring: dict, blocks_outnumber_sms: bool) -> dict:
+    """What the register shape adds by format at one row. 3-bit codes ask for two blocks a multiprocessor (148
+    registers held one; 128 with 16 bytes spilled: 4096x4096 1.69x -> 2.15x bf16, kern14 run 4). int8 codes load
+    their first tiles before the activations (EARLY: 1.01-1.08x faster, kern15 run 2), and so does NF4 where its
+    blocks outnumber the multiprocessors, asking for two blocks a multiprocessor (192 registers left a second wave;
+    the early loads bring it to 128 without spills: 4096x4096 1.76-1.81x -> 1.93-2.03x, runs 2-3). Early loads slowed
+    int2, int3 and int4 on 12 of their 15 cells and NF4 on 4096x1024: there they stay off. 2- and 3-bit codes take
+    _ring's shared-memory rings where it says so (kern17, kern19)."""
+    if rows == 1 and bits == 3:
+        return {"MIN_BLOCKS": 2} | ring
     if rows == 1 and bits == 8:
-        return shape | {"EARLY": 1}
+        return {"EARLY": 1}
     if ring:
-        return shape | ring
-    if rows == 1 and table and math.ceil(n_tiles / tiles) * register_k_blocks > sms:  # 192 registers: one block an SM
-        return shape | {"EARLY": 1, "MIN_BLOCKS": 2}
-    return shape
+        return ring
+    if rows == 1 and table and blocks_outnumber_sms:
+        return {"EARLY": 1, "MIN_BLOCKS": 2}
+    return {}
 
 
 def _slice_words(words: int, bits: int, slice_k: int) -> int:
