@@ -167,6 +167,16 @@ def test_chosen_specializations_build_for_sm90_without_spills(cols, out, m, nbit
     assert cuda_aqlm.block_shared_bytes(spec) <= 227 * 1024
 
 
+@pytest.mark.parametrize("m,nbits", [(2, 8), (1, 16)])
+def test_min_blocks_reaches_the_build(m, nbits):
+    """A config's MIN_BLOCKS reaches the kernels' __launch_bounds__ (cuda_common.cuh's LAUNCH_BOUNDS), for sweeps: at
+    1 a lone block of 4096x1024's 64 may take more registers than the build without a count gives it, unspilled."""
+    spec = cuda_aqlm.specialization(m, 4096, 1024, sms=132, nbits=nbits)
+    plain, _, _ = sm90_usage(cuda_aqlm.SOURCE, spec)
+    lone, spills, log = sm90_usage(cuda_aqlm.SOURCE, spec | {"MIN_BLOCKS": 1})
+    assert lone > plain and spills == 0, log
+
+
 @pytest.mark.parametrize("cols,out,buckets", [(4096, 1024, 1), (4096, 4096, 1), (4096, 14336, 5), (14336, 4096, 5),
                                               (4096, 128256, 5)])
 def test_16bit_codebooks_split_in_ranges_on_large_layers(cols, out, buckets):

@@ -28,7 +28,8 @@
 // grid's width, each warp requesting its next codes ahead). Compile-time settings (-D): BF16 (activations bf16,
 // else fp16), M, BOOK16, BUCKETS, WARPS, TILES, EARLY (each warp's first slice requested before the codebooks are
 // copied), PDL (programmatic dependent launch, cuda_common.cuh: nothing is read before the kernel ahead has
-// finished, and the next launch may start once the warps' sums are done; kern20; on where the device allows, kern21).
+// finished, and the next launch may start once the warps' sums are done; kern20; on where the device allows, kern21),
+// and optionally MIN_BLOCKS (cuda_common.cuh's LAUNCH_BOUNDS; no launch shape asks for it yet).
 //
 // The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 
@@ -200,7 +201,7 @@ __device__ __forceinline__ void value_place(int v, int tile0, int& m, int& n) {
 }
 
 #if !SPLIT_BOOK16
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
+extern "C" __global__ void LAUNCH_BOUNDS
 lowbit_aqlm(const unsigned char* __restrict__ codes, const u16* __restrict__ codebooks, const u16* __restrict__ scales,
             const u16* __restrict__ x, const float* __restrict__ bias, u16* __restrict__ y,
             int rows, int K, int N, int entries, int has_bias) {
@@ -293,7 +294,7 @@ __device__ __forceinline__ void add_up_ranges(const float* part, int* counters, 
 // group or the next) before it works through the current one. The ranges' fp32 partials go to part (BUCKETS, rows,
 // N); the last block of a tile group to finish adds them up (add_up_ranges, after all its groups), unless fixup is
 // 0 (the host adds them).
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
+extern "C" __global__ void LAUNCH_BOUNDS
 lowbit_aqlm_split(const unsigned char* __restrict__ codes, const u16* __restrict__ codebooks,
                   const u16* __restrict__ scales, const u16* __restrict__ x, const float* __restrict__ bias,
                   u16* __restrict__ y, float* __restrict__ part, int* __restrict__ counters,

@@ -8,6 +8,15 @@ typedef unsigned short u16;
 #define PDL 0
 #endif
 
+// A kernel's __launch_bounds__: WARPS warps a block and, with the -D setting MIN_BLOCKS, the blocks a multiprocessor
+// must hold at once (capping the registers a thread may use). MIN_BLOCKS 1 is not the same as none: without a
+// count ptxas keeps registers lower, as if blocks were to share a multiprocessor (cuda_mma.py's ONE_BLOCK, kern30).
+#ifdef MIN_BLOCKS
+#define LAUNCH_BOUNDS __launch_bounds__(WARPS * 32, MIN_BLOCKS)
+#else
+#define LAUNCH_BOUNDS __launch_bounds__(WARPS * 32)
+#endif
+
 // Programmatic dependent launch (PDL, compute capability 9.0; the -D setting PDL and nvrtc.launch's attribute): the
 // kernel may start while the one before it in the stream finishes. Whatever that kernel may write (activations,
 // outputs, partials, counters) is touched only after grid_dependency_wait(); before it a kernel prefetches its

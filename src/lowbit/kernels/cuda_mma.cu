@@ -71,8 +71,8 @@
 // kern29), PRELOAD (with PDL, the EARLY tiles' words and qparams load before the wait: only where
 // settled_weights.py finds the layer unwritten since its last launch, so no kernel ahead wrote them), CLUSTER (the
 // K blocks, gridDim.y of them, as one cluster: at most 8, compute capability 9.0), and optionally MIN_BLOCKS
-// (blocks per multiprocessor that the register use must allow; 1 is not the same as none: without it ptxas keeps
-// registers lower, kern30). Shared memory is dynamic: the launch passes shared_bytes(...) (cuda_mma.py).
+// (blocks per multiprocessor that the register use must allow: cuda_common.cuh's LAUNCH_BOUNDS). Shared memory is
+// dynamic: the launch passes shared_bytes(...) (cuda_mma.py).
 //
 // The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 
@@ -480,11 +480,7 @@ __device__ __forceinline__ void add_up_cluster(float (*red)[NVALS], int tile0, i
   cluster_sync();
 }
 
-#ifdef MIN_BLOCKS  // blocks a multiprocessor must hold at once: caps the registers a thread may use
-extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(WARPS * 32, MIN_BLOCKS)
-#else
-extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(WARPS * 32)
-#endif
+extern "C" __global__ void CLUSTER_DIMS LAUNCH_BOUNDS  // cuda_common.cuh: WARPS and MIN_BLOCKS
 lowbit_mma(const u32* __restrict__ qweight, const Scale* __restrict__ scale, const u16* __restrict__ zero,
            const u16* __restrict__ x, const float* __restrict__ bias, u16* __restrict__ y,
            float* __restrict__ part, int* __restrict__ counters,
