@@ -109,12 +109,12 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     if rows == 1 and (table or bits == 8) and short_slices <= FEW_TILES["WARPS"] \
             and one_wave_tiles <= SHORT_SLICE_MAX_TILES:
         return _one_wave_shape(slice_words, short_slices, one_wave_tiles, table)
-    shape, k_split = _register_shape(bits, rows, in_features, n_tiles, words, sms)
-    ring = _ring(bits, rows, math.ceil(n_tiles / shape["TILES"]) * k_split >= sms)
+    shape = _register_shape(bits, rows, in_features, n_tiles, words, sms)
+    blocks = launch_blocks(shape, in_features, out_features)
+    ring = _ring(bits, rows, blocks >= sms)
     if shape["TILES"] == 4 and shape["R8"] == 1 and (table or rows == 1):
         return _wide_shape(shape, bits, rows, in_features, words, table) | ring
-    blocks_outnumber_sms = math.ceil(n_tiles / shape["TILES"]) * k_split > sms
-    return shape | _register_extras(bits, rows, table, ring, blocks_outnumber_sms)
+    return shape | _register_extras(bits, rows, table, ring, blocks > sms)
 
 
 def _short_slice_shape(bits: int, in_features: int, out_features: int, words: int, tiles: int, sms: int,
@@ -154,8 +154,8 @@ def _one_wave_shape(slice_words: int, warps: int, tiles: int, table: bool) -> di
             "SMEM_X": 1} | ahead | ONE_BLOCK
 
 
-def _register_shape(bits: int, rows: int, in_features: int, n_tiles: int, words: int, sms: int) -> tuple[dict, int]:
-    """(shape, K blocks): 8 warps, one tile ahead, activations in registers; 256-input slices where K reaches 8192 or
+def _register_shape(bits: int, rows: int, in_features: int, n_tiles: int, words: int, sms: int) -> dict:
+    """8 warps, one tile ahead, activations in registers; 256-input slices where K reaches 8192 or
     the output 4096 tiles (2- and 4-bit codes) or the rows take two fragments (their activations need twice the
     registers; 16 rows of shared fragments would overflow shared memory at 16 warps), else 512; 4 tiles a block where
     that still fills a wave of blocks, else 1 (kern11 run 1)."""
@@ -166,7 +166,7 @@ def _register_shape(bits: int, rows: int, in_features: int, n_tiles: int, words:
     warps = min(8, slices)
     k_split = math.ceil(slices / warps)
     tiles = 4 if math.ceil(n_tiles / 4) * k_split >= sms else 1
-    return {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}, k_split
+    return {"U": words, "KS": slice_k, "WARPS": warps, "TILES": tiles, "DEPTH": 1, "R8": frags, "SMEM_X": 0}
 
 
 def _wide_shape(shape: dict, bits: int, rows: int, in_features: int, words: int, table: bool) -> dict:
