@@ -216,10 +216,13 @@ def test_fourbit_mma_matches_reference(quant_type, double_quant, blocksize, cols
     (4, 16, 4096, 14336, "MIN_BLOCKS"), (2, 9, 4096, 14336, "MIN_BLOCKS"), (4, 16, 4096, 4096, "CLUSTER"),
     (4, 1, 14336, 4096, "CLUSTER"), (4, 1, 4096, 1024, "FEW_TILES"), (2, 1, 4096, 1024, "FEW_TILES"),
     ("int8", 1, 4096, 4096, "ONE_WAVE"), ("int8", 1, 4096, 14336, "ONE_WAVE"), ("nf4", 1, 4096, 4096, "ONE_WAVE"),
-    ("nf4", 1, 4096, 14336, "ONE_WAVE"), ("nf4", 1, 14336, 4096, "L2_AHEAD")])
+    ("nf4", 1, 4096, 14336, "ONE_WAVE"), ("nf4", 1, 14336, 4096, "L2_AHEAD"), (4, 1, 4096, 4096, "ONE_WAVE"),
+    (3, 1, 4096, 4096, "ONE_WAVE"), (2, 1, 4096, 4096, "ONE_WAVE"), (2, 16, 14336, 4096, "ONE_BLOCK"),
+    (4, 9, 4096, 1024, "ONE_BLOCK")])
 def test_llama_sized_launch_shapes_match_reference(bits, rows, cols, out, feature):
     """The launch shapes auto picks only for large layers on this GPU (kern28: the cluster fix-up, two short-slice
-    blocks a multiprocessor, FEW_TILES, the one-wave 32-warp shape, NF4's L2 prefetch) against an fp64 reference at
+    blocks a multiprocessor, FEW_TILES, the one-wave 32-warp shape, NF4's L2 prefetch; kern31: the integer codes'
+    one-wave shape, int2's and int4's short slices built as one block a multiprocessor) against an fp64 reference at
     Llama-3-8B sizes, with fresh random weights; the test first checks that the shape it means to cover is the one
     the specialization takes on this device."""
     seed = fresh_seed()
@@ -243,7 +246,7 @@ def test_llama_sized_launch_shapes_match_reference(bits, rows, cols, out, featur
         ref_of = (lambda x: x.double() @ ref_w.t() + layer.bias.double())
     covered = {"MIN_BLOCKS": spec.get("MIN_BLOCKS") == 2 and spec["DEPTH"] == 0, "CLUSTER": spec.get("CLUSTER") == 2,
                "FEW_TILES": (spec["KS"], spec["TILES"]) == (128, 1), "L2_AHEAD": spec.get("L2_AHEAD") == 1,
-               "ONE_WAVE": spec["KS"] == 128 and spec["TILES"] > 1}[feature]
+               "ONE_WAVE": spec["KS"] == 128 and spec["TILES"] > 1, "ONE_BLOCK": spec.get("MIN_BLOCKS") == 1}[feature]
     if not covered:
         pytest.skip(f"this GPU's {sms} multiprocessors give another shape: {spec}")
     for dtype in DTYPES:
@@ -447,7 +450,7 @@ def test_launch_shape_choice_fits_the_kernel(bits, rows, cols, out, group):
     assert cfg["R8"] == (1 if rows <= 8 else 2)
     assert cfg["WARPS"] <= math.ceil(cols / cfg["KS"])  # no warp of the first block starts past K
     assert 1 <= cfg["TILES"] <= cuda_mma.SHORT_SLICE_MAX_TILES
-    assert cfg["WARPS"] <= (32 if rows == 1 and bits in (4, 8) else 16)
+    assert cfg["WARPS"] <= (32 if rows == 1 else 16)
     assert out // 16 <= split_counters.N_COUNTERS * cfg["TILES"]
 
 
@@ -485,11 +488,12 @@ def test_cluster_fixup_where_two_k_blocks_fill_few_waves(bits, rows, cols, out, 
 
 @pytest.mark.parametrize("bits,cols,out,table,warps", [
     (4, 4096, 1024, False, 32), (2, 4096, 1024, False, 32), (3, 4096, 1024, False, 32), (8, 4096, 1024, False, 32),
-    (4, 4096, 1024, True, 32), (4, 2048, 1024, False, 16), (4, 4096, 4096, False, 8), (2, 4096, 4096, False, 8)])
+    (4, 4096, 1024, True, 32), (4, 2048, 1024, False, 16)])
 def test_one_row_takes_32_warps_where_one_tile_blocks_leave_sms_idle(bits, cols, out, table, warps):
     """At one row, layers of fewer tiles than multiprocessors (4096x1024's 64) take 128-input slices, up to 32
     warps a one-tile block, K in one block, whole chunks a slice, int8 with its early loads (kern28 runs 1-4);
-    wider layers keep their shapes. Each such shape compiles for sm_90 without spills."""
+    wider layers take other shapes (test_one_wave_of_32_warp_blocks). Each such shape compiles for sm_90 without
+    spills."""
     group = cols if bits == 8 else 64 if table else 128
     cfg = cuda_mma.choose_config(bits, 1, cols, out, group, sms=132, table=table)
     assert cfg["WARPS"] == warps and cfg["TILES"] == 1
@@ -523,14 +527,16 @@ def test_two_short_slice_blocks_a_multiprocessor_where_one_makes_two_waves(bits,
 @pytest.mark.parametrize("bits,cols,out,table,tiles,one_wave", [
     (8, 4096, 14336, False, 7, True), (4, 4096, 14336, True, 7, True), (8, 4096, 4096, False, 2, True),
     (4, 4096, 4096, True, 2, True), (4, 4096, 14336, False, 4, False), (8, 4096, 128256, False, 4, False),
-    (8, 14336, 4096, False, 4, False), (4, 4096, 4096, False, 1, False)])
-def test_one_wave_of_32_warp_blocks_for_int8_and_nf4(bits, cols, out, table, tiles, one_wave):
-    """int8 weight-only and NF4 at one row, on layers of at least as many tiles as multiprocessors whose K fits 32
-    warps of 128 inputs, take one block a multiprocessor of ceil(tiles / SMs) tiles, NF4 with L2_AHEAD above 2 tiles
-    (kern28: 4096x14336, 128 blocks of 7, int8 1.75-1.76x against 1.66-1.67x, NF4 2.73x against 2.38-2.39x; 4096x4096,
-    128 blocks of 2, int8 1.90-1.91x against 1.60x, NF4 2.61-2.64x against 2.21-2.26x); int4 (2.96-2.98x against
-    3.02-3.07x on 4096x14336), more than 8 tiles a block (4096x128256) and longer K keep their shapes. Each compiles
-    for sm_90 without spills within a block's shared memory."""
+    (8, 14336, 4096, False, 4, False), (4, 4096, 4096, False, 2, True), (2, 4096, 6144, False, 3, True),
+    (4, 4096, 11008, False, 6, True), (3, 4096, 14336, False, 7, True), (2, 4096, 14336, False, 4, False),
+    (4, 5120, 4096, False, 1, False)])
+def test_one_wave_of_32_warp_blocks(bits, cols, out, table, tiles, one_wave):
+    """One row, on layers of at least as many tiles as multiprocessors whose K fits 32 warps of 128 inputs: one block
+    a multiprocessor of ceil(tiles / SMs) tiles, NF4 with L2_AHEAD above 2 tiles, up to 8 tiles for int8, NF4 and
+    int3, up to 6 for int2 and int4 (kern28: 4096x14336, 128 blocks of 7, int8 1.75-1.76x against 1.66-1.67x, NF4
+    2.73x against 2.38-2.39x; kern31: int4 4096x4096 3.10-3.12x against 2.68x, 4096x11008's 6 tiles 3.13x against
+    2.98x, but 4096x14336's 7 tiles 3.04x against 3.07x). More tiles a block (4096x128256) and longer K keep their
+    shapes. Each compiles for sm_90 without spills within a block's shared memory."""
     group = cols if bits == 8 else 64 if table else 128
     cfg = cuda_mma.choose_config(bits, 1, cols, out, group, 132, table=table)
     assert cfg["TILES"] == tiles
@@ -546,20 +552,22 @@ def test_one_wave_of_32_warp_blocks_for_int8_and_nf4(bits, cols, out, table, til
 @pytest.mark.parametrize("bits,rows,cols,out,table,one_block", [
     (4, 1, 4096, 4096, True, True), (8, 1, 4096, 4096, False, True), (4, 1, 4096, 14336, True, True),
     (4, 1, 14336, 4096, False, True), (4, 16, 14336, 4096, False, True), (4, 16, 4096, 1024, False, True),
-    (4, 16, 4096, 4096, True, True), (4, 9, 4096, 4096, False, True), (2, 9, 4096, 4096, False, False),
-    (4, 1, 4096, 1024, False, False),
-    (4, 1, 4096, 1024, True, False), (4, 1, 4096, 4096, False, False), (4, 1, 14336, 4096, True, False),
+    (4, 16, 4096, 4096, True, True), (4, 9, 4096, 4096, False, True), (2, 9, 4096, 4096, False, True),
+    (2, 16, 14336, 4096, False, True), (4, 1, 4096, 4096, False, True), (2, 1, 4096, 6144, False, True),
+    (4, 1, 4096, 1024, False, False), (4, 16, 4096, 14336, True, False),
+    (4, 1, 4096, 1024, True, False), (4, 1, 5120, 4096, False, False), (4, 1, 14336, 4096, True, False),
     (4, 1, 4096, 14336, False, False), (4, 16, 4096, 14336, False, False)])
 def test_one_block_builds_where_a_multiprocessor_runs_one(bits, rows, cols, out, table, one_block):
-    """The one-wave 32-warp shape, int4's and int8's 28-warp deep-K blocks and int4's and NF4's short slices that do not
-    ask for two blocks a multiprocessor (int2's were not timed with it) build with ONE_BLOCK (MIN_BLOCKS 1), which lets
-    ptxas use the registers a lone block has
-    (kern30 run 3, x bf16 side by side: NF4 4096x4096 2.64-2.65 against 2.33-2.34, int8 4096x4096 1.91 against
-    1.84-1.85, int4 14336x4096 2.91-2.93 against 2.88-2.89; at 16 rows int4 4096x1024 1.57 against 1.41, 14336x4096
-    1.83-1.84 against 1.77-1.78, NF4 4096x1024 1.82-1.84 against 1.71-1.74). FEW_TILES' one-row blocks ran slower
-    with it (NF4 4096x1024 2.36-2.38 against 2.53-2.56), and so did the shapes of two blocks a multiprocessor. In tile
-    order each builds for sm_90 without spills and with more registers a thread than the same build without a block
-    count."""
+    """The one-wave 32-warp shape (every format since kern31), int4's and int8's 28-warp deep-K blocks and the short
+    slices that do not ask for two blocks a multiprocessor build with ONE_BLOCK (MIN_BLOCKS 1), which lets ptxas use
+    the registers a lone block has (kern30 run 3, x bf16 side by side: NF4 4096x4096 2.64-2.65 against 2.33-2.34,
+    int8 4096x4096 1.91 against 1.84-1.85, int4 14336x4096 2.91-2.93 against 2.88-2.89; at 16 rows int4 4096x1024 1.57
+    against 1.41, 14336x4096 1.83-1.84 against 1.77-1.78, NF4 4096x1024 1.82-1.84 against 1.71-1.74; kern31: int2 at 16
+    rows 14336x4096 2.20-2.23 against 2.10-2.11). FEW_TILES' one-row blocks ran slower with it (NF4 4096x1024
+    2.36-2.38 against 2.53-2.56), and so did NF4's short slices whose two K blocks outnumber the multiprocessors
+    (4096x14336 at 16 rows 1.84 against 1.92) and the shapes of two blocks a multiprocessor. In tile order each builds
+    for sm_90 without spills and with more registers a thread than the same build without a block count (3-bit codes'
+    one-wave builds excepted: 48-52 registers with it against 50-56 without; timed only with it, kern31)."""
     group = cols if bits == 8 else 64 if table else 128
     cfg = cuda_mma.choose_config(bits, rows, cols, out, group, 132, table=table)
     assert (cfg.get("MIN_BLOCKS") == 1) == one_block
@@ -651,8 +659,8 @@ def test_preload_only_reads_before_the_wait_and_launch_next_2_lets_the_next_laun
 
 
 def test_early_start_only_where_timed_and_only_when_asked(monkeypatch):
-    """early_start (kern29 run 1), with LOWBIT_EARLY_START=1: int4's one-tile blocks at one row let the next launch
-    start at once and preload, NF4's wide shape preloads where it splits K; nothing for int4's 28-warp blocks, NF4's
+    """early_start (kern29 run 1), with LOWBIT_EARLY_START=1: int4's one-tile blocks at one row (5120x4096's register
+    shape, FEW_TILES; 4096x4096 takes the one-wave shape since kern31) let the next launch start at once and preload, NF4's wide shape preloads where it splits K; nothing for int4's 28-warp blocks, NF4's
     FEW_TILES or unsplit wide shape, 16 rows, launches without PDL, cp.async rings or other codes. Without the
     variable nothing changes."""
     def spec(bits, rows, cols, out, table=False, pdl=True):
@@ -662,18 +670,17 @@ def test_early_start_only_where_timed_and_only_when_asked(monkeypatch):
     early = {"PRELOAD", "LAUNCH_NEXT"}
     assert not early & set(spec(4, 1, 4096, 4096)), "off by default"
     monkeypatch.setitem(cuda_mma.EARLY_START, "on", True)
-    assert spec(4, 1, 4096, 4096)["PRELOAD"] == 1 and spec(4, 1, 4096, 4096)["LAUNCH_NEXT"] == 2
+    assert spec(4, 1, 5120, 4096)["PRELOAD"] == 1 and spec(4, 1, 5120, 4096)["LAUNCH_NEXT"] == 2
     assert spec(4, 1, 4096, 1024)["PRELOAD"] == 1 and spec(4, 1, 4096, 1024)["LAUNCH_NEXT"] == 2
     assert spec(4, 1, 14336, 4096, table=True)["PRELOAD"] == 1 and "LAUNCH_NEXT" not in spec(4, 1, 14336, 4096, True)
     for unchanged in (spec(4, 1, 14336, 4096), spec(4, 1, 4096, 1024, table=True), spec(4, 1, 4096, 128256, True),
-                      spec(4, 16, 4096, 4096),
+                      spec(4, 16, 4096, 4096), spec(4, 1, 4096, 4096),
                       spec(4, 1, 4096, 4096, pdl=False), spec(2, 1, 4096, 4096), spec(8, 1, 4096, 1024)):
         assert not early & set(unchanged), unchanged
     assert cuda_mma.specialization(4, 1, 4096, 4096, 128, 132, config={"PDL": 1, "PRELOAD": 0})["PRELOAD"] == 0
 
 
-@pytest.mark.parametrize("table,cols,out", [(False, 4096, 4096), (False, 4096, 1024), (False, 4096, 6144),
-                                             (True, 14336, 4096)])
+@pytest.mark.parametrize("table,cols,out", [(False, 5120, 4096), (False, 4096, 1024), (True, 14336, 4096)])
 def test_early_start_builds_keep_their_blocks_without_spills(table, cols, out, monkeypatch):
     """What an H100 launches with LOWBIT_EARLY_START=1 (early_start's shapes, with clusters, tile order and PDL) builds
     for sm_90 without spills and with registers for as many blocks a multiprocessor as without it: the registers the
@@ -733,10 +740,10 @@ def test_three_bit_tile_order_compiles_without_spills(rows, cols, out):
 
 
 def test_three_bit_register_shape_holds_two_blocks():
-    """3-bit codes at one row where the register shape is chosen (4096x4096) ask for two blocks a multiprocessor
-    and load their words through shared-memory rings: ptxas keeps the thread within 128 registers without spills,
-    where the tile ahead in registers took more without the bound and spilled within it."""
-    spec = cuda_mma.specialization(3, 1, 4096, 4096, 128, 132)
+    """3-bit codes at one row where the register shape is chosen (5120x4096; 4096x4096 until kern31) ask for two
+    blocks a multiprocessor and load their words through shared-memory rings: ptxas keeps the thread within 128
+    registers without spills, where the tile ahead in registers took more without the bound and spilled within it."""
+    spec = cuda_mma.specialization(3, 1, 5120, 4096, 128, 132)
     assert spec["SMEM_X"] == 0 and spec["MIN_BLOCKS"] == 2 and spec["ASYNC"] == 2
     capped, spills, info = _ptxas(spec)
     assert capped <= 128 and spills == 0, info
@@ -746,21 +753,23 @@ def test_three_bit_register_shape_holds_two_blocks():
     assert uncapped > 128 and ring_spills > 0
 
 
-@pytest.mark.parametrize("bits,rows,out,ring,spill", [
-    (3, 1, 4096, True, 0), (3, 1, 1024, False, 0), (3, 1, 14336, True, 24), (2, 1, 4096, True, 0),
-    (2, 1, 14336, True, 0), (2, 1, 1024, False, 0), (4, 1, 14336, False, 0), (8, 1, 4096, False, 0),
-    (3, 16, 4096, True, 0), (3, 16, 14336, True, 36), (3, 8, 4096, False, 0), (4, 16, 14336, False, 0),
+@pytest.mark.parametrize("bits,rows,cols,out,ring,spill", [
+    (3, 1, 5120, 4096, True, 0), (3, 1, 4096, 1024, False, 0), (3, 1, 14336, 4096, True, 32),
+    (2, 1, 5120, 4096, True, 0), (2, 1, 4096, 14336, True, 0), (2, 1, 4096, 1024, False, 0),
+    (3, 1, 4096, 4096, False, 0), (2, 1, 4096, 4096, False, 0), (4, 1, 4096, 14336, False, 0),
+    (8, 1, 4096, 4096, False, 0), (3, 16, 4096, 4096, True, 0), (3, 16, 4096, 14336, True, 36),
+    (3, 8, 4096, 4096, False, 0), (4, 16, 4096, 14336, False, 0),
 ])
-def test_rings_where_timed_faster(bits, rows, out, ring, spill):
+def test_rings_where_timed_faster(bits, rows, cols, out, ring, spill):
     """Shared-memory rings of two tiles (ASYNC 2) for 3-bit codes at one row and in two row fragments (9-16 rows),
     and for 2-bit codes at one row where the blocks fill a wave (4096x1024's 64 one-tile blocks take FEW_TILES'
-    register shape, 3-bit codes too); int4 and int8 keep the register path. Each chosen specialization, in the tile
-    order CUDA layers hold, compiles within its spill bound (3-bit codes' wide one-row shape capped at 64 registers and
-    their 4-tile shapes at 16 rows capped at 128 spill 24 and 36 bytes, as timed: kern17, kern19 runs 1 and 8), its
-    shared memory (rings, results and activations) within half an H100's 227 KB so two blocks share a
-    multiprocessor."""
-    group = 4096 if bits == 8 else 128
-    spec = cuda_mma.specialization(bits, rows, 4096, out, group, 132, has_zero=bits != 8, signed8=bits == 8)
+    register shape, 3-bit codes too; since kern31 the one-wave shape of 2- and 3-bit codes, K = 4096, has none);
+    int4 and int8 keep the register path. Each chosen specialization, in the tile order CUDA layers hold, compiles
+    within its spill bound (3-bit codes' wide one-row shape capped at 64 registers and their 4-tile shapes at 16 rows
+    capped at 128 spill 32 and 36 bytes, as timed: kern17, kern19 runs 1 and 8), its shared memory (rings, results and
+    activations) within half an H100's 227 KB so two blocks share a multiprocessor."""
+    group = cols if bits == 8 else 128
+    spec = cuda_mma.specialization(bits, rows, cols, out, group, 132, has_zero=bits != 8, signed8=bits == 8)
     assert spec.get("ASYNC", 0) == (2 if ring else 0)
     if ring:
         _, spills, info = _ptxas(spec | {"TILED": 1})

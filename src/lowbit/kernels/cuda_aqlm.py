@@ -56,18 +56,21 @@ def choose_config(in_features: int, out_features: int, sms: int) -> dict:
     return (shape | {"EARLY": 1}) if tiles == 1 else shape
 
 
-def choose_book16_config(in_features: int, out_features: int, shared_limit: int = 227 * 1024) -> dict:
+def choose_book16_config(in_features: int, out_features: int, sms: int, shared_limit: int = 227 * 1024) -> dict:
     """Launch shape for one 16-bit codebook (1x16). Layers of at most 2**24 weights read codewords from L2 (16 warps,
     one tile); larger ones split the codes in 5 ranges, one a block's shared memory (16 warps, two tiles), where a
-    block may have the 222 KB that takes (an H100's 227 KB; else L2).
+    block may have the 222 KB that takes (an H100's 227 KB; else L2). L2 launches of no more blocks than
+    multiprocessors build for one block a multiprocessor (MIN_BLOCKS 1: 58 -> 122 registers on 4096x1024).
 
     From the H100 sweep at one row (kern16 run 6: `kernel_sweep.py --path mma --aqlm 1x16`), x bf16: L2 1.09 on
     4096x1024 and 0.87 on 4096x4096 (split 0.59 / 0.78); split 0.87 on 4096x14336, 0.93 on 14336x4096 and 0.99 on
-    4096x128256 (L2 0.71-0.80)."""
+    4096x128256 (L2 0.71-0.80). MIN_BLOCKS 1 (kern31): 4096x1024 1.24x against 1.12x; 4096x4096's 256 blocks 0.86x
+    against 0.89x."""
     warps = min(16, in_features // SLICE)
     split = {"WARPS": warps, "TILES": 2, "BUCKETS": 5, "BOOK16": 1}
     if in_features * out_features <= 2**24 or block_shared_bytes(split) > shared_limit:
-        return {"WARPS": warps, "TILES": 1, "BUCKETS": 1}
+        lone = {"MIN_BLOCKS": 1} if out_features // 16 <= sms else {}
+        return {"WARPS": warps, "TILES": 1, "BUCKETS": 1} | lone
     return {"WARPS": warps, "TILES": 2, "BUCKETS": 5}
 
 
@@ -76,7 +79,7 @@ def specialization(num_codebooks: int, in_features: int, out_features: int, sms:
     """The -D settings of one compiled kernel: the launch shape chosen for the codebooks' width (and the device's
     shared memory a block), M, BOOK16 (codes of more than 8 bits) and BF16, then `config`'s changes."""
     if nbits > 8:
-        shape = choose_book16_config(in_features, out_features, shared_limit) | {"BOOK16": 1}
+        shape = choose_book16_config(in_features, out_features, sms, shared_limit) | {"BOOK16": 1}
     else:
         shape = choose_config(in_features, out_features, sms)
     return shape | {"M": num_codebooks, "BF16": int(bf16)} | (config or {})

@@ -40,6 +40,8 @@ FEW_TILES = {"KS": 128, "WARPS": 32}  # one row, fewer tiles than multiprocessor
 # __launch_bounds__(threads, 1): with no block count ptxas keeps a thread's registers low enough for blocks side by side
 # that these shapes never run (one wave, or registers for one block a multiprocessor anyway); kern30
 ONE_BLOCK = {"MIN_BLOCKS": 1}
+# the most tiles a one-wave block of 2-, 3- and 4-bit codes takes (int8 and NF4: SHORT_SLICE_MAX_TILES); kern31
+ONE_WAVE_MAX_TILES = {2: 6, 3: 8, 4: 6}
 EARLY_START = {"on": os.environ.get("LOWBIT_EARLY_START", "0") == "1"}  # early_start's launches, opt-in (kern29-30)
 
 
@@ -91,9 +93,10 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     tiles loaded ahead, R8 8-row fragments, SMEM_X activations in shared memory; `table` for NF4/FP4 (LUT4).
 
     Each family below comes from H100 sweeps of the Llama-3-8B shapes (the rule picks the fastest shape of each or one
-    within 3% of it; the numbers are in each helper and docs/kern11.md to docs/kern30.md), tried in this order:
+    within 3% of it; the numbers are in each helper and docs/kern11.md to docs/kern31.md), tried in this order:
     short slices at 9-16 rows (_short_slice_shape), FEW_TILES at one row on layers of fewer tiles than
-    multiprocessors (_few_tiles_shape), one wave of 32-warp blocks for int8 and NF4 at one row (_one_wave_shape),
+    multiprocessors (_few_tiles_shape), one wave of 32-warp blocks at one row (_one_wave_shape, up to
+    one_wave_max_tiles),
     then the register shape (_register_shape), which becomes the wide shape where it takes 4 tiles at one row (and
     NF4 up to 8 rows; _wide_shape) or else takes its format's extras (_register_extras)."""
     words = words_per_thread(bits, in_features, group_size)
@@ -106,8 +109,7 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     if rows == 1 and n_tiles < sms:
         return _few_tiles_shape(bits, slice_words, short_slices)
     one_wave_tiles = math.ceil(n_tiles / sms)
-    if rows == 1 and (table or bits == 8) and short_slices <= FEW_TILES["WARPS"] \
-            and one_wave_tiles <= SHORT_SLICE_MAX_TILES:
+    if rows == 1 and short_slices <= FEW_TILES["WARPS"] and one_wave_tiles <= one_wave_max_tiles(bits, table):
         return _one_wave_shape(slice_words, short_slices, one_wave_tiles, table)
     shape = _register_shape(bits, rows, in_features, n_tiles, words, sms)
     blocks = launch_blocks(shape, in_features, out_features)
@@ -122,16 +124,18 @@ def _short_slice_shape(bits: int, in_features: int, out_features: int, words: in
     """int2, int4 and NF4 in two row fragments (9-16 rows): SHORT_SLICES, 128-input slices over up to 16 warps, with
     the tiles short_slice_tiles gives (kern22-23). Where the two K blocks of an integer layer outnumber the
     multiprocessors, two blocks a multiprocessor (DEPTH 0, MIN_BLOCKS 2; 4096x14336 int4 at 16 rows 2.08-2.09x bf16
-    against 1.87-1.89x, kern28; NF4 and 14336x4096's seven K blocks ran slower so). Otherwise int4 and NF4 build
-    with ONE_BLOCK (kern30 run 3's sweeps: int4 at 16 rows 4096x1024 1.57x against 1.41x, 14336x4096 1.83-1.84x
-    against 1.77-1.78x; NF4 4096x1024 1.82-1.84x against 1.71-1.74x); int2's were not timed with it."""
+    against 1.87-1.89x, kern28; NF4 and 14336x4096's seven K blocks ran slower so; NF4 there keeps the build without
+    a count, slower with ONE_BLOCK too: 4096x14336 at 9 / 16 rows 1.94 / 1.84x against 1.99 / 1.92x, kern31).
+    Otherwise they build with ONE_BLOCK (kern30 run 3's sweeps: int4 at 16 rows 4096x1024 1.57x against 1.41x,
+    14336x4096 1.83-1.84x against 1.77-1.78x; NF4 4096x1024 1.82-1.84x against 1.71-1.74x; kern31's: int2 at 16 rows
+    14336x4096 2.20-2.23x against 2.10-2.11x, 4096x4096 2.42x against 2.37-2.39x, 4096x1024 1.75-1.78x against
+    1.78-1.79x)."""
     shape = SHORT_SLICES | {"U": _slice_words(words, bits, SHORT_SLICES["KS"]),
                             "WARPS": _short_slice_warps(in_features), "TILES": tiles}
-    two_a_sm = (not table and k_blocks(shape, in_features) == 2
-                and launch_blocks(shape, in_features, out_features) > sms)
+    two_a_sm = k_blocks(shape, in_features) == 2 and launch_blocks(shape, in_features, out_features) > sms
     if two_a_sm:
-        return shape | {"DEPTH": 0, "MIN_BLOCKS": 2}
-    return shape | (ONE_BLOCK if bits == 4 else {})
+        return shape if table else shape | {"DEPTH": 0, "MIN_BLOCKS": 2}
+    return shape | ONE_BLOCK
 
 
 def _few_tiles_shape(bits: int, slice_words: int, short_slices: int) -> dict:
@@ -144,11 +148,23 @@ def _few_tiles_shape(bits: int, slice_words: int, short_slices: int) -> dict:
     return shape | ({"EARLY": 1} if bits == 8 else {})
 
 
+def one_wave_max_tiles(bits: int, table: bool) -> int:
+    """The most tiles a block of the one-wave shape takes: SHORT_SLICE_MAX_TILES for int8 and NF4, else
+    ONE_WAVE_MAX_TILES by bit width. kern31 (H100, kernel_bench through auto, x bf16, against the shapes the integer
+    codes took before, in the same call): 4096x4096 (2 tiles) int4 3.10-3.12 against 2.68, int2 3.41 against
+    3.16-3.17, int3 3.04-3.08 against 2.71-2.76 (sweep); 4096x6144 (3) int4 2.93 against 2.28, int3 3.07 against 2.48,
+    int2 3.46 against 3.04; 4096x8192 / 4096x10240 / 4096x11008 (4-6) int4 3.00 / 2.91 / 3.13 against 2.45 / 2.67 /
+    2.98, int2 3.44 / 3.61 / 3.66 against 2.69 / 3.00 / 3.42; 4096x14336 (7) int3 3.29 against 2.86, but int4 3.04
+    against 3.07 and int2 3.72 against 3.88, so these two keep the wide shape above 6 tiles."""
+    return SHORT_SLICE_MAX_TILES if table or bits == 8 else ONE_WAVE_MAX_TILES[bits]
+
+
 def _one_wave_shape(slice_words: int, warps: int, tiles: int, table: bool) -> dict:
-    """int8 weight-only and NF4 at one row, on layers of at least as many tiles as multiprocessors whose K fits 32
-    warps of 128 inputs: one block a multiprocessor of ceil(tiles / SMs) tiles, up to 8, NF4 with L2_AHEAD above 2
-    tiles (kern28: 4096x4096 int8 1.90-1.91x bf16 against 1.60x; int4 ran slower so and keeps its shapes), built
-    with ONE_BLOCK (kern30 run 3 through auto: NF4 4096x4096 2.64x against 2.33x, int8 1.91x against 1.85x)."""
+    """One row, on layers of at least as many tiles as multiprocessors whose K fits 32 warps of 128 inputs: one block
+    a multiprocessor of ceil(tiles / SMs) tiles, up to one_wave_max_tiles, NF4 with L2_AHEAD above 2 tiles (kern28:
+    4096x4096 int8 1.90-1.91x bf16 against 1.60x), built with ONE_BLOCK (kern30 run 3 through auto: NF4 4096x4096
+    2.64x against 2.33x, int8 1.91x against 1.85x). kern28 found int4 slower so, built without a block count; with
+    ONE_BLOCK the integer codes take it too (kern31, one_wave_max_tiles)."""
     ahead = {"L2_AHEAD": 1} if table and tiles > 2 else {}
     return {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": warps, "TILES": tiles, "DEPTH": 0, "R8": 1,
             "SMEM_X": 1} | ahead | ONE_BLOCK
@@ -315,7 +331,8 @@ def early_start(spec: dict, rows: int, in_features: int) -> dict:
     where it splits K (the preloaded tile takes 74 registers a thread in 4096x128256's unsplit 16-warp blocks: one
     block a multiprocessor instead of two).
     kern29 run 1's sweeps, x bf16 against kern28's launches in the same call: int4 4096x4096 3.56-3.58 against
-    2.60-2.69 (LAUNCH_NEXT 2 alone 3.00-3.03, PRELOAD alone 2.37-2.39), 4096x1024 3.72-3.83 against 2.46-2.70; NF4
+    2.60-2.69 (LAUNCH_NEXT 2 alone 3.00-3.03, PRELOAD alone 2.37-2.39; that layer takes the one-wave shape since
+    kern31, 3.10-3.15 without early start), 4096x1024 3.72-3.83 against 2.46-2.70; NF4
     14336x4096 2.68-2.69 against 2.53. Left out, as timed there: int4's 28-warp blocks (14336x4096: 2.91-2.94 with
     LAUNCH_NEXT 2, 2.70-2.74 with PRELOAD, against 2.91-2.92) and NF4's FEW_TILES (2.22-2.28 with either, against
     2.32-2.41). In compiled decode the launch ahead is a norm or attention kernel, not the same layer: int4 at batch 1
