@@ -660,9 +660,9 @@ def test_preload_only_reads_before_the_wait_and_launch_next_2_lets_the_next_laun
 
 def test_early_start_only_where_timed_and_only_when_asked(monkeypatch):
     """early_start (kern29 run 1), with LOWBIT_EARLY_START=1: int4's one-tile blocks at one row (5120x4096's register
-    shape, FEW_TILES; 4096x4096 takes the one-wave shape since kern31) let the next launch start at once and preload, NF4's wide shape preloads where it splits K; nothing for int4's 28-warp blocks, NF4's
-    FEW_TILES or unsplit wide shape, 16 rows, launches without PDL, cp.async rings or other codes. Without the
-    variable nothing changes."""
+    shape, FEW_TILES; 4096x4096 takes the one-wave shape since kern31) let the next launch start at once and preload,
+    NF4's wide shape preloads where it splits K; nothing for int4's 28-warp blocks, NF4's FEW_TILES or unsplit wide
+    shape, 16 rows, launches without PDL, cp.async rings or other codes. Without the variable nothing changes."""
     def spec(bits, rows, cols, out, table=False, pdl=True):
         code = {"LUT4": 1, "DQ": 1, "HAS_ZERO": 0} if table else {}
         return cuda_mma.specialization(bits, rows, cols, out, 64 if table else 128, 132,

@@ -163,8 +163,8 @@ def _one_wave_shape(slice_words: int, warps: int, tiles: int, table: bool) -> di
     """One row, on layers of at least as many tiles as multiprocessors whose K fits 32 warps of 128 inputs: one block
     a multiprocessor of ceil(tiles / SMs) tiles, up to one_wave_max_tiles, NF4 with L2_AHEAD above 2 tiles (kern28:
     4096x4096 int8 1.90-1.91x bf16 against 1.60x), built with ONE_BLOCK (kern30 run 3 through auto: NF4 4096x4096
-    2.64x against 2.33x, int8 1.91x against 1.85x). kern28 found int4 slower so, built without a block count; with
-    ONE_BLOCK the integer codes take it too (kern31, one_wave_max_tiles)."""
+    2.64x against 2.33x, int8 1.91x against 1.85x). The integer codes take it up to one_wave_max_tiles (kern31; kern28
+    had timed int4 in it only on 4096x14336's 7 tiles, slower there)."""
     ahead = {"L2_AHEAD": 1} if table and tiles > 2 else {}
     return {"U": slice_words, "KS": FEW_TILES["KS"], "WARPS": warps, "TILES": tiles, "DEPTH": 0, "R8": 1,
             "SMEM_X": 1} | ahead | ONE_BLOCK
