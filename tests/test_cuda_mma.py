@@ -765,9 +765,10 @@ def test_rings_where_timed_faster(bits, rows, cols, out, ring, spill):
     and for 2-bit codes at one row where the blocks fill a wave (4096x1024's 64 one-tile blocks take FEW_TILES'
     register shape, 3-bit codes too; since kern31 the one-wave shape of 2- and 3-bit codes, K = 4096, has none);
     int4 and int8 keep the register path. Each chosen specialization, in the tile order CUDA layers hold, compiles
-    within its spill bound (3-bit codes' wide one-row shape capped at 64 registers and their 4-tile shapes at 16 rows
-    capped at 128 spill 32 and 36 bytes, as timed: kern17, kern19 runs 1 and 8), its shared memory (rings, results and
-    activations) within half an H100's 227 KB so two blocks share a multiprocessor."""
+    within its spill bound (3-bit codes' wide one-row shape on 14336x4096, 14 warps capped at 72 registers, spills 32
+    bytes, as timed in kern31 runs 1 and 4; their 4-tile shapes at 16 rows capped at 128 spill 36, as timed in kern19
+    runs 1 and 8), its shared memory (rings, results and activations) within half an H100's 227 KB so two blocks share
+    a multiprocessor."""
     group = cols if bits == 8 else 128
     spec = cuda_mma.specialization(bits, rows, cols, out, group, 132, has_zero=bits != 8, signed8=bits == 8)
     assert spec.get("ASYNC", 0) == (2 if ring else 0)

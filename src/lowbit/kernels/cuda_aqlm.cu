@@ -29,7 +29,7 @@
 // else fp16), M, BOOK16, BUCKETS, WARPS, TILES, EARLY (each warp's first slice requested before the codebooks are
 // copied), PDL (programmatic dependent launch, cuda_common.cuh: nothing is read before the kernel ahead has
 // finished, and the next launch may start once the warps' sums are done; kern20; on where the device allows, kern21),
-// and optionally MIN_BLOCKS (cuda_common.cuh's LAUNCH_BOUNDS; no launch shape asks for it yet).
+// and optionally MIN_BLOCKS (cuda_common.cuh's LAUNCH_BOUNDS; 1x16 launches of one wave from L2 ask for 1, kern31).
 //
 // The types, conversions and mma.sync wrapper it shares with the other kernels are in cuda_common.cuh.
 

@@ -69,8 +69,8 @@ def choose_book16_config(in_features: int, out_features: int, sms: int, shared_l
     warps = min(16, in_features // SLICE)
     split = {"WARPS": warps, "TILES": 2, "BUCKETS": 5, "BOOK16": 1}
     if in_features * out_features <= 2**24 or block_shared_bytes(split) > shared_limit:
-        lone = {"MIN_BLOCKS": 1} if out_features // 16 <= sms else {}
-        return {"WARPS": warps, "TILES": 1, "BUCKETS": 1} | lone
+        from_l2 = {"WARPS": warps, "TILES": 1, "BUCKETS": 1}
+        return from_l2 | ({"MIN_BLOCKS": 1} if grid_blocks(from_l2, out_features, sms) <= sms else {})
     return {"WARPS": warps, "TILES": 2, "BUCKETS": 5}
 
 

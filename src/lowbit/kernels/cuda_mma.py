@@ -96,9 +96,8 @@ def choose_config(bits: int, rows: int, in_features: int, out_features: int, gro
     within 3% of it; the numbers are in each helper and docs/kern11.md to docs/kern31.md), tried in this order:
     short slices at 9-16 rows (_short_slice_shape), FEW_TILES at one row on layers of fewer tiles than
     multiprocessors (_few_tiles_shape), one wave of 32-warp blocks at one row (_one_wave_shape, up to
-    one_wave_max_tiles),
-    then the register shape (_register_shape), which becomes the wide shape where it takes 4 tiles at one row (and
-    NF4 up to 8 rows; _wide_shape) or else takes its format's extras (_register_extras)."""
+    one_wave_max_tiles), then the register shape (_register_shape), which becomes the wide shape where it takes 4
+    tiles at one row (and NF4 up to 8 rows; _wide_shape) or else takes its format's extras (_register_extras)."""
     words = words_per_thread(bits, in_features, group_size)
     short_tiles = short_slice_tiles(bits, rows, in_features, out_features, sms)
     if short_tiles:
