@@ -15,8 +15,10 @@ import sys
 import torch
 
 import lowbit
-from lowbit.calib.data import calibration_windows
+from lowbit.assets import EVAL_TEXTS, assets_dir, resolve_text
+from lowbit.calib.data import calibration_windows, consecutive_windows, read_text, tokenize
 from lowbit.eval.quality import evaluate
+from lowbit.io.sources import load_model
 from lowbit.methods import make_config
 
 from common import machine, stopwatch, write_results
@@ -38,10 +40,6 @@ def quantized_ppl(stories, method: str, options: dict, windows: torch.Tensor) ->
 
 
 def main() -> int:
-    from lowbit.assets import EVAL_TEXTS, assets_dir, resolve_text
-    from lowbit.calib.data import consecutive_windows, read_text, tokenize
-    from lowbit.io.sources import load_model
-
     stories = load_model(str(assets_dir() / "models" / "stories260k"))
     windows = consecutive_windows(tokenize(stories.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS))), 512)
     fp32 = evaluate(stories.model, windows, batch_size=16).ppl
