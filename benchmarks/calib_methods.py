@@ -31,8 +31,7 @@ from common import stopwatch
 from peer_libs import llmcompressor_quantize
 
 from lowbit.api import quantize
-from lowbit.assets import EVAL_TEXTS, resolve_text
-from lowbit.calib.data import calibration_windows, consecutive_windows, read_text, tokenize
+from lowbit.calib.data import calibration_windows, consecutive_windows, evaluation_tokens
 from lowbit.cli import parse_options
 from lowbit.compare.measure import peak_memory
 from lowbit.eval.memory import memory_report
@@ -117,7 +116,7 @@ def main() -> None:
         parser.error("--settings and --out are required unless --table is given")
     loaded = load_model(args.model)
     fp32 = loaded.model.to(args.device)
-    tokens = tokenize(loaded.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS)))
+    tokens = evaluation_tokens(loaded.tokenizer)
     windows = consecutive_windows(tokens, args.seqlen, args.windows).to(args.device)
     calib = calibration_windows(loaded.tokenizer, args.calib, args.nsamples, args.calib_seqlen, seed=args.seed)
     start = time.perf_counter()

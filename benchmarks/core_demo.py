@@ -11,8 +11,7 @@ from __future__ import annotations
 import copy
 
 import lowbit
-from lowbit.assets import EVAL_TEXTS, resolve_text
-from lowbit.calib.data import calibration_windows, consecutive_windows, read_text, tokenize
+from lowbit.calib.data import calibration_windows, consecutive_windows, evaluation_tokens
 from lowbit.eval.memory import memory_report
 from lowbit.eval.quality import evaluate_many
 from lowbit.methods import make_config
@@ -28,7 +27,7 @@ SETTINGS = {
 
 def main() -> None:
     demo = lowbit.load("demo")
-    windows = consecutive_windows(tokenize(demo.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS))), 512, 40)
+    windows = consecutive_windows(evaluation_tokens(demo.tokenizer), 512, 40)
     calib = calibration_windows(demo.tokenizer, "wikitext2", 128, 512, seed=0)
     models, rows = {"fp32": demo.model}, {"fp32": {"quantize_s": 0.0}}
     for label, (method, options) in SETTINGS.items():

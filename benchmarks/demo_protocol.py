@@ -14,9 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-from lowbit.assets import EVAL_TEXTS, resolve_text
-from lowbit.calib.data import consecutive_windows, read_text, tokenize
+from lowbit.calib.data import consecutive_windows, evaluation_tokens
 from lowbit.eval.memory import memory_report
 from lowbit.eval.quality import ReferenceMemo, evaluate
 from lowbit.io.sources import load_model
@@ -33,7 +31,7 @@ def machine() -> str:
 def demo_and_windows():
     """(fp32 demo model, its tokenizer, the (40, 512) evaluation windows)."""
     loaded = load_model("demo")
-    tokens = tokenize(loaded.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS)))
+    tokens = evaluation_tokens(loaded.tokenizer)
     return loaded.model, loaded.tokenizer, consecutive_windows(tokens, SEQLEN, WINDOWS)
 
 

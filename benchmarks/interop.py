@@ -119,12 +119,12 @@ def import_part(windows_n: int, work: Path) -> dict:
     """Checkpoints made by llm-compressor and GPTQModel (stories260k), evaluated by their tool and by lowbit."""
     from interop_makers import MAKERS  # each maker returns the folder or raises with its reason
 
-    from lowbit.assets import EVAL_TEXTS, assets_dir, resolve_text
-    from lowbit.calib.data import consecutive_windows, read_text, tokenize
+    from lowbit.assets import assets_dir
+    from lowbit.calib.data import consecutive_windows, evaluation_tokens
 
     stories = assets_dir() / "models" / "stories260k"
     tokenizer = load_model(str(stories)).tokenizer
-    windows = consecutive_windows(tokenize(tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS))), 512, windows_n)
+    windows = consecutive_windows(evaluation_tokens(tokenizer), 512, windows_n)
     records = {}
     for name, (maker, their_loader) in MAKERS.items():
         try:

@@ -15,8 +15,8 @@ import copy
 import torch
 
 from lowbit.api import quantize
-from lowbit.assets import EVAL_TEXTS, assets_dir, resolve_text
-from lowbit.calib.data import calibration_windows, consecutive_windows, read_text, tokenize
+from lowbit.assets import assets_dir
+from lowbit.calib.data import calibration_windows, consecutive_windows, evaluation_tokens
 from lowbit.eval.memory import memory_report
 from lowbit.eval.quality import evaluate
 from lowbit.io.sources import load_model
@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     stories = load_model(str(assets_dir() / "models" / "stories260k"))
-    tokens = tokenize(stories.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS)))
+    tokens = evaluation_tokens(stories.tokenizer)
     windows = consecutive_windows(tokens, 512, 64)  # (64, 512)
     calib = calibration_windows(stories.tokenizer, "wikitext2", 4, 256, 0)  # (4, 256)
     print(f"fp32 ppl {evaluate(stories.model, windows).ppl:.2f}")

@@ -15,8 +15,8 @@ import sys
 import torch
 
 import lowbit
-from lowbit.assets import EVAL_TEXTS, assets_dir, resolve_text
-from lowbit.calib.data import calibration_windows, consecutive_windows, read_text, tokenize
+from lowbit.assets import assets_dir
+from lowbit.calib.data import calibration_windows, consecutive_windows, evaluation_tokens
 from lowbit.eval.quality import evaluate
 from lowbit.io.sources import load_model
 from lowbit.methods import make_config
@@ -41,7 +41,7 @@ def quantized_ppl(stories, method: str, options: dict, windows: torch.Tensor) ->
 
 def main() -> int:
     stories = load_model(str(assets_dir() / "models" / "stories260k"))
-    windows = consecutive_windows(tokenize(stories.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS))), 512)
+    windows = consecutive_windows(evaluation_tokens(stories.tokenizer), 512)
     fp32 = evaluate(stories.model, windows, batch_size=16).ppl
     rows = []
     for method, options, max_increase in TARGETS:

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from lowbit.assets import EVAL_TEXTS, assets_dir, resolve_text
-from lowbit.calib.data import consecutive_windows, read_text, tokenize
+from lowbit.assets import assets_dir
+from lowbit.calib.data import consecutive_windows, evaluation_tokens
 from lowbit.io.sources import load_model
 
 
@@ -40,7 +40,7 @@ def stories_copy(stories):
 
 @pytest.fixture(scope="session")
 def wikitext_tokens(stories):
-    return tokenize(stories.tokenizer, read_text(resolve_text("wikitext2", EVAL_TEXTS)))
+    return evaluation_tokens(stories.tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from lowbit.calib.data import calibration_text, calibration_windows
+from lowbit.calib.data import calibration_text, calibration_windows, evaluation_tokens, tokenize
 from lowbit.errors import LowbitError
 from tiny_models import stories
 
@@ -64,6 +64,14 @@ def test_bad_lists_are_errors():
         calibration_text(["ok", 3])
     with pytest.raises(LowbitError, match="no text"):
         calibration_text(["", "  "])
+
+
+def test_evaluation_tokens_take_a_built_in_name_or_a_file(tokenizer, tmp_path):
+    (tmp_path / "a.txt").write_text(LINES[0])
+    assert torch.equal(evaluation_tokens(tokenizer, str(tmp_path / "a.txt")), tokenize(tokenizer, LINES[0]))
+    assert evaluation_tokens(tokenizer, "ptb").numel() > 10_000
+    with pytest.raises(LowbitError, match="neither a file nor a built-in name"):
+        evaluation_tokens(tokenizer, "no-such-evaluation-set")
 
 
 def test_missing_source_is_an_error():

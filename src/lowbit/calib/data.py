@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from lowbit.assets import CALIB_TEXTS, EVAL_TEXTS, resolve_text
 from lowbit.errors import LowbitError
 
 
@@ -30,6 +31,11 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     """The whole text tokenized once, without special tokens -> (n_tokens,) int64."""
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.int64)
+
+
+def evaluation_tokens(tokenizer, dataset: str = "wikitext2") -> torch.Tensor:
+    """An evaluation text (a built-in name from EVAL_TEXTS, or a text file) tokenized once -> (n_tokens,) int64."""
+    return tokenize(tokenizer, read_text(resolve_text(dataset, EVAL_TEXTS)))
 
 
 def consecutive_windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
@@ -72,8 +78,6 @@ def calibration_windows(tokenizer, source: str | list[str], n: int, seqlen: int,
 
 def calibration_text(source: str | list[str]) -> str:
     """The calibration source as one text, documents separated by blank lines."""
-    from lowbit.assets import CALIB_TEXTS, resolve_text
-
     if isinstance(source, (list, tuple)):
         return _join(source, "the calibration list")
     path = resolve_text(source, CALIB_TEXTS)

@@ -21,8 +21,7 @@ from torch import nn
 
 from lowbit import __version__
 from lowbit.api import quantize, save
-from lowbit.assets import EVAL_TEXTS, resolve_text
-from lowbit.calib.data import calibration_windows, consecutive_windows, read_text, tokenize
+from lowbit.calib.data import calibration_windows, consecutive_windows, evaluation_tokens
 from lowbit.compare.measure import measure_speed, peak_memory
 from lowbit.compare.presets import PRESETS, Matrix, Preset, build_matrix
 from lowbit.compare.store import ResultsStore, record_key
@@ -194,7 +193,7 @@ def setting_label(config: MethodConfig | None) -> str:
 
 
 def _eval_windows(base: LoadedModel, name: str, seqlen: int, windows: int) -> torch.Tensor:
-    return consecutive_windows(tokenize(base.tokenizer, read_text(resolve_text(name, EVAL_TEXTS))), seqlen, windows)
+    return consecutive_windows(evaluation_tokens(base.tokenizer, name), seqlen, windows)
 
 
 def _measure(session: Session, setting: Setting) -> dict[str, Any]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-
-from lowbit.assets import EVAL_TEXTS, resolve_text
-from lowbit.calib.data import consecutive_windows, read_text, tokenize
+from lowbit.calib.data import consecutive_windows, evaluation_tokens
 from lowbit.eval.memory import memory_report
 from lowbit.eval.quality import evaluate
 from lowbit.io.sources import load_model
@@ -33,7 +31,7 @@ def run_eval(
     ref = load_model(reference).model if reference else None
     context = getattr(loaded.model.config, "max_position_embeddings", DEFAULT_SEQLEN)
     seqlen = seqlen or min(DEFAULT_SEQLEN, context)
-    tokens = tokenize(loaded.tokenizer, read_text(resolve_text(dataset, EVAL_TEXTS)))
+    tokens = evaluation_tokens(loaded.tokenizer, dataset)
     quality = evaluate(loaded.model, consecutive_windows(tokens, seqlen, windows), ref, batch_size, progress)
     memory = memory_report(loaded.model)
     config = getattr(loaded.model, "lowbit_config", None)

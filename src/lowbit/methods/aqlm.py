@@ -13,7 +13,6 @@ Any search or fine-tuning field set explicitly (non-zero) overrides the preset.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
