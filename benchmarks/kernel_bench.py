@@ -274,6 +274,10 @@ def _int_variants(cols, out, rows, dev):
     yield "int8_weight_only_mma_rows", lambda: _int8_variant(cols, out, rows, dev, preference="cuda_mma", order="rows")
     yield "int8_weight_only_triton_rows", lambda: _int8_variant(cols, out, rows, dev, preference="triton", order="rows")
     yield "w8a8", lambda: _w8a8_variant(cols, out, rows, dev)
+    if rows > 1:  # the weights dequantized by Triton, then cuBLAS (triton_dequant)
+        for bits in (4, 3, 2):
+            yield f"int{bits}_g128_dq", lambda b=bits: _int_group_variant(cols, out, b, rows, dev, "dequant_cublas")
+        yield "int8_weight_only_dq", lambda: _int8_variant(cols, out, rows, dev, preference="dequant_cublas")
 
 
 def bench_cell(cols, out, rows, dev, only: set[str] | None = None) -> list[dict]:

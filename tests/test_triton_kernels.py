@@ -21,6 +21,7 @@ from lowbit.kernels import reference, triton_ops  # noqa: E402
 from lowbit.kernels.select import CallContext, select  # noqa: E402
 from lowbit.core.aqlm import AQLMWeights  # noqa: E402
 from lowbit.formats.nf4 import FourBitLayout  # noqa: E402
+from lowbit.formats.word_tiles import row_order  # noqa: E402
 from lowbit.modules import AQLMLinear, FourBitLinear, Int8Linear, IntLinear, W8A8Linear  # noqa: E402
 import ptx_models  # noqa: E402
 
@@ -132,6 +133,59 @@ def test_int8_weight_only_matches_reference(rows):
         assert layer.kernel(x).name == ("triton_mv" if rows <= triton_ops.GEMV_MAX_ROWS else "triton_tc")
         err = _rel_err(layer(x), ref)
         assert err < TOL[dtype], f"rows={rows} err={err:.2e} seed={seed}"
+
+
+@pytest.mark.parametrize("bits,group,symmetric", [(2, 64, False), (3, 50, False), (4, 128, False), (4, -1, True),
+                                                 (8, 64, False)])
+def test_dequant_cublas_writes_the_reference_weights(bits, group, symmetric):
+    """triton_dequant writes every weight exactly as the reference path does (row order, then cuda_mma's tile order),
+    and a layer through dequant_cublas matches fp64 at 2 and 33 rows."""
+    from lowbit.kernels.cuda_mma import tile_chunk
+    from lowbit.kernels.triton_dequant import int_group_dequantize
+
+    seed = fresh_seed()
+    out, cols = (336, 2048) if CUDA else (48, 512)  # tile order needs whole 16-output tiles and chunks
+    for shape in ((OUT, IN), (out, cols)):
+        q = rtn_quantize(torch.randn(*shape), bits, group, symmetric)
+        layer = IntLinear.from_weights(q, torch.randn(shape[0])).to(DEVICE)
+        args = (layer.scale, getattr(layer, "zero", None), bits, layer.layout.group_size, shape[1])
+        if shape == (out, cols):  # a group of 50 inputs has no tile order: it stays in row order
+            layer.order_words(tile_chunk(bits, cols, out, layer.layout.group_size))
+            assert layer.qweight.dim() == (2 if group == 50 else 3)
+        for dtype in DTYPES:
+            ref = reference._dequantize_int(row_order(layer.qweight), *args, dtype)
+            assert torch.equal(int_group_dequantize(layer.qweight, *args, dtype), ref), f"{shape} {dtype} seed={seed}"
+        layer.kernel_preference = "dequant_cublas"
+        ref_w = q.dequantize().double().to(DEVICE)
+        for rows in (2, 33):
+            x = torch.randn(rows, shape[1], device=DEVICE, dtype=torch.float16)
+            _poison(rows, shape[0])
+            assert layer.kernel(x).name == "dequant_cublas"
+            err = _rel_err(layer(x), x.double() @ ref_w.t() + layer.bias.double())
+            assert err < TOL[torch.float16], f"{shape} rows={rows} err={err:.2e} seed={seed}"
+
+
+def test_dequant_cublas_int8_weight_only():
+    """int8 weight-only's signed bytes through triton_dequant: the reference weights exactly, in row and tile order."""
+    from lowbit.kernels.cuda_mma import tile_chunk
+    from lowbit.kernels.triton_dequant import int_group_dequantize
+
+    seed = fresh_seed()
+    out, cols = (336, 2048) if CUDA else (48, 512)
+    q, s = int8_absmax(torch.randn(out, cols))
+    layer = Int8Linear.from_int8(q, s, torch.randn(out)).to(DEVICE)
+    layer.kernel_preference = "dequant_cublas"
+    for chunk in (0, tile_chunk(8, cols, out, cols)):
+        layer.order_words(chunk)
+        for dtype in DTYPES:
+            words = layer.qweight.contiguous().view(torch.int32)
+            w = int_group_dequantize(words, layer.scale, None, 8, cols, cols, dtype, signed8=True)
+            assert torch.equal(w, (q.float() * s.float()).to(DEVICE, dtype)), f"chunk={chunk} {dtype} seed={seed}"
+            x = torch.randn(33, cols, device=DEVICE, dtype=dtype)
+            ref = reference.int8_weight_linear(x.double(), layer.qweight, layer.scale, layer.bias.double())
+            assert layer.kernel(x).name == "dequant_cublas"
+            err = _rel_err(layer(x), ref)
+            assert err < TOL[dtype], f"chunk={chunk} err={err:.2e} seed={seed}"
 
 
 @pytest.mark.parametrize("rows", [1, 7, 33])

@@ -78,8 +78,13 @@ def int_group_unavailable(device: torch.device, dtype: torch.dtype | None, bits:
 
 
 def _matmul(path: str):
-    """The entry point for `path`: "mv" (Triton, CUDA-core matrix-vector), "tc" (Triton, tensor cores) or "mma"
-    (CUDA, 2-, 4- and 8-bit codes on tensor cores for up to 16 rows: cuda_mma)."""
+    """The entry point for `path`: "mv" (Triton, CUDA-core matrix-vector), "tc" (Triton, tensor cores), "mma"
+    (CUDA, 2-, 4- and 8-bit codes on tensor cores for up to 16 rows: cuda_mma) or "dq" (Triton dequantization,
+    then cuBLAS: triton_dequant)."""
+    if path == "dq":
+        from lowbit.kernels.triton_dequant import dequant_matmul
+
+        return dequant_matmul
     if path == "mma":
         from lowbit.kernels.cuda_mma import mma_matmul
 
@@ -100,7 +105,7 @@ def int_group_mm(
     x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_size: int, path: str = "tc",
 ) -> torch.Tensor:
-    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out); path "tc", "mv" or "mma"."""
+    """x (rows, in) @ dequant(qweight, scale, zero)^T + bias -> (rows, out); path "tc", "mv", "mma" or "dq"."""
     return _matmul(path)(x, qweight, scale, zero, bias, bits, group_size)
 
 
@@ -152,6 +157,14 @@ def int8_weight_linear(x, qweight, scale, bias):
 
 def int8_weight_linear_mma(x, qweight, scale, bias):
     return int8_weight_mm(x, qweight, scale, bias, "mma")
+
+
+def int_group_linear_dq(x, qweight, scale, zero, bits, group_size, bias):
+    return int_group_mm(x, qweight, scale, zero, bias, bits, group_size, "dq")
+
+
+def int8_weight_linear_dq(x, qweight, scale, bias):
+    return int8_weight_mm(x, qweight, scale, bias, "dq")
 
 
 def int_group_linear_mv(x, qweight, scale, zero, bits, group_size, bias):

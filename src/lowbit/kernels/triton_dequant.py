@@ -1,0 +1,80 @@
+"""Dequantize, then one cuBLAS product: the many-row path for the group-wise integer format and int8 weight-only.
+
+Above some rows a product of 16-bit weights is compute-bound, and cuBLAS on 16-bit weights runs the tensor cores
+closer to their peak than a kernel that unpacks codes between its products (triton_int._mm_tc). `_dequant_int`
+writes the layer's weights once in x's dtype, every value exactly `((code - zero) * scale)` rounded once, as
+reference._dequantize_int computes it, and `F.linear` multiplies. The weights are read packed once and written
+whole (2 bytes a weight, a scratch buffer the caching allocator hands back to the next layer), so the path pays
+off only where the product's own time dwarfs that: the selector decides by rows and layer size. This is how
+bitsandbytes runs its 4-bit layers over a prompt (dequantize_4bit, then a 16-bit matmul; Dettmers et al. 2023).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from lowbit.formats.word_tiles import row_shaped
+from lowbit.kernels.triton_int import _block_units, _qparams, _weight_tile, offset16, unit_shape
+from lowbit.kernels.triton_splitk import interpreting
+
+BLOCK_OUT = 64  # outputs a program
+BLOCK_IN = 128  # inputs a program (whole units: 3-bit units hold 32)
+
+
+@triton.jit
+def _dequant_int(w_ptr, scale_ptr, zero_ptr, out_ptr, N, K, wpr, n_groups, G, BITS: tl.constexpr, UC: tl.constexpr,
+                 UW: tl.constexpr, BN: tl.constexpr, BU: tl.constexpr, PER_TILE: tl.constexpr,
+                 HAS_ZERO: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr, ASM: tl.constexpr,
+                 EVEN: tl.constexpr, TILE: tl.constexpr):
+    """out (N, K) in out's dtype = (code - zero) * scale for one (BN outputs, BU units) tile; grid (N / BN, K tiles)."""
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    t = tl.program_id(1)
+    BK: tl.constexpr = BU * UC
+    k = t * BK + tl.arange(0, BK)
+    mask_n = offs_n < N
+    DT: tl.constexpr = out_ptr.dtype.element_ty
+    w = _weight_tile(w_ptr, offs_n, mask_n, wpr, t * BU, DT, BU, BITS, UC, UW, SIGNED8, ASM, EVEN, TILE)
+    codes = w.to(tl.float32) - OFFSET  # exact: OFFSET + code is exact in DT
+    if PER_TILE:  # the tile lies in one group
+        s, z = _qparams(scale_ptr, zero_ptr, offs_n, mask_n, n_groups, (t * BK) // G, BITS, HAS_ZERO, EVEN)
+        v = (codes - z[:, None]) * s[:, None]
+    else:
+        mask = mask_n[:, None] & (k < K)[None, :]
+        s, z = _qparams(scale_ptr, zero_ptr, offs_n[:, None], mask, n_groups, (k // G)[None, :], BITS, HAS_ZERO)
+        v = (codes - z) * s
+    ptrs = out_ptr + offs_n[:, None] * K + k[None, :]
+    if EVEN:
+        tl.store(ptrs, v.to(DT))
+    else:
+        tl.store(ptrs, v.to(DT), mask=mask_n[:, None] & (k < K)[None, :])
+
+
+def int_group_dequantize(qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int,
+                         group_size: int, cols: int, dtype: torch.dtype, signed8: bool = False) -> torch.Tensor:
+    """Packed int_group codes (row or tile order) -> (out, cols) weights in `dtype` (fp16/bf16), on their device.
+    `signed8`: int8 weight-only's signed bytes (implicit zero, one group a row)."""
+    qweight, tile = row_shaped(qweight)
+    out_features, wpr = qweight.shape
+    uc, uw = unit_shape(bits)
+    bu, per_tile = _block_units(BLOCK_IN, group_size, cols, uc)
+    k_tiles = math.ceil(cols / (bu * uc))
+    w = torch.empty((out_features, cols), dtype=dtype, device=qweight.device)
+    even = out_features % BLOCK_OUT == 0 and cols % (bu * uc) == 0
+    grid = (math.ceil(out_features / BLOCK_OUT), k_tiles)
+    _dequant_int[grid](qweight, scale, zero if zero is not None else scale, w, out_features, cols, wpr,
+                       scale.shape[1], group_size, BITS=bits, UC=uc, UW=uw, BN=BLOCK_OUT, BU=bu, PER_TILE=per_tile,
+                       HAS_ZERO=zero is not None, SIGNED8=signed8, OFFSET=offset16(dtype, bits),
+                       ASM=bits == 4 and not signed8 and not interpreting(), EVEN=even, TILE=tile)
+    return w
+
+
+def dequant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+                   bias: torch.Tensor | None, bits: int, group_size: int, signed8: bool = False) -> torch.Tensor:
+    """x (rows, in) fp16/bf16 @ dequant(qweight)^T + bias -> (rows, out): the weights dequantized, then F.linear."""
+    w = int_group_dequantize(qweight, scale, zero, bits, group_size, x.shape[-1], x.dtype, signed8)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
