@@ -239,6 +239,7 @@ def variants(cols, out, rows, dev):
         yield "aqlm_2x8_gather", lambda: _aqlm(cols, out, rows, dev, 2, 8, "triton_gather")
     else:  # the matrix-vector kernels above their row limit, against the reference path (dequantize + cuBLAS)
         yield "nf4_dq_b64_ref", lambda: _nf4(cols, out, rows, dev, "reference")
+        yield "nf4_dq_b64_dqc", lambda: _nf4(cols, out, rows, dev, "dequant_cublas")  # triton_dequant
         yield "nf4_dq_b64_mv", lambda: _nf4(cols, out, rows, dev, "triton_mv")
         yield "aqlm_2x8_ref", lambda: _aqlm(cols, out, rows, dev, 2, 8, "reference")
         yield "aqlm_1x16_ref", lambda: _aqlm(cols, out, rows, dev, 1, 16, "reference")

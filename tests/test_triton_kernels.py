@@ -285,6 +285,37 @@ def test_fourbit_kernel_matches_reference(quant_type, double_quant, blocksize):
         assert err < TOL[dtype], f"{quant_type} {kernel} rows={rows} err={err:.2e} seed={seed}"
 
 
+@pytest.mark.parametrize("quant_type,double_quant,blocksize", FOURBIT_LAYOUTS)
+def test_dequant_cublas_fourbit(quant_type, double_quant, blocksize):
+    """NF4/FP4 through triton_dequant (row order, and tile order where blocks lie in rows): the reference weights to
+    within one step of the 16-bit type (a fused multiply-add may round double quantization's absmax once where the
+    reference rounds twice), and a layer through dequant_cublas against the reference at 2 and 33 rows."""
+    from lowbit.kernels.triton_dequant import fourbit_dequantize
+
+    seed = fresh_seed()
+    out, cols = (336, 2816) if CUDA else (48, 384)
+    layer = FourBitLinear.from_float(torch.randn(out, cols), torch.randn(out),
+                                     FourBitLayout(out, cols, quant_type, blocksize, double_quant)).to(DEVICE)
+    layer.order_words(0)
+    table = layer.code_table(DEVICE)
+    eye = torch.eye(cols, dtype=torch.float64, device=DEVICE)
+    ref_w = reference.fourbit_linear(eye, *layer.weight_args(), table, blocksize, out, None).t()  # fp32 values
+    layer.kernel_preference = "dequant_cublas"
+    for chunk in (0, 8) if blocksize == 64 else (0,):
+        layer.order_words(chunk)
+        for dtype in DTYPES:
+            w = fourbit_dequantize(*layer.weight_args(), table, blocksize, out, cols, dtype)
+            step = torch.finfo(dtype).eps * ref_w.abs()
+            assert ((w.double() - ref_w).abs() <= step).all(), f"chunk {chunk} {dtype} seed={seed}"
+            for rows in (2, 33):
+                x = torch.randn(rows, cols, device=DEVICE, dtype=dtype)
+                ref = x.double() @ ref_w.t() + layer.bias.double()
+                _poison(rows, out)
+                assert layer.kernel(x).name == "dequant_cublas"
+                err = _rel_err(layer(x), ref)
+                assert err < TOL[dtype], f"{quant_type} chunk {chunk} rows={rows} err={err:.2e} seed={seed}"
+
+
 @pytest.mark.parametrize("rows,lookup", [(40, "gather"), (130, "gather"), (7, "prmt"), (130, "prmt")])
 def test_fourbit_tensor_core_tiles_above_16_rows(rows, lookup):
     """The NF4 tensor-core kernel's tiles (fourbit_tc_config: 16, 64 and 128 rows a program, the last one partial),

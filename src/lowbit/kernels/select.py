@@ -253,6 +253,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
         Candidate("cuda_mma", triton_ops.fourbit_linear_mma, _cuda_mma_fourbit, _mma_fourbit_few_rows),
         Candidate("triton_mv", triton_ops.fourbit_linear_mv, _triton_fourbit, _few_rows_fourbit),
         Candidate("triton_tc", triton_ops.fourbit_linear_tc, _triton_fourbit, _fourbit_tc_rows),
+        Candidate("dequant_cublas", triton_ops.fourbit_linear_dq, _triton_fourbit),
         Candidate("reference", reference.fourbit_linear, always),
     ),
     "aqlm_linear": (

@@ -206,8 +206,13 @@ def fourbit_mm(
     bias: Optional[torch.Tensor], path: str,
 ) -> torch.Tensor:
     """NF4/FP4 (formats.nf4): x (rows, in) @ dequant(W)^T + bias -> (rows, out); absmax fp32, or int8 with its
-    double-quantization scale and mean; code the (16,) code table; path "mv" or "tc" (Triton) or "mma"
-    (cuda_mma.cu)."""
+    double-quantization scale and mean; code the (16,) code table; path "mv" or "tc" (Triton), "mma"
+    (cuda_mma.cu) or "dq" (Triton dequantization, then cuBLAS: triton_dequant)."""
+    if path == "dq":
+        from lowbit.kernels.triton_dequant import fourbit_dequant_matmul
+
+        return fourbit_dequant_matmul(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features,
+                                      bias)
     if path == "mma":
         from lowbit.kernels.cuda_mma import fourbit_mma
 
@@ -249,6 +254,10 @@ def fourbit_linear_mv(x, qweight, absmax, absmax_scale, absmax_mean, code, block
 
 def fourbit_linear_tc(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
     return fourbit_mm(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, "tc")
+
+
+def fourbit_linear_dq(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
+    return fourbit_mm(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias, "dq")
 
 
 def fourbit_linear_mma(x, qweight, absmax, absmax_scale, absmax_mean, code, blocksize, out_features, bias):
