@@ -216,7 +216,8 @@ def test_custom_ops_pass_opcheck():
     q8, s8 = int8_absmax(w[:, :196])
     args8 = (x[:, :196].contiguous(), q8.to(DEVICE), s8.to(DEVICE), None)
     for op, op_args in ((triton_ops.int8_weight_mm, args8), (triton_ops.int8_weight_mm, (*args8, "mv")),
-                        (triton_ops.int_group_mm, (*args, "mv"))):
+                        (triton_ops.int8_weight_mm, (*args8, "dq")), (triton_ops.int_group_mm, (*args, "mv")),
+                        (triton_ops.int_group_mm, (*args, "dq"))):
         torch.library.opcheck(op, op_args, test_utils=("test_schema", "test_faketensor"))
 
 
@@ -553,13 +554,13 @@ def test_codebook_kernels_auto_choice_and_fallback():
         name = nf4.kernel(torch.randn(rows, 64, device=DEVICE, dtype=torch.float16)).name
         assert name == ("triton_mv" if rows <= triton_ops.FOURBIT_MV_ROWS else "triton_tc")
     many_nf4 = CallContext(DEVICE, triton_ops.FOURBIT_TC_ROWS + 1, 64, 8, torch.float16, 4, 64)
-    assert select("fourbit_linear", many_nf4).name == "reference"
+    assert select("fourbit_linear", many_nf4).name == "dequant_cublas"
 
 
 def test_codebook_custom_ops_pass_opcheck():
     fourbit = FourBitLinear.from_float(torch.randn(OUT, IN8), None, FourBitLayout(OUT, IN8, "nf4", 64, True)).to(DEVICE)
     x = torch.randn(2, IN8, device=DEVICE, dtype=torch.float16)
-    for path in ("mv", "tc"):
+    for path in ("mv", "tc", "dq"):
         args = (x, *fourbit.weight_args(), fourbit.code_table(DEVICE), 64, OUT, None, path)
         torch.library.opcheck(triton_ops.fourbit_mm, args, test_utils=("test_schema", "test_faketensor"))
     aqlm = _aqlm_layer(2, 8, 8)
