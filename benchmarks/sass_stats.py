@@ -7,12 +7,15 @@ handles per round).
     PYTHONPATH=src python benchmarks/sass_stats.py cuda_mma '{}' '{"TILES": 4, "KS": 256}'
     PYTHONPATH=src python benchmarks/sass_stats.py mm_bytes '{"num_stages": 3}' '{"num_stages": 3, "TILE": 16}'
     PYTHONPATH=src python benchmarks/sass_stats.py attention '{"num_warps": 8}' '{"SPLIT": 4, "CHUNK": 64}'
+    PYTHONPATH=src python benchmarks/sass_stats.py dequant_int '{}' '{"BITS": 3}' '{"BITS": 8, "SIGNED8": true}'
+    PYTHONPATH=src python benchmarks/sass_stats.py dequant_fourbit '{}' '{"DOUBLE": false}'
 
 Each JSON object overrides the kernel's constexprs (num_warps too; gemv derives its unit shape from BITS).
 Uses Triton's bundled ptxas and cuobjdump; 4096 inputs in whole tiles (EVEN), K split in 4, bf16 inputs
 (fourbit: NF4, blocksize 64, double quantization; mm_bytes: the tensor-core kernel for 2-, 4- and 8-bit codes as
 int8 weight-only at 16 rows, TILE 16 for tile order; attention: triton_attention's decode kernel, Llama-3-8B's
-heads over a 256-position cache, per_weight per K or V entry).
+heads over a 256-position cache, per_weight per K or V entry; dequant_int and dequant_fourbit: triton_dequant's
+kernels, int4 group 128 and NF4 as above, one 64 x 128 tile a program, no loop, so per_weight is 0).
 cuda_mma compiles kernels/cuda_mma.cu (4096 x 14336, 1 row, bf16, group 128 unless overridden) with the
 NVRTC of the `nvidia-cuda-nvrtc` wheel (pip install nvidia-cuda-nvrtc==13.0.88; PTX lowered to 8.7 for
 Triton's ptxas); it has no K loop, so per_weight counts the whole kernel over the weights a thread reads.
@@ -96,7 +99,40 @@ def _attention_spec():
     return _decode_attention, names, types, const, lambda c: 2 * c["BLOCK_N"] * c["D"]  # K and V entries a round
 
 
-KERNELS = {"gemv": _gemv_spec, "fourbit": _fourbit_spec, "mm_bytes": _mm_bytes_spec, "attention": _attention_spec}
+def _dequant_int_spec():
+    from lowbit.kernels.triton_dequant import _dequant_int
+
+    names = ["w_ptr", "scale_ptr", "zero_ptr", "out_ptr", "N", "K", "wpr", "n_groups", "G"]
+    types = ["*i32", "*fp16", "*fp16", POINTER] + ["i32"] * 5
+    const = {"BITS": 4, "BN": 64, "PER_TILE": True, "HAS_ZERO": True, "SIGNED8": False, "OFFSET": 128,  # int4 g128
+             "ASM": True, "EVEN": True, "TILE": 0}
+    return _dequant_int, names, types, const, _dequant_unit
+
+
+def _dequant_unit(const: dict) -> int:
+    """Fills the unit shape that BITS implies (128 inputs a tile) and keeps ASM to unsigned 4-bit codes, as
+    int_group_dequantize does; returns a program's weights (the kernel has no loop)."""
+    from lowbit.kernels.triton_int import unit_shape
+
+    const["ASM"] = const["ASM"] and const["BITS"] == 4 and not const["SIGNED8"]
+    uc, uw = unit_shape(const["BITS"])
+    const.setdefault("UC", uc)
+    const.setdefault("UW", uw)
+    const.setdefault("BU", 128 // const["UC"])
+    return const["BN"] * const["BU"] * const["UC"]
+
+
+def _dequant_fourbit_spec():
+    from lowbit.kernels.triton_dequant import _dequant_fourbit
+
+    names = ["w_ptr", "absmax_ptr", "dq_scale_ptr", "dq_mean_ptr", "table_ptr", "out_ptr", "N", "K", "WPR", "B"]
+    types = ["*i32", "*i8", "*fp16", "*fp32", "*fp32", POINTER] + ["i32"] * 4
+    const = {"NBLK": 2, "WPB": 8, "BN": 64, "DOUBLE": True, "EVEN": True, "TILE": 0}  # nf4, blocks of 64, dq
+    return _dequant_fourbit, names, types, const, lambda c: c["BN"] * c["NBLK"] * c["WPB"] * 8
+
+
+KERNELS = {"gemv": _gemv_spec, "fourbit": _fourbit_spec, "mm_bytes": _mm_bytes_spec, "attention": _attention_spec,
+           "dequant_int": _dequant_int_spec, "dequant_fourbit": _dequant_fourbit_spec}
 
 
 def _loop_body(sass: str) -> list[str]:
