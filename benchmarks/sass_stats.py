@@ -110,16 +110,10 @@ def _dequant_int_spec():
 
 
 def _dequant_unit(const: dict) -> int:
-    """Fills the unit shape that BITS implies (128 inputs a tile) and keeps ASM to unsigned 4-bit codes, as
-    int_group_dequantize does; returns a program's weights (the kernel has no loop)."""
-    from lowbit.kernels.triton_int import unit_shape
-
+    """_gemv_unit's unit shape (128 inputs a tile, as int_group_dequantize), ASM kept to unsigned 4-bit codes as
+    there; returns a program's weights (the kernel has no loop)."""
     const["ASM"] = const["ASM"] and const["BITS"] == 4 and not const["SIGNED8"]
-    uc, uw = unit_shape(const["BITS"])
-    const.setdefault("UC", uc)
-    const.setdefault("UW", uw)
-    const.setdefault("BU", 128 // const["UC"])
-    return const["BN"] * const["BU"] * const["UC"]
+    return _gemv_unit(const)
 
 
 def _dequant_fourbit_spec():
