@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+
 from lowbit.calib.data import consecutive_windows, evaluation_tokens
 from lowbit.eval.memory import memory_report
 from lowbit.eval.quality import evaluate

@@ -5,10 +5,10 @@ Above some rows a product of 16-bit weights is compute-bound, and cuBLAS on 16-b
 closer to their peak than a kernel that unpacks codes between its products (triton_int._mm_tc). `_dequant_int`
 writes the layer's weights once in x's dtype, every value exactly `((code - zero) * scale)` rounded once, as
 reference._dequantize_int computes it (`_dequant_fourbit`: table[code] * absmax, as reference.fourbit_linear), and
-`F.linear` multiplies. The weights are read packed once and written
-whole (2 bytes a weight, a scratch buffer the caching allocator hands back to the next layer), so the path pays
-off only where the product's own time dwarfs that: the selector decides by rows and layer size. This is how
-bitsandbytes runs its 4-bit layers over a prompt (dequantize_4bit, then a 16-bit matmul; Dettmers et al. 2023).
+`F.linear` multiplies. The packed weights are read once and written whole in 16 bits (a transient buffer the
+caching allocator hands to the next layer), so the path pays only where the product's own time dwarfs that write;
+the selector is to decide by rows and layer size once the path is timed on a GPU (select._dequant_untimed). This is
+how bitsandbytes runs its 4-bit layers over a prompt (dequantize_4bit, then a 16-bit matmul; Dettmers et al. 2023).
 """
 
 from __future__ import annotations
@@ -28,6 +28,16 @@ from lowbit.kernels.triton_splitk import interpreting
 BLOCK_OUT = 64  # outputs a program
 BLOCK_IN = 128  # inputs a program (whole units: 3-bit units hold 32)
 FOURBIT_WORDS = 16  # words of eight 4-bit codes a row a program
+
+
+@triton.jit
+def _store_weights(out_ptr, w, offs_n, k, N, K, EVEN: tl.constexpr):
+    """w (BN, BK) fp32 rounded to out's dtype at rows offs_n, columns k of out (N, K); masked unless EVEN."""
+    ptrs = out_ptr + offs_n[:, None] * K + k[None, :]
+    if EVEN:
+        tl.store(ptrs, w.to(out_ptr.dtype.element_ty))
+    else:
+        tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (k < K)[None, :])
 
 
 @triton.jit
@@ -51,11 +61,7 @@ def _dequant_int(w_ptr, scale_ptr, zero_ptr, out_ptr, N, K, wpr, n_groups, G, BI
         mask = mask_n[:, None] & (k < K)[None, :]
         s, z = _qparams(scale_ptr, zero_ptr, offs_n[:, None], mask, n_groups, (k // G)[None, :], BITS, HAS_ZERO)
         v = (codes - z) * s
-    ptrs = out_ptr + offs_n[:, None] * K + k[None, :]
-    if EVEN:
-        tl.store(ptrs, v.to(DT))
-    else:
-        tl.store(ptrs, v.to(DT), mask=mask_n[:, None] & (k < K)[None, :])
+    _store_weights(out_ptr, v, offs_n, k, N, K, EVEN)
 
 
 def int_group_dequantize(qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int,
@@ -103,12 +109,7 @@ def _dequant_fourbit(w_ptr, absmax_ptr, dq_scale_ptr, dq_mean_ptr, table_ptr, ou
                     _code(words, table_ptr, 6), _code(words, table_ptr, 7))  # (BN, NBLK, WPB, 2, 2, 2)
     BK: tl.constexpr = NBLK * WPB * 8
     w = tl.reshape(w * absmax[:, :, None, None, None, None], (BN, BK))
-    k = t * BK + tl.arange(0, BK)
-    ptrs = out_ptr + offs_n[:, None] * K + k[None, :]
-    if EVEN:
-        tl.store(ptrs, w.to(out_ptr.dtype.element_ty))
-    else:
-        tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=mask_n[:, None] & (k < K)[None, :])
+    _store_weights(out_ptr, w, offs_n, t * BK + tl.arange(0, BK), N, K, EVEN)
 
 
 def fourbit_dequantize(qweight: torch.Tensor, absmax: torch.Tensor, absmax_scale: torch.Tensor | None,
