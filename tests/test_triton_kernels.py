@@ -176,6 +176,25 @@ def test_dequant_kernels_build_for_sm90_without_spills():
         assert stats["stack"] == 0, stats
 
 
+@pytest.mark.parametrize("op,bits,min_rows", [("int_group_linear", 4, 512), ("int_group_linear", 3, 512),
+                                              ("int8_weight_linear", 8, 512), ("fourbit_linear", 4, 256)])
+def test_auto_takes_dequant_cublas_from_its_rows(op, bits, min_rows):
+    """Auto's dequant_cublas rule (select._dequant_unsuited): the tensor-core kernel below min_rows, dequant_cublas
+    from there; a layer over DEQUANT_MAX_WEIGHTS stays on the tensor-core kernel while that runs (NF4: to 1024 rows;
+    beyond, the reference path would write an fp32 copy, so dequant_cublas takes it)."""
+    from lowbit.kernels.select import DEQUANT_MAX_WEIGHTS
+
+    def chosen(rows: int, out: int) -> str:
+        return select(op, CallContext(DEVICE, rows, 4096, out, torch.float16, bits, 128 if bits < 8 else 4096)).name
+
+    assert chosen(min_rows - 1, 4096) == "triton_tc"
+    assert chosen(min_rows, 4096) == chosen(4096, 4096) == "dequant_cublas"
+    huge = DEQUANT_MAX_WEIGHTS // 4096 + 16  # outputs, whole tiles of 16
+    assert chosen(min_rows, huge) == "triton_tc"
+    assert chosen(triton_ops.FOURBIT_TC_ROWS, huge) == "triton_tc"
+    assert chosen(triton_ops.FOURBIT_TC_ROWS + 1, huge) == ("dequant_cublas" if op == "fourbit_linear" else "triton_tc")
+
+
 def test_dequant_cublas_int8_weight_only():
     """int8 weight-only's signed bytes through triton_dequant: the reference weights exactly, in row and tile order."""
     from lowbit.kernels.cuda_mma import tile_chunk
@@ -565,8 +584,8 @@ def test_codebook_kernels_auto_choice_and_fallback():
         name = nf4.kernel(torch.randn(rows, 64, device=DEVICE, dtype=torch.float16)).name
         assert name == ("triton_mv" if rows <= triton_ops.FOURBIT_MV_ROWS else "triton_tc")
     many_nf4 = CallContext(DEVICE, triton_ops.FOURBIT_TC_ROWS + 1, 64, 8, torch.float16, 4, 64)
-    assert select("fourbit_linear", many_nf4).name == "reference"  # dequant_cublas: by name until timed
-    assert select("fourbit_linear", many_nf4, "dequant_cublas").name == "dequant_cublas"
+    assert select("fourbit_linear", many_nf4).name == "dequant_cublas"
+    assert select("fourbit_linear", many_nf4, "reference").name == "reference"
 
 
 def test_codebook_custom_ops_pass_opcheck():

@@ -13,6 +13,7 @@ caches the result), and is called as `fn(x, packed, bias)`.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -202,11 +203,32 @@ def _cuda_mma_int8(ctx: CallContext) -> str | None:
         ctx.device, ctx.dtype, 8, ctx.rows, ctx.in_features, ctx.out_features, ctx.in_features)
 
 
-def _dequant_untimed(_ctx: CallContext) -> str | None:
-    """dequant_cublas (triton_dequant: the weights dequantized by one Triton kernel, then cuBLAS) is built and checked
-    against the reference here (interpreter, sm_90 builds) but not yet timed on a GPU against the tensor-core kernels
-    or the reference path: auto leaves it until then (kern33's Next)."""
-    return "not yet timed on a GPU: name dequant_cublas to use it"
+# dequant_cublas (triton_dequant: the layer dequantized by one Triton kernel into a 16-bit buffer, then cuBLAS)
+DEQUANT_MIN_ROWS = 512  # the integer codes and int8 weight-only from this many rows
+DEQUANT_MIN_ROWS_FOURBIT = 256  # NF4/FP4
+DEQUANT_MAX_WEIGHTS = 2**27  # a larger layer's 16-bit buffer (over 256 MiB) stays off where a kernel needs none
+
+
+def _dequant_unsuited(min_rows: int, tc_max_rows: int, ctx: CallContext) -> str | None:
+    """dequant_cublas from `min_rows` rows, for layers of up to DEQUANT_MAX_WEIGHTS weights while the tensor-core
+    kernel (up to `tc_max_rows`) can run instead. On an H100, x bf16, through the kernels by name, against the
+    tensor-core kernel on the five Llama-3-8B shapes (4096x4096 / 4096x1024 / 4096x14336 / 14336x4096 / 4096x128256,
+    kern33 runs 1-3): int4 at 512 rows 0.64 / 0.68 / 0.60 / 0.61 / 0.55 against 0.52 / 0.46 / 0.47 / 0.52 / 0.51, at
+    2048 rows 0.77-0.88 against 0.38-0.57, at 256 rows 0.42-0.71 against 0.55-0.69 (faster only on 4096x1024); int3,
+    int2 and int8 weight-only at 512 rows 0.56-0.72 against 0.37-0.60. NF4 from 256 rows: 0.44-0.63 against
+    0.32-0.44, at 512 / 1024 rows 0.56-0.62 / 0.70-0.77 against 0.29-0.35 / 0.29-0.35, and at 2048 0.78-0.88 against
+    the reference path's 0.21-0.25 (at 128 rows 0.40-0.61 against 0.35-0.57). The cap keeps 4096x128256 (525M
+    weights, a 1 GiB buffer) on the tensor-core kernel: int4 7% slower at 512 rows, NF4 half as fast (0.30 against
+    0.59); `--kernel dequant_cublas` takes the buffer anyway."""
+    if ctx.rows < min_rows:
+        return f"fewer than {min_rows} rows: the tensor-core kernel is faster"
+    if ctx.in_features * ctx.out_features > DEQUANT_MAX_WEIGHTS and ctx.rows <= tc_max_rows:
+        return "over 2**27 weights: the 16-bit copy it writes would pass 256 MiB (the tensor-core kernel needs none)"
+    return None
+
+
+_dequant_int = partial(_dequant_unsuited, DEQUANT_MIN_ROWS, math.inf)
+_dequant_fourbit = partial(_dequant_unsuited, DEQUANT_MIN_ROWS_FOURBIT, triton_ops.FOURBIT_TC_ROWS)
 
 
 _few_rows_fourbit = partial(_more_rows_than, triton_ops.FOURBIT_MV_ROWS, "the tensor-core kernel is faster")
@@ -235,8 +257,8 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
         Candidate("triton_mv", triton_ops.int_group_linear_mv, _triton_mv_int_group, _few_rows),
         Candidate("torch_int4_cuda", cpu.int4_cpu_linear, cpu.int4_cuda_unavailable, cpu.int4_cuda_unsuited,
                   prepare=cpu.prepare_int4_cpu),
+        Candidate("dequant_cublas", triton_ops.int_group_linear_dq, _triton_int_group, _dequant_int),
         Candidate("triton_tc", triton_ops.int_group_linear, _triton_int_group),
-        Candidate("dequant_cublas", triton_ops.int_group_linear_dq, _triton_int_group, _dequant_untimed),
         Candidate("int4_cpu", cpu.int4_cpu_linear, cpu.int4_cpu_unavailable, prepare=cpu.prepare_int4_cpu),
         Candidate("int4x2_cpu", cpu.int4_cpu_linear, cpu.int4x2_cpu_unavailable, prepare=cpu.prepare_int4_cpu),
         Candidate("reference", reference.int_group_linear, always),
@@ -250,8 +272,8 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int8_weight_linear": (
         Candidate("cuda_mma", triton_ops.int8_weight_linear_mma, _cuda_mma_int8, _mma_int8_few_rows),
         Candidate("triton_mv", triton_ops.int8_weight_linear_mv, _triton_int8_weight, _few_rows),
+        Candidate("dequant_cublas", triton_ops.int8_weight_linear_dq, _triton_int8_weight, _dequant_int),
         Candidate("triton_tc", triton_ops.int8_weight_linear, _triton_int8_weight),
-        Candidate("dequant_cublas", triton_ops.int8_weight_linear_dq, _triton_int8_weight, _dequant_untimed),
         Candidate("int8_cpu", cpu.int8_cpu_linear, cpu.int8_cpu_unavailable, prepare=cpu.prepare_int8_cpu),
         Candidate("reference", reference.int8_weight_linear, always),
     ),
@@ -259,8 +281,8 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "fourbit_linear": (
         Candidate("cuda_mma", triton_ops.fourbit_linear_mma, _cuda_mma_fourbit, _mma_fourbit_few_rows),
         Candidate("triton_mv", triton_ops.fourbit_linear_mv, _triton_fourbit, _few_rows_fourbit),
+        Candidate("dequant_cublas", triton_ops.fourbit_linear_dq, _triton_fourbit, _dequant_fourbit),
         Candidate("triton_tc", triton_ops.fourbit_linear_tc, _triton_fourbit, _fourbit_tc_rows),
-        Candidate("dequant_cublas", triton_ops.fourbit_linear_dq, _triton_fourbit, _dequant_untimed),
         Candidate("reference", reference.fourbit_linear, always),
     ),
     "aqlm_linear": (

@@ -20,9 +20,8 @@ _FLOAT16 = (torch.float16, torch.bfloat16)
 GEMV_MAX_ROWS = 1  # the CUDA-core matrix-vector kernel up to this many rows, tensor cores above (H100: at 4
 # rows it ran 0.88x bf16 against the tensor-core kernel's 1.64x, benchmarks/results/issue6-h100-run4-sweep-decode.log)
 FOURBIT_MV_ROWS = 1  # NF4/FP4: the matrix-vector kernel up to this many rows, then tensor cores up to
-FOURBIT_TC_ROWS = 1024  # this many (programs of up to 128 rows: on the H100 at 512 rows, 4096x14336, 499 us against
-# the reference path's 1279 us, of which dequantizing takes ~1180 us once (kern19 run 7), so the reference,
-# dequantize + cuBLAS, is estimated faster from about 1500 rows)
+FOURBIT_TC_ROWS = 1024  # this many (programs of up to 128 rows), the reference path above; dequant_cublas takes over
+# from select.DEQUANT_MIN_ROWS_FOURBIT rows except on layers over select.DEQUANT_MAX_WEIGHTS (kern33)
 AQLM_MAX_ROWS = 16  # the AQLM kernels up to this many rows (each row re-reads the codes), the reference path above
 AQLM_LUT_MIN_OUT = 4096  # per-call tables from this many outputs (H100, 1 row, 4096x1024: 0.47x bf16 vs gathers' 1.10x)
 
