@@ -219,7 +219,7 @@ def _dequant_unsuited(min_rows: int, tc_max_rows: int, ctx: CallContext) -> str 
     0.32-0.44, at 512 / 1024 rows 0.56-0.62 / 0.70-0.77 against 0.29-0.35 / 0.29-0.35, and at 2048 0.78-0.88 against
     the reference path's 0.21-0.25 (at 128 rows 0.40-0.61 against 0.35-0.57). The cap keeps 4096x128256 (525M
     weights, a 1 GiB buffer) on the tensor-core kernel: int4 7% slower at 512 rows, NF4 half as fast (0.30 against
-    0.59); `--kernel dequant_cublas` takes the buffer anyway."""
+    0.58); `--kernel dequant_cublas` takes the buffer anyway."""
     if ctx.rows < min_rows:
         return f"fewer than {min_rows} rows: the tensor-core kernel is faster"
     if ctx.in_features * ctx.out_features > DEQUANT_MAX_WEIGHTS and ctx.rows <= tc_max_rows:

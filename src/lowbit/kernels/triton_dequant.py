@@ -6,9 +6,9 @@ closer to their peak than a kernel that unpacks codes between its products (trit
 writes the layer's weights once in x's dtype, every value exactly `((code - zero) * scale)` rounded once, as
 reference._dequantize_int computes it (`_dequant_fourbit`: table[code] * absmax, as reference.fourbit_linear), and
 `F.linear` multiplies. The packed weights are read once and written whole in 16 bits (a transient buffer the
-caching allocator hands to the next layer), so the path pays only where the product's own time dwarfs that write;
-the selector is to decide by rows and layer size once the path is timed on a GPU (select._dequant_untimed). This is
-how bitsandbytes runs its 4-bit layers over a prompt (dequantize_4bit, then a 16-bit matmul; Dettmers et al. 2023).
+caching allocator hands to the next layer), so the path pays only where the product's own time dwarfs that write:
+the selector takes it by rows and layer size (select._dequant_unsuited, timed on an H100). This is how bitsandbytes
+runs its 4-bit layers over a prompt (dequantize_4bit, then a 16-bit matmul; Dettmers et al. 2023).
 """
 
 from __future__ import annotations
