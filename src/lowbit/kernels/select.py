@@ -227,8 +227,8 @@ def _dequant_unsuited(min_rows: int, tc_max_rows: int, ctx: CallContext) -> str 
     return None
 
 
-_dequant_int = partial(_dequant_unsuited, DEQUANT_MIN_ROWS, math.inf)
-_dequant_fourbit = partial(_dequant_unsuited, DEQUANT_MIN_ROWS_FOURBIT, triton_ops.FOURBIT_TC_ROWS)
+_dequant_rows_int = partial(_dequant_unsuited, DEQUANT_MIN_ROWS, math.inf)
+_dequant_rows_fourbit = partial(_dequant_unsuited, DEQUANT_MIN_ROWS_FOURBIT, triton_ops.FOURBIT_TC_ROWS)
 
 
 _few_rows_fourbit = partial(_more_rows_than, triton_ops.FOURBIT_MV_ROWS, "the tensor-core kernel is faster")
@@ -257,7 +257,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
         Candidate("triton_mv", triton_ops.int_group_linear_mv, _triton_mv_int_group, _few_rows),
         Candidate("torch_int4_cuda", cpu.int4_cpu_linear, cpu.int4_cuda_unavailable, cpu.int4_cuda_unsuited,
                   prepare=cpu.prepare_int4_cpu),
-        Candidate("dequant_cublas", triton_ops.int_group_linear_dq, _triton_int_group, _dequant_int),
+        Candidate("dequant_cublas", triton_ops.int_group_linear_dq, _triton_int_group, _dequant_rows_int),
         Candidate("triton_tc", triton_ops.int_group_linear, _triton_int_group),
         Candidate("int4_cpu", cpu.int4_cpu_linear, cpu.int4_cpu_unavailable, prepare=cpu.prepare_int4_cpu),
         Candidate("int4x2_cpu", cpu.int4_cpu_linear, cpu.int4x2_cpu_unavailable, prepare=cpu.prepare_int4_cpu),
@@ -272,7 +272,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "int8_weight_linear": (
         Candidate("cuda_mma", triton_ops.int8_weight_linear_mma, _cuda_mma_int8, _mma_int8_few_rows),
         Candidate("triton_mv", triton_ops.int8_weight_linear_mv, _triton_int8_weight, _few_rows),
-        Candidate("dequant_cublas", triton_ops.int8_weight_linear_dq, _triton_int8_weight, _dequant_int),
+        Candidate("dequant_cublas", triton_ops.int8_weight_linear_dq, _triton_int8_weight, _dequant_rows_int),
         Candidate("triton_tc", triton_ops.int8_weight_linear, _triton_int8_weight),
         Candidate("int8_cpu", cpu.int8_cpu_linear, cpu.int8_cpu_unavailable, prepare=cpu.prepare_int8_cpu),
         Candidate("reference", reference.int8_weight_linear, always),
@@ -281,7 +281,7 @@ _CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "fourbit_linear": (
         Candidate("cuda_mma", triton_ops.fourbit_linear_mma, _cuda_mma_fourbit, _mma_fourbit_few_rows),
         Candidate("triton_mv", triton_ops.fourbit_linear_mv, _triton_fourbit, _few_rows_fourbit),
-        Candidate("dequant_cublas", triton_ops.fourbit_linear_dq, _triton_fourbit, _dequant_fourbit),
+        Candidate("dequant_cublas", triton_ops.fourbit_linear_dq, _triton_fourbit, _dequant_rows_fourbit),
         Candidate("triton_tc", triton_ops.fourbit_linear_tc, _triton_fourbit, _fourbit_tc_rows),
         Candidate("reference", reference.fourbit_linear, always),
     ),
