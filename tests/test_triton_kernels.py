@@ -176,8 +176,9 @@ def test_dequant_kernels_build_for_sm90_without_spills():
         assert stats["stack"] == 0, stats
 
 
-@pytest.mark.parametrize("op,bits,min_rows", [("int_group_linear", 4, 512), ("int_group_linear", 3, 512),
-                                              ("int8_weight_linear", 8, 512), ("fourbit_linear", 4, 256)])
+@pytest.mark.parametrize("op,bits,min_rows", [("int_group_linear", 4, 512), ("int_group_linear", 3, 256),
+                                              ("int_group_linear", 2, 256), ("int8_weight_linear", 8, 512),
+                                              ("fourbit_linear", 4, 256)])
 def test_auto_takes_dequant_cublas_from_its_rows(op, bits, min_rows):
     """Auto's dequant_cublas rule (select._dequant_unsuited): the tensor-core kernel below min_rows, dequant_cublas
     from there; a layer over DEQUANT_MAX_WEIGHTS stays on the tensor-core kernel while that runs (NF4: to 1024 rows;
