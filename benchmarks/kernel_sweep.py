@@ -4,8 +4,8 @@
 
 For each (shape, rows) cell it times bf16 cuBLAS, torch's int4 kernel and every candidate configuration
 of `_mm_tc` (--path tc), of the matrix-vector `_gemv` (--path mv; --bits 8 --signed8 is the int8
-weight-only layout) or of the CUDA tensor-core kernels (--path mma: cuda_mma; --nf4 its NF4 path; --aqlm
-2x8|1x16 cuda_aqlm) side by side (benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that
+weight-only layout), of the CUDA tensor-core kernels (--path mma: cuda_mma; --nf4 its NF4 path; --aqlm
+2x8|1x16 cuda_aqlm) or of the dequantization kernel ahead of cuBLAS (--path dq) side by side (benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that
 overflow L2, do_bench median), checks each configuration once against an fp32 reference, and prints the best per
 cell. The tuned table in
 kernels/triton_int.py (tc_config) comes from its output.
@@ -29,6 +29,7 @@ from lowbit.kernels.cuda_aqlm import aqlm_mma
 from lowbit.kernels.cuda_mma import FRAGMENT_ROWS, fourbit_mma, mma_matmul, tile_words
 from lowbit.kernels.reference import int_group_linear
 from lowbit.kernels.triton_fourbit import fourbit_matmul
+from lowbit.kernels.triton_dequant import dequant_matmul
 from lowbit.kernels.triton_gemv import int_group_gemv
 from lowbit.kernels.triton_int import int_group_matmul
 
@@ -53,6 +54,15 @@ def tc_space(rows: int):
             cfg = {"BM": bm, "BN": bn, "BK": bk, "num_warps": nw, "num_stages": st, "waves": 1, "DEQUANT": deq}
             yield cfg  # _mm_bytes (2, 4 and 8 bits)
             yield cfg | {"BYTES": False}  # _mm_tc: one product a tile
+
+
+def dq_space(rows: int):
+    """Tiles of the dequantization kernel ahead of cuBLAS (triton_dequant._dequant_int): its default, then
+    (outputs, inputs, warps) a program."""
+    yield {}
+    for bn, bk, warps in [(128, 128, 4), (128, 128, 8), (64, 256, 4), (128, 256, 8), (32, 128, 2), (32, 256, 4),
+                          (256, 128, 8), (64, 128, 2), (16, 512, 4)]:
+        yield {"BN": bn, "BK": bk, "num_warps": warps}
 
 
 def nf4_tc_space(rows: int):
@@ -131,10 +141,11 @@ def format_label(bits: int, signed8: bool, nf4: bool, aqlm: str | None) -> int |
     return f"aqlm{aqlm}" if aqlm else "nf4" if nf4 else "int8wo" if signed8 else bits
 
 
-def _problem(x, cols, out, fmt, dev, path):
+def _problem(x, cols, out, fmt, dev, path, int_zeros=False):
     """(weight arguments, packed bytes, fp32 reference output, run(x, weights, config)) of one format (fmt, as
-    format_label names it): int_group codes (g128), int8 weight-only, NF4 with double-quantized absmax in blocks
-    of 64 (mma only) or AQLM 2x8 or 1x16 (the CUDA AQLM kernel)."""
+    format_label names it): int_group codes (g128; zeros rounded to whole numbers with int_zeros, as rtn, gptq and
+    awq store them), int8 weight-only, NF4 with double-quantized absmax in blocks of 64 (mma only) or AQLM 2x8 or
+    1x16 (the CUDA AQLM kernel)."""
     if fmt in ("aqlm2x8", "aqlm1x16"):
         args, nbytes = aqlm_weights(cols, out, dev, *((2, 8) if fmt == "aqlm2x8" else (1, 16)))
         ref = reference.aqlm_linear(x.float(), *args, None)
@@ -149,12 +160,13 @@ def _problem(x, cols, out, fmt, dev, path):
     bits = 8 if signed8 else fmt
     weights = _int8_weights(cols, out, dev) if signed8 else int_group_weights(cols, out, bits, dev)
     (qweight, scale, zero), nbytes = weights
+    zero = zero.round() if int_zeros and zero is not None else zero
     group = cols if signed8 else 128
     if signed8:
         ref = x.float() @ (qweight.view(torch.int8).float() * scale.float()).t()  # (rows, out) fp32
     else:
         ref = int_group_linear(x.float(), qweight, scale, zero, bits, 128, None)  # (rows, out) fp32
-    kernel = {"mv": int_group_gemv, "tc": int_group_matmul, "mma": mma_matmul}[path]
+    kernel = {"mv": int_group_gemv, "tc": int_group_matmul, "mma": mma_matmul, "dq": dequant_matmul}[path]
     return (qweight, scale, zero), nbytes, ref, lambda x, w, cfg: kernel(x, *w, None, bits, group, signed8=signed8,
                                                                           config=cfg)
 
@@ -166,9 +178,9 @@ def _tiled(qweight: torch.Tensor, fmt, cols: int, out: int) -> torch.Tensor:
     return tile_words(qweight, *((8, cols) if fmt == "int8wo" else (fmt, 128)))
 
 
-def sweep_cell(cols, out, rows, fmt, dev, budget_s, path="tc", configs=None) -> list[dict]:
+def sweep_cell(cols, out, rows, fmt, dev, budget_s, path="tc", configs=None, int_zeros=False) -> list[dict]:
     x = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)  # (rows, in)
-    args, nbytes, ref, run = _problem(x, cols, out, fmt, dev, path)
+    args, nbytes, ref, run = _problem(x, cols, out, fmt, dev, path, int_zeros)
     ws = weight_copies(args, nbytes)
     out_rows = []
     for label, build in (("bf16", lambda: _bf16_variant(cols, out, dev)), ("torch_int4", lambda: _torch_int4_variant(cols, out, dev))):
@@ -177,7 +189,7 @@ def sweep_cell(cols, out, rows, fmt, dev, budget_s, path="tc", configs=None) -> 
         del call
     start = time.time()
     spaces = {"aqlm2x8": aqlm_space, "aqlm1x16": aqlm16_space} | ({"nf4": nf4_tc_space} if path == "tc" else {})
-    space_of = spaces.get(fmt) or {"mv": mv_space, "tc": tc_space, "mma": mma_space}[path]
+    space_of = spaces.get(fmt) or {"mv": mv_space, "tc": tc_space, "mma": mma_space, "dq": dq_space}[path]
     tiled = {}  # TILED launches read the words in tile_words' order: copies of ws made once, outside the timing
     weights_for = (lambda cfg: ws if not cfg.get("TILED") else tiled.setdefault("ws", [
         (_tiled(w[0], fmt, cols, out), *w[1:]) for w in ws]))
@@ -210,9 +222,10 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, nargs="+", default=[1, 16, 128])
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--signed8", action="store_true", help="int8 weight-only layout (implies --bits 8)")
-    p.add_argument("--path", choices=["tc", "mv", "mma"], default="tc")
+    p.add_argument("--path", choices=["tc", "mv", "mma", "dq"], default="tc")
     p.add_argument("--nf4", action="store_true", help="NF4, double-quantized absmax in blocks of 64 (--path mma or tc)")
     p.add_argument("--aqlm", choices=["2x8", "1x16"], help="AQLM on the CUDA AQLM kernel (--path mma)")
+    p.add_argument("--int-zeros", action="store_true", help="whole-number zeros (SUB16 needs them)")
     p.add_argument("--cell-budget", type=float, default=40.0, help="seconds per cell")
     p.add_argument("--configs", type=json.loads, help="a JSON list of configurations to time instead of the space")
     p.add_argument("--out", type=Path)
@@ -227,7 +240,7 @@ def main(argv=None) -> int:
     records = []
     for shape, rows in itertools.product(args.shapes, args.rows):
         cols, out = map(int, shape.split("x"))
-        cell = sweep_cell(cols, out, rows, fmt, dev, args.cell_budget, args.path, args.configs)
+        cell = sweep_cell(cols, out, rows, fmt, dev, args.cell_budget, args.path, args.configs, args.int_zeros)
         records += cell
         for r in cell:
             print(json.dumps(r), flush=True)

@@ -152,9 +152,10 @@ def test_dequant_cublas_writes_the_reference_weights(bits, group, symmetric):
         if shape == (out, cols):  # a group of 50 inputs has no tile order: it stays in row order
             layer.order_words(tile_chunk(bits, cols, out, layer.layout.group_size))
             assert layer.qweight.dim() == (2 if group == 50 else 3)
-        for dtype in DTYPES:
+        for dtype, config in itertools.product(DTYPES, (None, {"BN": 32, "BK": 256, "num_warps": 2})):
             ref = reference._dequantize_int(row_order(layer.qweight), *args, dtype)
-            assert torch.equal(int_group_dequantize(layer.qweight, *args, dtype), ref), f"{shape} {dtype} seed={seed}"
+            w = int_group_dequantize(layer.qweight, *args, dtype, config=config)
+            assert torch.equal(w, ref), f"{shape} {dtype} {config} seed={seed}"
         layer.kernel_preference = "dequant_cublas"
         ref_w = q.dequantize().double().to(DEVICE)
         for rows in (2, 33):
@@ -424,6 +425,26 @@ def test_int_kernels_read_tile_order(bits, symmetric):
                                  config=tc_config(rows, out, cols, bits, False) | config)
         err = _rel_err(y, ref)
         assert err < TOL[torch.float16], f"tile order {bits}-bit {kernel} rows={rows} err={err:.2e} seed={seed}"
+
+
+@pytest.mark.parametrize("bits,symmetric", [(4, False), (3, False), (4, True)])
+def test_tc_kernel_subtracts_whole_zeros_in_16_bits(bits, symmetric):
+    """_mm_tc with SUB16 (zero subtracted in 16 bits, scale after each tile's product) on whole-number zeros (gptq's,
+    awq's, rtn's integer_zero) matches the layer's fp64 weights at every row count."""
+    from lowbit.kernels.triton_int import int_group_matmul, tc_config
+
+    seed = fresh_seed()
+    out, cols, group = (336, 2048, 128) if CUDA else (48, 512, 128)
+    q = rtn_quantize(torch.randn(out, cols), bits, group, symmetric, integer_zero=True)
+    layer = IntLinear.from_weights(q, torch.randn(out)).to(DEVICE)
+    ref_w = q.dequantize().double().to(DEVICE)
+    for rows, dtype in itertools.product(ROWS_CODEBOOK, DTYPES):
+        x = torch.randn(rows, cols, device=DEVICE, dtype=dtype)
+        config = tc_config(rows, out, cols, bits) | {"BYTES": False, "SUB16": True}
+        y = int_group_matmul(x, layer.qweight, layer.scale, getattr(layer, "zero", None), layer.bias, bits, group,
+                             config=config)
+        err = _rel_err(y, x.double() @ ref_w.t() + layer.bias.double())
+        assert err < TOL[dtype], f"{bits}-bit rows={rows} {dtype} err={err:.2e} seed={seed}"
 
 
 def test_int8_weight_only_kernels_read_tile_order():

@@ -65,28 +65,32 @@ def _dequant_int(w_ptr, scale_ptr, zero_ptr, out_ptr, N, K, wpr, n_groups, G, BI
 
 
 def int_group_dequantize(qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int,
-                         group_size: int, cols: int, dtype: torch.dtype, signed8: bool = False) -> torch.Tensor:
+                         group_size: int, cols: int, dtype: torch.dtype, signed8: bool = False,
+                         config: dict | None = None) -> torch.Tensor:
     """Packed int_group codes (row or tile order) -> (out, cols) weights in `dtype` (fp16/bf16), on their device.
-    `signed8`: int8 weight-only's signed bytes (implicit zero, one group a row)."""
+    `signed8`: int8 weight-only's signed bytes (implicit zero, one group a row). `config` overrides the tile
+    ({"BN", "BK", "num_warps"}: benchmarks' sweeps)."""
+    cfg = {"BN": BLOCK_OUT, "BK": BLOCK_IN, "num_warps": 4} | (config or {})
     qweight, tile = row_shaped(qweight)
     out_features, wpr = qweight.shape
     uc, uw = unit_shape(bits)
-    bu, per_tile = _block_units(BLOCK_IN, group_size, cols, uc)
+    bu, per_tile = _block_units(cfg.pop("BK"), group_size, cols, uc)
     k_tiles = math.ceil(cols / (bu * uc))
     w = torch.empty((out_features, cols), dtype=dtype, device=qweight.device)
-    even = out_features % BLOCK_OUT == 0 and cols % (bu * uc) == 0
-    grid = (math.ceil(out_features / BLOCK_OUT), k_tiles)
+    even = out_features % cfg["BN"] == 0 and cols % (bu * uc) == 0
+    grid = (math.ceil(out_features / cfg["BN"]), k_tiles)
     _dequant_int[grid](qweight, scale, zero if zero is not None else scale, w, out_features, cols, wpr,
-                       scale.shape[1], group_size, BITS=bits, UC=uc, UW=uw, BN=BLOCK_OUT, BU=bu, PER_TILE=per_tile,
+                       scale.shape[1], group_size, BITS=bits, UC=uc, UW=uw, BU=bu, PER_TILE=per_tile,
                        HAS_ZERO=zero is not None, SIGNED8=signed8, OFFSET=offset16(dtype, bits),
-                       ASM=bits == 4 and not signed8 and not interpreting(), EVEN=even, TILE=tile)
+                       ASM=bits == 4 and not signed8 and not interpreting(), EVEN=even, TILE=tile, **cfg)
     return w
 
 
 def dequant_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
-                   bias: torch.Tensor | None, bits: int, group_size: int, signed8: bool = False) -> torch.Tensor:
+                   bias: torch.Tensor | None, bits: int, group_size: int, signed8: bool = False,
+                   config: dict | None = None) -> torch.Tensor:
     """x (rows, in) fp16/bf16 @ dequant(qweight)^T + bias -> (rows, out): the weights dequantized, then F.linear."""
-    w = int_group_dequantize(qweight, scale, zero, bits, group_size, x.shape[-1], x.dtype, signed8)
+    w = int_group_dequantize(qweight, scale, zero, bits, group_size, x.shape[-1], x.dtype, signed8, config)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 

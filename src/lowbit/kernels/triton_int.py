@@ -161,6 +161,23 @@ def _nibbles_asm(words, DT: tl.constexpr):
     return out
 
 
+_SUB_F16 = tl.constexpr("sub.rn.f16x2 $0, $1, $2;")
+_SUB_BF16 = tl.constexpr("sub.rn.bf16x2 $0, $1, $2;")
+
+
+@triton.jit
+def _minus16(w, zo, ASM: tl.constexpr):
+    """w (BN, BK) - zo (BN,) in w's 16-bit dtype, two values an instruction (ASM); exact for whole numbers."""
+    zo = tl.broadcast_to(zo[:, None], w.shape)
+    if not ASM:
+        out = (w - zo).to(w.dtype)
+    elif w.dtype == tl.float16:
+        out = tl.inline_asm_elementwise(_SUB_F16, "=r,r,r", [w, zo], dtype=tl.float16, is_pure=True, pack=2)
+    else:
+        out = tl.inline_asm_elementwise(_SUB_BF16, "=r,r,r", [w, zo], dtype=tl.bfloat16, is_pure=True, pack=2)
+    return out
+
+
 @triton.jit
 def _join8_tree(v0, v1, v2, v3, v4, v5, v6, v7):
     """Eight (BN, BU) tensors -> (BN, BU, 2, 2, 2): tl.join appends the last dimension, so the innermost join picks
@@ -222,11 +239,12 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
            BN: tl.constexpr, BU: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr,
            HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr,
            ASM: tl.constexpr, DEQUANT: tl.constexpr, EVEN: tl.constexpr, FIXUP: tl.constexpr,
-           FENCE: tl.constexpr, TILE: tl.constexpr, PDL: tl.constexpr = False):
+           FENCE: tl.constexpr, TILE: tl.constexpr, PDL: tl.constexpr = False, SUB16: tl.constexpr = False):
     """acc (BN outputs, BM rows) = W_tile x^T on tensor cores; grid (N / BN, M / BM, SPLIT_K).
 
     DEQUANT (or a tile spanning groups): weights are dequantized (fp32 math, rounded to x's dtype) and one
-    accumulator chain runs; else the per-tile correction above. A tile's qparams are loaded one round
+    accumulator chain runs; SUB16 (a tile in one group, zeros whole numbers: rtn, gptq, awq): the zero is
+    subtracted in 16 bits and the scale multiplies the tile's product; else the per-tile correction above. A tile's qparams are loaded one round
     ahead (their latency would otherwise stall every round).
     """
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -249,7 +267,10 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
             t_next = tl.minimum(t + SPLIT_K, K_TILES - 1)  # clamped: the last prefetch is never used
             s_next, z_next = _qparams(scale_ptr, zero_ptr, offs_n, mask_n, n_groups, (t_next * BK) // G, BITS,
                                       HAS_ZERO, EVEN)
-            if DEQUANT:
+            if SUB16:  # whole-number zeros: OFFSET + code - (OFFSET + zero) is exact in 16 bits, scaled after
+                w = _minus16(w, (tl.floor(z + 0.5) + OFFSET).to(xt.dtype), ASM)
+                acc += s[:, None] * tl.dot(w, xt)
+            elif DEQUANT:
                 w = ((w.to(tl.float32) - (z + OFFSET)[:, None]) * s[:, None]).to(xt.dtype)
                 acc = tl.dot(w, xt, acc)
             else:
