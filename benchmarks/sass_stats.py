@@ -112,7 +112,9 @@ def _dequant_int_spec():
 def _dequant_unit(const: dict) -> int:
     """_gemv_unit's unit shape (128 inputs a tile, as int_group_dequantize), ASM kept to unsigned 4-bit codes as
     there; returns a program's weights (the kernel has no loop)."""
-    const["ASM"] = const["ASM"] and const["BITS"] == 4 and not const["SIGNED8"]
+    from lowbit.kernels.triton_int import nibble_asm
+
+    const["ASM"] = const["ASM"] and nibble_asm(const["BITS"], const["SIGNED8"])
     return _gemv_unit(const)
 
 

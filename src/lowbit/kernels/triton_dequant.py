@@ -22,8 +22,8 @@ import triton.language as tl
 
 from lowbit.formats.word_tiles import row_shaped
 from lowbit.kernels.triton_fourbit import _code, _groups, _words
-from lowbit.kernels.triton_int import _block_units, _join8_tree, _qparams, _weight_tile, offset16, unit_shape
-from lowbit.kernels.triton_splitk import interpreting
+from lowbit.kernels.triton_int import (_block_units, _join8_tree, _qparams, _weight_tile, nibble_asm, offset16,
+                                       unit_shape)
 
 BLOCK_OUT = 64  # outputs a program
 BLOCK_IN = 128  # inputs a program (whole units: 3-bit units hold 32)
@@ -82,7 +82,7 @@ def int_group_dequantize(qweight: torch.Tensor, scale: torch.Tensor, zero: torch
     _dequant_int[grid](qweight, scale, zero if zero is not None else scale, w, out_features, cols, wpr,
                        scale.shape[1], group_size, BITS=bits, UC=uc, UW=uw, BU=bu, PER_TILE=per_tile,
                        HAS_ZERO=zero is not None, SIGNED8=signed8, OFFSET=offset16(dtype, bits),
-                       ASM=bits == 4 and not signed8 and not interpreting(), EVEN=even, TILE=tile, **cfg)
+                       ASM=nibble_asm(bits, signed8), EVEN=even, TILE=tile, **cfg)
     return w
 
 

@@ -439,6 +439,12 @@ def offset16(dtype: torch.dtype, bits: int) -> int:
     return 128 if bits < 8 else 0
 
 
+def nibble_asm(bits: int, signed8: bool = False) -> bool:
+    """Whether _weight_tile unpacks with inline PTX (_nibbles_asm): unsigned 4-bit codes, compiled (not under
+    Triton's interpreter)."""
+    return bits == 4 and not signed8 and not interpreting()
+
+
 def tc_config(rows: int, out_features: int, in_features: int, bits: int, one_scale: bool = False) -> dict:
     """Tile shape for _mm_tc / _mm_bytes (H100 sweeps: kernels-h100-sweep2-best.txt, kernels-h100-run5/run6 and
     sweep-h100-kern14-* in benchmarks/results). 4-bit codes above 32 rows take _mm_tc (one product a tile,
@@ -520,7 +526,7 @@ def int_group_matmul(
         _mm_bytes[(*grid, split)](x, qweight.view(torch.uint8), *common, wpr * 4, scale.shape[1], group_size,
                                   x.stride(0), out_features, BK=bu * uc, SCALE_AFTER=scale_after, **flags, **cfg)
     else:
-        cfg["ASM"] = cfg["ASM"] and bits == 4 and not signed8
+        cfg["ASM"] = cfg["ASM"] and nibble_asm(bits, signed8)
         _mm_tc[(*grid, split)](x, qweight, *common, wpr, scale.shape[1], group_size, x.stride(0), out_features,
                                UC=uc, UW=uw, BU=bu, **flags, **cfg)
     return finish(y, part, bias, split, fix)
