@@ -427,10 +427,12 @@ def test_int_kernels_read_tile_order(bits, symmetric):
         assert err < TOL[torch.float16], f"tile order {bits}-bit {kernel} rows={rows} err={err:.2e} seed={seed}"
 
 
-@pytest.mark.parametrize("bits,symmetric", [(4, False), (3, False), (4, True)])
-def test_tc_kernel_subtracts_whole_zeros_in_16_bits(bits, symmetric):
+@pytest.mark.parametrize("bits,symmetric,extra", [(4, False, {}), (3, False, {}), (4, True, {}),
+                                                  (4, False, {"XTMA": True})])
+def test_tc_kernel_subtracts_whole_zeros_in_16_bits(bits, symmetric, extra):
     """_mm_tc with SUB16 (zero subtracted in 16 bits, scale after each tile's product) on whole-number zeros (gptq's,
-    awq's, rtn's integer_zero) matches the layer's fp64 weights at every row count."""
+    awq's, rtn's integer_zero), and with x's tiles fetched through a TMA descriptor (XTMA), matches the layer's
+    fp64 weights at every row count."""
     from lowbit.kernels.triton_int import int_group_matmul, tc_config
 
     seed = fresh_seed()
@@ -440,7 +442,7 @@ def test_tc_kernel_subtracts_whole_zeros_in_16_bits(bits, symmetric):
     ref_w = q.dequantize().double().to(DEVICE)
     for rows, dtype in itertools.product(ROWS_CODEBOOK, DTYPES):
         x = torch.randn(rows, cols, device=DEVICE, dtype=dtype)
-        config = tc_config(rows, out, cols, bits) | {"BYTES": False, "SUB16": True}
+        config = tc_config(rows, out, cols, bits) | {"BYTES": False, "SUB16": True} | extra
         y = int_group_matmul(x, layer.qweight, layer.scale, getattr(layer, "zero", None), layer.bias, bits, group,
                              config=config)
         err = _rel_err(y, x.double() @ ref_w.t() + layer.bias.double())

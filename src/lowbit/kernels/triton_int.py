@@ -239,7 +239,8 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
            BN: tl.constexpr, BU: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr,
            HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr,
            ASM: tl.constexpr, DEQUANT: tl.constexpr, EVEN: tl.constexpr, FIXUP: tl.constexpr,
-           FENCE: tl.constexpr, TILE: tl.constexpr, PDL: tl.constexpr = False, SUB16: tl.constexpr = False):
+           FENCE: tl.constexpr, TILE: tl.constexpr, PDL: tl.constexpr = False, SUB16: tl.constexpr = False,
+           XTMA: tl.constexpr = False, x_desc=None):
     """acc (BN outputs, BM rows) = W_tile x^T on tensor cores; grid (N / BN, M / BM, SPLIT_K).
 
     DEQUANT (or a tile spanning groups): weights are dequantized (fp32 math, rounded to x's dtype) and one
@@ -260,8 +261,11 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
     for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
         t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
         k = t * BK + tl.arange(0, BK)
-        x_mask = mask_m[:, None] if EVEN else mask_m[:, None] & (k < K)[None, :]
-        xt = tl.trans(tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :], mask=x_mask, other=0.0))  # (BK, BM)
+        if XTMA:  # the tensor memory accelerator fetches the tile, zeros outside x
+            xt = tl.trans(x_desc.load([pid_m * BM, t * BK]))
+        else:
+            x_mask = mask_m[:, None] if EVEN else mask_m[:, None] & (k < K)[None, :]
+            xt = tl.trans(tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :], mask=x_mask, other=0.0))  # (BK, BM)
         w = _weight_tile(w_ptr, offs_n, mask_n, wpr, t * BU, xt.dtype, BU, BITS, UC, UW, SIGNED8, ASM, EVEN, TILE)
         if PER_TILE:
             t_next = tl.minimum(t + SPLIT_K, K_TILES - 1)  # clamped: the last prefetch is never used
@@ -527,6 +531,10 @@ def int_group_matmul(
                                   x.stride(0), out_features, BK=bu * uc, SCALE_AFTER=scale_after, **flags, **cfg)
     else:
         cfg["ASM"] = cfg["ASM"] and nibble_asm(bits, signed8)
+        if cfg.get("XTMA"):  # x's tiles through a TMA descriptor (sweeps)
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            cfg["x_desc"] = TensorDescriptor.from_tensor(x, [cfg["BM"], bu * uc])
         _mm_tc[(*grid, split)](x, qweight, *common, wpr, scale.shape[1], group_size, x.stride(0), out_features,
                                UC=uc, UW=uw, BU=bu, **flags, **cfg)
     return finish(y, part, bias, split, fix)
