@@ -6,6 +6,7 @@ handles per round).
     PYTHONPATH=src python benchmarks/sass_stats.py gemv '{"PREFETCH": 2}' '{"STAGES": 3}' '{"BITS": 3}'
     PYTHONPATH=src python benchmarks/sass_stats.py cuda_mma '{}' '{"TILES": 4, "KS": 256}'
     PYTHONPATH=src python benchmarks/sass_stats.py mm_bytes '{"num_stages": 3}' '{"num_stages": 3, "TILE": 16}'
+    PYTHONPATH=src python benchmarks/sass_stats.py mm_tc '{"num_stages": 3}' '{"num_stages": 3, "SUB16": true}'
     PYTHONPATH=src python benchmarks/sass_stats.py attention '{"num_warps": 8}' '{"SPLIT": 4, "CHUNK": 64}'
     PYTHONPATH=src python benchmarks/sass_stats.py dequant_int '{}' '{"BITS": 3}' '{"BITS": 8, "SIGNED8": true}'
     PYTHONPATH=src python benchmarks/sass_stats.py dequant_fourbit '{}' '{"DOUBLE": false}'
@@ -13,8 +14,9 @@ handles per round).
 Each JSON object overrides the kernel's constexprs (num_warps too; gemv derives its unit shape from BITS).
 Uses Triton's bundled ptxas and cuobjdump; 4096 inputs in whole tiles (EVEN), K split in 4, bf16 inputs
 (fourbit: NF4, blocksize 64, double quantization; mm_bytes: the tensor-core kernel for 2-, 4- and 8-bit codes as
-int8 weight-only at 16 rows, TILE 16 for tile order; attention: triton_attention's decode kernel, Llama-3-8B's
-heads over a 256-position cache, per_weight per K or V entry; dequant_int and dequant_fourbit: triton_dequant's
+int8 weight-only at 16 rows, TILE 16 for tile order; mm_tc: _mm_tc's 128-row tile for int4 group 128, K split in
+2; attention: triton_attention's decode kernel, Llama-3-8B's heads over a 256-position cache, per_weight per K or V
+entry; dequant_int and dequant_fourbit: triton_dequant's
 kernels, int4 group 128 and NF4 as above, one 64 x 128 tile a program, no loop, so per_weight is 0).
 cuda_mma compiles kernels/cuda_mma.cu (4096 x 14336, 1 row, bf16, group 128 unless overridden) with the
 NVRTC of the `nvidia-cuda-nvrtc` wheel (pip install nvidia-cuda-nvrtc==13.0.88; PTX lowered to 8.7 for
@@ -88,6 +90,18 @@ def _mm_bytes_spec():
     return _mm_bytes, names, types, const, lambda c: c["BN"] * c["BK"]
 
 
+def _mm_tc_spec():
+    from lowbit.kernels.triton_int import _mm_tc
+
+    names = ["x_ptr", "w_ptr", "scale_ptr", "zero_ptr", "bias_ptr", "y_ptr", "part_ptr", "count_ptr", "M", "N", "K",
+             "wpr", "n_groups", "G", "stride_x", "stride_y"]
+    types = [POINTER, "*i32", "*fp16", "*fp16", POINTER, POINTER, "*fp32", "*i32"] + ["i32"] * 8
+    const = {"K_TILES": 32, "BITS": 4, "UC": 8, "UW": 1, "BM": 128, "BN": 64, "BU": 16, "SPLIT_K": 2,  # int4, 128 rows
+             "PER_TILE": True, "HAS_ZERO": True, "HAS_BIAS": False, "SIGNED8": False, "OFFSET": 128, "ASM": True,
+             "DEQUANT": True, "EVEN": True, "FIXUP": True, "FENCE": True, "TILE": 0}
+    return _mm_tc, names, types, const, lambda c: c["BN"] * c["BU"] * c["UC"]
+
+
 def _attention_spec():
     from lowbit.kernels.triton_attention import _decode_attention
 
@@ -127,7 +141,8 @@ def _dequant_fourbit_spec():
     return _dequant_fourbit, names, types, const, lambda c: c["BN"] * c["NBLK"] * c["WPB"] * 8
 
 
-KERNELS = {"gemv": _gemv_spec, "fourbit": _fourbit_spec, "mm_bytes": _mm_bytes_spec, "attention": _attention_spec,
+KERNELS = {"gemv": _gemv_spec, "fourbit": _fourbit_spec, "mm_bytes": _mm_bytes_spec, "mm_tc": _mm_tc_spec,
+           "attention": _attention_spec,
            "dequant_int": _dequant_int_spec, "dequant_fourbit": _dequant_fourbit_spec}
 
 
