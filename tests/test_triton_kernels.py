@@ -177,8 +177,8 @@ def test_dequant_kernels_build_for_sm90_without_spills():
         assert stats["stack"] == 0, stats
 
 
-@pytest.mark.parametrize("op,bits,min_rows", [("int_group_linear", 4, 512), ("int_group_linear", 3, 256),
-                                              ("int_group_linear", 2, 256), ("int8_weight_linear", 8, 512),
+@pytest.mark.parametrize("op,bits,min_rows", [("int_group_linear", 4, 257), ("int_group_linear", 3, 256),
+                                              ("int_group_linear", 2, 256), ("int8_weight_linear", 8, 257),
                                               ("fourbit_linear", 4, 256)])
 def test_auto_takes_dequant_cublas_from_its_rows(op, bits, min_rows):
     """Auto's dequant_cublas rule (select._dequant_unsuited): the tensor-core kernel below min_rows, dequant_cublas
@@ -447,6 +447,27 @@ def test_tc_kernel_subtracts_whole_zeros_in_16_bits(bits, symmetric, extra):
                              config=config)
         err = _rel_err(y, x.double() @ ref_w.t() + layer.bias.double())
         assert err < TOL[dtype], f"{bits}-bit rows={rows} {dtype} err={err:.2e} seed={seed}"
+
+
+@pytest.mark.parametrize("bits", [4, 3])
+def test_tc_kernel_reads_x_through_tma_where_aligned(bits):
+    """Auto's tile from 65 rows (int4: to 128) fetches x through a TMA descriptor (XTMA); an x that starts off a
+    16-byte boundary takes the pointer loads instead. Both match the layer's fp64 weights."""
+    from lowbit.kernels.triton_int import int_group_matmul, tc_config, tma_aligned
+
+    seed = fresh_seed()
+    out, cols, rows = (336, 2048, 96) if CUDA else (48, 512, 96)
+    assert tc_config(rows, out, cols, bits)["XTMA"] and not tc_config(64, out, cols, bits).get("XTMA")
+    q = rtn_quantize(torch.randn(out, cols), bits, 128, False)
+    layer = IntLinear.from_weights(q, torch.randn(out)).to(DEVICE)
+    ref_w = q.dequantize().double().to(DEVICE)
+    for dtype in DTYPES:
+        storage = torch.randn(rows * cols + 1, device=DEVICE, dtype=dtype)
+        for x in (storage[:-1].view(rows, cols), storage[1:].view(rows, cols)):
+            y = int_group_matmul(x, layer.qweight, layer.scale, layer.zero, layer.bias, bits, 128)
+            err = _rel_err(y, x.double() @ ref_w.t() + layer.bias.double())
+            assert err < TOL[dtype], f"{bits}-bit aligned={tma_aligned(x)} {dtype} err={err:.2e} seed={seed}"
+    assert not tma_aligned(storage[1:].view(rows, cols))
 
 
 def test_int8_weight_only_kernels_read_tile_order():

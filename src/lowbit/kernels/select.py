@@ -204,7 +204,7 @@ def _cuda_mma_int8(ctx: CallContext) -> str | None:
 
 
 # dequant_cublas (triton_dequant: the layer dequantized by one Triton kernel into a 16-bit buffer, then cuBLAS)
-DEQUANT_MIN_ROWS = {2: 256, 3: 256, 4: 512, 8: 512}  # the integer codes by bit width (int8 weight-only: 8)
+DEQUANT_MIN_ROWS = {2: 256, 3: 256, 4: 257, 8: 257}  # the integer codes by bit width (int8 weight-only: 8)
 DEQUANT_MIN_ROWS_FOURBIT = 256  # NF4/FP4
 DEQUANT_MAX_WEIGHTS = 2**27  # a larger layer's 16-bit buffer (over 256 MiB) stays off where a kernel needs none
 
@@ -213,10 +213,13 @@ def _dequant_unsuited(min_rows: int, tc_max_rows: int, ctx: CallContext) -> str 
     """dequant_cublas from `min_rows` rows, for layers of up to DEQUANT_MAX_WEIGHTS weights while the tensor-core
     kernel (up to `tc_max_rows`) can run instead. On an H100, x bf16, through the kernels by name, against the
     tensor-core kernel on the five Llama-3-8B shapes (4096x4096 / 4096x1024 / 4096x14336 / 14336x4096 / 4096x128256,
-    kern33 runs 1-3): int4 at 512 rows 0.64 / 0.68 / 0.60 / 0.61 / 0.55 against 0.52 / 0.46 / 0.47 / 0.52 / 0.51, at
-    2048 rows 0.77-0.88 against 0.38-0.57, at 256 rows 0.42-0.71 against 0.55-0.69 (faster only on 4096x1024); int3,
-    int2 and int8 weight-only at 512 rows 0.56-0.72 against 0.37-0.60, and int3 and int2 already at 256 rows on the four
-shapes under the cap (0.50-0.75 against 0.42-0.57). NF4 from 256 rows: 0.44-0.63 against
+    kern33 runs 1-3, kern34 run 1): int4 at 512 rows 0.64 / 0.68 / 0.60 / 0.61 / 0.55 against 0.52 / 0.46 / 0.47 /
+    0.52 / 0.51, at 2048 rows 0.77-0.88 against 0.38-0.57, at 256 rows 0.42-0.71 against 0.55-0.69 (faster only on
+    4096x1024), and from 257: at 320 / 384 / 448 rows on the four shapes under the cap 0.52-0.69 / 0.57-0.67 /
+    0.61-0.71 against 0.38-0.43 / 0.40-0.56 / 0.48-0.60 (the tensor-core kernel's third 128-row tile costs it a step);
+    int8 weight-only there 0.49-0.69 / 0.54-0.67 / 0.58-0.66 against 0.44-0.47 / 0.43-0.64 / 0.51-0.67 (ahead on 9 of
+    12, behind by up to 0.04 on 3; at 512 rows 0.58-0.69 against 0.48-0.60); int3 and int2 at 512 rows 0.56-0.72 against 0.37-0.45, already at 256 rows on the
+    four shapes (0.50-0.75 against 0.42-0.57). NF4 from 256 rows: 0.44-0.63 against
     0.32-0.44, at 512 / 1024 rows 0.56-0.62 / 0.70-0.77 against 0.29-0.35 / 0.29-0.35, and at 2048 0.78-0.88 against
     the reference path's 0.21-0.25 (at 128 rows 0.40-0.61 against 0.35-0.57). The cap keeps 4096x128256 (525M
     weights, a 1 GiB buffer) on the tensor-core kernel: int4 7% slower at 512 rows, NF4 half as fast (0.30 against

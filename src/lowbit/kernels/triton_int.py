@@ -470,20 +470,35 @@ def tc_config(rows: int, out_features: int, in_features: int, bits: int, one_sca
     if bits == 8:  # kern14 run 2: BN 64 at least as fast as BN 128 on every shape; BM 64 where outputs are few
         bm = 64 if out_features < 32 * 64 else 128
         return {"BM": bm, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 1, "DEQUANT": True}
+    # 3-bit codes fetch x through TMA (XTMA; kern34 run 4, 4096x4096 / 4096x1024 / 14336x4096 / 4096x14336: at 128
+    # rows 0.46-0.47 / 0.59-0.60 / 0.62-0.63 / 0.58-0.59x bf16 against 0.45 / 0.58 / 0.58-0.59 / 0.56-0.57, at 256 rows
+    # 0.39 / 0.55-0.56 / 0.40 / 0.33 against 0.37-0.38 / 0.55-0.56 / 0.37-0.38 / 0.32); 2-bit codes take _mm_bytes
     if out_features >= 4096:  # 128 rows: 0.59-0.74x bf16 vs 0.56-0.74x with (BN 64, 4 warps), runs 5 and 6
-        return {"BM": 128, "BN": 128, "BK": 128, "num_warps": 8, "num_stages": 3, "waves": 1, "DEQUANT": True}
-    return {"BM": 128, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 1, "DEQUANT": True}
+        return {"BM": 128, "BN": 128, "BK": 128, "num_warps": 8, "num_stages": 3, "waves": 1, "DEQUANT": True,
+                "XTMA": bits == 3}
+    return {"BM": 128, "BN": 64, "BK": 128, "num_warps": 4, "num_stages": 3, "waves": 1, "DEQUANT": True,
+            "XTMA": bits == 3}
 
 
 def _tc_dequant_tile(rows: int, out_features: int, in_features: int) -> dict:
     """4-bit, 33+ rows (kern14 runs 1-2): 128-output tiles of 8 warps where the weight is large (64 rows: where
     outputs are few enough that K is split anyway), else 64 outputs of 4 warps; 64-row tiles where fewer than 32
-    output tiles would leave K split many ways."""
+    output tiles would leave K split many ways. From 65 to 128 rows x's tiles come through TMA (XTMA; kern34 runs 2
+    and 4, x bf16 on 4096x4096 / 4096x1024 / 4096x14336 / 14336x4096 / 4096x128256 at 128 rows: 0.85 / 0.77 / 1.00 /
+    1.05-1.06 / 1.02 against 0.75 / 0.75 / 1.00 / 0.98-1.00 / 0.99-1.03; at 96 rows on 4096x4096 / 4096x1024 /
+    14336x4096 0.84-0.85 / 0.78-0.79 / 1.03 against 0.72 / 0.77 / 0.93-0.95); not at 64 rows (0.85-0.86 against 0.89
+    on 4096x4096, 1.11-1.12 against 1.21-1.22 on 4096x14336) nor above 128 (slower on 14336x4096 at 192 rows, on
+    those three shapes at 384)."""
     large = in_features * out_features >= (4096 * 14336 if rows > 64 else 4096 * 4096)
     bn = 128 if large and (rows > 64 or out_features < 8192) else 64
     bm = 64 if rows <= 64 or out_features < 32 * bn else 128
     return {"BM": bm, "BN": bn, "BK": 128, "num_warps": bn // 16, "num_stages": 3, "waves": 1, "DEQUANT": True,
-            "BYTES": False}
+            "BYTES": False, "XTMA": 64 < rows <= 128}
+
+
+def tma_aligned(x: torch.Tensor) -> bool:
+    """Whether a TMA descriptor can address x (rows, in): 16-byte aligned start and row stride."""
+    return x.data_ptr() % 16 == 0 and x.stride(0) * x.element_size() % 16 == 0
 
 
 def _block_units(target_k: int, group_size: int, in_features: int, codes: int) -> tuple[int, bool]:
@@ -525,16 +540,17 @@ def int_group_matmul(
     cfg.setdefault("ASM", not interpreting())
     if cfg.pop("PDL", False) and not interpreting() and nvrtc.programmatic(x.device.index):
         cfg |= {"PDL": True, "launch_pdl": True}
+    xtma = cfg.pop("XTMA", False) and tma_aligned(x)
     if cfg.pop("BYTES", bits in (2, 4, 8)):
         scale_after = cfg.pop("SCALE_AFTER", one_scale and cfg["DEQUANT"])
         _mm_bytes[(*grid, split)](x, qweight.view(torch.uint8), *common, wpr * 4, scale.shape[1], group_size,
                                   x.stride(0), out_features, BK=bu * uc, SCALE_AFTER=scale_after, **flags, **cfg)
     else:
         cfg["ASM"] = cfg["ASM"] and nibble_asm(bits, signed8)
-        if cfg.get("XTMA"):  # x's tiles through a TMA descriptor (sweeps)
+        if xtma:
             from triton.tools.tensor_descriptor import TensorDescriptor
 
-            cfg["x_desc"] = TensorDescriptor.from_tensor(x, [cfg["BM"], bu * uc])
+            cfg |= {"XTMA": True, "x_desc": TensorDescriptor.from_tensor(x, [cfg["BM"], bu * uc])}
         _mm_tc[(*grid, split)](x, qweight, *common, wpr, scale.shape[1], group_size, x.stride(0), out_features,
                                UC=uc, UW=uw, BU=bu, **flags, **cfg)
     return finish(y, part, bias, split, fix)
