@@ -31,7 +31,7 @@ from lowbit.kernels.reference import int_group_linear
 from lowbit.kernels.triton_fourbit import fourbit_matmul
 from lowbit.kernels.triton_dequant import dequant_matmul
 from lowbit.kernels.triton_gemv import int_group_gemv
-from lowbit.kernels.triton_int import int_group_matmul
+from lowbit.kernels.triton_int import int_group_matmul, tc_config
 
 SHAPES = ["4096x14336", "14336x4096", "4096x4096", "4096x1024"]
 
@@ -228,8 +228,12 @@ def main(argv=None) -> int:
     p.add_argument("--int-zeros", action="store_true", help="whole-number zeros (SUB16 needs them)")
     p.add_argument("--cell-budget", type=float, default=40.0, help="seconds per cell")
     p.add_argument("--configs", type=json.loads, help="a JSON list of configurations to time instead of the space")
+    p.add_argument("--auto-vs", type=json.loads, help="a JSON object: time each cell's tuned tile (tc_config) and the "
+                   "same with these keys changed, in turn, twice each (--path tc)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    if args.auto_vs is not None and (args.path != "tc" or args.nf4):
+        p.error("--auto-vs times the integer tensor-core kernel's tuned tile (--path tc)")
     if (args.nf4 and args.path == "mv") or (args.aqlm and args.path != "mma"):
         p.error("--nf4 sweeps cuda_mma (--path mma) or _fourbit_tc (--path tc), --aqlm the CUDA kernel (--path mma)")
     fmt = format_label(args.bits, args.signed8, args.nf4, args.aqlm)
@@ -240,7 +244,11 @@ def main(argv=None) -> int:
     records = []
     for shape, rows in itertools.product(args.shapes, args.rows):
         cols, out = map(int, shape.split("x"))
-        cell = sweep_cell(cols, out, rows, fmt, dev, args.cell_budget, args.path, args.configs, args.int_zeros)
+        configs = args.configs
+        if args.auto_vs is not None:
+            auto = tc_config(rows, out, cols, 8 if args.signed8 else args.bits, args.signed8)
+            configs = [auto, auto | args.auto_vs] * 2
+        cell = sweep_cell(cols, out, rows, fmt, dev, args.cell_budget, args.path, configs, args.int_zeros)
         records += cell
         for r in cell:
             print(json.dumps(r), flush=True)
