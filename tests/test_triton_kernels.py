@@ -449,22 +449,25 @@ def test_tc_kernel_subtracts_whole_zeros_in_16_bits(bits, symmetric, extra):
         assert err < TOL[dtype], f"{bits}-bit rows={rows} {dtype} err={err:.2e} seed={seed}"
 
 
-@pytest.mark.parametrize("bits", [4, 3])
+@pytest.mark.parametrize("bits", [4, 3, 2, 8])
 def test_tc_kernel_reads_x_through_tma_where_aligned(bits):
-    """Auto's tile from 65 rows (int4: to 128) fetches x through a TMA descriptor (XTMA); an x that starts off a
-    16-byte boundary takes the pointer loads instead. Both match the layer's fp64 weights."""
+    """Auto's tile from 65 rows (int4: to 128; int3) fetches x through a TMA descriptor (XTMA), and so does the byte
+    kernel (2 and 8 bits) when told; an x that starts off a 16-byte boundary takes the pointer loads instead. Both
+    match the layer's fp64 weights."""
     from lowbit.kernels.triton_int import int_group_matmul, tc_config, tma_aligned
 
     seed = fresh_seed()
     out, cols, rows = (336, 2048, 96) if CUDA else (48, 512, 96)
-    assert tc_config(rows, out, cols, bits)["XTMA"] and not tc_config(64, out, cols, bits).get("XTMA")
+    config = tc_config(rows, out, cols, bits) | {"XTMA": True}
+    if bits in (3, 4):  # auto's own choice
+        assert tc_config(rows, out, cols, bits)["XTMA"] and not tc_config(64, out, cols, bits).get("XTMA")
     q = rtn_quantize(torch.randn(out, cols), bits, 128, False)
     layer = IntLinear.from_weights(q, torch.randn(out)).to(DEVICE)
     ref_w = q.dequantize().double().to(DEVICE)
     for dtype in DTYPES:
         storage = torch.randn(rows * cols + 1, device=DEVICE, dtype=dtype)
         for x in (storage[:-1].view(rows, cols), storage[1:].view(rows, cols)):
-            y = int_group_matmul(x, layer.qweight, layer.scale, layer.zero, layer.bias, bits, 128)
+            y = int_group_matmul(x, layer.qweight, layer.scale, layer.zero, layer.bias, bits, 128, config=config)
             err = _rel_err(y, x.double() @ ref_w.t() + layer.bias.double())
             assert err < TOL[dtype], f"{bits}-bit aligned={tma_aligned(x)} {dtype} err={err:.2e} seed={seed}"
     assert not tma_aligned(storage[1:].view(rows, cols))

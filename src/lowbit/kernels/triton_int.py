@@ -233,6 +233,20 @@ def _qparams(scale_ptr, zero_ptr, offs, mask, n_groups, g, BITS: tl.constexpr, H
 
 
 @triton.jit
+def _x_tile(x_ptr, x_desc, m0, offs_m, mask_m, t, K, stride_x, BK: tl.constexpr, EVEN: tl.constexpr,
+            XTMA: tl.constexpr):
+    """x's tile of rows offs_m (from m0) and K tile t, zeros outside x: through the tensor memory accelerator (XTMA,
+    a descriptor of x's (BM, BK) blocks) or the threads' own loads."""
+    if XTMA:
+        xr = x_desc.load([m0, t * BK])
+    else:
+        k = t * BK + tl.arange(0, BK)
+        x_mask = mask_m[:, None] if EVEN else mask_m[:, None] & (k < K)[None, :]
+        xr = tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :], mask=x_mask, other=0.0)
+    return xr
+
+
+@triton.jit
 def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_ptr, M, N, K, wpr, n_groups, G,
            stride_x, stride_y,
            K_TILES: tl.constexpr, BITS: tl.constexpr, UC: tl.constexpr, UW: tl.constexpr, BM: tl.constexpr,
@@ -261,11 +275,7 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
     for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
         t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
         k = t * BK + tl.arange(0, BK)
-        if XTMA:  # the tensor memory accelerator fetches the tile, zeros outside x
-            xt = tl.trans(x_desc.load([pid_m * BM, t * BK]))
-        else:
-            x_mask = mask_m[:, None] if EVEN else mask_m[:, None] & (k < K)[None, :]
-            xt = tl.trans(tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :], mask=x_mask, other=0.0))  # (BK, BM)
+        xt = tl.trans(_x_tile(x_ptr, x_desc, pid_m * BM, offs_m, mask_m, t, K, stride_x, BK, EVEN, XTMA))  # (BK, BM)
         w = _weight_tile(w_ptr, offs_n, mask_n, wpr, t * BU, xt.dtype, BU, BITS, UC, UW, SIGNED8, ASM, EVEN, TILE)
         if PER_TILE:
             t_next = tl.minimum(t + SPLIT_K, K_TILES - 1)  # clamped: the last prefetch is never used
@@ -351,7 +361,8 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, coun
               BK: tl.constexpr, SPLIT_K: tl.constexpr, PER_TILE: tl.constexpr, HAS_ZERO: tl.constexpr,
               HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr, DEQUANT: tl.constexpr,
               EVEN: tl.constexpr, FIXUP: tl.constexpr, FENCE: tl.constexpr, ASM: tl.constexpr,
-              SCALE_AFTER: tl.constexpr, TILE: tl.constexpr, PDL: tl.constexpr = False):
+              SCALE_AFTER: tl.constexpr, TILE: tl.constexpr, PDL: tl.constexpr = False, XTMA: tl.constexpr = False,
+              x_desc=None):
     """_mm_tc for 2, 4 and 8 bits, reading qweight as bytes of CPB = 8 / BITS codes: one product per code
     position j of a byte, (BN, BK / CPB) codes x the inputs j, j + CPB, ... Every step from the loaded bytes
     to the product's operand is elementwise, so Triton converts in registers, in the product's layout.
@@ -370,9 +381,7 @@ def _mm_bytes(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, coun
     s, z = _qparams(scale_ptr, zero_ptr, offs_n, mask_n, n_groups, (pid_k * BK) // G, BITS, HAS_ZERO, EVEN)
     for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
         t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
-        k = t * BK + tl.arange(0, BK)
-        xr = tl.load(x_ptr + offs_m[:, None] * stride_x + k[None, :],
-                     mask=mask_m[:, None] if EVEN else mask_m[:, None] & (k < K)[None, :], other=0.0)  # (BM, BK)
+        xr = _x_tile(x_ptr, x_desc, pid_m * BM, offs_m, mask_m, t, K, stride_x, BK, EVEN, XTMA)  # (BM, BK)
         kb = t * BKB + tl.arange(0, BKB)
         if TILE:  # tile order in bytes: chunks of 4 TILE bytes (one div and mod, so loads stay vectorized)
             b_ptrs = w_ptr + 4 * _tile_rows(offs_n, row_bytes // 4, TILE)[:, None] + _tile_cols(kb, 4 * TILE)[None, :]
@@ -540,17 +549,16 @@ def int_group_matmul(
     cfg.setdefault("ASM", not interpreting())
     if cfg.pop("PDL", False) and not interpreting() and nvrtc.programmatic(x.device.index):
         cfg |= {"PDL": True, "launch_pdl": True}
-    xtma = cfg.pop("XTMA", False) and tma_aligned(x)
+    if cfg.pop("XTMA", False) and tma_aligned(x):  # x's tiles through a TMA descriptor
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        cfg |= {"XTMA": True, "x_desc": TensorDescriptor.from_tensor(x, [cfg["BM"], bu * uc])}
     if cfg.pop("BYTES", bits in (2, 4, 8)):
         scale_after = cfg.pop("SCALE_AFTER", one_scale and cfg["DEQUANT"])
         _mm_bytes[(*grid, split)](x, qweight.view(torch.uint8), *common, wpr * 4, scale.shape[1], group_size,
                                   x.stride(0), out_features, BK=bu * uc, SCALE_AFTER=scale_after, **flags, **cfg)
     else:
         cfg["ASM"] = cfg["ASM"] and nibble_asm(bits, signed8)
-        if xtma:
-            from triton.tools.tensor_descriptor import TensorDescriptor
-
-            cfg |= {"XTMA": True, "x_desc": TensorDescriptor.from_tensor(x, [cfg["BM"], bu * uc])}
         _mm_tc[(*grid, split)](x, qweight, *common, wpr, scale.shape[1], group_size, x.stride(0), out_features,
                                UC=uc, UW=uw, BU=bu, **flags, **cfg)
     return finish(y, part, bias, split, fix)
