@@ -5,10 +5,10 @@
 For each (shape, rows) cell it times bf16 cuBLAS, torch's int4 kernel and every candidate configuration
 of `_mm_tc` (--path tc), of the matrix-vector `_gemv` (--path mv; --bits 8 --signed8 is the int8
 weight-only layout), of the CUDA tensor-core kernels (--path mma: cuda_mma; --nf4 its NF4 path; --aqlm
-2x8|1x16 cuda_aqlm) or of the dequantization kernel ahead of cuBLAS (--path dq) side by side (benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that
-overflow L2, do_bench median), checks each configuration once against an fp32 reference, and prints the best per
-cell. The tuned table in
-kernels/triton_int.py (tc_config) comes from its output.
+2x8|1x16 cuda_aqlm) or of the dequantization kernel ahead of cuBLAS (--path dq) side by side
+(benchmarks/kernel_bench.py's timing: CUDA graph over weight copies that overflow L2, do_bench median), checks each
+configuration once against an fp32 reference, and prints the best per cell. The tuned table in kernels/triton_int.py
+(tc_config) comes from its output.
 """
 
 from __future__ import annotations

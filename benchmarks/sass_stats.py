@@ -16,8 +16,8 @@ Uses Triton's bundled ptxas and cuobjdump; 4096 inputs in whole tiles (EVEN), K 
 (fourbit: NF4, blocksize 64, double quantization; mm_bytes: the tensor-core kernel for 2-, 4- and 8-bit codes as
 int8 weight-only at 16 rows, TILE 16 for tile order; mm_tc: _mm_tc's 128-row tile for int4 group 128, K split in
 2; attention: triton_attention's decode kernel, Llama-3-8B's heads over a 256-position cache, per_weight per K or V
-entry; dequant_int and dequant_fourbit: triton_dequant's
-kernels, int4 group 128 and NF4 as above, one 64 x 128 tile a program, no loop, so per_weight is 0).
+entry; dequant_int and dequant_fourbit: triton_dequant's kernels, int4 group 128 and NF4 as above, one 64 x 128 tile
+a program, no loop, so per_weight is 0).
 cuda_mma compiles kernels/cuda_mma.cu (4096 x 14336, 1 row, bf16, group 128 unless overridden) with the
 NVRTC of the `nvidia-cuda-nvrtc` wheel (pip install nvidia-cuda-nvrtc==13.0.88; PTX lowered to 8.7 for
 Triton's ptxas); it has no K loop, so per_weight counts the whole kernel over the weights a thread reads.
@@ -142,8 +142,7 @@ def _dequant_fourbit_spec():
 
 
 KERNELS = {"gemv": _gemv_spec, "fourbit": _fourbit_spec, "mm_bytes": _mm_bytes_spec, "mm_tc": _mm_tc_spec,
-           "attention": _attention_spec,
-           "dequant_int": _dequant_int_spec, "dequant_fourbit": _dequant_fourbit_spec}
+           "attention": _attention_spec, "dequant_int": _dequant_int_spec, "dequant_fourbit": _dequant_fourbit_spec}
 
 
 def _loop_body(sass: str) -> list[str]:

@@ -259,8 +259,8 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
 
     DEQUANT (or a tile spanning groups): weights are dequantized (fp32 math, rounded to x's dtype) and one
     accumulator chain runs; SUB16 (a tile in one group, zeros whole numbers: rtn, gptq, awq): the zero is
-    subtracted in 16 bits and the scale multiplies the tile's product; else the per-tile correction above. A tile's qparams are loaded one round
-    ahead (their latency would otherwise stall every round).
+    subtracted in 16 bits and the scale multiplies the tile's product; else the per-tile correction above. A tile's
+    qparams are loaded one round ahead (their latency would otherwise stall every round).
     """
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if PDL:  # programmatic dependent launch: read nothing before the kernel ahead has finished
@@ -274,7 +274,6 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
     s, z = _qparams(scale_ptr, zero_ptr, offs_n, mask_n, n_groups, (pid_k * BK) // G, BITS, HAS_ZERO, EVEN)
     for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
         t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
-        k = t * BK + tl.arange(0, BK)
         xt = tl.trans(_x_tile(x_ptr, x_desc, pid_m * BM, offs_m, mask_m, t, K, stride_x, BK, EVEN, XTMA))  # (BK, BM)
         w = _weight_tile(w_ptr, offs_n, mask_n, wpr, t * BU, xt.dtype, BU, BITS, UC, UW, SIGNED8, ASM, EVEN, TILE)
         if PER_TILE:
@@ -293,6 +292,7 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
                 acc += s[:, None] * (part - (z + OFFSET)[:, None] * xs)
             s, z = s_next, z_next
         else:
+            k = t * BK + tl.arange(0, BK)
             msk = mask_n[:, None] & (k < K)[None, :]
             sk, zk = _qparams(scale_ptr, zero_ptr, offs_n[:, None], msk, n_groups, (k // G)[None, :], BITS,
                               HAS_ZERO)
