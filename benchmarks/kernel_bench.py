@@ -81,14 +81,15 @@ def _candidate_call(op, ctx, preference, weights):
     return (lambda x, i: cand.fn(x, packed[i], None)), cand.name
 
 
-def int_group_weights(cols, out, bits, dev) -> tuple[tuple, int]:
-    """Random codes and qparams in the group-wise format (group 128, asymmetric): ((qweight, scale, zero),
-    packed bytes)."""
+def int_group_weights(cols, out, bits, dev, whole_zeros=False) -> tuple[tuple, int]:
+    """Random codes and qparams in the group-wise format (group 128, asymmetric; fractional zeros as rtn's default
+    and hqq's, or whole numbers as gptq's and awq's): ((qweight, scale, zero), packed bytes)."""
     layout = IntGroupLayout(out, cols, bits, 128, symmetric=False)
     codes = torch.randint(0, 2**bits, (out, cols), dtype=torch.uint8, device=dev)  # (out, in)
     qweight = pack_bits(codes, bits)  # (out, words)
     scale = (torch.rand(out, layout.n_groups, device=dev) * 0.02 + 0.001).half()  # (out, n_groups)
     zero = (torch.rand(out, layout.n_groups, device=dev) * (2**bits - 1)).half()
+    zero = zero.round() if whole_zeros else zero
     return (qweight, scale, zero), layout.nbytes()
 
 
@@ -97,11 +98,12 @@ def weight_copies(args: tuple, nbytes: int) -> list[tuple]:
     return [tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args) for _ in range(_copies(nbytes))]
 
 
-def _int_group_variant(cols, out, bits, rows, dev, preference="auto", gemv_config=None, order="layer"):
+def _int_group_variant(cols, out, bits, rows, dev, preference="auto", gemv_config=None, order="layer",
+                       whole_zeros=False):
     """int_group_weights through the selector, or straight to the matrix-vector kernel with `gemv_config`
     (launch settings other than its defaults); the words in the order a CUDA layer holds them (order "layer":
     int_linear.cuda_tile_chunk) or in row order ("rows")."""
-    (qweight, scale, zero), nbytes = int_group_weights(cols, out, bits, dev)
+    (qweight, scale, zero), nbytes = int_group_weights(cols, out, bits, dev, whole_zeros)
     chunk = int_linear.cuda_tile_chunk(IntGroupLayout(out, cols, bits, 128, False)) if order == "layer" else 0
     ws = weight_copies((to_tiles(qweight, chunk) if chunk else qweight, scale, zero, bits, 128), nbytes)
     if gemv_config is not None:
@@ -250,6 +252,7 @@ def _int_variants(cols, out, rows, dev):
     yield "bf16", lambda: _bf16_variant(cols, out, dev)
     yield "torch_int4_g128", lambda: _torch_int4_variant(cols, out, dev)
     yield "int4_g128", lambda: _int_group_variant(cols, out, 4, rows, dev)
+    yield "int4_g128_wz", lambda: _int_group_variant(cols, out, 4, rows, dev, whole_zeros=True)  # gptq's, awq's zeros
     yield "int4_g128_mma", lambda: _int_group_variant(cols, out, 4, rows, dev, "cuda_mma")  # cuda_mma by name
     yield "int4_g128_triton", lambda: _int_group_variant(cols, out, 4, rows, dev, "triton")  # the Triton kernels
     yield "int4_g128_rows", lambda: _int_group_variant(cols, out, 4, rows, dev, order="rows")  # auto, row order
@@ -261,6 +264,7 @@ def _int_variants(cols, out, rows, dev):
         yield "int4_g128_pf2", lambda: _int_group_variant(cols, out, 4, rows, dev, gemv_config=TWO_TILES_AHEAD)
         yield "int8_weight_only_pf2", lambda: _int8_variant(cols, out, rows, dev, gemv_config=TWO_TILES_AHEAD)
     yield "int3_g128", lambda: _int_group_variant(cols, out, 3, rows, dev)
+    yield "int3_g128_wz", lambda: _int_group_variant(cols, out, 3, rows, dev, whole_zeros=True)
     yield "int3_g128_mma", lambda: _int_group_variant(cols, out, 3, rows, dev, "cuda_mma")  # PLAN3, by name
     yield "int3_g128_triton", lambda: _int_group_variant(cols, out, 3, rows, dev, "triton")  # the Triton kernels
     yield "int3_g128_rows", lambda: _int_group_variant(cols, out, 3, rows, dev, order="rows")

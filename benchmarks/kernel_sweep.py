@@ -158,9 +158,8 @@ def _problem(x, cols, out, fmt, dev, path, int_zeros=False):
         return args, nbytes, ref, lambda x, w, cfg: fourbit_mma(x, *w, None, config=cfg)
     signed8 = fmt == "int8wo"
     bits = 8 if signed8 else fmt
-    weights = _int8_weights(cols, out, dev) if signed8 else int_group_weights(cols, out, bits, dev)
+    weights = _int8_weights(cols, out, dev) if signed8 else int_group_weights(cols, out, bits, dev, int_zeros)
     (qweight, scale, zero), nbytes = weights
-    zero = zero.round() if int_zeros and zero is not None else zero
     group = cols if signed8 else 128
     if signed8:
         ref = x.float() @ (qweight.view(torch.int8).float() * scale.float()).t()  # (rows, out) fp32
@@ -225,7 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--path", choices=["tc", "mv", "mma", "dq"], default="tc")
     p.add_argument("--nf4", action="store_true", help="NF4, double-quantized absmax in blocks of 64 (--path mma or tc)")
     p.add_argument("--aqlm", choices=["2x8", "1x16"], help="AQLM on the CUDA AQLM kernel (--path mma)")
-    p.add_argument("--int-zeros", action="store_true", help="whole-number zeros (SUB16 needs them)")
+    p.add_argument("--int-zeros", action="store_true", help="whole-number zeros (SUB16 and W16 need them)")
     p.add_argument("--cell-budget", type=float, default=40.0, help="seconds per cell")
     p.add_argument("--configs", type=json.loads, help="a JSON list of configurations to time instead of the space")
     p.add_argument("--auto-vs", type=json.loads, help="a JSON object: time each cell's tuned tile (tc_config) and the "

@@ -55,3 +55,25 @@ def lop3(a: int, b: int, c: int, lut: int) -> int:
         idx = ((a >> i) & 1) << 2 | ((b >> i) & 1) << 1 | ((c >> i) & 1)
         d |= ((lut >> idx) & 1) << i
     return d
+
+
+def round16(v: float, bf16: bool) -> int:
+    """The 16-bit pattern of v rounded once to bf16 or fp16, to nearest even (normal range, no overflow)."""
+    if bf16:
+        if v == 0.0:
+            return 0x8000 if np.signbit(v) else 0
+        m, e = np.frexp(v)  # v = m 2^e, 0.5 <= |m| < 1: bf16 keeps 8 significant bits
+        f32 = np.float32(np.round(m * 256.0) / 256.0 * 2.0**e)  # np.round: halves to even
+        return int(np.array([f32]).view(np.uint32)[0]) >> 16
+    return int(np.array([v], dtype=np.float16).view(np.uint16)[0])  # numpy rounds float64 -> fp16 once
+
+
+def fma_x2(a: int, b: int, c: int, bf16: bool) -> int:
+    """fma.rn.{bf16x2, f16x2}: each half a * b + c, exact in float64 for these operands, rounded once."""
+    out = [round16(x * y + z, bf16) for x, y, z in zip(halves(a, bf16), halves(b, bf16), halves(c, bf16))]
+    return out[0] | out[1] << 16
+
+
+def mul_x2(a: int, b: int, bf16: bool) -> int:
+    """mul.rn.{bf16x2, f16x2}: each half a * b rounded once."""
+    return fma_x2(a, b, 0x80008000, bf16)

@@ -46,3 +46,20 @@ def test_inference_tensors_are_never_settled():
         words, scale, zero = _layer()
     assert not settled(words, scale, zero)
     assert not settled(words, scale, zero)
+
+
+def test_whole_zeros_are_checked_once_a_version():
+    """zero_points.whole_zeros: whole numbers in the code range (gptq's, awq's) qualify for W16, fractional or
+    out-of-range zeros do not; the answer is remembered until the zeros are written."""
+    from lowbit.kernels.zero_points import _checked, whole_zeros
+
+    zero = torch.tensor([[0.0, 3.0], [15.0, 7.0]]).half()
+    assert whole_zeros(zero, 4) and whole_zeros(None, 4)
+    assert _checked.lookup(zero, ((zero.data_ptr(), zero._version), 4)) is True
+    assert not whole_zeros(zero, 3), "15 lies outside 3-bit codes"
+    zero[0, 0] = 0.5
+    assert not whole_zeros(zero, 4), "a write is checked again"
+    assert not whole_zeros(torch.rand(4, 2).half() * 15, 4)
+    with torch.inference_mode():
+        frozen = torch.zeros(2, 2).half()
+    assert not whole_zeros(frozen, 4), "an inference tensor cannot be remembered: the fp32 path"

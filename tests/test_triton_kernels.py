@@ -449,6 +449,31 @@ def test_tc_kernel_subtracts_whole_zeros_in_16_bits(bits, symmetric, extra):
         assert err < TOL[dtype], f"{bits}-bit rows={rows} {dtype} err={err:.2e} seed={seed}"
 
 
+@pytest.mark.parametrize("bits,symmetric,extra", [(4, False, {}), (3, False, {}), (4, True, {}),
+                                                  (4, False, {"XTMA": True})])
+def test_tc_kernel_dequantizes_whole_zeros_in_16_bits(bits, symmetric, extra):
+    """_mm_tc with W16 (whole-number zeros: gptq's, awq's, rtn's integer_zero; each weight dequantized in 16-bit
+    arithmetic as its codes unpack) gives fp16 outputs bit for bit equal to the fp32 dequantization's (both round
+    each weight once) and bf16 ones within the fp64 tolerance, at every row count."""
+    from lowbit.kernels.triton_int import int_group_matmul, tc_config
+
+    seed = fresh_seed()
+    out, cols, group = (336, 2048, 128) if CUDA else (48, 512, 128)
+    q = rtn_quantize(torch.randn(out, cols), bits, group, symmetric, integer_zero=True)
+    layer = IntLinear.from_weights(q, torch.randn(out)).to(DEVICE)
+    ref_w = q.dequantize().double().to(DEVICE)
+    zero = getattr(layer, "zero", None)
+    for rows, dtype in itertools.product(ROWS if CUDA else (1, 7, 33), DTYPES):
+        x = torch.randn(rows, cols, device=DEVICE, dtype=dtype)
+        config = tc_config(rows, out, cols, bits) | {"BYTES": False, "DEQUANT": True} | extra
+        y16, y32 = (int_group_matmul(x, layer.qweight, layer.scale, zero, layer.bias, bits, group,
+                                     config=config | {"W16": w16}) for w16 in (True, False))
+        if dtype == torch.float16:
+            assert torch.equal(y16, y32), f"{bits}-bit rows={rows} seed={seed}"
+        err = _rel_err(y16, x.double() @ ref_w.t() + layer.bias.double())
+        assert err < TOL[dtype], f"{bits}-bit rows={rows} {dtype} err={err:.2e} seed={seed}"
+
+
 @pytest.mark.parametrize("bits", [4, 3, 2, 8])
 def test_tc_kernel_reads_x_through_tma_where_aligned(bits):
     """Auto's tile from 65 rows (int4: to 128; int3) fetches x through a TMA descriptor (XTMA), and so does the byte
@@ -569,6 +594,62 @@ def test_byte_conversion_asm_gives_the_fp32_magic_values(flip):
         for i in range(4):
             code = (word >> 8 * i) & 0xFF ^ (0x80 if flip else 0)
             assert struct.unpack("<f", regs[f"${i}"].to_bytes(4, "little"))[0] == 2.0**23 + code
+
+
+def _run_w16_asm(asm: str, regs: dict, bf16: bool) -> dict:
+    """triton_int._nibble_w16_asm's statements run one by one on PTX models; regs holds $8-$11, gains $0-$7."""
+    import re
+
+    def val(op: str) -> int:
+        return int(op, 0) if op[0].isdigit() else regs[op]
+
+    for stmt in (st.strip() for st in asm.strip("{} \n").split(";")):
+        if not stmt or stmt.startswith(".reg"):
+            continue
+        opcode, ops = stmt.split(None, 1)
+        if m := re.match(r"\{(\$\d), (\$\d)\}, (\w+)", ops):  # mov.b32 {lo, hi}, pair
+            regs[m[1]], regs[m[2]] = regs[m[3]] & 0xFFFF, regs[m[3]] >> 16
+            continue
+        d, *src = [o.strip() for o in ops.split(",")]
+        a = [val(o) for o in src]
+        regs[d] = {"mov.b32": lambda: a[0], "shr.u32": lambda: a[0] >> a[1],
+                   "prmt.b32": lambda: ptx_models.prmt(*a), "lop3.b32": lambda: ptx_models.lop3(*a),
+                   "mul.rn.f16x2": lambda: ptx_models.mul_x2(a[0], a[1], bf16)}.get(
+            opcode, lambda: ptx_models.fma_x2(*a[:3], bf16))()
+    return regs
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_w16_asm_dequantizes_with_one_rounding(bf16):
+    """_nibble_w16_asm (16-bit dequantization of 4-bit codes with whole-number zeros, W16) run line by line on the
+    PTX ISA's definitions: output j is s (c_j - z) rounded once to fp16 exactly as the fp32 path rounds it; in bf16
+    (the fp16 scale in two exact parts, t s_hi + round(t s_lo) rounded once) it differs only by one unit in the
+    last place where the exact product lies within 2^-16 of a rounding tie."""
+    import numpy as np
+
+    from lowbit.kernels.triton_int import _nibble_w16_asm
+
+    rng = np.random.default_rng(fresh_seed())
+    dt, offset = (torch.bfloat16, 128) if bf16 else (torch.float16, 1024)
+    asm, ties = _nibble_w16_asm(bf16), 0
+    scales = (rng.uniform(0.5, 1.0, 400) * 2.0 ** rng.integers(-14, 2, 400)).astype(np.float16)
+    for s in scales:
+        z, word = int(rng.integers(0, 16)), int(rng.integers(0, 2**32))
+        s_hi = float(torch.tensor(float(s)).to(dt))
+        regs = {"$8": word, "$9": ptx_models.round16(-(offset + z), bf16) * 0x10001,
+                "$10": ptx_models.round16(s_hi, bf16) * 0x10001, "$11": ptx_models.round16(float(s) - s_hi, bf16) * 0x10001}
+        regs = _run_w16_asm(asm, regs, bf16)
+        for j in range(8):
+            code = (word >> 4 * j) & 15
+            exact = (code - z) * float(s)
+            want = torch.tensor(exact, dtype=torch.float32).to(dt).view(torch.int16).item() & 0xFFFF
+            if regs[f"${j}"] == want:
+                continue
+            ties += 1
+            assert bf16 and abs(regs[f"${j}"] - want) == 1, f"s={s} z={z} code={code}"
+            got = ptx_models.halves(regs[f"${j}"], True)[0]
+            assert abs(got - exact) <= abs(exact) * 2.0**-8 * (1 + 2.0**-7), "more than a tie's half unit"
+    assert ties <= 8, f"{ties} of 3200 weights off by one unit"
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])

@@ -17,20 +17,39 @@ import weakref
 
 import torch
 
-_last_seen: dict[int, tuple[weakref.ref, tuple]] = {}
+class StorageMemo(dict):
+    """Values recorded against a tensor's storage and a state of it, each record dropped with its storage:
+    id(storage) -> (weak reference, state, value)."""
+
+    def lookup(self, tensor: torch.Tensor, state: tuple):
+        """The value recorded for tensor's storage at `state`, or None."""
+        storage = tensor.untyped_storage()
+        seen = self.get(id(storage))
+        return seen[2] if seen is not None and seen[0]() is storage and seen[1] == state else None
+
+    def record(self, tensor: torch.Tensor, state: tuple, value) -> None:
+        storage, key = tensor.untyped_storage(), id(tensor.untyped_storage())
+        self[key] = (weakref.ref(storage, lambda _, key=key: self.pop(key, None)), state, value)
+
+
+def version_state(*tensors: torch.Tensor | None) -> tuple | None:
+    """(data pointer, version counter) of each tensor given, or None for an inference tensor (no counter)."""
+    try:
+        return tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
+    except RuntimeError:
+        return None
+
+
+_last_seen = StorageMemo()
 
 
 def settled(words: torch.Tensor, *qparams: torch.Tensor | None) -> bool:
     """True when `words` (any view of the layer's codes) and `qparams` are the ones of this layer's last call,
     unwritten since; records them for the next call either way."""
-    storage = words.untyped_storage()
-    try:
-        state = tuple((t.data_ptr(), t._version) for t in (words, *qparams) if t is not None)
-    except RuntimeError:  # an inference tensor: no version counter
+    state = version_state(words, *qparams)
+    if state is None:
         return False
-    key = id(storage)
-    seen = _last_seen.get(key)
-    if seen is not None and seen[0]() is storage and seen[1] == state:
+    if _last_seen.lookup(words, state):
         return True
-    _last_seen[key] = (weakref.ref(storage, lambda _, key=key: _last_seen.pop(key, None)), state)
+    _last_seen.record(words, state, True)
     return False

@@ -36,6 +36,7 @@ import triton.language as tl
 from lowbit.formats.word_tiles import row_shaped
 from lowbit.kernels import nvrtc
 from lowbit.kernels.triton_splitk import _store, finish, interpreting, split_buffers, split_k
+from lowbit.kernels.zero_points import whole_zeros
 
 
 @triton.jit
@@ -149,6 +150,26 @@ _ASM_F16 = tl.constexpr(_nibble_asm("0x64006400"))  # 1024.0 in fp16
 _ASM_BF16 = tl.constexpr(_nibble_asm("0x43004300"))  # 128.0 in bf16
 
 
+def _nibble_w16_asm(bf16: bool) -> str:
+    """PTX: one int32 word of eight 4-bit codes ($8) -> eight 16-bit weights s (c - z), for a whole-number zero,
+    two an instruction in input order (a prmt pairs code 2p with 2p + 1 so that each register is one of the
+    tensor-core operand's pairs): (OFFSET + c) + -(OFFSET + z) ($9, in both halves) is exact, then bf16 takes the
+    fp16 scale in two exact parts, t s_hi + round(t s_lo) rounded once ($10, $11: fma), fp16 one product ($10)."""
+    magic, one, kind = ("0x43004300", "0x3F803F80", "bf16x2") if bf16 else ("0x64006400", "0x3C003C00", "f16x2")
+    scale = ("fma.rn.bf16x2 u{p}, t{p}, $11, nz; fma.rn.bf16x2 t{p}, t{p}, $10, u{p};\n" if bf16 else
+             "mul.rn.f16x2 t{p}, t{p}, $10;\n")
+    pairs = "".join(f"prmt.b32 t{p}, $8, w4, {hex((p + 4) * 0x1100 + p * 0x11)};\n"
+                    f"lop3.b32 t{p}, t{p}, 0x000F000F, {magic}, 0xEA;\n"
+                    f"fma.rn.{kind} t{p}, t{p}, one, $9;\n" + scale.format(p=p) for p in range(4))
+    return ("{ .reg .b32 w4, t0, t1, t2, t3, u0, u1, u2, u3, one, nz;\n"
+            f"mov.b32 one, {one}; mov.b32 nz, 0x80008000; shr.u32 w4, $8, 4;\n" + pairs +
+            "mov.b32 {$0, $1}, t0; mov.b32 {$2, $3}, t1; mov.b32 {$4, $5}, t2; mov.b32 {$6, $7}, t3; }")
+
+
+_W16_F16 = tl.constexpr(_nibble_w16_asm(False))
+_W16_BF16 = tl.constexpr(_nibble_w16_asm(True))
+
+
 @triton.jit
 def _nibbles_asm(words, DT: tl.constexpr):
     """4-bit words (BN, BU) -> eight DT tensors (BN, BU): OFFSET + code j for j = 0..7."""
@@ -163,6 +184,54 @@ def _nibbles_asm(words, DT: tl.constexpr):
 
 _SUB_F16 = tl.constexpr("sub.rn.f16x2 $0, $1, $2;")
 _SUB_BF16 = tl.constexpr("sub.rn.bf16x2 $0, $1, $2;")
+
+
+@triton.jit
+def _pair16(v):
+    """(BN,) 16-bit floats -> int32 registers holding the value in both halves (a packed-pair operand)."""
+    b = v.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return b | (b << 16)
+
+
+@triton.jit
+def _w16_qparams(s, z, DT: tl.constexpr, OFFSET: tl.constexpr):
+    """A tile's fp32 scales and whole-number zeros (BN,) -> DT values -(OFFSET + z), s_hi = s rounded to DT and
+    s_lo = s - s_hi (zero for fp16; for bf16 exact, as fp16 has three more significant bits)."""
+    s_hi = s.to(DT)
+    return (-(z + OFFSET)).to(DT), s_hi, (s - s_hi.to(tl.float32)).to(DT)
+
+
+@triton.jit
+def _weight_tile16(w_ptr, offs_n, mask_n, wpr, unit0, s, z, DT: tl.constexpr, BU: tl.constexpr, BITS: tl.constexpr,
+                   UC: tl.constexpr, UW: tl.constexpr, OFFSET: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr,
+                   TILE: tl.constexpr):
+    """(BN, BU * UC) DT tile of s (c - z) for whole-number zeros z, in 16-bit arithmetic (W16): c - z is exact,
+    and one rounding follows for fp16; bf16 rounds t s_hi + round(t s_lo) once (an fma), which can differ from one
+    rounding of t s only where t s lies within 2^-17 of a tie. ASM: _nibble_w16_asm (4-bit codes), else Triton's
+    arithmetic, the bf16 sum in fp32."""
+    nzo, s_hi, s_lo = _w16_qparams(s, z, DT, OFFSET)
+    if ASM:
+        words, _, _ = _unit_words(w_ptr, offs_n, mask_n, wpr, unit0, BU, 1, EVEN, TILE)  # (BN, BU)
+        nzo2 = tl.broadcast_to(_pair16(nzo)[:, None], words.shape)
+        s_hi2 = tl.broadcast_to(_pair16(s_hi)[:, None], words.shape)
+        s_lo2 = tl.broadcast_to(_pair16(s_lo)[:, None], words.shape)
+        if DT == tl.float16:
+            c = tl.inline_asm_elementwise(_W16_F16, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", [words, nzo2, s_hi2],
+                                          dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+        else:
+            c = tl.inline_asm_elementwise(_W16_BF16, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r,r", [words, nzo2, s_hi2, s_lo2],
+                                          dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
+        w = _join8(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7])
+    else:
+        t = _weight_tile(w_ptr, offs_n, mask_n, wpr, unit0, DT, BU, BITS, UC, UW, False, False, EVEN, TILE)
+        t = (t + nzo[:, None]).to(DT)  # exact
+        if DT == tl.float16:
+            w = (t * s_hi[:, None]).to(DT)
+        else:
+            t32 = t.to(tl.float32)
+            u = (t32 * s_lo.to(tl.float32)[:, None]).to(DT)
+            w = (t32 * s_hi.to(tl.float32)[:, None] + u.to(tl.float32)).to(DT)
+    return w
 
 
 @triton.jit
@@ -254,11 +323,11 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
            HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr,
            ASM: tl.constexpr, DEQUANT: tl.constexpr, EVEN: tl.constexpr, FIXUP: tl.constexpr,
            FENCE: tl.constexpr, TILE: tl.constexpr, PDL: tl.constexpr = False, SUB16: tl.constexpr = False,
-           XTMA: tl.constexpr = False, x_desc=None):
+           XTMA: tl.constexpr = False, W16: tl.constexpr = False, x_desc=None):
     """acc (BN outputs, BM rows) = W_tile x^T on tensor cores; grid (N / BN, M / BM, SPLIT_K).
 
-    DEQUANT (or a tile spanning groups): weights are dequantized (fp32 math, rounded to x's dtype) and one
-    accumulator chain runs; SUB16 (a tile in one group, zeros whole numbers: rtn, gptq, awq): the zero is
+    DEQUANT (or a tile spanning groups): weights are dequantized (fp32 math, rounded to x's dtype; W16, a tile in one
+    group and whole-number zeros: 16-bit math, _weight_tile16) and one accumulator chain runs; SUB16 (a tile in one group, zeros whole numbers: rtn, gptq, awq): the zero is
     subtracted in 16 bits and the scale multiplies the tile's product; else the per-tile correction above. A tile's
     qparams are loaded one round ahead (their latency would otherwise stall every round).
     """
@@ -275,7 +344,12 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
     for t0 in range(0, K_TILES, SPLIT_K):  # constant bounds: Triton 3.6's interpreter needs them
         t = t0 + pid_k  # the last round may overrun: its loads are masked to zero
         xt = tl.trans(_x_tile(x_ptr, x_desc, pid_m * BM, offs_m, mask_m, t, K, stride_x, BK, EVEN, XTMA))  # (BK, BM)
-        w = _weight_tile(w_ptr, offs_n, mask_n, wpr, t * BU, xt.dtype, BU, BITS, UC, UW, SIGNED8, ASM, EVEN, TILE)
+        if W16:  # whole-number zeros, one group a tile: dequantized in 16 bits as the codes unpack
+            w = _weight_tile16(w_ptr, offs_n, mask_n, wpr, t * BU, s, z, xt.dtype, BU, BITS, UC, UW, OFFSET, ASM,
+                               EVEN, TILE)
+        else:
+            w = _weight_tile(w_ptr, offs_n, mask_n, wpr, t * BU, xt.dtype, BU, BITS, UC, UW, SIGNED8, ASM, EVEN,
+                             TILE)
         if PER_TILE:
             t_next = tl.minimum(t + SPLIT_K, K_TILES - 1)  # clamped: the last prefetch is never used
             s_next, z_next = _qparams(scale_ptr, zero_ptr, offs_n, mask_n, n_groups, (t_next * BK) // G, BITS,
@@ -284,7 +358,8 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
                 w = _minus16(w, (tl.floor(z + 0.5) + OFFSET).to(xt.dtype), ASM)
                 acc += s[:, None] * tl.dot(w, xt)
             elif DEQUANT:
-                w = ((w.to(tl.float32) - (z + OFFSET)[:, None]) * s[:, None]).to(xt.dtype)
+                if not W16:
+                    w = ((w.to(tl.float32) - (z + OFFSET)[:, None]) * s[:, None]).to(xt.dtype)
                 acc = tl.dot(w, xt, acc)
             else:
                 part = tl.dot(w, xt)  # (BN, BM)
@@ -553,12 +628,14 @@ def int_group_matmul(
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         cfg |= {"XTMA": True, "x_desc": TensorDescriptor.from_tensor(x, [cfg["BM"], bu * uc])}
+    w16 = cfg.pop("W16", False) and per_tile and cfg["DEQUANT"] and not cfg.get("SUB16")
     if cfg.pop("BYTES", bits in (2, 4, 8)):
         scale_after = cfg.pop("SCALE_AFTER", one_scale and cfg["DEQUANT"])
         _mm_bytes[(*grid, split)](x, qweight.view(torch.uint8), *common, wpr * 4, scale.shape[1], group_size,
                                   x.stride(0), out_features, BK=bu * uc, SCALE_AFTER=scale_after, **flags, **cfg)
     else:
         cfg["ASM"] = cfg["ASM"] and nibble_asm(bits, signed8)
+        cfg["W16"] = w16 and not signed8 and whole_zeros(zero, bits)
         _mm_tc[(*grid, split)](x, qweight, *common, wpr, scale.shape[1], group_size, x.stride(0), out_features,
                                UC=uc, UW=uw, BU=bu, **flags, **cfg)
     return finish(y, part, bias, split, fix)
