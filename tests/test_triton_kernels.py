@@ -474,6 +474,27 @@ def test_tc_kernel_dequantizes_whole_zeros_in_16_bits(bits, symmetric, extra):
         assert err < TOL[dtype], f"{bits}-bit rows={rows} {dtype} err={err:.2e} seed={seed}"
 
 
+@pytest.mark.parametrize("bits", [4, 3])
+def test_tc_kernel_dequantizes_with_one_fma(bits):
+    """_mm_tc with FMA32 (fractional zeros: each weight (OFFSET + c) s - (OFFSET + z) s in one fp32 fma) matches the
+    layer's fp64 weights and the fp32 dequantization's outputs to within a few units of the last place."""
+    from lowbit.kernels.triton_int import int_group_matmul, tc_config
+
+    seed = fresh_seed()
+    out, cols = (336, 2048) if CUDA else (48, 512)
+    q = rtn_quantize(torch.randn(out, cols), bits, 128, False)
+    layer = IntLinear.from_weights(q, torch.randn(out)).to(DEVICE)
+    ref_w = q.dequantize().double().to(DEVICE)
+    for rows, dtype in itertools.product(ROWS if CUDA else (7, 33), DTYPES):
+        x = torch.randn(rows, cols, device=DEVICE, dtype=dtype)
+        config = tc_config(rows, out, cols, bits) | {"BYTES": False, "DEQUANT": True}
+        y_fma, y32 = (int_group_matmul(x, layer.qweight, layer.scale, layer.zero, layer.bias, bits, 128,
+                                       config=config | {"FMA32": fma}) for fma in (True, False))
+        err = _rel_err(y_fma, x.double() @ ref_w.t() + layer.bias.double())
+        assert err < TOL[dtype], f"{bits}-bit rows={rows} {dtype} err={err:.2e} seed={seed}"
+        assert _rel_err(y_fma, y32.double()) < TOL[dtype] / 4, f"{bits}-bit rows={rows} {dtype} seed={seed}"
+
+
 @pytest.mark.parametrize("bits", [4, 3, 2, 8])
 def test_tc_kernel_reads_x_through_tma_where_aligned(bits):
     """Auto's tile from 65 rows (int4: to 128; int3) fetches x through a TMA descriptor (XTMA), and so does the byte

@@ -323,7 +323,7 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
            HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED8: tl.constexpr, OFFSET: tl.constexpr,
            ASM: tl.constexpr, DEQUANT: tl.constexpr, EVEN: tl.constexpr, FIXUP: tl.constexpr,
            FENCE: tl.constexpr, TILE: tl.constexpr, PDL: tl.constexpr = False, SUB16: tl.constexpr = False,
-           XTMA: tl.constexpr = False, W16: tl.constexpr = False, x_desc=None):
+           XTMA: tl.constexpr = False, W16: tl.constexpr = False, FMA32: tl.constexpr = False, x_desc=None):
     """acc (BN outputs, BM rows) = W_tile x^T on tensor cores; grid (N / BN, M / BM, SPLIT_K).
 
     DEQUANT (or a tile spanning groups): weights are dequantized (fp32 math, rounded to x's dtype; W16, a tile in one
@@ -358,7 +358,11 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
                 w = _minus16(w, (tl.floor(z + 0.5) + OFFSET).to(xt.dtype), ASM)
                 acc += s[:, None] * tl.dot(w, xt)
             elif DEQUANT:
-                if not W16:
+                if W16:  # dequantized already
+                    w = w
+                elif FMA32:  # one fma a weight: (OFFSET + c) s is exact in fp32, (OFFSET + z) s rounded once
+                    w = tl.fma(w.to(tl.float32), s[:, None], (-(z + OFFSET) * s)[:, None]).to(xt.dtype)
+                else:
                     w = ((w.to(tl.float32) - (z + OFFSET)[:, None]) * s[:, None]).to(xt.dtype)
                 acc = tl.dot(w, xt, acc)
             else:
@@ -629,6 +633,7 @@ def int_group_matmul(
 
         cfg |= {"XTMA": True, "x_desc": TensorDescriptor.from_tensor(x, [cfg["BM"], bu * uc])}
     w16 = cfg.pop("W16", False) and per_tile and cfg["DEQUANT"] and not cfg.get("SUB16")
+    fma32 = cfg.pop("FMA32", False)
     if cfg.pop("BYTES", bits in (2, 4, 8)):
         scale_after = cfg.pop("SCALE_AFTER", one_scale and cfg["DEQUANT"])
         _mm_bytes[(*grid, split)](x, qweight.view(torch.uint8), *common, wpr * 4, scale.shape[1], group_size,
@@ -636,6 +641,7 @@ def int_group_matmul(
     else:
         cfg["ASM"] = cfg["ASM"] and nibble_asm(bits, signed8)
         cfg["W16"] = w16 and not signed8 and whole_zeros(zero, bits)
+        cfg["FMA32"] = fma32
         _mm_tc[(*grid, split)](x, qweight, *common, wpr, scale.shape[1], group_size, x.stride(0), out_features,
                                UC=uc, UW=uw, BU=bu, **flags, **cfg)
     return finish(y, part, bias, split, fix)
