@@ -658,7 +658,8 @@ def test_w16_asm_dequantizes_with_one_rounding(bf16):
         z, word = int(rng.integers(0, 16)), int(rng.integers(0, 2**32))
         s_hi = float(torch.tensor(float(s)).to(dt))
         regs = {"$8": word, "$9": ptx_models.round16(-(offset + z), bf16) * 0x10001,
-                "$10": ptx_models.round16(s_hi, bf16) * 0x10001, "$11": ptx_models.round16(float(s) - s_hi, bf16) * 0x10001}
+                "$10": ptx_models.round16(s_hi, bf16) * 0x10001,
+                "$11": ptx_models.round16(float(s) - s_hi, bf16) * 0x10001}
         regs = _run_w16_asm(asm, regs, bf16)
         for j in range(8):
             code = (word >> 4 * j) & 15

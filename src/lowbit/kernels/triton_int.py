@@ -326,10 +326,11 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
            XTMA: tl.constexpr = False, W16: tl.constexpr = False, FMA32: tl.constexpr = False, x_desc=None):
     """acc (BN outputs, BM rows) = W_tile x^T on tensor cores; grid (N / BN, M / BM, SPLIT_K).
 
-    DEQUANT (or a tile spanning groups): weights are dequantized (fp32 math, rounded to x's dtype; W16, a tile in one
-    group and whole-number zeros: 16-bit math, _weight_tile16) and one accumulator chain runs; SUB16 (a tile in one group, zeros whole numbers: rtn, gptq, awq): the zero is
-    subtracted in 16 bits and the scale multiplies the tile's product; else the per-tile correction above. A tile's
-    qparams are loaded one round ahead (their latency would otherwise stall every round).
+    DEQUANT (or a tile spanning groups): weights are dequantized (fp32 math, rounded to x's dtype; FMA32: one fma a
+    weight; W16, a tile in one group and whole-number zeros: 16-bit math, _weight_tile16) and one accumulator chain
+    runs; SUB16 (a tile in one group, zeros whole numbers: rtn, gptq, awq): the zero is subtracted in 16 bits and the
+    scale multiplies the tile's product; else the per-tile correction above. A tile's qparams are loaded one round
+    ahead (their latency would otherwise stall every round).
     """
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if PDL:  # programmatic dependent launch: read nothing before the kernel ahead has finished
@@ -358,11 +359,9 @@ def _mm_tc(x_ptr, w_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, part_ptr, count_p
                 w = _minus16(w, (tl.floor(z + 0.5) + OFFSET).to(xt.dtype), ASM)
                 acc += s[:, None] * tl.dot(w, xt)
             elif DEQUANT:
-                if W16:  # dequantized already
-                    w = w
-                elif FMA32:  # one fma a weight: (OFFSET + c) s is exact in fp32, (OFFSET + z) s rounded once
+                if FMA32 and not W16:  # one fma a weight: (OFFSET + c) s is exact in fp32, (OFFSET + z) s rounded
                     w = tl.fma(w.to(tl.float32), s[:, None], (-(z + OFFSET) * s)[:, None]).to(xt.dtype)
-                else:
+                elif not W16:  # (W16's tile is dequantized already)
                     w = ((w.to(tl.float32) - (z + OFFSET)[:, None]) * s[:, None]).to(xt.dtype)
                 acc = tl.dot(w, xt, acc)
             else:
