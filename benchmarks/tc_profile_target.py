@@ -27,13 +27,13 @@ def main(argv=None) -> None:
     p.add_argument("--configs", type=json.loads, default=[{}], help="a JSON list of overrides of auto's tile")
     args = p.parse_args(argv)
     cols, out = map(int, args.shape.split("x"))
-    (qweight, scale, zero), _ = int_group_weights(cols, out, 4, "cuda")
+    (qweight, scale, zero), _ = int_group_weights(cols, out, 4, "cuda", whole_zeros=True)
     x = torch.randn(args.rows, cols, device="cuda", dtype=torch.bfloat16)
     for override in args.configs:
         config = tc_config(args.rows, out, cols, 4) | override
         print(config, flush=True)
         for _ in range(3):
-            int_group_matmul(x, qweight, scale, zero.round(), None, 4, 128, config=config)
+            int_group_matmul(x, qweight, scale, zero, None, 4, 128, config=config)
     w = torch.randn(out, cols, device="cuda", dtype=torch.bfloat16)
     for _ in range(3):
         x @ w.t()

@@ -220,10 +220,10 @@ def _dequant_unsuited(min_rows: int, tc_max_rows: int, ctx: CallContext) -> str 
     int8 weight-only there 0.49-0.69 / 0.54-0.67 / 0.58-0.66 against 0.44-0.47 / 0.43-0.64 / 0.51-0.67 (ahead on 9 of
     12, behind by up to 0.04 on 3; at 512 rows 0.58-0.69 against 0.48-0.60); int3 and int2 at 512 rows 0.56-0.72
     against 0.37-0.45, already at 256 rows on the four shapes (0.50-0.75 against 0.42-0.57). NF4 from 256 rows:
-    0.44-0.63 against 0.32-0.44, at 512 / 1024 rows 0.56-0.62 / 0.70-0.77 against 0.29-0.35 / 0.29-0.35, and at 2048 0.78-0.88 against
-    the reference path's 0.21-0.25 (at 128 rows 0.40-0.61 against 0.35-0.57). The cap keeps 4096x128256 (525M
-    weights, a 1 GiB buffer) on the tensor-core kernel: int4 7% slower at 512 rows, NF4 half as fast (0.30 against
-    0.58); `--kernel dequant_cublas` takes the buffer anyway."""
+    0.44-0.63 against 0.32-0.44, at 512 / 1024 rows 0.56-0.62 / 0.70-0.77 against 0.29-0.35 / 0.29-0.35, and at
+    2048 0.78-0.88 against the reference path's 0.21-0.25 (at 128 rows 0.40-0.61 against 0.35-0.57). The cap keeps
+    4096x128256 (525M weights, a 1 GiB buffer) on the tensor-core kernel: int4 7% slower at 512 rows, NF4 half as fast
+    (0.30 against 0.58); `--kernel dequant_cublas` takes the buffer anyway."""
     if ctx.rows < min_rows:
         return f"fewer than {min_rows} rows: the tensor-core kernel is faster"
     if ctx.in_features * ctx.out_features > DEQUANT_MAX_WEIGHTS and ctx.rows <= tc_max_rows:

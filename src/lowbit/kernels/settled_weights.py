@@ -28,7 +28,8 @@ class StorageMemo(dict):
         return seen[2] if seen is not None and seen[0]() is storage and seen[1] == state else None
 
     def record(self, tensor: torch.Tensor, state: tuple, value) -> None:
-        storage, key = tensor.untyped_storage(), id(tensor.untyped_storage())
+        storage = tensor.untyped_storage()
+        key = id(storage)
         self[key] = (weakref.ref(storage, lambda _, key=key: self.pop(key, None)), state, value)
 
 
